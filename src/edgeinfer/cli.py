@@ -1,0 +1,212 @@
+"""`edgeinfer` command line. Heavy modules are imported inside the commands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from edgeinfer import __version__
+from edgeinfer.config import ConfigError, ServerSettings
+from edgeinfer.errors import EdgeInferError
+
+DEFAULT_URL = os.environ.get("EDGEINFER_URL", "http://127.0.0.1:8000")
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit code `code`."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---- serve ----------------------------------------------------------------------------------
+def _add_serve(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve a model repository over HTTP and gRPC",
+                       description="Serve every model in a repository over KServe v2 HTTP/gRPC "
+                       "and the OpenAI API. Each flag can also be set as EDGEINFER_<FLAG>.")  # fmt: skip
+    env = ServerSettings.env_defaults()
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--repository", type=Path, help=fields(ServerSettings)[0].metadata["help"])
+    src.add_argument("--demo", action="store_true",
+                     help="serve the built-in demo repository (built on first use)")  # fmt: skip
+    for f in fields(ServerSettings):
+        if f.name in ("repository", "load_models"):
+            continue
+        kind = int if f.type in ("int", int) else str
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=kind(env[f.name]),
+                       help=f"{f.metadata['help']} (default: %(default)s)")  # fmt: skip
+    p.add_argument("--load-model", action="append", dest="load_models", metavar="NAME",
+                   help="with --model-control explicit: load only these at start "
+                   "(repeatable; default: all)")  # fmt: skip
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from edgeinfer.repository import Repository
+
+    if args.demo:
+        from edgeinfer.demo import ensure_demo_repository
+
+        root = ensure_demo_repository()
+    elif args.repository is not None:
+        root = args.repository
+    else:
+        raise CliError("give --repository DIR or --demo")
+    kwargs = {f.name: getattr(args, f.name) for f in fields(ServerSettings)
+              if f.name not in ("repository", "load_models")}  # fmt: skip
+    settings = ServerSettings(
+        repository=root, load_models=tuple(args.load_models or ("*",)), **kwargs
+    )
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from edgeinfer.server.app import run
+
+    run(settings, Repository(root))
+    return 0
+
+
+# ---- models ---------------------------------------------------------------------------------
+def _request(method: str, url: str, body: Any = None) -> Any:
+    import httpx
+
+    try:
+        resp = httpx.request(method, url, json=body, timeout=300)
+    except httpx.HTTPError as e:
+        raise CliError(f"cannot reach the server at {url}: {e}", code=1) from e
+    if resp.status_code != 200:
+        try:
+            message = resp.json().get("error", resp.text)
+        except ValueError:
+            message = resp.text
+        raise CliError(f"server answered {resp.status_code}: {message}", code=1)
+    return resp.json() if resp.content else None
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    if args.repository is not None:
+        from edgeinfer.repository import Repository
+
+        for entry in Repository(args.repository).models():
+            selected = {v.version for v in entry.selected()}
+            for v in entry.versions:
+                mark = "*" if v.version in selected else " "
+                print(f"{entry.name}\t{v.version}{mark}\t{v.path}")
+        return 0
+    rows = _request("POST", f"{args.url}/v2/repository/index", {})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'MODEL':<24}{'VERSION':<9}{'STATE':<13}REASON")
+    for r in rows:
+        print(f"{r['name']:<24}{r.get('version', ''):<9}{r['state']:<13}{r.get('reason', '')}")
+    return 0
+
+
+def cmd_models_add(args: argparse.Namespace) -> int:
+    from edgeinfer.repository import add_version
+
+    if not args.file.is_file():
+        raise CliError(f"{args.file}: no such file")
+    model_dir = args.repository / args.model
+    if not (model_dir / "config.toml").exists():
+        model_dir.mkdir(parents=True, exist_ok=True)
+        (model_dir / "config.toml").write_text('backend = "onnxruntime"\n')
+    files = {"model.onnx": args.file}
+    for extra in args.extra or []:
+        files[extra.name] = extra
+    target = add_version(model_dir, files, args.version)
+    print(f"added {args.model} version {target.name} at {target}")
+    return 0
+
+
+def cmd_models_load(args: argparse.Namespace) -> int:
+    _request("POST", f"{args.url}/v2/repository/models/{args.model}/load", {})
+    print(f"loaded {args.model}")
+    return 0
+
+
+def cmd_models_unload(args: argparse.Namespace) -> int:
+    _request("POST", f"{args.url}/v2/repository/models/{args.model}/unload", {})
+    print(f"unloaded {args.model}")
+    return 0
+
+
+def _add_models(sub: Any) -> None:
+    p = sub.add_parser("models", help="list, add, load and unload models",
+                       description="Manage models in a repository or on a running server.")  # fmt: skip
+    msub = p.add_subparsers(dest="models_cmd", required=True, metavar="COMMAND")
+    url_help = f"server URL (default: $EDGEINFER_URL or {DEFAULT_URL})"
+
+    ls = msub.add_parser("list", help="models and versions on a server (or in a repository)")
+    ls.add_argument("--url", default=DEFAULT_URL, help=url_help)
+    ls.add_argument("--repository", type=Path, help="list a repository on disk instead")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(func=cmd_models_list)
+
+    add = msub.add_parser("add", help="publish an ONNX file as a new version (atomically)")
+    add.add_argument("repository", type=Path, help="repository folder")
+    add.add_argument("model", help="model name (created with a default config if new)")
+    add.add_argument("file", type=Path, help="the .onnx file")
+    add.add_argument("--version", type=int, help="version number (default: next)")
+    add.add_argument("--extra", type=Path, action="append",
+                     help="another file to place in the version (e.g. tokenizer.json)")  # fmt: skip
+    add.set_defaults(func=cmd_models_add)
+
+    for name, func, text in (("load", cmd_models_load, "load or reload a model on a server"),
+                             ("unload", cmd_models_unload, "unload a model on a server")):  # fmt: skip
+        c = msub.add_parser(name, help=text)
+        c.add_argument("model")
+        c.add_argument("--url", default=DEFAULT_URL, help=url_help)
+        c.set_defaults(func=func)
+
+
+# ---- demo -----------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgeinfer.demo import ensure_demo_repository
+
+    root = ensure_demo_repository(args.root)
+    print(root)
+    return 0
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser("demo", help="build the demo repository and print its path")
+    p.add_argument("--root", type=Path, help="where to build (default: the cache folder)")
+    p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeinfer",
+        description="Load, optimize and serve AI models on small machines.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgeinfer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(sub)
+    _add_models(sub)
+    _add_demo(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CliError, ConfigError, EdgeInferError) as e:
+        print(f"edgeinfer: error: {e}", file=sys.stderr)
+        return getattr(e, "code", 2)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Backends behind one protocol: `load(path, config) -> Model`; `Model.run(feeds)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from edgeinfer.config import ModelConfig
+from edgeinfer.types import TensorSpec
+
+
+class Model(Protocol):
+    """A loaded model version. `run` is thread-safe and may release the GIL."""
+
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def run(
+        self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]: ...
+
+    def warmup(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def load(version_dir: Path, config: ModelConfig) -> Model:
+    """Load the model files in `version_dir` with the backend named in `config`."""
+    from edgeinfer.runtime.onnx import OnnxModel
+
+    model: Model = OnnxModel.load(version_dir, config)
+    if config.text is not None:
+        from edgeinfer.runtime.text import TextModel
+
+        model = TextModel(model, version_dir, config.text)
+    return model

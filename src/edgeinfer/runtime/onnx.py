@@ -1,0 +1,123 @@
+"""ONNX Runtime backend: one InferenceSession per loaded version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeinfer.config import ModelConfig, OrtOptions
+from edgeinfer.errors import BackendError, LoadError
+from edgeinfer.types import TensorSpec
+
+_ORT_TYPES = {
+    "tensor(float)": "FP32",
+    "tensor(float16)": "FP16",
+    "tensor(double)": "FP64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",
+}
+_NUMPY_OF = {
+    "FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT8": np.int8,
+    "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8,
+    "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64, "BOOL": np.bool_,
+}  # fmt: skip
+
+
+def _spec(node: Any) -> TensorSpec:
+    dtype = _ORT_TYPES.get(node.type)
+    if dtype is None:
+        raise LoadError(f"tensor {node.name} has unsupported type {node.type}")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
+    return TensorSpec(node.name, dtype, shape)
+
+
+def session_options(opts: OrtOptions) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = opts.intra_op_threads
+    so.inter_op_num_threads = opts.inter_op_threads
+    so.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL
+        if opts.execution_mode == "parallel"
+        else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[opts.graph_optimization_level]
+    so.enable_cpu_mem_arena = opts.enable_cpu_mem_arena
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if opts.allow_spinning else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if opts.allow_spinning else "0")
+    so.log_severity_level = 3
+    return so
+
+
+class OnnxModel:
+    platform = "onnxruntime_onnx"
+
+    def __init__(self, session: Any, path: Path) -> None:
+        self._session = session
+        self.path = path
+        self.inputs = tuple(_spec(i) for i in session.get_inputs())
+        self.outputs = tuple(_spec(o) for o in session.get_outputs())
+        self._output_names = [o.name for o in self.outputs]
+
+    @classmethod
+    def load(cls, version_dir: Path, config: ModelConfig) -> OnnxModel:
+        import onnxruntime as ort
+
+        path = version_dir / "model.onnx"
+        if not path.is_file():
+            raise LoadError(f"{version_dir}: no model.onnx")
+        try:
+            # Loading from a path lets ORT mmap external data instead of copying bytes.
+            session = ort.InferenceSession(
+                str(path), session_options(config.onnxruntime), providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # ORT raises several unrelated exception types
+            raise LoadError(f"{path}: ONNX Runtime could not load the model: {e}") from e
+        return cls(session, path)
+
+    def run(
+        self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        names = output_names or self._output_names
+        try:
+            results = self._session.run(names, feeds)
+        except Exception as e:
+            raise BackendError(f"ONNX Runtime failed: {e}") from e
+        return dict(zip(names, results, strict=True))
+
+    def example_feeds(self, batch: int = 1) -> dict[str, np.ndarray]:
+        """Zero-filled inputs of the declared shapes (variable dims -> `batch` / 1)."""
+        feeds = {}
+        for spec in self.inputs:
+            shape = [batch if i == 0 and d < 0 else (d if d >= 0 else 1)
+                     for i, d in enumerate(spec.shape)]  # fmt: skip
+            if spec.datatype == "BYTES":
+                feeds[spec.name] = np.full(shape, "", dtype=object)
+            else:
+                feeds[spec.name] = np.zeros(shape, dtype=_NUMPY_OF[spec.datatype])
+        return feeds
+
+    def warmup(self) -> None:
+        try:
+            self.run(self.example_feeds())
+        except BackendError as e:
+            raise LoadError(f"{self.path}: warm-up run failed: {e.message}") from e
+
+    def close(self) -> None:
+        self._session = None

@@ -1,0 +1,64 @@
+"""Text models: a BYTES input tokenized in the server, then the ONNX model runs on token ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeinfer.config import TextOptions
+from edgeinfer.errors import InvalidInput, LoadError
+from edgeinfer.runtime.onnx import OnnxModel
+from edgeinfer.types import TensorSpec
+
+_TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class TextModel:
+    def __init__(self, inner: OnnxModel, version_dir: Path, options: TextOptions) -> None:
+        from tokenizers import Tokenizer
+
+        names = {i.name for i in inner.inputs}
+        if not {"input_ids", "attention_mask"} <= names or not names <= set(_TOKEN_INPUTS):
+            raise LoadError(
+                f"{version_dir}: a [text] model needs inputs input_ids and attention_mask "
+                f"(and optionally token_type_ids); it has {sorted(names)}"
+            )
+        path = version_dir / options.tokenizer
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:
+            raise LoadError(f"{path}: cannot load tokenizer: {e}") from e
+        tok.enable_truncation(options.max_length)
+        tok.enable_padding()
+        self._tok = tok
+        self._inner = inner
+        self._feed_names = [n for n in _TOKEN_INPUTS if n in names]
+        self.platform = inner.platform
+        self.inputs = (TensorSpec(options.input, "BYTES", (-1,)),)
+        self.outputs = inner.outputs
+        self.input_name = options.input
+
+    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        encodings = self._tok.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": ids,
+                 "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+                 "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}  # fmt: skip
+        return {n: feeds[n] for n in self._feed_names}
+
+    def run(
+        self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        raw = feeds[self.input_name].reshape(-1)
+        try:
+            texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in raw]
+        except UnicodeDecodeError as e:
+            raise InvalidInput(f"input '{self.input_name}' holds invalid UTF-8: {e}") from e
+        return self._inner.run(self.tokenize(texts), output_names)
+
+    def warmup(self) -> None:
+        self.run({self.input_name: np.array([b"warm up"], dtype=object)})
+
+    def close(self) -> None:
+        self._inner.close()

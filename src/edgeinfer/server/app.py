@@ -1,0 +1,83 @@
+"""Builds the HTTP app and runs HTTP and gRPC in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edgeinfer.config import ServerSettings
+from edgeinfer.lifecycle import Engine
+from edgeinfer.repository import Repository
+from edgeinfer.server import kserve_http, openai_http
+from edgeinfer.server.http_common import json_response
+
+log = logging.getLogger("edgeinfer.server")
+
+
+def build_app(engine: Engine, settings: ServerSettings) -> Starlette:
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        detail = {404: f"no route {request.method} {request.url.path}",
+                  405: f"method {request.method} not allowed on {request.url.path}"}  # fmt: skip
+        return json_response({"error": detail.get(exc.status_code, exc.detail)}, exc.status_code)
+
+    limit = settings.max_request_bytes
+    return Starlette(
+        routes=kserve_http.routes(engine, limit) + openai_http.routes(engine, limit),
+        exception_handlers={HTTPException: http_error},
+    )
+
+
+async def serve(settings: ServerSettings, repository: Repository) -> None:
+    import uvicorn
+
+    engine = Engine(repository, settings)
+    await engine.start()
+    app = build_app(engine, settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="off",
+        loop="none",
+        http="httptools",
+        timeout_graceful_shutdown=10,
+    )
+    http_server = uvicorn.Server(config)
+    grpc_server = None
+    if settings.grpc_port:
+        from edgeinfer.server.kserve_grpc import start_grpc
+
+        grpc_server = await start_grpc(engine, settings)
+    log.info(
+        "edgeinfer serving %s on http://%s:%d%s",
+        repository.root,
+        settings.host,
+        settings.http_port,
+        f" and grpc {settings.host}:{settings.grpc_port}" if grpc_server else "",
+    )
+    try:
+        await http_server.serve()
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(grace=5)
+        await engine.close()
+
+
+def run(settings: ServerSettings, repository: Repository) -> None:
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # uvloop is optional (not on Windows)
+        factory = None
+    # uvicorn turns SIGINT/SIGTERM into a graceful shutdown of both servers.
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(settings, repository))

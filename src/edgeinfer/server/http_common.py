@@ -1,0 +1,59 @@
+"""Helpers shared by the HTTP front ends: JSON responses, errors, bounded body reads."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edgeinfer.errors import InvalidInput, PayloadTooLarge
+from edgeinfer.server.errors import retry_after, status_of
+
+
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(exc: BaseException) -> Response:
+    status, _, message = status_of(exc)
+    headers = {}
+    if (ra := retry_after(exc)) is not None and status in (429, 503):
+        headers["Retry-After"] = ra
+    return json_response({"error": message}, status, headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with PayloadTooLarge past `limit` bytes (before reading it all
+    when Content-Length says so), and inflated when Content-Encoding is gzip or deflate."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "").lower()
+    if encoding in ("gzip", "deflate"):
+        wbits = 31 if encoding == "gzip" else 15
+        d = zlib.decompressobj(wbits)
+        try:
+            body = d.decompress(body, limit + 1)
+        except zlib.error as e:
+            raise InvalidInput(f"request body is not valid {encoding} data: {e}") from e
+        if len(body) > limit or d.unconsumed_tail:
+            raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+    elif encoding not in ("", "identity"):
+        raise InvalidInput(f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none")
+    return body

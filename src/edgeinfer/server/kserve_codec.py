@@ -1,0 +1,219 @@
+"""KServe v2 REST encoding: JSON tensors and the binary tensor data extension.
+
+Binary extension: the body is a JSON header of `Inference-Header-Content-Length` bytes followed by
+the raw data of every input whose parameters carry `binary_data_size`, in input order. BYTES
+elements are each prefixed with a 4-byte little-endian length.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import numpy as np
+import orjson
+
+from edgeinfer.errors import InvalidInput
+from edgeinfer.types import (
+    DTYPE_TO_NUMPY,
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+    Tensor,
+)
+
+MAX_ELEMENTS = 1 << 31
+
+
+def _shape(raw: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw
+    ):
+        raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
+    if len(raw) > 16:
+        raise InvalidInput(f"input '{name}': rank {len(raw)} is above the limit of 16")
+    return tuple(raw)
+
+
+def decode_bytes_elements(buf: memoryview, count: int, name: str) -> np.ndarray:
+    """Parse `count` length-prefixed BYTES elements that must fill `buf` exactly."""
+    out = np.empty(count, dtype=object)
+    pos, end = 0, len(buf)
+    for i in range(count):
+        if pos + 4 > end:
+            raise InvalidInput(f"input '{name}': binary BYTES data ends after {i} of {count} elements")
+        (n,) = struct.unpack_from("<I", buf, pos)
+        pos += 4
+        if pos + n > end:
+            raise InvalidInput(f"input '{name}': BYTES element {i} runs past the end of its data")
+        out[i] = bytes(buf[pos : pos + n])
+        pos += n
+    if pos != end:
+        raise InvalidInput(f"input '{name}': {end - pos} bytes left over after {count} BYTES elements")
+    return out
+
+
+def encode_bytes_elements(arr: np.ndarray) -> bytes:
+    parts = []
+    for item in arr.reshape(-1):
+        b = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def _json_array(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    count = math.prod(shape)
+    if not isinstance(data, list):
+        raise InvalidInput(f"input '{name}': 'data' must be a list")
+    if datatype == "BYTES":
+        flat = _flatten(data)
+        if len(flat) != count:
+            raise InvalidInput(f"input '{name}': shape {list(shape)} needs {count} elements, got {len(flat)}")
+        out = np.empty(count, dtype=object)
+        for i, v in enumerate(flat):
+            if not isinstance(v, str):
+                raise InvalidInput(f"input '{name}': BYTES elements must be strings in JSON")
+            out[i] = v.encode()
+        return out.reshape(shape)
+    try:
+        arr = np.asarray(data, dtype=DTYPE_TO_NUMPY[datatype])
+    except (ValueError, TypeError, OverflowError) as e:
+        raise InvalidInput(f"input '{name}': 'data' is not a valid {datatype} array: {e}") from e
+    if arr.size != count:
+        raise InvalidInput(f"input '{name}': shape {list(shape)} needs {count} elements, got {arr.size}")
+    return arr.reshape(shape)
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    if not any(isinstance(v, list) for v in data):
+        return data
+    out: list[Any] = []
+    for v in data:
+        out.extend(_flatten(v) if isinstance(v, list) else [v])
+    return out
+
+
+def decode_request(model: str, version: str | None, body: bytes, header_length: int | None) -> InferRequest:
+    """Parse a KServe v2 infer request body (JSON or JSON + binary tensors)."""
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length {header_length} is outside the body ({len(body)} bytes)"
+            )
+        head, binary = body[:header_length], memoryview(body)[header_length:]
+    else:
+        head, binary = body, memoryview(b"")
+    try:
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"request body is not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise InvalidInput("request body must be a JSON object")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("request must have a non-empty 'inputs' list")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput("'parameters' must be an object")
+    inputs: list[Tensor] = []
+    offset = 0
+    for raw in raw_inputs:
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise InvalidInput("each input must be an object with a string 'name'")
+        name = raw["name"]
+        datatype = raw.get("datatype")
+        if datatype not in DTYPE_TO_NUMPY:
+            raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}; expected one of {sorted(DTYPE_TO_NUMPY)}")
+        shape = _shape(raw.get("shape"), name)
+        count = math.prod(shape)
+        if count > MAX_ELEMENTS:
+            raise InvalidInput(f"input '{name}': shape {list(shape)} has more than {MAX_ELEMENTS} elements")
+        iparams = raw.get("parameters") or {}
+        if not isinstance(iparams, dict):
+            raise InvalidInput(f"input '{name}': 'parameters' must be an object")
+        size = iparams.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise InvalidInput(
+                    f"input '{name}': binary data truncated: needs {size} bytes at offset {offset}, "
+                    f"body has {len(binary) - offset}"
+                )
+            chunk = binary[offset : offset + size]
+            offset += size
+            if datatype == "BYTES":
+                data = decode_bytes_elements(chunk, count, name).reshape(shape)
+            else:
+                dtype = DTYPE_TO_NUMPY[datatype]
+                if size != count * dtype.itemsize:
+                    raise InvalidInput(
+                        f"input '{name}': binary_data_size {size} does not match shape {list(shape)} "
+                        f"of {datatype} ({count * dtype.itemsize} bytes)"
+                    )
+                data = np.frombuffer(chunk, dtype=dtype).reshape(shape)
+        elif "data" in raw:
+            data = _json_array(raw["data"], datatype, shape, name)
+        else:
+            raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
+        inputs.append(Tensor(name, data))
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+    outputs = None
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw_outputs
+        ):
+            raise InvalidInput("'outputs' must be a list of objects with a string 'name'")
+        outputs = [RequestedOutput(o["name"], o.get("parameters") or {}) for o in raw_outputs]
+    request_id = doc.get("id")
+    return InferRequest(
+        model=model,
+        version=version,
+        inputs=inputs,
+        id=str(request_id) if request_id is not None else None,
+        outputs=outputs,
+        parameters=params,
+    )
+
+
+def _wants_binary(request: InferRequest, name: str, default: bool) -> bool:
+    if request.outputs:
+        for out in request.outputs:
+            if out.name == name:
+                return bool(out.parameters.get("binary_data", default))
+    return default
+
+
+def _json_data(arr: np.ndarray) -> Any:
+    if arr.dtype == object or arr.dtype.kind in ("S", "U"):
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.reshape(-1)]
+    if arr.dtype == np.float16:
+        arr = arr.astype(np.float32)
+    return np.ascontiguousarray(arr.reshape(-1))
+
+
+def encode_response(request: InferRequest, response: InferResponse) -> tuple[bytes, int | None]:
+    """Return (body, json header length or None when the body is all JSON)."""
+    default_binary = bool(request.parameters.get("binary_data_output", False))
+    outputs = []
+    blobs: list[bytes] = []
+    for t in response.outputs:
+        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+        if _wants_binary(request, t.name, default_binary):
+            blob = encode_bytes_elements(t.data) if t.datatype == "BYTES" else np.ascontiguousarray(t.data).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = _json_data(t.data)
+        outputs.append(entry)
+    doc: dict[str, Any] = {"model_name": response.model, "model_version": response.version, "outputs": outputs}
+    if response.id is not None:
+        doc["id"] = response.id
+    head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return head, None
+    return head + b"".join(blobs), len(head)

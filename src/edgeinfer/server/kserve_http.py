@@ -1,0 +1,145 @@
+"""KServe v2 / Open Inference Protocol over HTTP, with Triton's config, stats and repository routes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from edgeinfer import __version__
+from edgeinfer.errors import EdgeInferError, InvalidInput
+from edgeinfer.lifecycle import Engine
+from edgeinfer.server.http_common import error_response, json_response, read_body
+from edgeinfer.server.kserve_codec import decode_request, encode_response
+from edgeinfer.types import TensorSpec
+
+log = logging.getLogger("edgeinfer.http")
+
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "model_configuration"]
+
+
+def _spec(s: TensorSpec) -> dict[str, Any]:
+    return {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+
+
+def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
+    def _version(request: Request) -> str | None:
+        return request.path_params.get("version")
+
+    async def live(request: Request) -> Response:
+        return Response(status_code=200 if engine.live() else 503)
+
+    async def ready(request: Request) -> Response:
+        return Response(status_code=200 if engine.ready() else 503)
+
+    async def server_metadata(request: Request) -> Response:
+        return json_response({"name": "edgeinfer", "version": __version__, "extensions": EXTENSIONS})
+
+    async def model_metadata(request: Request) -> Response:
+        try:
+            md = engine.metadata(request.path_params["model"], _version(request))
+        except EdgeInferError as e:
+            return error_response(e)
+        return json_response({
+            "name": md.name, "versions": list(md.versions), "platform": md.platform,
+            "inputs": [_spec(s) for s in md.inputs], "outputs": [_spec(s) for s in md.outputs],
+        })  # fmt: skip
+
+    async def model_ready(request: Request) -> Response:
+        ok = engine.model_ready(request.path_params["model"], _version(request))
+        return Response(status_code=200 if ok else 400)
+
+    async def model_config(request: Request) -> Response:
+        try:
+            return json_response(engine.model_config(request.path_params["model"], _version(request)))
+        except EdgeInferError as e:
+            return error_response(e)
+
+    async def model_stats(request: Request) -> Response:
+        try:
+            stats = engine.statistics(request.path_params.get("model"), _version(request))
+        except EdgeInferError as e:
+            return error_response(e)
+        return json_response({"model_stats": stats})
+
+    async def infer(request: Request) -> Response:
+        model = request.path_params["model"]
+        try:
+            body = await read_body(request, max_request_bytes)
+            header = request.headers.get("inference-header-content-length")
+            if header is not None and not header.isdigit():
+                raise InvalidInput("Inference-Header-Content-Length must be a non-negative integer")
+            req = decode_request(model, _version(request), body, int(header) if header else None)
+            resp = await engine.infer(req)
+            out, head_len = encode_response(req, resp)
+        except Exception as e:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("infer %s -> error %s", model, e)
+            return error_response(e)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("infer %s v%s id=%s ok", model, resp.version, resp.id)
+        if head_len is None:
+            return Response(out, media_type="application/json")
+        return Response(
+            out,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(head_len)},
+        )
+
+    async def repository_index(request: Request) -> Response:
+        ready_only = False
+        body = await request.body()
+        if body:
+            try:
+                import orjson
+
+                doc = orjson.loads(body)
+                ready_only = bool(doc.get("ready", False)) if isinstance(doc, dict) else False
+            except ValueError:
+                return error_response(InvalidInput("repository index body must be JSON"))
+        rows = []
+        for s in engine.index(ready_only):
+            row = {"name": s.name, "version": s.version, "state": s.state}
+            if s.reason:
+                row["reason"] = s.reason
+            rows.append(row)
+        return json_response(rows)
+
+    async def repository_load(request: Request) -> Response:
+        try:
+            await engine.load(request.path_params["model"])
+        except EdgeInferError as e:
+            return error_response(e)
+        return json_response({})
+
+    async def repository_unload(request: Request) -> Response:
+        try:
+            await engine.unload(request.path_params["model"])
+        except EdgeInferError as e:
+            return error_response(e)
+        return json_response({})
+
+    m = "/v2/models/{model}"
+    mv = "/v2/models/{model}/versions/{version}"
+    return [
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2", server_metadata),
+        Route("/v2/models/stats", model_stats),
+        Route(m, model_metadata),
+        Route(mv, model_metadata),
+        Route(m + "/ready", model_ready),
+        Route(mv + "/ready", model_ready),
+        Route(m + "/config", model_config),
+        Route(mv + "/config", model_config),
+        Route(m + "/stats", model_stats),
+        Route(mv + "/stats", model_stats),
+        Route(m + "/infer", infer, methods=["POST"]),
+        Route(mv + "/infer", infer, methods=["POST"]),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", repository_unload, methods=["POST"]),
+    ]

@@ -1,0 +1,1 @@
+"""Request path between the server and the runtime: validation, routing, execution."""

@@ -1,0 +1,68 @@
+"""Check a request against a model's declared inputs and outputs before any work is done."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeinfer.errors import InvalidInput
+from edgeinfer.types import InferRequest, TensorSpec
+
+
+def _shape_ok(spec: TensorSpec, shape: tuple[int, ...]) -> bool:
+    return len(spec.shape) == len(shape) and all(
+        d < 0 or d == s for d, s in zip(spec.shape, shape, strict=True)
+    )
+
+
+def validate_request(
+    request: InferRequest,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    max_batch_size: int,
+) -> tuple[dict[str, np.ndarray], list[str] | None]:
+    """Return (feeds, requested output names) or raise InvalidInput naming what is wrong."""
+    declared = {s.name: s for s in inputs}
+    feeds: dict[str, np.ndarray] = {}
+    for tensor in request.inputs:
+        spec = declared.get(tensor.name)
+        if spec is None:
+            raise InvalidInput(
+                f"unexpected input '{tensor.name}' for model '{request.model}'; "
+                f"expected inputs: {sorted(declared)}"
+            )
+        if tensor.name in feeds:
+            raise InvalidInput(f"input '{tensor.name}' is given more than once")
+        if tensor.datatype != spec.datatype:
+            raise InvalidInput(
+                f"input '{tensor.name}': datatype {tensor.datatype} does not match "
+                f"the model's {spec.datatype}"
+            )
+        if not _shape_ok(spec, tensor.shape):
+            raise InvalidInput(
+                f"input '{tensor.name}': shape {list(tensor.shape)} does not match the model's "
+                f"{list(spec.shape)} (-1 is any size)"
+            )
+        if max_batch_size > 0 and tensor.shape and tensor.shape[0] > max_batch_size:
+            raise InvalidInput(
+                f"input '{tensor.name}': batch size {tensor.shape[0]} exceeds the model's "
+                f"max_batch_size {max_batch_size}"
+            )
+        feeds[tensor.name] = tensor.data
+    missing = sorted(set(declared) - set(feeds))
+    if missing:
+        raise InvalidInput(f"model '{request.model}' is missing inputs: {missing}")
+    if max_batch_size > 0 and len(feeds) > 1:
+        batches = {name: a.shape[0] for name, a in feeds.items() if a.ndim}
+        if len(set(batches.values())) > 1:
+            raise InvalidInput(f"inputs disagree on the batch size: {batches}")
+    names = None
+    if request.outputs:
+        known = {s.name for s in outputs}
+        names = []
+        for out in request.outputs:
+            if out.name not in known:
+                raise InvalidInput(
+                    f"unknown output '{out.name}' requested; the model has: {sorted(known)}"
+                )
+            names.append(out.name)
+    return feeds, names

@@ -1,0 +1,1 @@
+"""Counters and timings of what the server does."""

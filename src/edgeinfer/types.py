@@ -1,0 +1,104 @@
+"""Core request/response types shared by every layer. Imports nothing from the package."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# KServe v2 datatype name -> numpy dtype. BYTES tensors hold Python `bytes` in object arrays.
+DTYPE_TO_NUMPY: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+NUMPY_TO_DTYPE: dict[np.dtype[Any], str] = {v: k for k, v in DTYPE_TO_NUMPY.items()}
+NUMPY_TO_DTYPE[np.dtype(np.bytes_)] = "BYTES"
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The KServe datatype name of a numpy array."""
+    if array.dtype.kind in ("S", "U", "O"):
+        return "BYTES"
+    return NUMPY_TO_DTYPE[array.dtype]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A declared model input or output. -1 in `shape` is a variable dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class Tensor:
+    name: str
+    data: np.ndarray
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def datatype(self) -> str:
+        return datatype_of(self.data)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.data.shape)
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """One inference request, whatever protocol it came in on."""
+
+    model: str
+    inputs: list[Tensor]
+    version: str | None = None
+    id: str | None = None
+    outputs: list[RequestedOutput] | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model: str
+    version: str
+    outputs: list[Tensor]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """One row of the repository index."""
+
+    name: str
+    version: str
+    state: str  # READY | LOADING | UNAVAILABLE | UNLOADING
+    reason: str = ""
