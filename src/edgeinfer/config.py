@@ -57,8 +57,10 @@ class VersionPolicy:
             return cls(kind="latest", latest=n)
         if "specific" in raw:
             vs = raw["specific"]
-            if not isinstance(vs, list) or not vs or not all(
-                isinstance(v, int) and v > 0 for v in vs
+            if (
+                not isinstance(vs, list)
+                or not vs
+                or not all(isinstance(v, int) and v > 0 for v in vs)
             ):
                 raise ConfigError(
                     f"{where}: version_policy.specific must be a list of positive integers"
@@ -164,7 +166,8 @@ class ServerSettings:
     (EDGEINFER_HTTP_PORT); the flag wins."""
 
     repository: Path | None = field(
-        default=None, metadata={"help": "model repository folder (<model>/config.toml, <model>/<N>/)"}
+        default=None,
+        metadata={"help": "model repository folder (<model>/config.toml, <model>/<N>/)"},
     )
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
     http_port: int = field(default=8000, metadata={"help": "HTTP port (KServe v2, OpenAI)"})

@@ -75,13 +75,17 @@ class Engine:
 
     def _check_control(self) -> None:
         if self.settings.model_control == "none":
-            raise Unavailable("model control is 'none': start the server with --model-control explicit to load or unload models")
+            raise Unavailable(
+                "model control is 'none': start the server with --model-control explicit to load or unload models"
+            )
 
     async def load(self, name: str, *, _internal: bool = False) -> None:
         """Load (or reload) every version the model's policy selects. Old versions keep serving
         until the new set is ready; a failure leaves what was live in place."""
         if not _internal:
             self._check_control()
+        if name not in self.repository.model_names():
+            raise ModelNotFound(f"model '{name}' is not in the repository")
         async with self._lock(name):
             entry = await asyncio.to_thread(self.repository.model, name)
             self._expected.add(name)
@@ -161,8 +165,10 @@ class Engine:
 
     def metadata(self, name: str, version: str | None = None) -> ModelMetadata:
         h = self.handle(name, version)
-        versions = (str(h.version),) if version else tuple(
-            str(v) for v in sorted(self._slots[name].versions)
+        versions = (
+            (str(h.version),)
+            if version
+            else tuple(str(v) for v in sorted(self._slots[name].versions))
         )
         return ModelMetadata(
             name=name,
@@ -176,10 +182,14 @@ class Engine:
         h = self.handle(name, version)
         return triton_model_config(h.config, h.model)
 
-    def statistics(self, name: str | None = None, version: str | None = None) -> list[dict[str, Any]]:
+    def statistics(
+        self, name: str | None = None, version: str | None = None
+    ) -> list[dict[str, Any]]:
         if name:
-            handles = [self.handle(name, version)] if version else list(
-                self._slot(name).versions.values()
+            handles = (
+                [self.handle(name, version)]
+                if version
+                else list(self._slot(name).versions.values())
             )
         else:
             handles = [h for s in self._slots.values() for h in s.versions.values()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from edgeinfer.config import ModelConfig
 from edgeinfer.errors import EdgeInferError, LoadError, RepositoryError
@@ -17,7 +17,7 @@ from edgeinfer.telemetry.stats import VersionStats
 log = logging.getLogger("edgeinfer.lifecycle")
 
 
-class State(str, Enum):
+class State(StrEnum):
     READY = "READY"
     LOADING = "LOADING"
     UNLOADING = "UNLOADING"

@@ -1,7 +1,12 @@
 """The model repository on disk: `<root>/<model>/config.toml`, `<root>/<model>/<N>/...`."""
 
 from edgeinfer.repository.layout import ModelEntry, Repository, VersionEntry
-from edgeinfer.repository.manifest import MANIFEST_NAME, add_version, verify_manifest, write_manifest
+from edgeinfer.repository.manifest import (
+    MANIFEST_NAME,
+    add_version,
+    verify_manifest,
+    write_manifest,
+)
 
 __all__ = [
     "MANIFEST_NAME",

@@ -25,9 +25,7 @@ def sha256_file(path: Path) -> str:
 
 
 def _files_of(version_dir: Path) -> list[Path]:
-    return sorted(
-        p for p in version_dir.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
-    )
+    return sorted(p for p in version_dir.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
 
 
 def write_manifest(version_dir: Path) -> dict[str, str]:
@@ -39,6 +37,7 @@ def write_manifest(version_dir: Path) -> dict[str, str]:
         json.dump(body, f, indent=2, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a server may run as another user
     os.replace(tmp, version_dir / MANIFEST_NAME)
     return files
 
@@ -54,7 +53,9 @@ def read_manifest(version_dir: Path) -> dict[str, str]:
             raise ValueError("'files' must map file names to sha256 strings")
         return files
     except FileNotFoundError:
-        raise RepositoryError(f"{version_dir}: no {MANIFEST_NAME} (version not published)") from None
+        raise RepositoryError(
+            f"{version_dir}: no {MANIFEST_NAME} (version not published)"
+        ) from None
     except (ValueError, KeyError, TypeError) as e:
         raise RepositoryError(f"{path}: malformed manifest: {e}") from e
 
@@ -64,7 +65,9 @@ def verify_manifest(version_dir: Path) -> None:
     for rel, expected in read_manifest(version_dir).items():
         path = version_dir / rel
         if not path.resolve().is_relative_to(version_dir.resolve()):
-            raise RepositoryError(f"{version_dir}: manifest names a file outside the version: {rel}")
+            raise RepositoryError(
+                f"{version_dir}: manifest names a file outside the version: {rel}"
+            )
         if not path.is_file():
             raise RepositoryError(f"{version_dir}: file {rel} listed in the manifest is missing")
         actual = sha256_file(path)
@@ -103,6 +106,7 @@ def add_version(
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
         write_manifest(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

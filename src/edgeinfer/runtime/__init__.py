@@ -31,9 +31,9 @@ def load(version_dir: Path, config: ModelConfig) -> Model:
     """Load the model files in `version_dir` with the backend named in `config`."""
     from edgeinfer.runtime.onnx import OnnxModel
 
-    model: Model = OnnxModel.load(version_dir, config)
-    if config.text is not None:
-        from edgeinfer.runtime.text import TextModel
+    onnx_model = OnnxModel.load(version_dir, config)
+    if config.text is None:
+        return onnx_model
+    from edgeinfer.runtime.text import TextModel
 
-        model = TextModel(model, version_dir, config.text)
-    return model
+    return TextModel(onnx_model, version_dir, config.text)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.config import ModelConfig, OrtOptions
-from edgeinfer.errors import BackendError, LoadError
+from edgeinfer.errors import BackendError, InvalidInput, LoadError
 from edgeinfer.types import TensorSpec
 
 _ORT_TYPES = {
@@ -59,10 +59,30 @@ def session_options(opts: OrtOptions) -> Any:
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[opts.graph_optimization_level]
     so.enable_cpu_mem_arena = opts.enable_cpu_mem_arena
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if opts.allow_spinning else "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if opts.allow_spinning else "0")
+    so.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if opts.allow_spinning else "0"
+    )
+    so.add_session_config_entry(
+        "session.inter_op.allow_spinning", "1" if opts.allow_spinning else "0"
+    )
     so.log_severity_level = 3
     return so
+
+
+def _to_str(name: str, arr: np.ndarray) -> np.ndarray:
+    """ORT string tensors take Python str; KServe BYTES arrive as bytes."""
+    try:
+        return np.vectorize(
+            lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v), otypes=[object]
+        )(arr)
+    except UnicodeDecodeError as e:
+        raise InvalidInput(f"input '{name}': string tensor holds invalid UTF-8: {e}") from e
+
+
+def _to_bytes(arr: np.ndarray) -> np.ndarray:
+    return np.vectorize(lambda v: v.encode("utf-8") if isinstance(v, str) else v, otypes=[object])(
+        arr
+    )
 
 
 class OnnxModel:
@@ -74,6 +94,8 @@ class OnnxModel:
         self.inputs = tuple(_spec(i) for i in session.get_inputs())
         self.outputs = tuple(_spec(o) for o in session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
+        self._string_inputs = {s.name for s in self.inputs if s.datatype == "BYTES"}
+        self._string_outputs = {s.name for s in self.outputs if s.datatype == "BYTES"}
 
     @classmethod
     def load(cls, version_dir: Path, config: ModelConfig) -> OnnxModel:
@@ -95,11 +117,16 @@ class OnnxModel:
         self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None
     ) -> dict[str, np.ndarray]:
         names = output_names or self._output_names
+        if self._string_inputs:
+            feeds = {k: _to_str(k, v) if k in self._string_inputs else v for k, v in feeds.items()}
         try:
             results = self._session.run(names, feeds)
         except Exception as e:
             raise BackendError(f"ONNX Runtime failed: {e}") from e
-        return dict(zip(names, results, strict=True))
+        out = dict(zip(names, results, strict=True))
+        for name in self._string_outputs.intersection(out):
+            out[name] = _to_bytes(out[name])
+        return out
 
     def example_feeds(self, batch: int = 1) -> dict[str, np.ndarray]:
         """Zero-filled inputs of the declared shapes (variable dims -> `batch` / 1)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -18,8 +20,12 @@ from edgeinfer.server.http_common import json_response
 
 log = logging.getLogger("edgeinfer.server")
 
+Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
 
-def build_app(engine: Engine, settings: ServerSettings) -> Starlette:
+
+def build_app(
+    engine: Engine, settings: ServerSettings, lifespan: Lifespan | None = None
+) -> Starlette:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         detail = {404: f"no route {request.method} {request.url.path}",
@@ -30,6 +36,7 @@ def build_app(engine: Engine, settings: ServerSettings) -> Starlette:
     return Starlette(
         routes=kserve_http.routes(engine, limit) + openai_http.routes(engine, limit),
         exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
     )
 
 
@@ -38,24 +45,34 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
 
     engine = Engine(repository, settings)
     await engine.start()
-    app = build_app(engine, settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.http_port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        lifespan="off",
-        loop="none",
-        http="httptools",
-        timeout_graceful_shutdown=10,
-    )
-    http_server = uvicorn.Server(config)
     grpc_server = None
     if settings.grpc_port:
         from edgeinfer.server.kserve_grpc import start_grpc
 
         grpc_server = await start_grpc(engine, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # uvicorn runs this exit after HTTP has drained and before it re-raises SIGTERM, so
+        # gRPC gets its grace period and the engine is closed on every kind of shutdown.
+        try:
+            yield
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
+            await engine.close()
+
+    config = uvicorn.Config(
+        build_app(engine, settings, lifespan),
+        host=settings.host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        loop="none",
+        http="httptools",
+        timeout_graceful_shutdown=10,
+    )
     log.info(
         "edgeinfer serving %s on http://%s:%d%s",
         repository.root,
@@ -63,12 +80,7 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
         settings.http_port,
         f" and grpc {settings.host}:{settings.grpc_port}" if grpc_server else "",
     )
-    try:
-        await http_server.serve()
-    finally:
-        if grpc_server is not None:
-            await grpc_server.stop(grace=5)
-        await engine.close()
+    await uvicorn.Server(config).serve()
 
 
 def run(settings: ServerSettings, repository: Repository) -> None:

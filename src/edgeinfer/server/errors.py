@@ -5,36 +5,35 @@ from __future__ import annotations
 import logging
 import math
 
-import grpc
-
 from edgeinfer import errors as e
 
 log = logging.getLogger("edgeinfer.server")
 
 # Most specific first: lookup walks the exception's MRO.
-_TABLE: dict[type[Exception], tuple[int, grpc.StatusCode]] = {
-    e.ModelNotFound: (404, grpc.StatusCode.NOT_FOUND),
-    e.AdapterNotFound: (404, grpc.StatusCode.NOT_FOUND),
-    e.InvalidInput: (400, grpc.StatusCode.INVALID_ARGUMENT),
-    e.PayloadTooLarge: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    e.QueueFull: (429, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    e.DeadlineExceeded: (504, grpc.StatusCode.DEADLINE_EXCEEDED),
-    e.ModelNotReady: (503, grpc.StatusCode.UNAVAILABLE),
-    e.Unavailable: (503, grpc.StatusCode.UNAVAILABLE),
-    e.RepositoryError: (400, grpc.StatusCode.FAILED_PRECONDITION),
-    e.LoadError: (400, grpc.StatusCode.FAILED_PRECONDITION),
-    e.BackendError: (500, grpc.StatusCode.INTERNAL),
+_TABLE: dict[type[Exception], tuple[int, str]] = {
+    e.ModelNotFound: (404, "NOT_FOUND"),
+    e.AdapterNotFound: (404, "NOT_FOUND"),
+    e.InvalidInput: (400, "INVALID_ARGUMENT"),
+    e.PayloadTooLarge: (413, "RESOURCE_EXHAUSTED"),
+    e.QueueFull: (429, "RESOURCE_EXHAUSTED"),
+    e.DeadlineExceeded: (504, "DEADLINE_EXCEEDED"),
+    e.ModelNotReady: (503, "UNAVAILABLE"),
+    e.Unavailable: (503, "UNAVAILABLE"),
+    e.RepositoryError: (400, "FAILED_PRECONDITION"),
+    e.LoadError: (400, "FAILED_PRECONDITION"),
+    e.BackendError: (500, "INTERNAL"),
 }
 
 
-def status_of(exc: BaseException) -> tuple[int, grpc.StatusCode, str]:
-    """(HTTP status, gRPC code, client-facing message) for any exception."""
+def status_of(exc: BaseException) -> tuple[int, str, str]:
+    """(HTTP status, gRPC status code name, client-facing message) for any exception.
+    Code names are `grpc.StatusCode` member names, so grpc is imported only by the gRPC server."""
     for cls in type(exc).__mro__:
         if cls in _TABLE:
             http, code = _TABLE[cls]
             return http, code, str(exc)
     log.exception("unexpected error", exc_info=exc)
-    return 500, grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+    return 500, "INTERNAL", f"internal error: {type(exc).__name__}"
 
 
 def retry_after(exc: BaseException) -> str | None:

@@ -35,7 +35,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     when Content-Length says so), and inflated when Content-Encoding is gzip or deflate."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        raise PayloadTooLarge(
+            f"request body of {declared} bytes exceeds the limit of {limit} bytes"
+        )
     chunks = []
     size = 0
     async for chunk in request.stream():

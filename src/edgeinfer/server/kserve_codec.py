@@ -42,7 +42,9 @@ def decode_bytes_elements(buf: memoryview, count: int, name: str) -> np.ndarray:
     pos, end = 0, len(buf)
     for i in range(count):
         if pos + 4 > end:
-            raise InvalidInput(f"input '{name}': binary BYTES data ends after {i} of {count} elements")
+            raise InvalidInput(
+                f"input '{name}': binary BYTES data ends after {i} of {count} elements"
+            )
         (n,) = struct.unpack_from("<I", buf, pos)
         pos += 4
         if pos + n > end:
@@ -50,7 +52,9 @@ def decode_bytes_elements(buf: memoryview, count: int, name: str) -> np.ndarray:
         out[i] = bytes(buf[pos : pos + n])
         pos += n
     if pos != end:
-        raise InvalidInput(f"input '{name}': {end - pos} bytes left over after {count} BYTES elements")
+        raise InvalidInput(
+            f"input '{name}': {end - pos} bytes left over after {count} BYTES elements"
+        )
     return out
 
 
@@ -70,7 +74,9 @@ def _json_array(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> 
     if datatype == "BYTES":
         flat = _flatten(data)
         if len(flat) != count:
-            raise InvalidInput(f"input '{name}': shape {list(shape)} needs {count} elements, got {len(flat)}")
+            raise InvalidInput(
+                f"input '{name}': shape {list(shape)} needs {count} elements, got {len(flat)}"
+            )
         out = np.empty(count, dtype=object)
         for i, v in enumerate(flat):
             if not isinstance(v, str):
@@ -82,7 +88,9 @@ def _json_array(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> 
     except (ValueError, TypeError, OverflowError) as e:
         raise InvalidInput(f"input '{name}': 'data' is not a valid {datatype} array: {e}") from e
     if arr.size != count:
-        raise InvalidInput(f"input '{name}': shape {list(shape)} needs {count} elements, got {arr.size}")
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} needs {count} elements, got {arr.size}"
+        )
     return arr.reshape(shape)
 
 
@@ -95,7 +103,9 @@ def _flatten(data: list[Any]) -> list[Any]:
     return out
 
 
-def decode_request(model: str, version: str | None, body: bytes, header_length: int | None) -> InferRequest:
+def decode_request(
+    model: str, version: str | None, body: bytes, header_length: int | None
+) -> InferRequest:
     """Parse a KServe v2 infer request body (JSON or JSON + binary tensors)."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
@@ -125,18 +135,24 @@ def decode_request(model: str, version: str | None, body: bytes, header_length: 
         name = raw["name"]
         datatype = raw.get("datatype")
         if datatype not in DTYPE_TO_NUMPY:
-            raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}; expected one of {sorted(DTYPE_TO_NUMPY)}")
+            raise InvalidInput(
+                f"input '{name}': unknown datatype {datatype!r}; expected one of {sorted(DTYPE_TO_NUMPY)}"
+            )
         shape = _shape(raw.get("shape"), name)
         count = math.prod(shape)
         if count > MAX_ELEMENTS:
-            raise InvalidInput(f"input '{name}': shape {list(shape)} has more than {MAX_ELEMENTS} elements")
+            raise InvalidInput(
+                f"input '{name}': shape {list(shape)} has more than {MAX_ELEMENTS} elements"
+            )
         iparams = raw.get("parameters") or {}
         if not isinstance(iparams, dict):
             raise InvalidInput(f"input '{name}': 'parameters' must be an object")
         size = iparams.get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
+                raise InvalidInput(
+                    f"input '{name}': binary_data_size must be a non-negative integer"
+                )
             if offset + size > len(binary):
                 raise InvalidInput(
                     f"input '{name}': binary data truncated: needs {size} bytes at offset {offset}, "
@@ -160,7 +176,9 @@ def decode_request(model: str, version: str | None, body: bytes, header_length: 
             raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
         inputs.append(Tensor(name, data))
     if offset != len(binary):
-        raise InvalidInput(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+        raise InvalidInput(
+            f"{len(binary) - offset} bytes of binary data are not claimed by any input"
+        )
     outputs = None
     raw_outputs = doc.get("outputs")
     if raw_outputs is not None:
@@ -190,7 +208,10 @@ def _wants_binary(request: InferRequest, name: str, default: bool) -> bool:
 
 def _json_data(arr: np.ndarray) -> Any:
     if arr.dtype == object or arr.dtype.kind in ("S", "U"):
-        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.reshape(-1)]
+        return [
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            for v in arr.reshape(-1)
+        ]
     if arr.dtype == np.float16:
         arr = arr.astype(np.float32)
     return np.ascontiguousarray(arr.reshape(-1))
@@ -204,13 +225,21 @@ def encode_response(request: InferRequest, response: InferResponse) -> tuple[byt
     for t in response.outputs:
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
         if _wants_binary(request, t.name, default_binary):
-            blob = encode_bytes_elements(t.data) if t.datatype == "BYTES" else np.ascontiguousarray(t.data).tobytes()
+            blob = (
+                encode_bytes_elements(t.data)
+                if t.datatype == "BYTES"
+                else np.ascontiguousarray(t.data).tobytes()
+            )
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
             entry["data"] = _json_data(t.data)
         outputs.append(entry)
-    doc: dict[str, Any] = {"model_name": response.model, "model_version": response.version, "outputs": outputs}
+    doc: dict[str, Any] = {
+        "model_name": response.model,
+        "model_version": response.version,
+        "outputs": outputs,
+    }
     if response.id is not None:
         doc["id"] = response.id
     head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)

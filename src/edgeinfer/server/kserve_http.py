@@ -36,7 +36,9 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
         return Response(status_code=200 if engine.ready() else 503)
 
     async def server_metadata(request: Request) -> Response:
-        return json_response({"name": "edgeinfer", "version": __version__, "extensions": EXTENSIONS})
+        return json_response(
+            {"name": "edgeinfer", "version": __version__, "extensions": EXTENSIONS}
+        )
 
     async def model_metadata(request: Request) -> Response:
         try:
@@ -54,7 +56,9 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
 
     async def model_config(request: Request) -> Response:
         try:
-            return json_response(engine.model_config(request.path_params["model"], _version(request)))
+            return json_response(
+                engine.model_config(request.path_params["model"], _version(request))
+            )
         except EdgeInferError as e:
             return error_response(e)
 

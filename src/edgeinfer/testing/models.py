@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
-def _save(graph: object, path: Path, opset: int = 17) -> Path:
+def _save(graph: Any, path: Path, opset: int = 17) -> Path:
     import onnx
     from onnx import helper
 
@@ -19,7 +20,7 @@ def _save(graph: object, path: Path, opset: int = 17) -> Path:
     return path
 
 
-def _init(name: str, array: np.ndarray) -> object:
+def _init(name: str, array: np.ndarray) -> Any:
     from onnx import numpy_helper
 
     return numpy_helper.from_array(array, name)

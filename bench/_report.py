@@ -1,0 +1,102 @@
+"""Ratios, target checks and the README markdown table, all computed from the results JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+LABELS = {"mlp": "MLP, JSON", "resnet18": "ResNet-18, binary"}
+
+
+def point(side: dict[str, Any], model: str, concurrency: int) -> dict[str, Any]:
+    for p in side["points"]:
+        if p["model"] == model and p["concurrency"] == concurrency:
+            return p
+    raise KeyError(f"no point {model} c={concurrency}")
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def ratios(res: dict[str, Any]) -> dict[str, float | None]:
+    ours, peer, raw = res["edgeinfer"], res["fastapi"], res["raw_ort"]
+    out: dict[str, float | None] = {}
+    for p in ours["points"]:
+        m, c = p["model"], p["concurrency"]
+        q = point(peer, m, c)
+        out[f"{m}_c{c}_rps_ours_over_fastapi"] = _ratio(p["rps"], q["rps"])
+        out[f"{m}_c{c}_p50_ours_over_fastapi"] = _ratio(p["p50_ms"], q["p50_ms"])
+    for m in LABELS:
+        out[f"{m}_c1_rps_ours_over_raw_ort"] = _ratio(point(ours, m, 1)["rps"], raw[m]["rps"])
+        out[f"{m}_c1_rps_fastapi_over_raw_ort"] = _ratio(point(peer, m, 1)["rps"], raw[m]["rps"])
+    out["cold_start_ours_over_fastapi"] = _ratio(ours["cold_start_s"], peer["cold_start_s"])
+    out["rss_ours_over_fastapi"] = _ratio(ours["rss_mb"], peer["rss_mb"])
+    return out
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    ours, peer = res["edgeinfer"], res["fastapi"]
+    p50, peer_p50 = point(ours, "mlp", 1)["p50_ms"], point(peer, "mlp", 1)["p50_ms"]
+    cnn_share = res["ratios"]["resnet18_c1_rps_ours_over_raw_ort"] or 0.0
+    rows = [
+        ("MLP c=1 p50 <= FastAPI p50", p50, f"<= {peer_p50} ms", p50 <= peer_p50),
+        ("MLP c=1 p50 <= 0.6 ms", p50, "<= 0.6 ms", p50 <= 0.6),
+        ("ResNet-18 c=1 >= 90% of raw ORT batch-1 req/s", cnn_share, ">= 0.90", cnn_share >= 0.90),
+        ("cold start <= 1.5 s", ours["cold_start_s"], "<= 1.5 s", ours["cold_start_s"] <= 1.5),
+        ("idle CPU < 1% of a core", ours["idle_cpu"], "< 0.01", ours["idle_cpu"] < 0.01),
+        ("RSS after load <= 250 MB", ours["rss_mb"], "<= 250 MB", ours["rss_mb"] <= 250),
+    ]
+    return [{"target": t, "value": v, "limit": lim, "met": bool(ok)} for t, v, lim, ok in rows]
+
+
+def _cell(p: dict[str, Any]) -> str:
+    return f"{p['rps']:,.0f} | {p['p50_ms']:.2f} / {p['p99_ms']:.2f}"
+
+
+def table(res: dict[str, Any]) -> str:
+    """The README benchmark section, in markdown."""
+    ours, peer, raw, m = res["edgeinfer"], res["fastapi"], res["raw_ort"], res["machine"]
+    lines = [
+        "| Model, payload | Concurrency | edgeinfer req/s | p50 / p99 ms | FastAPI+ORT req/s "
+        "| p50 / p99 ms | edgeinfer / FastAPI req/s | client CPU (ours / FastAPI) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model, label in LABELS.items():
+        r = raw[model]
+        lines.append(f"| {label} | raw ORT `session.run`, batch 1 | {_cell(r)} | | | | |")
+        for c in res["settings"]["concurrency"]:
+            p, q = point(ours, model, c), point(peer, model, c)
+            lines.append(
+                f"| {label} | {c} | {_cell(p)} | {_cell(q)} | {p['rps'] / q['rps']:.2f}x "
+                f"| {p['client_cpu']:.0%} / {q['client_cpu']:.0%} |"
+            )
+    lines += [
+        "",
+        "| | edgeinfer | FastAPI+ORT |",
+        "|---|---:|---:|",
+        f"| cold start to first inference on every model | {ours['cold_start_s']:.2f} s "
+        f"| {peer['cold_start_s']:.2f} s |",
+        f"| RSS after the load runs | {ours['rss_mb']:.0f} MB | {peer['rss_mb']:.0f} MB |",
+        f"| idle CPU | {ours['idle_cpu']:.2%} of a core | {peer['idle_cpu']:.2%} of a core |",
+        "",
+    ]
+    probe = res["cnn_threads"]
+    tried = ", ".join(
+        f"{t} thread(s): {v['c1']['rps']:.1f} req/s served, {raw['resnet18_t' + t]['rps']:.1f} raw"
+        for t, v in probe["runs"].items()
+    )
+    lines.append(
+        f"ResNet-18 `intra_op_threads` at concurrency 1 — {tried}; kept {probe['chosen']}."
+    )
+    met = sum(t["met"] for t in res["targets"])
+    lines.append(f"Targets met: {met}/{len(res['targets'])} — " + "; ".join(
+        f"{'✓' if t['met'] else '✗'} {t['target']} ({t['value']})" for t in res["targets"]
+    ))  # fmt: skip
+    lines.append(
+        f"{m['cpu']}, {m['nproc']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, "
+        f"{m['date'][:10]}; {res['settings']['duration_s']:g} s per point after "
+        f"{res['settings']['warmup_s']:g} s warm-up; closed-loop Python client in its own process "
+        "(one keep-alive connection per slot). Client CPU near 100% means the client, not the "
+        "server, is the limit. `python bench/serving.py` reproduces it."
+    )
+    return "\n".join(lines)

@@ -1,0 +1,349 @@
+"""Serving benchmark: edgeinfer against a naive FastAPI + ONNX Runtime server and the raw
+`session.run` floor, all measured in the same run on the same models and session options.
+
+    python bench/serving.py                # full run (~5 min on 2 cores) -> bench/results/serving.json
+    python bench/serving.py --quick        # smoke run -> bench/results/serving-quick.json
+    python bench/serving.py --table bench/results/serving.json   # README markdown table
+
+Steps: build a tiny MLP and a ResNet-18-shaped CNN; time raw ORT at batch 1; start edgeinfer with
+the CNN at intra_op_threads 1 and then 2 (cold start + CNN at concurrency 1 each) and keep the
+faster; run every load point against edgeinfer, then RSS and idle CPU; then the same against the
+FastAPI peer. One server runs at a time, and the load generator is its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _load import percentile
+from _proc import BENCH, Request, Server, free_port, post, run_load
+from _report import ratios, table, targets
+
+CONCURRENCY = (1, 8, 32)
+MLP_CONFIG = 'backend = "onnxruntime"\nmax_batch_size = 16\n\n[onnxruntime]\nintra_op_threads = 1\n'
+CNN_CONFIG = (
+    'backend = "onnxruntime"\nmax_batch_size = 16\n\n[onnxruntime]\nintra_op_threads = {}\n'
+)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---- models and payloads --------------------------------------------------------------------
+def build_repositories(tmp: Path) -> tuple[dict[str, Path], dict[int, Path]]:
+    """Build both ONNX files once; one repository per CNN thread setting, each with both models."""
+    from edgeinfer.testing import models
+
+    onnx = {"mlp": models.mlp(tmp / "build" / "mlp.onnx"),
+            "resnet18": models.resnet18_like(tmp / "build" / "resnet18.onnx")}  # fmt: skip
+    repos = {}
+    for threads in (1, 2):
+        repo = tmp / f"repo_t{threads}"
+        models.publish(repo, "mlp", onnx["mlp"], MLP_CONFIG)
+        models.publish(repo, "resnet18", onnx["resnet18"], CNN_CONFIG.format(threads))
+        repos[threads] = repo
+    return onnx, repos
+
+
+def make_requests(x_mlp: np.ndarray, x_cnn: np.ndarray) -> dict[str, Request]:
+    mlp_doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x_mlp.shape),
+                           "data": x_mlp.reshape(-1).tolist()}]}  # fmt: skip
+    blob = x_cnn.tobytes()
+    head = json.dumps({
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x_cnn.shape),
+                    "parameters": {"binary_data_size": len(blob)}}],
+        "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+    }).encode()  # fmt: skip
+    return {
+        "mlp": Request("mlp", json.dumps(mlp_doc).encode(), {"Content-Type": "application/json"}),
+        "resnet18": Request("resnet18", head + blob, {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(head)),
+        }),
+    }  # fmt: skip
+
+
+def decode_output(headers: dict[str, str], body: bytes) -> np.ndarray:
+    """The first output of a KServe v2 reply, JSON or binary."""
+    head_len = int(headers.get("inference-header-content-length", len(body)))
+    out = json.loads(body[:head_len])["outputs"][0]
+    if "data" in out:
+        return np.asarray(out["data"], np.float32).reshape(out["shape"])
+    return np.frombuffer(body[head_len:], np.float32).reshape(out["shape"])
+
+
+def verify(server: Server, requests: dict[str, Request], expected: dict[str, np.ndarray]) -> None:
+    """Both servers must return what raw ORT returns for the same input."""
+    for model, req in requests.items():
+        status, headers, body = post(server.port, req)
+        if status != 200:
+            raise RuntimeError(f"{server.name} {model}: HTTP {status}: {body[:300]!r}")
+        got, want = decode_output(headers, body), expected[model]
+        if got.shape != want.shape or not np.allclose(
+            got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max()
+        ):
+            raise RuntimeError(f"{server.name} {model}: reply differs from raw ORT")
+
+
+# ---- raw ORT floor --------------------------------------------------------------------------
+def raw_ort(onnx_path: Path, name: str, config_text: str, feeds: dict[str, np.ndarray],
+            duration: float, warmup: float) -> tuple[dict[str, Any], np.ndarray]:  # fmt: skip
+    """A batch-1 `session.run` loop with the session options the server builds from the config."""
+    import onnxruntime as ort
+
+    from edgeinfer.config import ModelConfig
+    from edgeinfer.runtime.onnx import session_options
+
+    config = ModelConfig.from_dict(tomllib.loads(config_text), name)
+    session = ort.InferenceSession(str(onnx_path), session_options(config.onnxruntime),
+                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    clock = time.perf_counter_ns
+    end = clock() + int(warmup * 1e9)
+    while clock() < end:
+        output = session.run(None, feeds)[0]
+    lats = []
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = clock()
+    end = t0 + int(duration * 1e9)
+    while (t := clock()) < end:
+        session.run(None, feeds)
+        lats.append(clock() - t)
+    wall = (clock() - t0) / 1e9
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / wall
+    del session
+    gc.collect()
+    lats.sort()
+    return {
+        "intra_op_threads": config.onnxruntime.intra_op_threads,
+        "requests": len(lats),
+        "rps": round(len(lats) / wall, 1),
+        "p50_ms": round(percentile(lats, 0.5) / 1e6, 3),
+        "p99_ms": round(percentile(lats, 0.99) / 1e6, 3),
+        "cpu": round(cpu, 3),
+    }, output
+
+
+# ---- servers --------------------------------------------------------------------------------
+def ours(repo: Path, tmp: Path) -> Server:
+    port = free_port()
+    cmd = [sys.executable, "-m", "edgeinfer.cli", "serve", "--repository", str(repo),
+           "--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", "0",
+           "--log-level", "warning"]  # fmt: skip
+    return Server("edgeinfer", cmd, port, tmp / f"edgeinfer-{port}.log")
+
+
+def peer(repo: Path, tmp: Path) -> Server:
+    port = free_port()
+    cmd = [sys.executable, str(BENCH / "peer_fastapi.py"), "--repository", str(repo),
+           "--port", str(port)]  # fmt: skip
+    return Server("fastapi", cmd, port, tmp / f"fastapi-{port}.log")
+
+
+def cold_start(server: Server, requests: dict[str, Request]) -> dict[str, Any]:
+    server.start()
+    first = server.wait_first_success(list(requests.values()))
+    log(f"{server.name}: first inference after {first} s")
+    return {"cold_start_s": max(first.values()), "cold_start_per_model_s": first}
+
+
+def load_point(server: Server, req: Request, c: int, opts: argparse.Namespace,
+               tmp: Path) -> dict[str, Any]:  # fmt: skip
+    p = {"model": req.model, **run_load(server, req, c, opts.duration, opts.warmup, tmp)}
+    log(f"{server.name} {req.model} c={c}: {p['rps']} req/s, p50 {p['p50_ms']} ms, "
+        f"p99 {p['p99_ms']} ms, errors {p['errors']}, client CPU {p['client_cpu']:.0%}, "
+        f"server CPU {p['server_cpu']:.0%}, other {p['other_cpu']:.0%}")  # fmt: skip
+    if p["errors"]:
+        log(f"  first error: {p['first_error']}")
+    return p
+
+
+def suite(server: Server, requests: dict[str, Request], expected: dict[str, np.ndarray],
+          opts: argparse.Namespace, tmp: Path, reuse: dict[tuple[str, int], dict[str, Any]],
+          ) -> dict[str, Any]:  # fmt: skip
+    """Cold start, every load point, RSS and idle CPU of one server; it is stopped on return."""
+    try:
+        out = cold_start(server, requests)
+        verify(server, requests, expected)
+        points = []
+        for model, req in requests.items():
+            for c in CONCURRENCY:
+                reused = reuse.get((model, c))
+                points.append(reused if reused else load_point(server, req, c, opts, tmp))
+        out["points"] = points
+        out.update(server.rss_mb())
+        time.sleep(1.0)  # let the last replies and any GC finish before measuring idle
+        out["idle_cpu"] = server.idle_cpu(opts.idle)
+        out["idle_window_s"] = opts.idle
+        log(f"{server.name}: RSS {out['rss_mb']} MB (peak {out['peak_rss_mb']}), "
+            f"idle CPU {out['idle_cpu']:.2%} of a core")  # fmt: skip
+        if server.name == "edgeinfer":
+            out["wrk"] = run_wrk(server, requests["mlp"], opts, tmp)
+        return out
+    finally:
+        server.stop()
+
+
+def run_wrk(server: Server, req: Request, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """MLP at concurrency 32 with wrk (a C client that does not saturate), when installed."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return {"status": "not installed; skipped"}
+    script = tmp / "mlp.lua"
+    body = req.body.decode().replace("]]", "] ]")
+    script.write_text(f'wrk.method = "POST"\nwrk.body = [[{body}]]\n'
+                      'wrk.headers["Content-Type"] = "application/json"\n')  # fmt: skip
+    url = f"http://127.0.0.1:{server.port}{req.path}"
+    cmd = [wrk, "-t1", "-c32", f"-d{opts.duration:g}s", "--latency", "-s", str(script), url]
+    try:
+        text = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=opts.duration + 60
+        ).stdout
+        unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+        pct = {
+            q: float(v) * unit[u]
+            for q, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", text, re.M)
+        }
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+        return {"status": "ok", "concurrency": 32, "rps": rps, "p50_ms": pct.get("50"),
+                "p99_ms": pct.get("99"), "non_2xx": int(bad.group(1)) if bad else 0}  # fmt: skip
+    except (subprocess.SubprocessError, AttributeError, ValueError) as e:
+        return {"status": f"failed: {e}"}
+
+
+# ---- the run --------------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    import onnxruntime
+
+    import edgeinfer
+
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for mod in ("fastapi", "uvicorn", "starlette", "numpy"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            versions[mod] = None
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=BENCH).stdout.strip()  # fmt: skip
+    return {
+        "cpu": cpu, "nproc": len(os.sched_getaffinity(0)), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "kernel": platform.release(), "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__, "edgeinfer": edgeinfer.__version__,
+        "git_commit": commit, "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
+        **versions,
+    }  # fmt: skip
+
+
+def run(opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    res: dict[str, Any] = {
+        "benchmark": "serving", "mode": "quick" if opts.quick else "full", "machine": machine_info(),
+        "settings": {"duration_s": opts.duration, "warmup_s": opts.warmup, "idle_s": opts.idle,
+                     "concurrency": list(CONCURRENCY), "client": "bench/_load.py, raw-socket "
+                     "HTTP/1.1, one thread + keep-alive connection per slot, closed loop"},
+        "payloads": {"mlp": "KServe v2 JSON in and out, FP32 [1,16] -> [1,4], to both servers",
+                     "resnet18": "KServe v2 binary tensor extension in and out, FP32 [1,3,224,224] "
+                     "(602,112 B) -> [1,1000] (4,000 B), to both servers"},
+        "configs": {"mlp": MLP_CONFIG, "resnet18": CNN_CONFIG.format("{1 or 2}")},
+    }  # fmt: skip
+    log("building models")
+    onnx, repos = build_repositories(tmp)
+    rng = np.random.default_rng(0)
+    x = {"mlp": rng.standard_normal((1, 16)).astype(np.float32),
+         "resnet18": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}  # fmt: skip
+    requests = make_requests(x["mlp"], x["resnet18"])
+
+    log("raw ORT session.run loops")
+    raw: dict[str, Any] = {}
+    expected: dict[str, np.ndarray] = {}
+    raw["mlp"], expected["mlp"] = raw_ort(onnx["mlp"], "mlp", MLP_CONFIG, {"x": x["mlp"]},
+                                          opts.duration, opts.warmup)  # fmt: skip
+    for t in (1, 2):
+        raw[f"resnet18_t{t}"], expected["resnet18"] = raw_ort(
+            onnx["resnet18"], "resnet18", CNN_CONFIG.format(t), {"input": x["resnet18"]},
+            opts.duration, opts.warmup)  # fmt: skip
+    for k, v in raw.items():
+        log(f"raw ORT {k}: {v['rps']} req/s, p50 {v['p50_ms']} ms, p99 {v['p99_ms']} ms")
+
+    probe: dict[str, Any] = {}
+    for t in (1, 2):
+        server = ours(repos[t], tmp)
+        try:
+            probe[str(t)] = cold_start(server, requests)
+            verify(server, requests, expected)
+            probe[str(t)]["c1"] = load_point(server, requests["resnet18"], 1, opts, tmp)
+        finally:
+            server.stop()
+    chosen = max((1, 2), key=lambda t: probe[str(t)]["c1"]["rps"])
+    res["cnn_threads"] = {"runs": probe, "chosen": chosen}
+    res["configs"]["resnet18"] = CNN_CONFIG.format(chosen)
+    raw["resnet18"] = raw[f"resnet18_t{chosen}"]
+    res["raw_ort"] = raw
+    log(f"ResNet-18 keeps intra_op_threads = {chosen}")
+
+    reuse = {("resnet18", 1): {**probe[str(chosen)]["c1"], "note": "from the thread probe"}}
+    res["edgeinfer"] = suite(ours(repos[chosen], tmp), requests, expected, opts, tmp, reuse)
+    res["wrk"] = res["edgeinfer"].pop("wrk")
+    res["fastapi"] = suite(peer(repos[chosen], tmp), requests, expected, opts, tmp, {})
+    res["ratios"] = ratios(res)
+    res["targets"] = targets(res)
+    return res
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="edgeinfer serving benchmark",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="3 s per point, 1 s warm-up (smoke run)")
+    p.add_argument("--duration", type=float, help="seconds per load point (default 10, quick 3)")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per point (default 2, quick 1)")
+    p.add_argument("--idle", type=float, help="idle-CPU window in seconds (default 5, quick 3)")
+    p.add_argument("--output", type=Path, help="JSON path (default bench/results/serving.json, "
+                   "quick: serving-quick.json)")  # fmt: skip
+    p.add_argument("--table", type=Path, metavar="JSON", help="print the markdown table of a "
+                   "results file and exit")  # fmt: skip
+    opts = p.parse_args()
+    if opts.table:
+        print(table(json.loads(opts.table.read_text())))
+        return 0
+    opts.duration = opts.duration or (3.0 if opts.quick else 10.0)
+    opts.warmup = opts.warmup if opts.warmup is not None else (1.0 if opts.quick else 2.0)
+    opts.idle = opts.idle or (3.0 if opts.quick else 5.0)
+    name = "serving-quick.json" if opts.quick else "serving.json"
+    output = opts.output or BENCH / "results" / name
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgeinfer-bench-") as tmp:
+        res = run(opts, Path(tmp))
+    res["wall_s"] = round(time.perf_counter() - started, 1)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(res, indent=2) + "\n")
+    print(table(res))
+    print(f"\nwrote {output} in {res['wall_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

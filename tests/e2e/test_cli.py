@@ -1,0 +1,89 @@
+"""The CLI as a user runs it: a real process, its exit code and what it prints."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from edgeinfer.testing import models
+from tests.conftest import start_server
+
+EDGEINFER = [sys.executable, "-m", "edgeinfer.cli"]
+
+
+def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*EDGEINFER, *args], capture_output=True, text=True, timeout=120)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_help_for_every_command_and_no_heavy_imports() -> None:
+    for args in ([], ["serve"], ["models"], ["models", "list"], ["models", "add"],
+                 ["models", "load"], ["models", "unload"], ["demo"]):  # fmt: skip
+        out = run(*args, "--help").stdout
+        assert "usage: edgeinfer" in out
+    code = ("import sys, edgeinfer.cli as c\n"
+            "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = {'onnxruntime', 'torch', 'grpc', 'uvicorn'} & set(sys.modules)\n"
+            "assert not heavy, heavy")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_models_add_and_list(tmp_path: Path) -> None:
+    onnx_file = models.mlp(tmp_path / "m.onnx")
+    repo = tmp_path / "repo"
+    out = run("models", "add", str(repo), "mlp", str(onnx_file)).stdout
+    assert "version 1" in out
+    run("models", "add", str(repo), "mlp", str(onnx_file), "--version", "4")
+    assert "version 5" in run("models", "add", str(repo), "mlp", str(onnx_file)).stdout
+    listing = run("models", "list", "--repository", str(repo)).stdout.splitlines()
+    assert [line.split("\t")[1] for line in listing] == ["1 ", "4 ", "5*"]
+    assert sorted(p.name for p in (repo / "mlp").iterdir()) == ["1", "4", "5", "config.toml"]
+
+
+def test_errors_are_one_line_with_exit_code(tmp_path: Path) -> None:
+    proc = run("models", "add", str(tmp_path / "r"), "m", str(tmp_path / "missing.onnx"), ok=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "missing.onnx: no such file" in proc.stderr
+    proc = run("serve", "--repository", str(tmp_path / "nope"), ok=False)
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("serve", "--repository", str(tmp_path), "--http-port", "99999", ok=False)
+    assert proc.returncode == 2 and "http-port" in proc.stderr
+    proc = run("models", "list", "--url", "http://127.0.0.1:9", ok=False)
+    assert proc.returncode == 1 and "cannot reach the server" in proc.stderr
+
+
+def test_load_unload_against_a_running_server(tiny_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo)
+    server = start_server(repo, tmp_path / "server.log")
+    try:
+        url = ["--url", server.url]
+        listing = run("models", "list", *url).stdout
+        assert "ids" in listing and "READY" in listing
+        run("models", "unload", "ids", *url)
+        assert httpx.get(f"{server.url}/v2/models/ids/ready").status_code == 400
+        # Readiness now only counts the models that should be loaded.
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+        r = httpx.post(f"{server.url}/v2/models/ids/infer", json={"inputs": [
+            {"name": "a", "shape": [1, 3], "datatype": "INT32", "data": [1, 2, 3]}]})  # fmt: skip
+        assert r.status_code == 503 and "not ready" in r.json()["error"]
+        assert "UNAVAILABLE" in run("models", "list", *url).stdout
+        run("models", "load", "ids", *url)
+        assert httpx.get(f"{server.url}/v2/models/ids/ready").status_code == 200
+        proc = run("models", "load", "nope", *url, ok=False)
+        assert proc.returncode == 1 and "404" in proc.stderr
+        # A new version published with the CLI is picked up by a load (reload).
+        run("models", "add", str(repo), "ids", str(repo / "ids" / "1" / "model.onnx"))
+        run("models", "load", "ids", *url)
+        md = httpx.get(f"{server.url}/v2/models/ids").json()
+        assert md["versions"] == ["2"]
+    finally:
+        server.stop()

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from edgeinfer.errors import InvalidInput
+from edgeinfer.serving.validation import validate_request
+from edgeinfer.types import InferRequest, RequestedOutput, Tensor, TensorSpec
+
+INPUTS = (TensorSpec("x", "FP32", (-1, 4)), TensorSpec("m", "INT64", (-1, 4)))
+OUTPUTS = (TensorSpec("y", "FP32", (-1, 2)), TensorSpec("z", "FP32", (-1,)))
+
+
+def req(*tensors: Tensor, outputs: list[str] | None = None) -> InferRequest:
+    outs = [RequestedOutput(o) for o in outputs] if outputs else None
+    return InferRequest("m", list(tensors), outputs=outs)
+
+
+def x(n: int = 2, dtype: type = np.float32, cols: int = 4, name: str = "x") -> Tensor:
+    return Tensor(name, np.zeros((n, cols), dtype))
+
+
+def test_valid_request_gives_feeds_and_outputs() -> None:
+    feeds, names = validate_request(
+        req(x(), x(dtype=np.int64, name="m"), outputs=["z"]), INPUTS, OUTPUTS, 8
+    )
+    assert set(feeds) == {"x", "m"}
+    assert names == ["z"]
+
+
+@pytest.mark.parametrize(("tensors", "needle"), [
+    ((x(), x(dtype=np.int64, name="m"), x(name="q")), "unexpected input 'q'"),
+    ((x(dtype=np.float64), x(dtype=np.int64, name="m")), "datatype FP64"),
+    ((x(cols=3), x(dtype=np.int64, name="m")), "shape \\[2, 3\\]"),
+    ((x(n=9), x(n=9, dtype=np.int64, name="m")), "max_batch_size 8"),
+    ((x(),), "missing inputs: \\['m'\\]"),
+    ((x(), x(), x(dtype=np.int64, name="m")), "more than once"),
+    ((x(n=2), x(n=3, dtype=np.int64, name="m")), "disagree on the batch size"),
+])  # fmt: skip
+def test_invalid_requests(tensors: tuple[Tensor, ...], needle: str) -> None:
+    with pytest.raises(InvalidInput, match=needle):
+        validate_request(req(*tensors), INPUTS, OUTPUTS, 8)
+
+
+def test_unknown_output() -> None:
+    with pytest.raises(InvalidInput, match="unknown output 'w'"):
+        validate_request(req(x(), x(dtype=np.int64, name="m"), outputs=["w"]), INPUTS, OUTPUTS, 8)

@@ -1,0 +1,52 @@
+from pathlib import Path
+
+import pytest
+
+from edgeinfer.config import ConfigError, ModelConfig, ServerSettings, VersionPolicy
+
+
+def test_defaults_from_empty_config(tmp_path: Path) -> None:
+    cfg = ModelConfig.from_toml(tmp_path / "missing.toml", "m")
+    assert cfg.backend == "onnxruntime"
+    assert cfg.version_policy.select([1, 2, 3]) == [3]
+    assert cfg.onnxruntime.allow_spinning is False
+
+
+@pytest.mark.parametrize(("raw", "available", "expected"), [
+    ({"latest": 2}, [1, 5, 3], [3, 5]),
+    ({"specific": [1, 3, 9]}, [1, 2, 3], [1, 3]),
+    ({"all": True}, [2, 1], [1, 2]),
+])  # fmt: skip
+def test_version_policies(raw: dict, available: list[int], expected: list[int]) -> None:
+    assert VersionPolicy.from_dict(raw, "t").select(available) == expected
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("max_batch_size = -1", "max_batch_size"),
+    ("backend = 'tensorflow'", "unknown backend"),
+    ("colour = 'red'", "unknown keys"),
+    ("[version_policy]\nlatest = 0", "latest"),
+    ("[version_policy]\nlatest = 1\nall = true", "exactly one"),
+    ("[version_policy]\nspecific = []", "specific"),
+    ("[onnxruntime]\nexecution_mode = 'fast'", "execution_mode"),
+    ("[onnxruntime]\nthreads = 2", "threads"),
+    ("name = 'other'", "directory name"),
+    ("max_batch_size = ", "not valid TOML"),
+])  # fmt: skip
+def test_bad_configs_say_what_to_fix(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        ModelConfig.from_toml(path, "m")
+
+
+def test_server_settings_validation() -> None:
+    with pytest.raises(ConfigError, match="http-port"):
+        ServerSettings(http_port=70000)
+    with pytest.raises(ConfigError, match="model-control"):
+        ServerSettings(model_control="poll-everything")
+
+
+def test_env_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEINFER_HTTP_PORT", "9123")
+    assert ServerSettings.env_defaults()["http_port"] == "9123"
