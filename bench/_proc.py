@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _load import proc_cpu_s
+from _load import machine_busy_s, proc_cpu_s
 
 HOST = "127.0.0.1"
 BENCH = Path(__file__).resolve().parent
@@ -127,6 +127,21 @@ class Server:
         c0, t0 = proc_cpu_s(self.pid), time.perf_counter()
         time.sleep(seconds)
         return round((proc_cpu_s(self.pid) - c0) / (time.perf_counter() - t0), 4)
+
+
+def wait_quiet(server: Server | None, cap: float, threshold: float = 0.15) -> dict[str, float]:
+    """Wait (at most `cap` s) until processes other than `server` use under `threshold` of a core
+    for a whole second: other engineers' test runs share these 2 cores. Returns what was seen."""
+    start = time.perf_counter()
+    other = float("inf")
+    while True:
+        m0, s0 = machine_busy_s(), proc_cpu_s(server.pid) if server else 0.0
+        time.sleep(1.0)
+        m1, s1 = machine_busy_s(), proc_cpu_s(server.pid) if server else 0.0
+        other = (m1 - m0) - (s1 - s0)
+        waited = time.perf_counter() - start
+        if other < threshold or waited >= cap:
+            return {"waited_s": round(waited, 1), "other_cpu_before": round(other, 3)}
 
 
 def run_load(server: Server, req: Request, concurrency: int, duration: float, warmup: float,

@@ -102,3 +102,18 @@ def tiny_server(
     server = start_server(tiny_repo, tmp_path_factory.mktemp("logs") / "server.log")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in demo repository, built once per test session."""
+    from edgeinfer.demo import ensure_demo_repository
+
+    return ensure_demo_repository(tmp_path_factory.mktemp("edgeinfer-home") / "demo")
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_server(demo_repo, tmp_path_factory.mktemp("demo-logs") / "server.log")
+    yield server
+    server.stop()
