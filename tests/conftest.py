@@ -113,7 +113,9 @@ def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def demo_server(
+    demo_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     server = start_server(demo_repo, tmp_path_factory.mktemp("demo-logs") / "server.log")
     yield server
     server.stop()

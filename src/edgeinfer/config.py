@@ -11,6 +11,16 @@ A model's `config.toml`:
     inter_op_threads = 1
     execution_mode = "sequential"  # or "parallel"
     graph_optimization_level = "all"  # disable | basic | extended | all
+    instance_count = 1             # separate sessions that run batches in parallel
+    [dynamic_batching]             # present: combine queued requests into one run
+    preferred_batch_sizes = [4, 8]
+    max_queue_delay_us = 100
+    [queue]                        # applies with or without dynamic batching
+    max_queue_size = 1024          # 0: unbounded; full -> 429 with Retry-After
+    priority_levels = 1            # 1 is the highest; requests say "priority" (0 = default)
+    default_priority_level = 1
+    default_timeout_us = 0         # 0: none; requests say "timeout" (µs)
+    timeout_action = "reject"      # or "delay": move behind everything else once
     [text]                         # optional: a BYTES input tokenized in the server
     input = "text"
     tokenizer = "tokenizer.json"   # file in the version directory
@@ -114,6 +124,40 @@ class TextOptions:
 
 
 @dataclass(frozen=True)
+class DynamicBatching:
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "preferred_batch_sizes", tuple(self.preferred_batch_sizes))
+        if any(not isinstance(b, int) or b < 1 for b in self.preferred_batch_sizes):
+            raise ConfigError("dynamic_batching.preferred_batch_sizes must be positive integers")
+        if self.max_queue_delay_us < 0:
+            raise ConfigError("dynamic_batching.max_queue_delay_us must be >= 0")
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    max_queue_size: int = 1024
+    priority_levels: int = 1
+    default_priority_level: int = 1
+    default_timeout_us: int = 0
+    timeout_action: str = "reject"
+
+    def __post_init__(self) -> None:
+        if self.max_queue_size < 0:
+            raise ConfigError("queue.max_queue_size must be >= 0 (0 = unbounded)")
+        if self.priority_levels < 1:
+            raise ConfigError("queue.priority_levels must be >= 1")
+        if not 1 <= self.default_priority_level <= self.priority_levels:
+            raise ConfigError("queue.default_priority_level must be in 1..priority_levels")
+        if self.default_timeout_us < 0:
+            raise ConfigError("queue.default_timeout_us must be >= 0 (0 = no timeout)")
+        if self.timeout_action not in ("reject", "delay"):
+            raise ConfigError("queue.timeout_action must be 'reject' or 'delay'")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     backend: str = "onnxruntime"
@@ -122,12 +166,21 @@ class ModelConfig:
     onnxruntime: OrtOptions = field(default_factory=OrtOptions)
     text: TextOptions | None = None
     warmup: bool = True
+    instance_count: int = 1
+    dynamic_batching: DynamicBatching | None = None
+    queue: QueueOptions = field(default_factory=QueueOptions)
 
     def __post_init__(self) -> None:
         if self.backend not in ("onnxruntime",):
             raise ConfigError(f"model {self.name}: unknown backend {self.backend!r}")
         if self.max_batch_size < 0:
             raise ConfigError(f"model {self.name}: max_batch_size must be >= 0")
+        if self.instance_count < 1:
+            raise ConfigError(f"model {self.name}: instance_count must be >= 1")
+        if self.dynamic_batching is not None and self.max_batch_size == 0:
+            raise ConfigError(
+                f"model {self.name}: dynamic_batching needs max_batch_size > 0 (a batch axis)"
+            )
 
     @classmethod
     def from_toml(cls, path: Path, name: str) -> ModelConfig:
@@ -151,7 +204,11 @@ class ModelConfig:
             ort = OrtOptions(**raw.pop("onnxruntime", {}))
             text_raw = raw.pop("text", None)
             text = TextOptions(**text_raw) if text_raw is not None else None
-            return cls(name=name, version_policy=policy, onnxruntime=ort, text=text, **raw)
+            db_raw = raw.pop("dynamic_batching", None)
+            batching = DynamicBatching(**db_raw) if db_raw is not None else None
+            queue = QueueOptions(**raw.pop("queue", {}))
+            return cls(name=name, version_policy=policy, onnxruntime=ort, text=text,
+                       dynamic_batching=batching, queue=queue, **raw)  # fmt: skip
         except TypeError as e:
             raise ConfigError(f"{where}: {e}") from e
 

@@ -74,7 +74,9 @@ def test_minilm_embeds_text(triton: tuple, demo_repo: Path) -> None:
     md = client.get_model_metadata("minilm", **({"as_json": True} if mod is grpcclient else {}))
     (inp_md,) = md["inputs"]
     assert (inp_md["name"], inp_md["datatype"], [int(d) for d in inp_md["shape"]]) == (
-        "text", "BYTES", [-1]
+        "text",
+        "BYTES",
+        [-1],
     )
     texts = np.array([s.encode() for s in SENTENCES], dtype=object)
     inp = mod.InferInput("text", [len(texts)], "BYTES")

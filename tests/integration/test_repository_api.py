@@ -33,7 +33,9 @@ def _infer_version(server: ServerProcess) -> str:
 
 
 @pytest.mark.parametrize("breakage", ["garbage onnx", "checksum mismatch", "no manifest"])
-def test_broken_version_keeps_old_one_serving(server: ServerProcess, tmp_path: Path, breakage: str) -> None:
+def test_broken_version_keeps_old_one_serving(
+    server: ServerProcess, tmp_path: Path, breakage: str
+) -> None:
     repo = Path(server.log_path).parent / "repo"
     assert _infer_version(server) == "2"
     model_dir = repo / "mlp"

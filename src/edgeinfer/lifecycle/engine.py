@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from edgeinfer.config import ModelConfig, ServerSettings
 from edgeinfer.errors import (
+    BackendError,
+    DeadlineExceeded,
     EdgeInferError,
+    InvalidInput,
     LoadError,
     ModelNotFound,
     ModelNotReady,
+    QueueFull,
     Unavailable,
 )
 from edgeinfer.lifecycle.models import LoadedVersion, ModelSlot, State, load_version
@@ -20,6 +25,7 @@ from edgeinfer.lifecycle.triton_config import triton_model_config
 from edgeinfer.repository import Repository
 from edgeinfer.serving.runner import Runner
 from edgeinfer.serving.validation import validate_request
+from edgeinfer.telemetry.metrics import VersionSample, build_registry, exposition
 from edgeinfer.types import (
     InferRequest,
     InferResponse,
@@ -40,6 +46,8 @@ class Engine:
         self._locks: dict[str, asyncio.Lock] = {}
         self._expected: set[str] = set()  # models that should be loaded for readiness
         self._closing = False
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._metrics = build_registry(self._metric_samples)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -58,7 +66,10 @@ class Engine:
 
     async def close(self) -> None:
         self._closing = True
-        self._slots = {}
+        slots, self._slots = self._slots, {}
+        for slot in slots.values():
+            self._retire(slot.versions.values())
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         self.runner.shutdown()
 
     def live(self) -> bool:
@@ -101,9 +112,9 @@ class Engine:
             failures: dict[int, str] = {}
             for ventry in selected:
                 try:
-                    loaded[ventry.version] = await asyncio.to_thread(
-                        load_version, ventry, entry.config
-                    )
+                    h = await asyncio.to_thread(load_version, ventry, entry.config)
+                    h.start(self.runner)
+                    loaded[ventry.version] = h
                 except EdgeInferError as e:
                     failures[ventry.version] = e.message
                     log.warning("%s v%d: %s", name, ventry.version, e.message)
@@ -113,8 +124,10 @@ class Engine:
                     slot.state, slot.reason = State.UNAVAILABLE, "; ".join(failures.values())
                 raise LoadError(f"model '{name}' failed to load: " + "; ".join(failures.values()))
             # One reference assignment swaps the live set; in-flight requests keep their handle.
+            old = slot.versions
             slot.config, slot.versions = entry.config, loaded
             slot.state, slot.reason = State.READY, ""
+            self._retire(old.values())
 
     async def unload(self, name: str) -> None:
         self._check_control()
@@ -125,8 +138,18 @@ class Engine:
                     raise ModelNotFound(f"model '{name}' is not in the repository")
                 return
             self._expected.discard(name)
-            slot.versions = {}
+            old, slot.versions = slot.versions, {}
             slot.state, slot.reason = State.UNAVAILABLE, "unloaded"
+            self._retire(old.values())
+
+    def _retire(self, handles: Iterable[LoadedVersion]) -> None:
+        """Drain and release replaced versions in the background: requests that already hold
+        them finish on them; the sessions are freed when the last one is done."""
+        for h in handles:
+            if h.scheduler is not None:
+                task = asyncio.create_task(h.scheduler.close(drain=True))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
 
     # ---- lookups ---------------------------------------------------------------------------
     def _slot(self, name: str) -> ModelSlot:
@@ -212,6 +235,17 @@ class Engine:
         return [(n, s.config, self.metadata(n)) for n, s in self._slots.items()
                 if s.versions and s.config is not None]  # fmt: skip
 
+    def _metric_samples(self) -> list[VersionSample]:
+        return [
+            VersionSample(h.stats, h.scheduler.pending if h.scheduler else 0)
+            for slot in list(self._slots.values())
+            for h in slot.versions.values()
+        ]
+
+    def metrics(self) -> bytes:
+        """Prometheus text exposition of every metric."""
+        return exposition(self._metrics)
+
     def count_tokens(self, name: str, texts: list[str]) -> int:
         """Tokens the model's tokenizer makes of `texts` (0 for models without one)."""
         tokenize = getattr(self.handle(name).model, "tokenize", None)
@@ -225,34 +259,43 @@ class Engine:
             raise Unavailable("server is shutting down")
         start = time.perf_counter_ns()
         h = self.handle(request.model, request.version)
-        model = h.model
+        assert h.scheduler is not None
         try:
             feeds, names = validate_request(
-                request, model.inputs, model.outputs, h.config.max_batch_size
+                request, h.model.inputs, h.model.outputs, h.config.max_batch_size
             )
-            t_in = time.perf_counter_ns()
-            results, infer_ns = await self.runner.run(h.timer, lambda: model.run(feeds, names))
-            t_out = time.perf_counter_ns()
-            outputs = [Tensor(name, arr) for name, arr in results.items()]
-        except EdgeInferError:
-            h.stats.record_failure(time.perf_counter_ns() - start)
+            priority, timeout_us = _queue_params(request.parameters)
+            results, t = await h.scheduler.submit(feeds, priority, timeout_us)
+        except asyncio.CancelledError:
+            h.stats.record_failure(time.perf_counter_ns() - start, "CANCELED")
             raise
-        end = time.perf_counter_ns()
-        batch = _batch_of(feeds) if h.config.max_batch_size > 0 else 1
+        except EdgeInferError as e:
+            h.stats.record_failure(time.perf_counter_ns() - start, _failure_reason(e))
+            raise
+        outputs = [Tensor(n, results[n]) for n in (names or results)]
         h.stats.record_success(
-            batch,
-            total_ns=end - start,
-            queue_ns=0,
-            input_ns=t_in - start,
-            infer_ns=infer_ns,
-            output_ns=end - t_out,
+            time.perf_counter_ns() - start, t.queue_ns, t.input_ns, t.infer_ns, t.output_ns
         )
         return InferResponse(
             model=request.model, version=str(h.version), outputs=outputs, id=request.id
         )
 
 
-def _batch_of(feeds: dict[str, Any]) -> int:
-    for arr in feeds.values():
-        return int(arr.shape[0]) if arr.ndim else 1
-    return 1
+def _queue_params(params: dict[str, Any]) -> tuple[int, int]:
+    """The request's priority and timeout (µs) from KServe/Triton request parameters."""
+    out = []
+    for key in ("priority", "timeout"):
+        value = params.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidInput(f"parameter '{key}' must be a non-negative integer, got {value!r}")
+        out.append(value)
+    return out[0], out[1]
+
+
+def _failure_reason(e: EdgeInferError) -> str:
+    """Triton's nv_inference_request_failure reasons."""
+    if isinstance(e, QueueFull | Unavailable | DeadlineExceeded):
+        return "REJECTED"
+    if isinstance(e, BackendError):
+        return "BACKEND"
+    return "OTHER"

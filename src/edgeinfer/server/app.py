@@ -15,7 +15,7 @@ from starlette.responses import Response
 from edgeinfer.config import ServerSettings
 from edgeinfer.lifecycle import Engine
 from edgeinfer.repository import Repository
-from edgeinfer.server import kserve_http, openai_http
+from edgeinfer.server import kserve_http, metrics_http, openai_http
 from edgeinfer.server.http_common import json_response
 
 log = logging.getLogger("edgeinfer.server")
@@ -34,7 +34,11 @@ def build_app(
 
     limit = settings.max_request_bytes
     return Starlette(
-        routes=kserve_http.routes(engine, limit) + openai_http.routes(engine, limit),
+        routes=[
+            *kserve_http.routes(engine, limit),
+            *openai_http.routes(engine, limit),
+            *metrics_http.routes(engine),
+        ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )

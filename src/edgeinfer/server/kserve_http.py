@@ -12,7 +12,13 @@ from starlette.routing import Route
 from edgeinfer import __version__
 from edgeinfer.errors import EdgeInferError, InvalidInput
 from edgeinfer.lifecycle import Engine
-from edgeinfer.server.http_common import error_response, json_response, read_body
+from edgeinfer.server.http_common import (
+    ClientDisconnected,
+    error_response,
+    json_response,
+    read_body,
+    unless_disconnected,
+)
 from edgeinfer.server.kserve_codec import decode_request, encode_response
 from edgeinfer.types import TensorSpec
 
@@ -77,8 +83,11 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
             if header is not None and not header.isdigit():
                 raise InvalidInput("Inference-Header-Content-Length must be a non-negative integer")
             req = decode_request(model, _version(request), body, int(header) if header else None)
-            resp = await engine.infer(req)
+            resp = await unless_disconnected(request, engine.infer(req))
             out, head_len = encode_response(req, resp)
+        except ClientDisconnected:
+            log.debug("infer %s: client disconnected, request cancelled", model)
+            return Response(status_code=499)
         except Exception as e:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("infer %s -> error %s", model, e)

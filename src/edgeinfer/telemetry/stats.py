@@ -1,10 +1,19 @@
-"""Per model-version statistics in the shape of Triton's /v2/models/{m}/stats."""
+"""Per model-version statistics: Triton's /v2/models/{m}/stats shape, read by Prometheus at scrape.
+
+Updated only from the event loop thread (the scheduler delivers results there), so plain integer
+adds are safe; a scrape reads a consistent-enough snapshot without locks.
+"""
 
 from __future__ import annotations
 
-import threading
+import bisect
 import time
 from dataclasses import dataclass, field
+
+# Request latency histogram buckets, in seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0)  # fmt: skip
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
 
 @dataclass
@@ -22,65 +31,72 @@ class Duration:
 
 @dataclass
 class VersionStats:
-    """Updated from the event loop and worker threads; `_lock` keeps the sums consistent."""
-
     name: str
     version: str
     last_inference_ms: int = 0
-    inference_count: int = 0
-    execution_count: int = 0
+    inference_count: int = 0  # batch rows served
+    execution_count: int = 0  # model runs
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
     queue: Duration = field(default_factory=Duration)
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batch_sizes: dict[int, Duration] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum_s: float = 0.0
+
+    def record_execution(self, batch: int, infer_ns: int) -> None:
+        self.execution_count += 1
+        self.inference_count += batch
+        self.batch_sizes.setdefault(batch, Duration()).add(infer_ns)
 
     def record_success(
-        self, batch: int, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int
+        self, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int
     ) -> None:
-        with self._lock:
-            self.last_inference_ms = time.time_ns() // 1_000_000
-            self.inference_count += batch
-            self.execution_count += 1
-            self.success.add(total_ns)
-            self.queue.add(queue_ns)
-            self.compute_input.add(input_ns)
-            self.compute_infer.add(infer_ns)
-            self.compute_output.add(output_ns)
-            self.batch_sizes.setdefault(batch, Duration()).add(infer_ns)
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        self.success.add(total_ns)
+        self.queue.add(queue_ns)
+        self.compute_input.add(input_ns)
+        self.compute_infer.add(infer_ns)
+        self.compute_output.add(output_ns)
+        self._observe(total_ns)
 
-    def record_failure(self, total_ns: int) -> None:
-        with self._lock:
-            self.fail.add(total_ns)
+    def record_failure(self, total_ns: int, reason: str) -> None:
+        self.fail.add(total_ns)
+        self.failures[reason] += 1
+        self._observe(total_ns)
+
+    def _observe(self, total_ns: int) -> None:
+        seconds = total_ns / 1e9
+        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum_s += seconds
 
     def as_dict(self) -> dict[str, object]:
-        with self._lock:
-            return {
-                "name": self.name,
-                "version": self.version,
-                "last_inference": self.last_inference_ms,
-                "inference_count": self.inference_count,
-                "execution_count": self.execution_count,
-                "inference_stats": {
-                    "success": self.success.as_dict(),
-                    "fail": self.fail.as_dict(),
-                    "queue": self.queue.as_dict(),
-                    "compute_input": self.compute_input.as_dict(),
-                    "compute_infer": self.compute_infer.as_dict(),
-                    "compute_output": self.compute_output.as_dict(),
-                    "cache_hit": {"count": 0, "ns": 0},
-                    "cache_miss": {"count": 0, "ns": 0},
-                },
-                "batch_stats": [
-                    {
-                        "batch_size": size,
-                        "compute_input": {"count": d.count, "ns": 0},
-                        "compute_infer": d.as_dict(),
-                        "compute_output": {"count": d.count, "ns": 0},
-                    }
-                    for size, d in sorted(self.batch_sizes.items())
-                ],
-            }
+        return {
+            "name": self.name,
+            "version": self.version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.as_dict(),
+                "fail": self.fail.as_dict(),
+                "queue": self.queue.as_dict(),
+                "compute_input": self.compute_input.as_dict(),
+                "compute_infer": self.compute_infer.as_dict(),
+                "compute_output": self.compute_output.as_dict(),
+                "cache_hit": {"count": 0, "ns": 0},
+                "cache_miss": {"count": 0, "ns": 0},
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": {"count": d.count, "ns": 0},
+                    "compute_infer": d.as_dict(),
+                    "compute_output": {"count": d.count, "ns": 0},
+                }
+                for size, d in sorted(self.batch_sizes.items())
+            ],
+        }

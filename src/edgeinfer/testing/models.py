@@ -132,3 +132,31 @@ def publish(repo: Path, name: str, onnx_path: Path, config: str = "",
     if config or not cfg.exists():
         cfg.write_text(config or 'backend = "onnxruntime"\n')
     return add_version(model_dir, {"model.onnx": onnx_path, **(extra or {})}, version)
+
+
+def slow(path: Path, depth: int = 30, side: int = 256, seed: int = 0) -> Path:
+    """A model built to be slow (for queueing tests): `x` FP32 [N,16] -> `y` FP32 [N,1].
+
+    Each row becomes a side x side matrix squared `depth` times (with tanh to stay finite), so
+    one row costs ~depth * 2 * side^3 FLOPs: ~1 GFLOP (tens of ms) at the defaults.
+    """
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((16, side * side)) / (2 * np.sqrt(side))).astype(np.float32)
+    shape = np.array([-1, side, side], np.int64)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["flat"]),
+             helper.make_node("Reshape", ["flat", "shape"], ["h0"])]  # fmt: skip
+    for i in range(depth):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", f"h{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"]))
+    nodes.append(helper.make_node("Abs", [f"h{depth}"], ["a"]))
+    nodes.append(helper.make_node("ReduceMean", ["a"], ["y"], axes=[1, 2], keepdims=0))
+    nodes.append(helper.make_node("Unsqueeze", ["y", "one"], ["y1"]))
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y1", TensorProto.FLOAT, ["N", 1])],
+        [_init("w", w), _init("shape", shape), _init("one", np.array([1], np.int64))],
+    )  # fmt: skip
+    return _save(graph, path)

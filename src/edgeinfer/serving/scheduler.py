@@ -1,0 +1,224 @@
+"""Per model version: one bounded priority queue, one worker task per model instance.
+
+The loop is schedule -> execute -> deliver. Queue bookkeeping happens on the event loop thread
+only, so it needs no locks; model runs go to worker threads (or run inline for tiny models, see
+serving/runner.py). A request whose caller is cancelled (client disconnect, gRPC cancel) is
+removed from the queue; if its batch already started, its slice of the result is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgeinfer.errors import DeadlineExceeded, EdgeInferError, QueueFull, Unavailable
+from edgeinfer.runtime import Model
+from edgeinfer.serving.batcher import BatchPolicy, BatchQueue, Entry
+from edgeinfer.serving.runner import Runner, RunTimer
+from edgeinfer.telemetry.stats import VersionStats
+
+
+@dataclass(slots=True)
+class Timing:
+    queue_ns: int
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+    batch_size: int
+
+
+class ServiceRate:
+    """Exponentially weighted rows per second actually served, for Retry-After and admission."""
+
+    __slots__ = ("rows_per_s", "samples")
+
+    def __init__(self) -> None:
+        self.rows_per_s = 0.0
+        self.samples = 0
+
+    def add(self, rows: int, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        self.samples += 1
+        alpha = 1.0 / min(self.samples, 16)
+        self.rows_per_s += alpha * (rows / seconds - self.rows_per_s)
+
+    def seconds_for(self, rows: int) -> float | None:
+        return rows / self.rows_per_s if self.samples >= 3 and self.rows_per_s > 0 else None
+
+
+def _signature(feeds: dict[str, np.ndarray]) -> tuple[Any, ...]:
+    return tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(feeds.items()))
+
+
+class Scheduler:
+    def __init__(
+        self,
+        instances: Sequence[Model],
+        policy: BatchPolicy,
+        runner: Runner,
+        stats: VersionStats,
+        dynamic: bool,
+        batch_axis: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.queue = BatchQueue(policy)
+        self.policy = policy
+        self.instances = list(instances)
+        self.rate = ServiceRate()
+        self.running = 0  # batches executing now
+        self._runner = runner
+        self._stats = stats
+        self._dynamic = dynamic  # combine requests into one run
+        self._batch_axis = batch_axis  # inputs have a leading batch dimension
+        self._clock = clock
+        self._timers = [RunTimer() for _ in self.instances]
+        self._wakeup: asyncio.Event | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        return len(self.queue)
+
+    def _start(self) -> asyncio.Event:
+        self._wakeup = asyncio.Event()
+        self._workers = [asyncio.create_task(self._work(i)) for i in range(len(self.instances))]
+        return self._wakeup
+
+    def _admit(self, entry: Entry, now: float) -> None:
+        rows_ahead = self.queue.rows_ahead_of(entry.priority)
+        timeout_us = entry.timeout_us or self.policy.default_timeout_us
+        wait = self.rate.seconds_for(rows_ahead)
+        if timeout_us and wait is not None and wait * 1e6 > timeout_us:
+            raise QueueFull(
+                f"predicted queue wait {wait * 1e3:.1f} ms exceeds the request's timeout "
+                f"{timeout_us / 1e3:.1f} ms; rejected without queueing",
+                retry_after=wait,
+            )
+        try:
+            self.queue.add(entry, now)
+        except QueueFull as e:
+            e.retry_after = self.rate.seconds_for(self.queue.rows) or 1.0
+            raise
+
+    async def submit(
+        self, feeds: dict[str, np.ndarray], priority: int = 0, timeout_us: int = 0
+    ) -> tuple[dict[str, np.ndarray], Timing]:
+        """Queue one request and wait for its slice of a batch result."""
+        if self._closed:
+            raise Unavailable("model version is unloading")
+        wakeup = self._wakeup or self._start()
+        rows = next(iter(feeds.values())).shape[0] if self._dynamic else 1
+        fut: asyncio.Future[tuple[dict[str, np.ndarray], Timing]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        entry = Entry(rows, _signature(feeds) if self._dynamic else None, 0.0, priority,
+                      timeout_us, payload=(feeds, fut))  # fmt: skip
+        self._admit(entry, self._clock())
+        wakeup.set()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self.queue.remove(entry)
+            raise
+
+    async def _work(self, index: int) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            decision = self.queue.take(self._clock())
+            for e in decision.expired:
+                _fail(e, DeadlineExceeded("request timed out in the queue before it could run"))
+            if decision.batch:
+                self.running += 1
+                try:
+                    await self._execute(index, decision.batch)
+                finally:
+                    self.running -= 1
+                continue
+            self._wakeup.clear()
+            timer = None
+            if decision.wake_at is not None:
+                timer = loop.call_later(
+                    max(0.0, decision.wake_at - self._clock()), self._wakeup.set
+                )
+            await self._wakeup.wait()
+            if timer is not None:
+                timer.cancel()
+
+    async def _execute(self, index: int, batch: list[Entry]) -> None:
+        start = self._clock()
+        t0 = time.perf_counter_ns()
+        live = [e for e in batch if not e.payload[1].done()]  # cancelled after being taken
+        if not live:
+            return
+        feeds = _concat([e.payload[0] for e in live])
+        t1 = time.perf_counter_ns()
+        model = self.instances[index]
+        try:
+            results, infer_ns = await self._runner.run(
+                self._timers[index], lambda: model.run(feeds)
+            )
+        except EdgeInferError as exc:
+            for e in live:
+                _fail(e, exc)
+            return
+        t2 = time.perf_counter_ns()
+        offset = 0
+        rows = _rows(feeds) if self._batch_axis else 1
+        self.rate.add(rows, self._clock() - start)
+        self._stats.record_execution(rows, infer_ns)
+        for e in live:
+            fut = e.payload[1]
+            part = results if len(live) == 1 else {
+                k: v[offset : offset + e.batch] for k, v in results.items()
+            }  # fmt: skip
+            offset += e.batch
+            if not fut.done():
+                timing = Timing(int((start - e.enqueued) * 1e9), t1 - t0, infer_ns,
+                                time.perf_counter_ns() - t2, rows)  # fmt: skip
+                fut.set_result((part, timing))
+
+    async def close(self, drain: bool = True, timeout: float = 30.0) -> None:
+        """Stop taking requests; with `drain`, let queued and running ones finish first."""
+        self._closed = not drain
+        if drain:
+            end = time.monotonic() + timeout
+            while (len(self.queue) or self.running) and time.monotonic() < end:
+                await asyncio.sleep(0.005)
+            self._closed = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        while len(self.queue):
+            decision = self.queue.take(math.inf)
+            for e in decision.batch + decision.expired:
+                _fail(e, Unavailable("model version was unloaded before the request ran"))
+        for w in self._workers:
+            w.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        for m in self.instances:
+            m.close()
+
+
+def _fail(entry: Entry, exc: BaseException) -> None:
+    fut = entry.payload[1]
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def _rows(feeds: dict[str, np.ndarray]) -> int:
+    first = next(iter(feeds.values()))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -1,0 +1,102 @@
+"""Prometheus exposition: Triton's metric names for tensor models, read from VersionStats at scrape.
+
+Nothing is updated per request here: the collector turns the stats objects into metric families
+when /metrics is scraped, so metrics cost nothing on the request path.
+
+prometheus-client always writes counters with a `_total` suffix; Triton's counters have none
+(`nv_inference_request_success`). To keep Triton's exact sample names, those families are exposed
+untyped, which PromQL treats the same (rate() works).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+
+from edgeinfer.telemetry.stats import LATENCY_BUCKETS, VersionStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class VersionSample:
+    stats: VersionStats
+    pending: int
+
+
+_TRITON_COUNTERS: tuple[tuple[str, str, Callable[[VersionStats], float]], ...] = (
+    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes",
+     lambda s: s.success.count),
+    ("nv_inference_count", "Number of inferences performed (a batch of N counts N)",
+     lambda s: s.inference_count),
+    ("nv_inference_exec_count", "Number of model executions performed",
+     lambda s: s.execution_count),
+    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds",
+     lambda s: (s.success.ns + s.fail.ns) // 1000),
+    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds",
+     lambda s: s.queue.ns // 1000),
+    ("nv_inference_compute_input_duration_us",
+     "Cumulative compute input duration in microseconds", lambda s: s.compute_input.ns // 1000),
+    ("nv_inference_compute_infer_duration_us",
+     "Cumulative compute inference duration in microseconds", lambda s: s.compute_infer.ns // 1000),
+    ("nv_inference_compute_output_duration_us",
+     "Cumulative compute output duration in microseconds", lambda s: s.compute_output.ns // 1000),
+)  # fmt: skip
+
+
+def _untyped(name: str, doc: str) -> Metric:
+    return Metric(name, doc, "unknown")
+
+
+class TensorModelCollector:
+    def __init__(self, source: Callable[[], Iterable[VersionSample]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        samples = list(self._source())
+        for name, doc, value in _TRITON_COUNTERS:
+            m = _untyped(name, doc)
+            for v in samples:
+                m.add_sample(
+                    name, {"model": v.stats.name, "version": v.stats.version}, value(v.stats)
+                )
+            yield m
+        fail = _untyped("nv_inference_request_failure", "Number of failed inference requests")
+        for v in samples:
+            for reason, n in v.stats.failures.items():
+                fail_labels = {"model": v.stats.name, "version": v.stats.version, "reason": reason}
+                fail.add_sample("nv_inference_request_failure", fail_labels, n)
+        yield fail
+        pending = GaugeMetricFamily("nv_inference_pending_request_count",
+                                    "Instantaneous number of pending requests awaiting execution",
+                                    labels=["model", "version"])  # fmt: skip
+        hist = HistogramMetricFamily("edgeinfer_request_duration_seconds",
+                                     "End-to-end request latency in the server",
+                                     labels=["model", "version"])  # fmt: skip
+        for v in samples:
+            labels = [v.stats.name, v.stats.version]
+            pending.add_metric(labels, v.pending)
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), v.stats.latency_buckets,
+                                    strict=True):  # fmt: skip
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            hist.add_metric(labels, buckets, v.stats.latency_sum_s)
+        yield pending
+        yield hist
+
+
+def build_registry(source: Callable[[], Iterable[VersionSample]]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    registry.register(TensorModelCollector(source))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
