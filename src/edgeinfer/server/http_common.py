@@ -14,7 +14,6 @@ from starlette.responses import Response
 from edgeinfer.errors import InvalidInput, PayloadTooLarge
 from edgeinfer.server.errors import retry_after, status_of
 
-
 T = TypeVar("T")
 
 
