@@ -237,7 +237,11 @@ class Engine:
 
     def _metric_samples(self) -> list[VersionSample]:
         return [
-            VersionSample(h.stats, h.scheduler.pending if h.scheduler else 0)
+            VersionSample(
+                h.stats,
+                h.scheduler.pending if h.scheduler else 0,
+                h.scheduler.running if h.scheduler else 0,
+            )
             for slot in list(self._slots.values())
             for h in slot.versions.values()
         ]

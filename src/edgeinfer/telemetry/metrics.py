@@ -26,6 +26,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class VersionSample:
     stats: VersionStats
     pending: int
+    executing: int
 
 
 _TRITON_COUNTERS: tuple[tuple[str, str, Callable[[VersionStats], float]], ...] = (
@@ -74,12 +75,16 @@ class TensorModelCollector:
         pending = GaugeMetricFamily("nv_inference_pending_request_count",
                                     "Instantaneous number of pending requests awaiting execution",
                                     labels=["model", "version"])  # fmt: skip
+        executing = GaugeMetricFamily("edgeinfer_inference_executing",
+                                      "Batches executing now (at most instance_count)",
+                                      labels=["model", "version"])  # fmt: skip
         hist = HistogramMetricFamily("edgeinfer_request_duration_seconds",
                                      "End-to-end request latency in the server",
                                      labels=["model", "version"])  # fmt: skip
         for v in samples:
             labels = [v.stats.name, v.stats.version]
             pending.add_metric(labels, v.pending)
+            executing.add_metric(labels, v.executing)
             cumulative, buckets = 0, []
             for bound, count in zip((*LATENCY_BUCKETS, float("inf")), v.stats.latency_buckets,
                                     strict=True):  # fmt: skip
@@ -87,6 +92,7 @@ class TensorModelCollector:
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             hist.add_metric(labels, buckets, v.stats.latency_sum_s)
         yield pending
+        yield executing
         yield hist
 
 
