@@ -91,11 +91,10 @@ def wait_until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
 
 def occupy(server: ServerProcess, model: str) -> threading.Thread:
     """Start one request on the model's only instance and return once it is executing."""
-    before = stats(server, model)["inference_stats"]["queue"]["count"]
     t = threading.Thread(target=infer, args=(server, model, np.ones((4, 16), np.float32)))
     t.start()
-    wait_until(lambda: pending(server, model) == 0 and t.is_alive()
-               and stats(server, model)["inference_stats"]["queue"]["count"] >= before)  # fmt: skip
+    wait_until(lambda: metric(server, "edgeinfer_inference_executing", model=model,
+                              version="1") == 1)  # fmt: skip
     return t
 
 
