@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeinfer import __version__
-from edgeinfer.config import ConfigError, ServerSettings
+from edgeinfer.config import ConfigError, ServerSettings, parse_overrides
 from edgeinfer.errors import EdgeInferError
 
 DEFAULT_URL = os.environ.get("EDGEINFER_URL", "http://127.0.0.1:8000")
@@ -37,7 +37,7 @@ def _add_serve(sub: Any) -> None:
     src.add_argument("--demo", action="store_true",
                      help="serve the built-in demo repository (built on first use)")  # fmt: skip
     for f in fields(ServerSettings):
-        if f.name in ("repository", "load_models"):
+        if f.name in ("repository", "load_models", "overrides"):
             continue
         kind = int if f.type in ("int", int) else str
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=kind(env[f.name]),
@@ -45,6 +45,11 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--load-model", action="append", dest="load_models", metavar="NAME",
                    help="with --model-control explicit: load only these at start "
                    "(repeatable; default: all)")  # fmt: skip
+    p.add_argument("--set", action="append", dest="overrides", metavar="MODEL.KEY=VALUE",
+                   default=os.environ.get("EDGEINFER_SET", "").split() or None,
+                   help="override a model's config.toml, e.g. digits.max_batch_size=16 or "
+                   "digits.dynamic_batching.max_queue_delay_us=500 (repeatable; env "
+                   "EDGEINFER_SET, space-separated)")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
 
@@ -60,9 +65,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         raise CliError("give --repository DIR or --demo")
     kwargs = {f.name: getattr(args, f.name) for f in fields(ServerSettings)
-              if f.name not in ("repository", "load_models")}  # fmt: skip
+              if f.name not in ("repository", "load_models", "overrides")}  # fmt: skip
     settings = ServerSettings(
-        repository=root, load_models=tuple(args.load_models or ("*",)), **kwargs
+        repository=root,
+        load_models=tuple(args.load_models or ("*",)),
+        overrides=tuple(args.overrides or ()),
+        **kwargs,
     )
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -70,7 +78,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     from edgeinfer.server.app import run
 
-    run(settings, Repository(root))
+    overrides = parse_overrides(settings.overrides)
+    repository = Repository(root, overrides)
+    for name in overrides:
+        repository.model(name)  # validate the overrides before starting
+    run(settings, repository)
     return 0
 
 

@@ -183,12 +183,15 @@ class ModelConfig:
             )
 
     @classmethod
-    def from_toml(cls, path: Path, name: str) -> ModelConfig:
+    def from_toml(
+        cls, path: Path, name: str, override: dict[str, Any] | None = None
+    ) -> ModelConfig:
         try:
             raw = tomllib.loads(path.read_text()) if path.exists() else {}
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from e
-        return cls.from_dict(raw, name, str(path))
+        where = f"{path} (with --set overrides)" if override else str(path)
+        return cls.from_dict(merge(raw, override or {}), name, where)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], name: str, where: str = "config") -> ModelConfig:
@@ -209,8 +212,44 @@ class ModelConfig:
             queue = QueueOptions(**raw.pop("queue", {}))
             return cls(name=name, version_policy=policy, onnxruntime=ort, text=text,
                        dynamic_batching=batching, queue=queue, **raw)  # fmt: skip
+        except ConfigError as e:
+            if str(e).startswith(where):
+                raise
+            raise ConfigError(f"{where}: {e}") from e
         except TypeError as e:
             raise ConfigError(f"{where}: {e}") from e
+
+
+def parse_overrides(entries: tuple[str, ...] | list[str]) -> dict[str, dict[str, Any]]:
+    """`MODEL.KEY[.SUBKEY]=VALUE` entries -> {model: nested dict}. VALUE is a TOML value
+    (`8`, `true`, `[4, 8]`, `"reject"`); a bare word is taken as a string."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in entries:
+        path, sep, text = item.partition("=")
+        parts = path.strip().split(".")
+        if not sep or len(parts) < 2 or not all(parts):
+            raise ConfigError(
+                f"--set {item!r}: expected MODEL.KEY=VALUE, e.g. digits.max_batch_size=8"
+            )
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        node = out.setdefault(parts[0], {})
+        for key in parts[1:-1]:
+            node = node.setdefault(key, {})
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _env(name: str, default: str) -> str:
@@ -240,6 +279,10 @@ class ServerSettings:
     load_models: tuple[str, ...] = field(
         default=("*",), metadata={"help": "models to load at start ('*' = all)"}
     )
+    overrides: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "per-model config overrides MODEL.KEY=VALUE (env: space-separated)"},
+    )
 
     def __post_init__(self) -> None:
         for port_name in ("http_port", "grpc_port"):
@@ -259,5 +302,5 @@ class ServerSettings:
         return {
             f.name: _env(f.name, str(f.default))
             for f in fields(cls)
-            if f.name not in ("repository", "load_models")
+            if f.name not in ("repository", "load_models", "overrides")
         }

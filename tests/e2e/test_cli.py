@@ -87,3 +87,18 @@ def test_load_unload_against_a_running_server(tiny_repo: Path, tmp_path: Path) -
         assert md["versions"] == ["2"]
     finally:
         server.stop()
+
+
+def test_set_overrides_a_models_config(tiny_repo: Path, tmp_path: Path) -> None:
+    server = start_server(tiny_repo, tmp_path / "server.log", "--set", "mlp.max_batch_size=2",
+                          "--set", "mlp.dynamic_batching.max_queue_delay_us=100")  # fmt: skip
+    try:
+        cfg = httpx.get(f"{server.url}/v2/models/mlp/config").json()
+        assert cfg["max_batch_size"] == 2
+    finally:
+        server.stop()
+    proc = run("serve", "--repository", str(tiny_repo), "--set", "mlp.queue.timeout_action=boom",
+               ok=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert "timeout_action must be 'reject' or 'delay'" in proc.stderr
+    assert proc.stderr.count("\n") == 1

@@ -50,3 +50,22 @@ def test_server_settings_validation() -> None:
 def test_env_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGEINFER_HTTP_PORT", "9123")
     assert ServerSettings.env_defaults()["http_port"] == "9123"
+
+
+def test_overrides_parse_and_merge(tmp_path: Path) -> None:
+    from edgeinfer.config import parse_overrides
+
+    ov = parse_overrides(["m.max_batch_size=16", "m.dynamic_batching.preferred_batch_sizes=[4, 8]",
+                          "m.queue.timeout_action=delay", "m.queue.max_queue_size=10"])  # fmt: skip
+    path = tmp_path / "config.toml"
+    path.write_text("max_batch_size = 4\n[queue]\nmax_queue_size = 5\npriority_levels = 2\n")
+    cfg = ModelConfig.from_toml(path, "m", ov["m"])
+    assert cfg.max_batch_size == 16
+    assert cfg.dynamic_batching is not None
+    assert cfg.dynamic_batching.preferred_batch_sizes == (4, 8)
+    assert (cfg.queue.max_queue_size, cfg.queue.priority_levels) == (10, 2)
+    assert cfg.queue.timeout_action == "delay"
+    with pytest.raises(ConfigError, match="MODEL.KEY=VALUE"):
+        parse_overrides(["max_batch_size=3"])
+    with pytest.raises(ConfigError, match="with --set overrides"):
+        ModelConfig.from_toml(path, "m", parse_overrides(["m.queue.timeout_action=explode"])["m"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgeinfer.config import ConfigError, ModelConfig
 from edgeinfer.errors import ModelNotFound, RepositoryError
@@ -32,8 +33,10 @@ class ModelEntry:
 
 
 class Repository:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, overrides: dict[str, dict[str, Any]] | None = None) -> None:
+        """`overrides` maps a model name to config keys that replace its config.toml's."""
         self.root = Path(root)
+        self.overrides = overrides or {}
         if not self.root.is_dir():
             raise RepositoryError(f"model repository {self.root} does not exist or is not a folder")
 
@@ -49,7 +52,7 @@ class Repository:
         if not name or "/" in name or name.startswith(".") or not (path / CONFIG_NAME).exists():
             raise ModelNotFound(f"model '{name}' is not in the repository")
         try:
-            config = ModelConfig.from_toml(path / CONFIG_NAME, name)
+            config = ModelConfig.from_toml(path / CONFIG_NAME, name, self.overrides.get(name))
         except ConfigError as e:
             raise RepositoryError(str(e)) from e
         versions = tuple(
