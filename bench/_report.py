@@ -85,13 +85,19 @@ def table(res: dict[str, Any]) -> str:
     wrk = res.get("wrk", {})
     if wrk.get("status") == "ok":
         lines.append(f"wrk, MLP at concurrency 32 against edgeinfer: {wrk['rps']:,.0f} req/s, "
-                     f"p50 {wrk['p50_ms']:.2f} ms, p99 {wrk['p99_ms']:.2f} ms.")  # fmt: skip
+                     f"p50 {wrk['p50_ms']:.2f} ms, p99 {wrk['p99_ms']:.2f} ms "
+                     f"(wrk CPU {wrk.get('client_cpu', 0):.0%}, server CPU "
+                     f"{wrk.get('server_cpu', 0):.0%} of a core).")  # fmt: skip
     else:
         lines.append(f"wrk: {wrk.get('status', 'not run')}.")
     flagged = [p for side in (ours, peer) for p in side["points"]] + list(raw.values())
     if any(p.get("other_cpu", 0.0) > noisy for p in flagged):
         lines.append(f"† other processes on the machine used more than {noisy:.0%} of a core "
                      "during this point even after a retry; treat it as noisy.")  # fmt: skip
+    if res.get("edgeinfer_source_changed_during_run"):
+        lines.append(
+            "Warning: the edgeinfer sources changed during this run (see edgeinfer_source)."
+        )
     probe = res["cnn_threads"]
     tried = ", ".join(
         f"{t} thread(s): {v['c1']['rps']:.1f} req/s served, {raw['resnet18_t' + t]['rps']:.1f} raw"

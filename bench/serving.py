@@ -14,10 +14,12 @@ FastAPI peer. One server runs at a time, and the load generator is its own proce
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _load import machine_busy_s, percentile, self_cpu_s
+from _load import machine_busy_s, percentile, proc_cpu_s, self_cpu_s
 from _proc import BENCH, Request, Server, free_port, post, run_load, wait_quiet
 from _report import ratios, table, targets
 
@@ -179,13 +181,27 @@ def peer(repo: Path, tmp: Path) -> Server:
     return Server("fastapi", cmd, port, tmp / f"fastapi-{port}.log")
 
 
+def source_digest() -> str:
+    """A hash of the edgeinfer sources as they are on disk now: other engineers edit them while
+    this runs, so every server start records which code it ran."""
+    import edgeinfer
+
+    root = Path(edgeinfer.__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def cold_start(server: Server, requests: dict[str, Request], opts: argparse.Namespace,
                ) -> dict[str, Any]:  # fmt: skip
     wait_quiet(None, opts.quiet_wait)
+    digest = source_digest()
     server.start()
     first = server.wait_first_success(list(requests.values()))
     log(f"{server.name}: first inference after {first} s")
-    return {"cold_start_s": max(first.values()), "cold_start_per_model_s": first}
+    return {"cold_start_s": max(first.values()), "cold_start_per_model_s": first,
+            "edgeinfer_source": digest}  # fmt: skip
 
 
 def load_point(server: Server, req: Request, c: int, opts: argparse.Namespace,
@@ -235,15 +251,19 @@ def run_wrk(server: Server, req: Request, opts: argparse.Namespace, tmp: Path) -
     if wrk is None:
         return {"status": "not installed; skipped"}
     script = tmp / "mlp.lua"
-    body = req.body.decode().replace("]]", "] ]")
-    script.write_text(f'wrk.method = "POST"\nwrk.body = [[{body}]]\n'
+    # A Lua long string with level-1 brackets: the JSON body contains "]}]}" but never "]=]".
+    script.write_text(f'wrk.method = "POST"\nwrk.body = [=[{req.body.decode()}]=]\n'
                       'wrk.headers["Content-Type"] = "application/json"\n')  # fmt: skip
     url = f"http://127.0.0.1:{server.port}{req.path}"
     cmd = [wrk, "-t1", "-c32", f"-d{opts.duration:g}s", "--latency", "-s", str(script), url]
+    wait_quiet(server, opts.quiet_wait)
     try:
+        s0, w0, t0 = proc_cpu_s(server.pid), children_cpu_s(), time.perf_counter()
         text = subprocess.run(
             cmd, capture_output=True, text=True, timeout=opts.duration + 60
         ).stdout
+        wall = time.perf_counter() - t0
+        server_cpu, wrk_cpu = (proc_cpu_s(server.pid) - s0) / wall, (children_cpu_s() - w0) / wall
         unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
         pct = {
             q: float(v) * unit[u]
@@ -252,9 +272,15 @@ def run_wrk(server: Server, req: Request, opts: argparse.Namespace, tmp: Path) -
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
         bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
         return {"status": "ok", "concurrency": 32, "rps": rps, "p50_ms": pct.get("50"),
-                "p99_ms": pct.get("99"), "non_2xx": int(bad.group(1)) if bad else 0}  # fmt: skip
+                "p99_ms": pct.get("99"), "non_2xx": int(bad.group(1)) if bad else 0,
+                "client_cpu": round(wrk_cpu, 3), "server_cpu": round(server_cpu, 3)}  # fmt: skip
     except (subprocess.SubprocessError, AttributeError, ValueError) as e:
         return {"status": f"failed: {e}"}
+
+
+def children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -337,6 +363,10 @@ def run(opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     res["edgeinfer"] = suite(ours(repos[chosen], tmp), requests, expected, opts, tmp, reuse)
     res["wrk"] = res["edgeinfer"].pop("wrk")
     res["fastapi"] = suite(peer(repos[chosen], tmp), requests, expected, opts, tmp, {})
+    digests = {v["edgeinfer_source"] for v in (*probe.values(), res["edgeinfer"], res["fastapi"])}
+    res["edgeinfer_source_changed_during_run"] = len(digests) > 1
+    if len(digests) > 1:
+        log("warning: the edgeinfer sources changed during the run; see edgeinfer_source")
     res["ratios"] = ratios(res)
     res["targets"] = targets(res)
     return res
@@ -351,7 +381,7 @@ def main() -> int:
     p.add_argument("--warmup", type=float, help="warm-up seconds per point (default 2, quick 1)")
     p.add_argument("--idle", type=float, help="idle-CPU window in seconds (default 5, quick 3)")
     p.add_argument("--quiet-wait", type=float, help="longest wait for other processes to go "
-                   "quiet before each measurement (default 20 s, quick 5 s)")  # fmt: skip
+                   "quiet before each measurement (default 10 s, quick 5 s)")  # fmt: skip
     p.add_argument("--output", type=Path, help="JSON path (default bench/results/serving.json, "
                    "quick: serving-quick.json)")  # fmt: skip
     p.add_argument("--table", type=Path, metavar="JSON", help="print the markdown table of a "
@@ -364,7 +394,7 @@ def main() -> int:
     opts.warmup = opts.warmup if opts.warmup is not None else (1.0 if opts.quick else 2.0)
     opts.idle = opts.idle or (3.0 if opts.quick else 5.0)
     if opts.quiet_wait is None:
-        opts.quiet_wait = 5.0 if opts.quick else 20.0
+        opts.quiet_wait = 5.0 if opts.quick else 10.0
     name = "serving-quick.json" if opts.quick else "serving.json"
     output = opts.output or BENCH / "results" / name
     started = time.perf_counter()

@@ -21,6 +21,18 @@ A model's `config.toml`:
     default_priority_level = 1
     default_timeout_us = 0         # 0: none; requests say "timeout" (µs)
     timeout_action = "reject"      # or "delay": move behind everything else once
+    canary = { version = 3, weight = 0.1 }   # optional: a share of traffic to another version
+    [lifecycle]
+    keep_previous = 1              # previous live versions kept resident for instant rollback
+    golden_rtol = 1e-4             # tolerance for golden/<case>.input.npz -> .output.npz checks
+    golden_atol = 1e-5
+    traffic_key = "tenant"         # request parameter/header that makes canary routing sticky
+    auto_rollback = true           # watch a new live version and roll back on regression
+    window_s = 30.0
+    min_requests = 20
+    error_ratio = 2.0
+    error_floor = 0.05
+    latency_ratio = 3.0
     [text]                         # optional: a BYTES input tokenized in the server
     input = "text"
     tokenizer = "tokenizer.json"   # file in the version directory
@@ -158,6 +170,38 @@ class QueueOptions:
 
 
 @dataclass(frozen=True)
+class LifecycleOptions:
+    keep_previous: int = 1
+    golden_rtol: float = 1e-4
+    golden_atol: float = 1e-5
+    traffic_key: str = "tenant"
+    auto_rollback: bool = True
+    window_s: float = 30.0
+    min_requests: int = 20
+    error_ratio: float = 2.0
+    error_floor: float = 0.05
+    latency_ratio: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.keep_previous < 0:
+            raise ConfigError("lifecycle.keep_previous must be >= 0")
+        if self.window_s <= 0 or self.min_requests < 1:
+            raise ConfigError("lifecycle.window_s must be > 0 and min_requests >= 1")
+        if self.error_ratio < 1 or self.latency_ratio < 1:
+            raise ConfigError("lifecycle.error_ratio and latency_ratio must be >= 1")
+
+
+@dataclass(frozen=True)
+class CanaryOptions:
+    version: int
+    weight: float
+
+    def __post_init__(self) -> None:
+        if self.version < 1 or not 0.0 <= self.weight <= 1.0:
+            raise ConfigError("canary needs version >= 1 and 0 <= weight <= 1")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     backend: str = "onnxruntime"
@@ -169,6 +213,8 @@ class ModelConfig:
     instance_count: int = 1
     dynamic_batching: DynamicBatching | None = None
     queue: QueueOptions = field(default_factory=QueueOptions)
+    lifecycle: LifecycleOptions = field(default_factory=LifecycleOptions)
+    canary: CanaryOptions | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in ("onnxruntime",):
@@ -210,8 +256,12 @@ class ModelConfig:
             db_raw = raw.pop("dynamic_batching", None)
             batching = DynamicBatching(**db_raw) if db_raw is not None else None
             queue = QueueOptions(**raw.pop("queue", {}))
+            lifecycle = LifecycleOptions(**raw.pop("lifecycle", {}))
+            canary_raw = raw.pop("canary", None)
+            canary = CanaryOptions(**canary_raw) if canary_raw is not None else None
             return cls(name=name, version_policy=policy, onnxruntime=ort, text=text,
-                       dynamic_batching=batching, queue=queue, **raw)  # fmt: skip
+                       dynamic_batching=batching, queue=queue, lifecycle=lifecycle,
+                       canary=canary, **raw)  # fmt: skip
         except ConfigError as e:
             if str(e).startswith(where):
                 raise
@@ -274,7 +324,10 @@ class ServerSettings:
     )
     model_control: str = field(
         default="explicit",
-        metadata={"help": "explicit: load/unload API enabled; none: API disabled (like Triton)"},
+        metadata={
+            "help": "poll: reload when the repository changes (default with --demo); explicit: "
+            "only the API/CLI loads; none: load at start, API disabled (like Triton)"
+        },
     )
     load_models: tuple[str, ...] = field(
         default=("*",), metadata={"help": "models to load at start ('*' = all)"}
@@ -289,8 +342,8 @@ class ServerSettings:
             port = getattr(self, port_name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"--{port_name.replace('_', '-')} must be in 0..65535")
-        if self.model_control not in ("none", "explicit"):
-            raise ConfigError("--model-control must be 'none' or 'explicit'")
+        if self.model_control not in ("none", "explicit", "poll"):
+            raise ConfigError("--model-control must be 'none', 'explicit' or 'poll'")
         if self.max_request_bytes < 1024:
             raise ConfigError("--max-request-bytes must be at least 1024")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -32,7 +32,7 @@ def _infer_version(server: ServerProcess) -> str:
     return r.json()["model_version"]
 
 
-@pytest.mark.parametrize("breakage", ["garbage onnx", "checksum mismatch", "no manifest"])
+@pytest.mark.parametrize("breakage", ["garbage onnx", "checksum mismatch"])
 def test_broken_version_keeps_old_one_serving(
     server: ServerProcess, tmp_path: Path, breakage: str
 ) -> None:
@@ -44,15 +44,11 @@ def test_broken_version_keeps_old_one_serving(
         bad.write_bytes(b"this is not an onnx model")
         add_version(model_dir, {"model.onnx": bad})
         needle = "could not load"
-    elif breakage == "checksum mismatch":
+    else:
         v3 = add_version(model_dir, {"model.onnx": models.mlp(tmp_path / "m3.onnx", seed=3)})
         with (v3 / "model.onnx").open("ab") as f:
             f.write(b"\0")
         needle = "checksum mismatch"
-    else:
-        (model_dir / "3").mkdir()
-        shutil.copy(model_dir / "2" / "model.onnx", model_dir / "3" / "model.onnx")
-        needle = "not published"
     r = httpx.post(f"{server.url}/v2/repository/models/mlp/load")
     assert r.status_code == 400
     assert needle in r.json()["error"]
@@ -62,6 +58,16 @@ def test_broken_version_keeps_old_one_serving(
     assert failed and failed[0]["state"] == "UNAVAILABLE" and needle in failed[0]["reason"]
     ready = httpx.post(f"{server.url}/v2/repository/index", json={"ready": True}).json()
     assert all(row["state"] == "READY" for row in ready)
+
+
+def test_half_written_version_is_invisible(server: ServerProcess) -> None:
+    model_dir = Path(server.log_path).parent / "repo" / "mlp"
+    (model_dir / "3").mkdir()
+    shutil.copy(model_dir / "2" / "model.onnx", model_dir / "3" / "model.onnx")  # no manifest yet
+    assert httpx.post(f"{server.url}/v2/repository/models/mlp/load").status_code == 200
+    assert _infer_version(server) == "2"
+    rows = httpx.post(f"{server.url}/v2/repository/index", json={}).json()
+    assert {r["version"] for r in rows if r["name"] == "mlp"} == {"2"}
 
 
 def test_good_new_version_is_swapped_in(server: ServerProcess, tmp_path: Path) -> None:

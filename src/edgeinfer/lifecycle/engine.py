@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 from edgeinfer.config import ModelConfig, ServerSettings
@@ -14,18 +14,23 @@ from edgeinfer.errors import (
     DeadlineExceeded,
     EdgeInferError,
     InvalidInput,
-    LoadError,
     ModelNotFound,
     ModelNotReady,
     QueueFull,
     Unavailable,
 )
-from edgeinfer.lifecycle.models import LoadedVersion, ModelSlot, State, load_version
+from edgeinfer.lifecycle.manager import ModelManager
+from edgeinfer.lifecycle.models import LoadedVersion, State
 from edgeinfer.lifecycle.triton_config import triton_model_config
 from edgeinfer.repository import Repository
 from edgeinfer.serving.runner import Runner
 from edgeinfer.serving.validation import validate_request
-from edgeinfer.telemetry.metrics import VersionSample, build_registry, exposition
+from edgeinfer.telemetry.metrics import (
+    LifecycleSample,
+    VersionSample,
+    build_registry,
+    exposition,
+)
 from edgeinfer.types import (
     InferRequest,
     InferResponse,
@@ -42,12 +47,13 @@ class Engine:
         self.repository = repository
         self.settings = settings
         self.runner = Runner()
-        self._slots: dict[str, ModelSlot] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._models: dict[str, ModelManager] = {}
         self._expected: set[str] = set()  # models that should be loaded for readiness
         self._closing = False
-        self._retiring: set[asyncio.Task[None]] = set()
-        self._metrics = build_registry(self._metric_samples)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.load_failures: dict[tuple[str, int, str], int] = {}
+        self.last_failures: dict[str, list[dict[str, Any]]] = {}
+        self._metrics = build_registry(self._metric_samples, self._lifecycle_samples)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -63,13 +69,22 @@ class Engine:
                 await self.load(name, _internal=True)
             except EdgeInferError as e:
                 log.warning("model %s failed to load: %s", name, e.message)
+        self._tasks.append(asyncio.create_task(self._monitor()))
+        if self.settings.model_control == "poll":
+            from edgeinfer.lifecycle.watcher import watch_repository
+
+            self._tasks.append(asyncio.create_task(watch_repository(self)))
 
     async def close(self) -> None:
         self._closing = True
-        slots, self._slots = self._slots, {}
-        for slot in slots.values():
-            self._retire(slot.versions.values())
-        await asyncio.gather(*self._retiring, return_exceptions=True)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        managers, self._models = list(self._models.values()), {}
+        for m in managers:
+            await m.unload()
+        for m in managers:
+            await m.drained()
         self.runner.shutdown()
 
     def live(self) -> bool:
@@ -78,106 +93,92 @@ class Engine:
     def ready(self) -> bool:
         if self._closing:
             return False
-        slots = self._slots
-        return all(n in slots and slots[n].state == State.READY for n in self._expected)
-
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
+        models = self._models
+        return all(n in models and models[n].status == State.READY for n in self._expected)
 
     def _check_control(self) -> None:
         if self.settings.model_control == "none":
             raise Unavailable(
-                "model control is 'none': start the server with --model-control explicit to load or unload models"
+                "model control is 'none': start the server with --model-control explicit "
+                "or poll to load, unload or roll back models"
             )
 
-    async def load(self, name: str, *, _internal: bool = False) -> None:
-        """Load (or reload) every version the model's policy selects. Old versions keep serving
-        until the new set is ready; a failure leaves what was live in place."""
+    def _manager(self, name: str, create: bool = False) -> ModelManager:
+        m = self._models.get(name)
+        if m is None:
+            if name not in self.repository.model_names():
+                raise ModelNotFound(f"model '{name}' is not in the repository")
+            if not create:
+                raise ModelNotReady(f"model '{name}' is not ready: not loaded")
+            m = self._models[name] = ModelManager(name, self.repository, self.runner,
+                                                  self._record_failure)  # fmt: skip
+        return m
+
+    def _record_failure(self, model: str, version: int, reason: str, message: str) -> None:
+        key = (model, version, reason)
+        self.load_failures[key] = self.load_failures.get(key, 0) + 1
+        recent = self.last_failures.setdefault(model, [])
+        recent.append({"version": str(version), "reason": reason, "message": message,
+                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})  # fmt: skip
+        del recent[:-10]
+
+    async def load(self, name: str, *, _internal: bool = False, force: bool = True) -> None:
+        """Load or reload a model: new or changed versions are verified in the background and
+        swapped in; a failure leaves what was live in place."""
         if not _internal:
             self._check_control()
-        if name not in self.repository.model_names():
-            raise ModelNotFound(f"model '{name}' is not in the repository")
-        async with self._lock(name):
-            entry = await asyncio.to_thread(self.repository.model, name)
-            self._expected.add(name)
-            slot = self._slots.get(name) or ModelSlot(name)
-            self._slots[name] = slot
-            selected = entry.selected()
-            if not selected:
-                slot.state, slot.reason = State.UNAVAILABLE, "no published version on disk"
-                raise LoadError(f"model '{name}' has no published version in {entry.path}")
-            if not slot.versions:
-                slot.state, slot.reason = State.LOADING, "loading"
-            loaded: dict[int, LoadedVersion] = {}
-            failures: dict[int, str] = {}
-            for ventry in selected:
-                try:
-                    h = await asyncio.to_thread(load_version, ventry, entry.config)
-                    h.start(self.runner)
-                    loaded[ventry.version] = h
-                except EdgeInferError as e:
-                    failures[ventry.version] = e.message
-                    log.warning("%s v%d: %s", name, ventry.version, e.message)
-            slot.failures = failures
-            if not loaded:
-                if not slot.versions:
-                    slot.state, slot.reason = State.UNAVAILABLE, "; ".join(failures.values())
-                raise LoadError(f"model '{name}' failed to load: " + "; ".join(failures.values()))
-            # One reference assignment swaps the live set; in-flight requests keep their handle.
-            old = slot.versions
-            slot.config, slot.versions = entry.config, loaded
-            slot.state, slot.reason = State.READY, ""
-            self._retire(old.values())
+        self._expected.add(name)
+        await self._manager(name, create=True).reconcile(force=force)
 
     async def unload(self, name: str) -> None:
         self._check_control()
-        async with self._lock(name):
-            slot = self._slots.get(name)
-            if slot is None:
-                if name not in self.repository.model_names():
-                    raise ModelNotFound(f"model '{name}' is not in the repository")
-                return
-            self._expected.discard(name)
-            old, slot.versions = slot.versions, {}
-            slot.state, slot.reason = State.UNAVAILABLE, "unloaded"
-            self._retire(old.values())
+        self._expected.discard(name)
+        m = self._models.get(name)
+        if m is None:
+            self._manager(name)  # ModelNotFound for unknown names
+            return
+        await m.unload()
 
-    def _retire(self, handles: Iterable[LoadedVersion]) -> None:
-        """Drain and release replaced versions in the background: requests that already hold
-        them finish on them; the sessions are freed when the last one is done."""
-        for h in handles:
-            if h.scheduler is not None:
-                task = asyncio.create_task(h.scheduler.close(drain=True))
-                self._retiring.add(task)
-                task.add_done_callback(self._retiring.discard)
+    async def rollback(self, name: str, to: int | None = None) -> int:
+        self._check_control()
+        return await self._manager(name).rollback(to)
+
+    async def set_canary(self, name: str, version: int | None, weight: float = 0.0) -> None:
+        self._check_control()
+        await self._manager(name).set_canary(version, weight)
+
+    async def promote(self, name: str) -> int:
+        self._check_control()
+        return await self._manager(name).promote()
+
+    def lifecycle_status(self, name: str) -> dict[str, Any]:
+        m = self._manager(name)
+        route = m.route
+        return {
+            "live": str(route.live) if route else None,
+            "canary": {"version": str(route.canary), "weight": route.weight}
+            if route and route.canary is not None else None,
+            "resident": [str(v) for v in sorted(m.versions)],
+            "blocked": [str(v) for v in m.state.blocked],
+            "load_failures": self.last_failures.get(name, []),
+            "history": list(m.state.history[-10:]),
+        }  # fmt: skip
+
+    async def _monitor(self) -> None:
+        """Once a second: automatic rollback of regressed new versions."""
+        while True:
+            await asyncio.sleep(1.0)
+            for m in list(self._models.values()):
+                try:
+                    await m.check_health(time.monotonic())
+                except EdgeInferError as e:
+                    log.warning("automatic rollback of %s failed: %s", m.name, e.message)
 
     # ---- lookups ---------------------------------------------------------------------------
-    def _slot(self, name: str) -> ModelSlot:
-        slot = self._slots.get(name)
-        if slot is None or (not slot.versions and slot.state != State.LOADING):
-            if slot is None and name not in self.repository.model_names():
-                raise ModelNotFound(f"model '{name}' is not in the repository")
-            reason = slot.reason if slot else "not loaded"
-            raise ModelNotReady(f"model '{name}' is not ready: {reason}")
-        return slot
-
-    def handle(self, name: str, version: str | None = None) -> LoadedVersion:
-        slot = self._slots.get(name)
-        if slot is None or not slot.versions:
-            self._slot(name)  # raises the right error
-            raise ModelNotReady(f"model '{name}' is loading")
-        versions = slot.versions
-        if not version:
-            return versions[max(versions)]
-        try:
-            v = int(version)
-        except ValueError:
-            raise ModelNotFound(f"model '{name}' has no version '{version}'") from None
-        if v not in versions:
-            raise ModelNotFound(
-                f"model '{name}' version {v} is not loaded; loaded: {sorted(versions)}"
-            )
-        return versions[v]
+    def handle(self, name: str, version: str | None = None,
+               params: Mapping[str, Any] | None = None,
+               metadata: Mapping[str, str] | None = None) -> LoadedVersion:  # fmt: skip
+        return self._manager(name).handle(version, params or {}, metadata or {})
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         try:
@@ -188,11 +189,8 @@ class Engine:
 
     def metadata(self, name: str, version: str | None = None) -> ModelMetadata:
         h = self.handle(name, version)
-        versions = (
-            (str(h.version),)
-            if version
-            else tuple(str(v) for v in sorted(self._slots[name].versions))
-        )
+        versions = (str(h.version),) if version else tuple(
+            str(v) for v in sorted(self._models[name].versions))  # fmt: skip
         return ModelMetadata(
             name=name,
             versions=versions,
@@ -209,31 +207,29 @@ class Engine:
         self, name: str | None = None, version: str | None = None
     ) -> list[dict[str, Any]]:
         if name:
-            handles = (
-                [self.handle(name, version)]
-                if version
-                else list(self._slot(name).versions.values())
-            )
+            handles = ([self.handle(name, version)] if version
+                       else list(self._manager(name).versions.values()))  # fmt: skip
         else:
-            handles = [h for s in self._slots.values() for h in s.versions.values()]
+            handles = [h for m in self._models.values() for h in m.versions.values()]
         return [h.stats.as_dict() for h in handles]
 
     def index(self, ready_only: bool = False) -> list[ModelStatus]:
         out: list[ModelStatus] = []
         for name in self.repository.model_names():
-            slot = self._slots.get(name)
-            if slot and slot.versions:
-                out += [ModelStatus(name, str(v), "READY") for v in sorted(slot.versions)]
-                out += [ModelStatus(name, str(v), "UNAVAILABLE", r)
-                        for v, r in sorted(slot.failures.items()) if v not in slot.versions]  # fmt: skip
+            m = self._models.get(name)
+            if m and m.versions:
+                out += [ModelStatus(name, str(v), "READY") for v in sorted(m.versions)]
+                out += [ModelStatus(name, str(v), "UNAVAILABLE", msg)
+                        for v, (_, _, msg) in sorted(m.failures.items())
+                        if v not in m.versions]  # fmt: skip
             elif not ready_only:
-                state = slot.state.value if slot else "UNAVAILABLE"
-                out.append(ModelStatus(name, "", state, slot.reason if slot else "not loaded"))
+                state = m.status.value if m else "UNAVAILABLE"
+                out.append(ModelStatus(name, "", state, m.reason if m else "not loaded"))
         return [s for s in out if s.state == "READY"] if ready_only else out
 
     def ready_models(self) -> list[tuple[str, ModelConfig, ModelMetadata]]:
-        return [(n, s.config, self.metadata(n)) for n, s in self._slots.items()
-                if s.versions and s.config is not None]  # fmt: skip
+        return [(n, m.config, self.metadata(n)) for n, m in list(self._models.items())
+                if m.versions and m.config is not None]  # fmt: skip
 
     def _metric_samples(self) -> list[VersionSample]:
         return [
@@ -242,9 +238,19 @@ class Engine:
                 h.scheduler.pending if h.scheduler else 0,
                 h.scheduler.running if h.scheduler else 0,
             )
-            for slot in list(self._slots.values())
-            for h in slot.versions.values()
+            for m in list(self._models.values())
+            for h in m.versions.values()
         ]
+
+    def _lifecycle_samples(self) -> LifecycleSample:
+        models = list(self._models.values())
+        return LifecycleSample(
+            live={m.name: m.route.live for m in models if m.route},
+            canary={(m.name, m.route.canary): m.route.weight for m in models
+                    if m.route and m.route.canary is not None},
+            load_failures=dict(self.load_failures),
+            rollbacks={(m.name, kind): n for m in models for kind, n in m.rollbacks.items()},
+        )  # fmt: skip
 
     def metrics(self) -> bytes:
         """Prometheus text exposition of every metric."""
@@ -262,7 +268,7 @@ class Engine:
         if self._closing:
             raise Unavailable("server is shutting down")
         start = time.perf_counter_ns()
-        h = self.handle(request.model, request.version)
+        h = self.handle(request.model, request.version, request.parameters, request.metadata)
         assert h.scheduler is not None
         try:
             feeds, names = validate_request(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 from edgeinfer.config import ModelConfig
-from edgeinfer.errors import EdgeInferError, LoadError, RepositoryError
-from edgeinfer.repository import VersionEntry, verify_manifest
+from edgeinfer.errors import EdgeInferError, RepositoryError
+from edgeinfer.lifecycle.verify import VerifyError, check_golden, check_report
+from edgeinfer.repository import MANIFEST_NAME, VersionEntry, verify_manifest
 from edgeinfer.runtime import Model, load
 from edgeinfer.serving.batcher import BatchPolicy
 from edgeinfer.serving.runner import Runner
@@ -35,6 +38,7 @@ class LoadedVersion:
     instances: list[Model]
     config: ModelConfig
     stats: VersionStats
+    digest: str = ""  # sha256 of the manifest: a changed manifest means a changed version
     scheduler: Scheduler | None = None  # created on the event loop by the engine
     loaded_at: float = field(default_factory=time.time)
 
@@ -68,44 +72,42 @@ def batch_policy(config: ModelConfig) -> BatchPolicy:
     )
 
 
-@dataclass
-class ModelSlot:
-    """What is live for one model name. `versions` is replaced, never mutated in place, so a
-    reader that took a reference sees a consistent mapping."""
-
-    name: str
-    config: ModelConfig | None = None
-    versions: dict[int, LoadedVersion] = field(default_factory=dict)
-    state: State = State.UNAVAILABLE
-    reason: str = "not loaded"
-    # Versions present on disk and selected by policy, with their last load error if any.
-    failures: dict[int, str] = field(default_factory=dict)
-
-    def latest(self) -> LoadedVersion | None:
-        versions = self.versions
-        return versions[max(versions)] if versions else None
+def manifest_digest(version_dir: Path) -> str:
+    try:
+        return hashlib.sha256((version_dir / MANIFEST_NAME).read_bytes()).hexdigest()
+    except OSError:
+        return ""
 
 
 def load_version(entry: VersionEntry, config: ModelConfig) -> LoadedVersion:
-    """Verify checksums, load and warm up one version (blocking; run it in a thread)."""
+    """Verify checksums, load, warm up and verify one version (blocking; run it in a thread).
+    Raises VerifyError (a LoadError) with a `reason` for the load-failure metric."""
     start = time.perf_counter()
+    digest = manifest_digest(entry.path)
     try:
         verify_manifest(entry.path)
     except RepositoryError as e:
-        raise LoadError(e.message) from e
+        raise VerifyError(e.message, "checksum") from e
+    check_report(entry.path)
     instances: list[Model] = []
+    stage = "load"
     try:
         for _ in range(config.instance_count):
+            stage = "load"
             model = load(entry.path, config)
             instances.append(model)
+            stage = "warmup"
             if config.warmup:
                 model.warmup()
+        check_golden(instances[0], entry.path, config.lifecycle.golden_rtol,
+                     config.lifecycle.golden_atol)  # fmt: skip
     except EdgeInferError as e:
         for m in instances:
             m.close()
-        if isinstance(e, LoadError):
+        if isinstance(e, VerifyError):
             raise
-        raise LoadError(f"{entry.model} v{entry.version}: warm-up failed: {e.message}") from e
+        prefix = "" if stage == "load" else f"{entry.model} v{entry.version}: warm-up failed: "
+        raise VerifyError(prefix + e.message, stage) from e
     log.info(
         "loaded %s v%d in %.0f ms", entry.model, entry.version, (time.perf_counter() - start) * 1e3
     )
@@ -114,5 +116,6 @@ def load_version(entry: VersionEntry, config: ModelConfig) -> LoadedVersion:
         version=entry.version,
         instances=instances,
         config=config,
+        digest=digest,
         stats=VersionStats(entry.model, str(entry.version)),
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 from edgeinfer.config import ConfigError, ModelConfig
 from edgeinfer.errors import ModelNotFound, RepositoryError
+from edgeinfer.repository.manifest import MANIFEST_NAME
 
 CONFIG_NAME = "config.toml"
 
@@ -58,7 +59,9 @@ class Repository:
         versions = tuple(
             VersionEntry(name, int(p.name), p)
             for p in sorted(path.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else 0)
-            if p.is_dir() and p.name.isdigit() and int(p.name) > 0
+            # A version is published once its manifest exists (written last): half-copied
+            # versions are invisible.
+            if p.is_dir() and p.name.isdigit() and int(p.name) > 0 and (p / MANIFEST_NAME).is_file()
         )
         return ModelEntry(name=name, path=path, config=config, versions=versions)
 

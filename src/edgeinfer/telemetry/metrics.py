@@ -14,7 +14,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
 
 from edgeinfer.telemetry.stats import LATENCY_BUCKETS, VersionStats
@@ -27,6 +32,42 @@ class VersionSample:
     stats: VersionStats
     pending: int
     executing: int
+
+
+@dataclass(frozen=True)
+class LifecycleSample:
+    live: dict[str, int]  # model -> live version
+    canary: dict[tuple[str, int], float]  # (model, version) -> weight
+    load_failures: dict[tuple[str, int, str], int]  # (model, version, reason) -> count
+    rollbacks: dict[tuple[str, str], int]  # (model, manual|auto) -> count
+
+
+class LifecycleCollector:
+    def __init__(self, source: Callable[[], LifecycleSample]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._source()
+        live = GaugeMetricFamily("edgeinfer_model_live_version", "The version serving requests "
+                                 "that name none", labels=["model"])  # fmt: skip
+        for model, version in s.live.items():
+            live.add_metric([model], version)
+        yield live
+        canary = GaugeMetricFamily("edgeinfer_model_canary_weight", "Share of traffic sent to a "
+                                   "canary version", labels=["model", "version"])  # fmt: skip
+        for (model, version), weight in s.canary.items():
+            canary.add_metric([model, str(version)], weight)
+        yield canary
+        fails = CounterMetricFamily("edgeinfer_model_load_failures", "Versions that failed to "
+                                    "load or verify", labels=["model", "version", "reason"])  # fmt: skip
+        for (model, version, reason), n in s.load_failures.items():
+            fails.add_metric([model, str(version), reason], n)
+        yield fails
+        rollbacks = CounterMetricFamily("edgeinfer_model_rollbacks", "Rollbacks performed",
+                                        labels=["model", "kind"])  # fmt: skip
+        for (model, kind), n in s.rollbacks.items():
+            rollbacks.add_metric([model, kind], n)
+        yield rollbacks
 
 
 _TRITON_COUNTERS: tuple[tuple[str, str, Callable[[VersionStats], float]], ...] = (
@@ -96,11 +137,14 @@ class TensorModelCollector:
         yield hist
 
 
-def build_registry(source: Callable[[], Iterable[VersionSample]]) -> CollectorRegistry:
+def build_registry(
+    versions: Callable[[], Iterable[VersionSample]], lifecycle: Callable[[], LifecycleSample]
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
-    registry.register(TensorModelCollector(source))
+    registry.register(TensorModelCollector(versions))
+    registry.register(LifecycleCollector(lifecycle))
     return registry
 
 

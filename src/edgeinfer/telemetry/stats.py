@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 # Request latency histogram buckets, in seconds.
@@ -46,6 +47,8 @@ class VersionStats:
     batch_sizes: dict[int, Duration] = field(default_factory=dict)
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum_s: float = 0.0
+    # Recent outcomes (monotonic time, seconds, ok) for health checks after a swap.
+    recent: deque[tuple[float, float, bool]] = field(default_factory=lambda: deque(maxlen=4096))
 
     def record_execution(self, batch: int, infer_ns: int) -> None:
         self.execution_count += 1
@@ -66,12 +69,23 @@ class VersionStats:
     def record_failure(self, total_ns: int, reason: str) -> None:
         self.fail.add(total_ns)
         self.failures[reason] += 1
-        self._observe(total_ns)
+        self._observe(total_ns, ok=reason != "BACKEND")  # client errors are not the model's
 
-    def _observe(self, total_ns: int) -> None:
+    def _observe(self, total_ns: int, ok: bool = True) -> None:
         seconds = total_ns / 1e9
+        self.recent.append((time.monotonic(), seconds, ok))
         self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum_s += seconds
+
+    def window(self, since: float, until: float = float("inf")) -> tuple[int, int, float | None]:
+        """(requests, errors, p99 seconds) of the outcomes recorded in [since, until).
+        Only backend failures count as errors; rejections and bad input do not."""
+        lat = [s for t, s, _ in self.recent if since <= t < until]
+        errors = sum(1 for t, _, ok in self.recent if since <= t < until and not ok)
+        if not lat:
+            return 0, 0, None
+        lat.sort()
+        return len(lat), errors, lat[min(len(lat) - 1, int(0.99 * len(lat)))]
 
     def as_dict(self) -> dict[str, object]:
         return {

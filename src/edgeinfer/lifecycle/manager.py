@@ -1,0 +1,305 @@
+"""Everything live for one model name: resident versions, the live one, the canary, rollbacks.
+
+Reconciling reads the repository and the persisted state, loads and verifies what is missing
+in the background, then swaps the resident set and the route in one assignment each. In-flight
+requests keep the handle they started with; replaced versions are drained, then released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from edgeinfer.config import ModelConfig
+from edgeinfer.errors import EdgeInferError, InvalidInput, LoadError, ModelNotFound, ModelNotReady
+from edgeinfer.lifecycle.health import WindowStats, regression
+from edgeinfer.lifecycle.models import LoadedVersion, State, load_version, manifest_digest
+from edgeinfer.lifecycle.verify import VerifyError
+from edgeinfer.repository import Repository
+from edgeinfer.repository.layout import ModelEntry, VersionEntry
+from edgeinfer.repository.state import Canary, ModelState, load_state, save_state
+from edgeinfer.serving.router import Route
+from edgeinfer.serving.runner import Runner
+
+log = logging.getLogger("edgeinfer.lifecycle")
+
+# (model, version, reason, message) for every version that failed to load or verify.
+FailureHook = Callable[[str, int, str, str], None]
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A newly live version under observation for automatic rollback."""
+
+    previous: int
+    candidate: int
+    since: float
+    baseline: WindowStats
+
+
+class ModelManager:
+    def __init__(
+        self, name: str, repository: Repository, runner: Runner, on_failure: FailureHook
+    ) -> None:
+        self.name = name
+        self.repository = repository
+        self.config: ModelConfig | None = None
+        self.versions: dict[int, LoadedVersion] = {}  # resident; replaced, never mutated
+        self.route: Route | None = None
+        self.state = ModelState()
+        self.status = State.UNAVAILABLE
+        self.reason = "not loaded"
+        self.failures: dict[int, tuple[str, str, str]] = {}  # version -> (digest, reason, msg)
+        self.watch: Watch | None = None
+        self.rollbacks = {"manual": 0, "auto": 0}
+        self._runner = runner
+        self._on_failure = on_failure
+        self._lock = asyncio.Lock()
+        self._rng = random.Random()
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    # ---- request path ----------------------------------------------------------------------
+    def handle(
+        self, version: str | None, params: Mapping[str, Any], metadata: Mapping[str, str]
+    ) -> LoadedVersion:
+        versions, route = self.versions, self.route
+        if not versions or route is None:
+            raise ModelNotReady(f"model '{self.name}' is not ready: {self.reason}")
+        if version:
+            try:
+                v = int(version)
+            except ValueError:
+                raise ModelNotFound(f"model '{self.name}' has no version '{version}'") from None
+            if v not in versions:
+                raise ModelNotFound(
+                    f"model '{self.name}' version {v} is not loaded; loaded: {sorted(versions)}"
+                )
+            return versions[v]
+        key = params.get(route.key, metadata.get(route.key))
+        return versions[route.pick(None if key is None else str(key), self._rng)]
+
+    # ---- reconciling -----------------------------------------------------------------------
+    async def reconcile(self, *, force: bool = False) -> None:
+        """Bring the resident set in line with the repository and the state file. `force`
+        retries versions that failed before (an explicit load); polling does not."""
+        async with self._lock:
+            entry = await asyncio.to_thread(self.repository.model, self.name)
+            state = await asyncio.to_thread(load_state, entry.path)
+            await self._apply(entry, state, force)
+
+    async def _apply(
+        self, entry: ModelEntry, state: ModelState, force: bool, record: bool = True
+    ) -> None:
+        """`record`: a change of live version is a promotion (logged in the history and
+        watched for regressions); a rollback records its own event instead."""
+        eligible = {v.version: v for v in entry.versions}
+        selected = [v.version for v in entry.selected() if v.version not in state.blocked]
+        if not selected and not self.versions:
+            self.status, self.reason = State.UNAVAILABLE, "no published version on disk"
+            raise LoadError(f"model '{self.name}' has no published version in {entry.path}")
+        newest = max(selected, default=None)
+        seen = max((int(e.get("to", 0)) for e in state.history if e.get("event") == "promote"),
+                   default=0)  # fmt: skip
+        target: int | None
+        if newest is not None and newest > seen:
+            target = newest  # a new version arrived: it goes live once verified
+        elif state.live in eligible and state.live not in state.blocked:
+            target = state.live
+        else:
+            target = newest
+        canary = _canary(entry.config, state)
+        extra = [target, canary.version if canary else None]
+        wanted = {v for v in (*selected, *self._previous(state, eligible), *extra)
+                  if v is not None and v in eligible}  # fmt: skip
+        if not self.versions:
+            self.status, self.reason = State.LOADING, "loading"
+        loaded = await self._load_missing(entry, [eligible[v] for v in sorted(wanted)], force)
+        live = target if target in loaded else (
+            self.route.live if self.route and self.route.live in loaded else max(loaded, default=None)
+        )  # fmt: skip
+        if live is None:
+            self.status = State.UNAVAILABLE if not self.versions else self.status
+            reasons = "; ".join(msg for _, _, msg in self.failures.values())
+            raise LoadError(f"model '{self.name}' failed to load: {reasons}")
+        if canary is not None and canary.version not in loaded:
+            canary = None
+        old_live = self.route.live if self.route else None
+        if live != state.live:
+            state = replace(state, live=live)
+        if old_live != live and record:
+            state = state.event("promote", **{"from": old_live, "to": live})
+            self._start_watch(old_live, live)
+        self._swap(entry.config, loaded, live, canary)
+        if state != self.state:
+            await asyncio.to_thread(save_state, entry.path, state)
+        self.state = state
+        failed = sorted(v for v in wanted if v in self.failures and v not in loaded)
+        if failed:
+            details = "; ".join(f"v{v}: {self.failures[v][2]}" for v in failed)
+            raise LoadError(f"model '{self.name}': {details} (v{live} keeps serving)")
+
+    def _previous(self, state: ModelState, eligible: Mapping[int, VersionEntry]) -> set[int]:
+        """Previous live versions kept resident for instant rollback."""
+        keep = self.config.lifecycle.keep_previous if self.config else 1
+        out: list[int] = []
+        for e in reversed(state.history):
+            v = e.get("from")
+            if (e.get("event") in ("promote", "rollback") and v is not None and v in eligible
+                    and v not in state.blocked and v not in out and v != state.live):  # fmt: skip
+                out.append(int(v))
+            if len(out) >= keep:
+                break
+        return set(out)
+
+    async def _load_missing(
+        self, entry: ModelEntry, wanted: Iterable[VersionEntry], force: bool
+    ) -> dict[int, LoadedVersion]:
+        loaded: dict[int, LoadedVersion] = {}
+        for ventry in wanted:
+            digest = await asyncio.to_thread(manifest_digest, ventry.path)
+            current = self.versions.get(ventry.version)
+            if current is not None and current.digest == digest and current.config == entry.config:
+                loaded[ventry.version] = current
+                continue
+            failed = self.failures.get(ventry.version)
+            if failed and failed[0] == digest and not force:
+                continue  # same files failed before: do not thrash on every poll
+            try:
+                h = await asyncio.to_thread(load_version, ventry, entry.config)
+            except EdgeInferError as e:
+                reason = e.reason if isinstance(e, VerifyError) else "load"
+                self.failures[ventry.version] = (digest, reason, e.message)
+                self._on_failure(self.name, ventry.version, reason, e.message)
+                log.warning("%s v%d not loaded (%s): %s", self.name, ventry.version, reason,
+                            e.message)  # fmt: skip
+                continue
+            self.failures.pop(ventry.version, None)
+            h.start(self._runner)
+            loaded[ventry.version] = h
+        return loaded
+
+    def _swap(self, config: ModelConfig, loaded: dict[int, LoadedVersion], live: int,
+              canary: Canary | None) -> None:  # fmt: skip
+        old = self.versions
+        self.config = config
+        self.versions = loaded  # one reference assignment each
+        self.route = Route(live, canary.version if canary else None,
+                           canary.weight if canary else 0.0, config.lifecycle.traffic_key)  # fmt: skip
+        self.status, self.reason = State.READY, ""
+        self._retire(h for v, h in old.items() if loaded.get(v) is not h)
+
+    def _retire(self, handles: Iterable[LoadedVersion]) -> None:
+        for h in handles:
+            if h.scheduler is not None:
+                task = asyncio.create_task(h.scheduler.close(drain=True))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+
+    async def unload(self) -> None:
+        async with self._lock:
+            old, self.versions, self.route = self.versions, {}, None
+            self.status, self.reason = State.UNAVAILABLE, "unloaded"
+            self.watch = None
+            self._retire(old.values())
+
+    async def drained(self) -> None:
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    # ---- rollback, canary ------------------------------------------------------------------
+    async def rollback(self, to: int | None = None, reason: str = "manual") -> int:
+        async with self._lock:
+            if self.route is None:
+                raise ModelNotReady(f"model '{self.name}' is not loaded")
+            entry = await asyncio.to_thread(self.repository.model, self.name)
+            current = self.route.live
+            target = to if to is not None else self.state.previous_live()
+            if target is None:
+                raise InvalidInput(f"model '{self.name}' has no previous version to roll back to")
+            if target == current:
+                raise InvalidInput(f"model '{self.name}' version {target} is already live")
+            if target not in {v.version for v in entry.versions}:
+                raise ModelNotFound(f"model '{self.name}' has no published version {target}")
+            blocked = tuple(sorted({*self.state.blocked, current} - {target}))
+            state = replace(self.state, live=target, blocked=blocked)
+            state = state.event("rollback", **{"from": current, "to": target, "reason": reason})
+            self.rollbacks["auto" if reason.startswith("auto") else "manual"] += 1
+            self.watch = None
+            await asyncio.to_thread(save_state, entry.path, state)
+            self.state = state
+            await self._apply(entry, state, force=True, record=False)
+            log.warning("%s rolled back v%s -> v%s: %s", self.name, current, target, reason)
+            return target
+
+    async def set_canary(self, version: int | None, weight: float = 0.0) -> None:
+        """Route `weight` of unpinned traffic to `version` (None: abort the canary)."""
+        if version is not None and not 0.0 <= weight <= 1.0:
+            raise InvalidInput("canary weight must be between 0 and 1")
+        async with self._lock:
+            entry = await asyncio.to_thread(self.repository.model, self.name)
+            if version is not None and version not in {v.version for v in entry.versions}:
+                raise ModelNotFound(f"model '{self.name}' has no published version {version}")
+            canary = Canary(version, weight) if version is not None else None
+            state = replace(self.state, canary=canary, blocked=tuple(
+                v for v in self.state.blocked if v != version))  # fmt: skip
+            state = state.event("canary" if canary else "abort", version=version, weight=weight)
+            await asyncio.to_thread(save_state, entry.path, state)
+            self.state = state
+            await self._apply(entry, state, force=True)
+            if canary is not None and (self.route is None or self.route.canary != version):
+                why = self.failures.get(canary.version, ("", "", "unknown"))[2]
+                raise LoadError(f"canary version {version} failed to load: {why}")
+
+    async def promote(self) -> int:
+        """Make the canary the live version."""
+        async with self._lock:
+            if self.route is None or self.route.canary is None:
+                raise InvalidInput(f"model '{self.name}' has no canary to promote")
+            entry = await asyncio.to_thread(self.repository.model, self.name)
+            new = self.route.canary
+            state = replace(self.state, live=new, canary=None).event("canary", version=None)
+            await self._apply(entry, state, force=False)  # records the promotion, starts watch
+            return new
+
+    # ---- automatic rollback ----------------------------------------------------------------
+    def _start_watch(self, previous: int | None, candidate: int) -> None:
+        old = self.versions.get(previous) if previous is not None else None
+        if (previous is None or old is None or self.config is None
+                or not self.config.lifecycle.auto_rollback):  # fmt: skip
+            self.watch = None
+            return
+        now = time.monotonic()
+        n, errors, p99 = old.stats.window(now - self.config.lifecycle.window_s, now)
+        self.watch = Watch(previous, candidate, now, WindowStats(n, errors, p99))
+
+    async def check_health(self, now: float) -> str | None:
+        """Roll back a newly live version that regressed; returns the reason if it did."""
+        watch, config = self.watch, self.config
+        if watch is None or config is None:
+            return None
+        if now - watch.since > config.lifecycle.window_s:
+            self.watch = None  # survived its window
+            return None
+        h = self.versions.get(watch.candidate)
+        if h is None:
+            self.watch = None
+            return None
+        n, errors, p99 = h.stats.window(watch.since, now)
+        why = regression(watch.baseline, WindowStats(n, errors, p99), config.lifecycle)
+        if why is None:
+            return None
+        await self.rollback(watch.previous, reason=f"auto: {why}")
+        return why
+
+
+def _canary(config: ModelConfig, state: ModelState) -> Canary | None:
+    """The state file's canary once one was set by API; before that, the config's."""
+    if any(e.get("event") in ("canary", "abort") for e in state.history):
+        return state.canary
+    if config.canary is not None:
+        return Canary(config.canary.version, config.canary.weight)
+    return None

@@ -1,0 +1,92 @@
+"""A model's lifecycle state on disk (`<model>/state.json`): which version is live, the canary,
+versions rolled back from, and the history. Written atomically so a crash leaves the old or the
+new file, never a torn one; a restarted server comes back the same."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from edgeinfer.errors import RepositoryError
+
+STATE_NAME = "state.json"
+_HISTORY = 50
+
+
+@dataclass(frozen=True)
+class Canary:
+    version: int
+    weight: float
+
+
+@dataclass(frozen=True)
+class ModelState:
+    live: int | None = None  # None: the newest eligible version
+    canary: Canary | None = None
+    blocked: tuple[int, ...] = ()  # rolled back from: never promoted again by a reload
+    history: tuple[dict[str, Any], ...] = ()
+
+    def event(self, kind: str, **details: Any) -> ModelState:
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": kind,
+                 **details}  # fmt: skip
+        return replace(self, history=(*self.history, entry)[-_HISTORY:])
+
+    def previous_live(self) -> int | None:
+        """The version that was live before the current one, from the history."""
+        for entry in reversed(self.history):
+            if entry.get("event") in ("promote", "rollback") and entry.get("from") is not None:
+                return int(entry["from"])
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["blocked"] = list(self.blocked)
+        doc["history"] = list(self.history)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ModelState:
+        canary = doc.get("canary")
+        return cls(
+            live=doc.get("live"),
+            canary=Canary(int(canary["version"]), float(canary["weight"])) if canary else None,
+            blocked=tuple(int(v) for v in doc.get("blocked", ())),
+            history=tuple(doc.get("history", ())),
+        )
+
+
+def load_state(model_dir: Path) -> ModelState:
+    path = model_dir / STATE_NAME
+    try:
+        return ModelState.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return ModelState()
+    except (ValueError, KeyError, TypeError) as e:
+        raise RepositoryError(f"{path}: malformed state file ({e}); delete it to reset") from e
+
+
+def save_state(model_dir: Path, state: ModelState) -> None:
+    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".state.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(state.to_json(), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, model_dir / STATE_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(model_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+__all__ = ["STATE_NAME", "Canary", "ModelState", "load_state", "save_state"]
