@@ -40,7 +40,10 @@ def _add_serve(sub: Any) -> None:
         if f.name in ("repository", "load_models", "overrides"):
             continue
         kind = int if f.type in ("int", int) else str
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=kind(env[f.name]),
+        default: int | str | None = kind(env[f.name])
+        if f.name == "model_control" and "EDGEINFER_MODEL_CONTROL" not in os.environ:
+            default = None  # resolved later: poll with --demo, else explicit
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
                        help=f"{f.metadata['help']} (default: %(default)s)")  # fmt: skip
     p.add_argument("--load-model", action="append", dest="load_models", metavar="NAME",
                    help="with --model-control explicit: load only these at start "
@@ -66,6 +69,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError("give --repository DIR or --demo")
     kwargs = {f.name: getattr(args, f.name) for f in fields(ServerSettings)
               if f.name not in ("repository", "load_models", "overrides")}  # fmt: skip
+    if kwargs["model_control"] is None:
+        kwargs["model_control"] = "poll" if args.demo else ServerSettings.model_control
     settings = ServerSettings(
         repository=root,
         load_models=tuple(args.load_models or ("*",)),
@@ -152,6 +157,40 @@ def cmd_models_unload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lifecycle(args: argparse.Namespace, action: str, body: dict[str, Any]) -> int:
+    status = _request("POST", f"{args.url}/v2/repository/models/{args.model}/{action}", body)
+    if getattr(args, "json", False):
+        print(json.dumps(status, indent=2))
+        return 0
+    canary = status.get("canary")
+    print(f"{args.model}: live v{status['live']}"
+          + (f", canary v{canary['version']} at {canary['weight']:.0%}" if canary else "")
+          + f", resident {', '.join('v' + v for v in status['resident'])}")  # fmt: skip
+    for f in status.get("load_failures", [])[-3:]:
+        print(f"  failed v{f['version']} ({f['reason']}): {f['message']}")
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    return _lifecycle(args, "rollback", {"version": args.to} if args.to else {})
+
+
+def cmd_models_canary(args: argparse.Namespace) -> int:
+    return _lifecycle(args, "canary", {"version": args.version, "weight": args.weight})
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    return _lifecycle(args, "promote", {})
+
+
+def cmd_models_abort(args: argparse.Namespace) -> int:
+    return _lifecycle(args, "abort", {})
+
+
+def cmd_models_status(args: argparse.Namespace) -> int:
+    return _lifecycle(args, "status", {})
+
+
 def _add_models(sub: Any) -> None:
     p = sub.add_parser("models", help="list, add, load and unload models",
                        description="Manage models in a repository or on a running server.")  # fmt: skip
@@ -173,11 +212,26 @@ def _add_models(sub: Any) -> None:
                      help="another file to place in the version (e.g. tokenizer.json)")  # fmt: skip
     add.set_defaults(func=cmd_models_add)
 
-    for name, func, text in (("load", cmd_models_load, "load or reload a model on a server"),
-                             ("unload", cmd_models_unload, "unload a model on a server")):  # fmt: skip
+    commands = (
+        ("load", cmd_models_load, "load or reload a model on a server"),
+        ("unload", cmd_models_unload, "unload a model on a server"),
+        ("rollback", cmd_models_rollback, "switch back to the previous (or --to) version"),
+        ("canary", cmd_models_canary, "send a share of traffic to VERSION"),
+        ("promote", cmd_models_promote, "make the canary the live version"),
+        ("abort", cmd_models_abort, "stop the canary"),
+        ("status", cmd_models_status, "live and canary versions, load failures"),
+    )
+    for name, func, text in commands:
         c = msub.add_parser(name, help=text)
         c.add_argument("model")
         c.add_argument("--url", default=DEFAULT_URL, help=url_help)
+        if name == "rollback":
+            c.add_argument("--to", type=int, help="version to roll back to")
+        if name == "canary":
+            c.add_argument("version", type=int)
+            c.add_argument("--weight", type=float, default=0.1, help="share (default 0.1)")
+        if name in ("rollback", "canary", "promote", "abort", "status"):
+            c.add_argument("--json", action="store_true", help="print JSON")
         c.set_defaults(func=func)
 
 

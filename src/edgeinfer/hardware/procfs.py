@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgeinfer.hardware._read import read_text, under
 
@@ -94,8 +94,9 @@ class CpuInfo:
     model: str = ""  # "AMD EPYC 7B13", "Cortex-A76", "Cortex-A55 + Cortex-A76"
     board: str = ""  # "Raspberry Pi 5 Model B Rev 1.0", DMI product name, ...
     arch: str = ""  # "x86" | "arm" | "" (unknown)
-    flags: frozenset[str] = frozenset()
+    flags: frozenset[str] = field(default=frozenset(), repr=False)
     simd: tuple[str, ...] = ()  # normalized names from _SIMD, in its order
+    mhz: float | None = None  # x86 "cpu MHz" of the first CPU: a clock hint where cpufreq is hidden
 
     @property
     def int8_dot(self) -> str:
@@ -154,4 +155,8 @@ def read_cpuinfo(root: Root = "/") -> CpuInfo:
     if parts and (not model or model.startswith("ARMv")):  # "ARMv8 Processor rev 1 (v8l)"
         model = _arm_model(parts)
     simd = tuple(name for name, aliases in _SIMD if flags & aliases)
-    return CpuInfo(model, _board(root, fields), arch, flags, simd)
+    try:
+        mhz: float | None = float(fields["cpu MHz"])
+    except (KeyError, ValueError):
+        mhz = None
+    return CpuInfo(model, _board(root, fields), arch, flags, simd, mhz)

@@ -236,7 +236,9 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_guarded
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        return encode_infer(await self.engine.infer(decode_infer(request)))
+        req = decode_infer(request)
+        req.metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        return encode_infer(await self.engine.infer(req))
 
     @_guarded
     async def ModelConfig(self, request: Any, context: Any) -> Any:
@@ -267,13 +269,16 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_guarded
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        if request.parameters:
+        params = _params(request.parameters)
+        action = params.pop("edgeinfer.action", "load")
+        unknown = sorted(set(params) - {"edgeinfer.version", "edgeinfer.weight"})
+        if unknown:
             # Triton's config override and file upload: refuse rather than silently ignore.
             raise InvalidInput(
-                f"load parameters {sorted(request.parameters)} are not supported; "
-                "edit the model repository on disk instead"
+                f"load parameters {unknown} are not supported; edit the model repository on "
+                "disk instead (edgeinfer.action = rollback | canary | promote | abort is)"
             )
-        await self.engine.load(request.model_name)
+        await lifecycle_action(self.engine, request.model_name, action, params)
         return service_pb2.RepositoryModelLoadResponse()
 
     @_guarded
@@ -281,6 +286,30 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         # `unload_dependents` (always sent by tritonclient) is moot: there are no ensembles.
         await self.engine.unload(request.model_name)
         return service_pb2.RepositoryModelUnloadResponse()
+
+
+async def lifecycle_action(engine: Engine, model: str, action: str, params: dict[str, Any]) -> None:
+    """Lifecycle calls carried in RepositoryModelLoad parameters (gRPC has no RPCs for them)."""
+    version = params.get("edgeinfer.version")
+    if version is not None and not isinstance(version, int | str):
+        raise InvalidInput("edgeinfer.version must be a version number")
+    v = int(version) if version not in (None, "") else None
+    if action == "load":
+        await engine.load(model)
+    elif action == "rollback":
+        await engine.rollback(model, v)
+    elif action == "canary":
+        if v is None:
+            raise InvalidInput("edgeinfer.action=canary needs edgeinfer.version")
+        await engine.set_canary(model, v, float(params.get("edgeinfer.weight", 0.1)))
+    elif action == "promote":
+        await engine.promote(model)
+    elif action == "abort":
+        await engine.set_canary(model, None)
+    else:
+        raise InvalidInput(
+            f"unknown edgeinfer.action {action!r}; use load, rollback, canary, promote or abort"
+        )
 
 
 def _unimplemented(rpc: str) -> Callable[..., Awaitable[None]]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from edgeinfer import __version__
-from edgeinfer.errors import EdgeInferError, InvalidInput
+from edgeinfer.errors import EdgeInferError, InvalidInput, ModelNotFound
 from edgeinfer.lifecycle import Engine
 from edgeinfer.server.http_common import (
     ClientDisconnected,
@@ -69,11 +70,14 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
             return error_response(e)
 
     async def model_stats(request: Request) -> Response:
+        model = request.path_params.get("model")
         try:
-            stats = engine.statistics(request.path_params.get("model"), _version(request))
+            doc: dict[str, Any] = {"model_stats": engine.statistics(model, _version(request))}
+            if model:  # not in Triton's schema: live/canary/load failures for this model
+                doc["lifecycle"] = engine.lifecycle_status(model)
         except EdgeInferError as e:
             return error_response(e)
-        return json_response({"model_stats": stats})
+        return json_response(doc)
 
     async def infer(request: Request) -> Response:
         model = request.path_params["model"]
@@ -83,6 +87,7 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
             if header is not None and not header.isdigit():
                 raise InvalidInput("Inference-Header-Content-Length must be a non-negative integer")
             req = decode_request(model, _version(request), body, int(header) if header else None)
+            req.metadata = request.headers
             resp = await unless_disconnected(request, engine.infer(req))
             out, head_len = encode_response(req, resp)
         except ClientDisconnected:
@@ -107,8 +112,6 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
         body = await request.body()
         if body:
             try:
-                import orjson
-
                 doc = orjson.loads(body)
                 ready_only = bool(doc.get("ready", False)) if isinstance(doc, dict) else False
             except ValueError:
@@ -135,6 +138,49 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
             return error_response(e)
         return json_response({})
 
+    async def _json_body(request: Request) -> dict[str, Any]:
+        raw = await read_body(request, 1 << 16)
+        if not raw:
+            return {}
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise InvalidInput(f"body is not valid JSON: {e}") from e
+        if not isinstance(doc, dict):
+            raise InvalidInput("body must be a JSON object")
+        return doc
+
+    def _int(doc: dict[str, Any], key: str) -> int | None:
+        value = doc.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+            raise InvalidInput(f"'{key}' must be a version number")
+        return int(value)
+
+    async def lifecycle(request: Request) -> Response:
+        model = request.path_params["model"]
+        action = request.path_params.get("action", "status")
+        try:
+            doc = await _json_body(request)
+            if action == "rollback":
+                await engine.rollback(model, _int(doc, "version"))
+            elif action == "canary":
+                version = _int(doc, "version")
+                weight = doc.get("weight", 0.1)
+                if version is None or not isinstance(weight, int | float):
+                    raise InvalidInput("canary needs {'version': N, 'weight': 0..1}")
+                await engine.set_canary(model, version, float(weight))
+            elif action == "promote":
+                await engine.promote(model)
+            elif action == "abort":
+                await engine.set_canary(model, None)
+            elif action != "status":
+                return error_response(ModelNotFound(f"no lifecycle action '{action}'"))
+        except EdgeInferError as e:
+            return error_response(e)
+        return json_response(engine.lifecycle_status(model))
+
     m = "/v2/models/{model}"
     mv = "/v2/models/{model}/versions/{version}"
     return [
@@ -155,4 +201,6 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/v2/repository/models/{model}/load", repository_load, methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", repository_unload, methods=["POST"]),
+        Route("/v2/repository/models/{model}/{action}", lifecycle, methods=["POST"]),
+        Route("/v2/repository/models/{model}/status", lifecycle, methods=["GET"]),
     ]
