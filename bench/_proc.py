@@ -144,6 +144,25 @@ def wait_quiet(server: Server | None, cap: float, threshold: float = 0.15) -> di
             return {"waited_s": round(waited, 1), "other_cpu_before": round(other, 3)}
 
 
+class Patience:
+    """How long the run may spend waiting for quiet and re-measuring noisy points, in total, so
+    a busy machine stretches the run by at most `spare_s` seconds (then the noise is reported)."""
+
+    def __init__(self, spare_s: float, quiet_wait: float) -> None:
+        self.left, self.quiet_wait = spare_s, quiet_wait
+
+    def wait_quiet(self, server: Server | None) -> dict[str, float]:
+        seen = wait_quiet(server, max(1.0, min(self.quiet_wait, self.left)))
+        self.left -= seen["waited_s"] - 1.0  # one second of sampling is always spent
+        return seen
+
+    def allow(self, seconds: float) -> bool:
+        if seconds > self.left:
+            return False
+        self.left -= seconds
+        return True
+
+
 def run_load(server: Server, req: Request, concurrency: int, duration: float, warmup: float,
              workdir: Path) -> dict[str, object]:  # fmt: skip
     """Run bench/_load.py against `server` in its own process and return its JSON."""

@@ -35,18 +35,30 @@ def ratios(res: dict[str, Any]) -> dict[str, float | None]:
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with its value and whether a point behind it was noisy (busy neighbours)."""
     ours, peer = res["edgeinfer"], res["fastapi"]
-    p50, peer_p50 = point(ours, "mlp", 1)["p50_ms"], point(peer, "mlp", 1)["p50_ms"]
+    ours_mlp, peer_mlp = point(ours, "mlp", 1), point(peer, "mlp", 1)
+    ours_cnn, raw_cnn = point(ours, "resnet18", 1), res["raw_ort"]["resnet18"]
+    limit = res["settings"].get("noisy_other_cpu", 0.3)
+
+    def noisy(*points: dict[str, Any]) -> bool:
+        return any(p.get("other_cpu", 0.0) > limit for p in points)
+
+    p50, peer_p50 = ours_mlp["p50_ms"], peer_mlp["p50_ms"]
     cnn_share = res["ratios"]["resnet18_c1_rps_ours_over_raw_ort"] or 0.0
+    cold, rss, idle = ours["cold_start_s"], ours["rss_mb"], ours["idle_cpu"]
     rows = [
-        ("MLP c=1 p50 <= FastAPI p50", p50, f"<= {peer_p50} ms", p50 <= peer_p50),
-        ("MLP c=1 p50 <= 0.6 ms", p50, "<= 0.6 ms", p50 <= 0.6),
-        ("ResNet-18 c=1 >= 90% of raw ORT batch-1 req/s", cnn_share, ">= 0.90", cnn_share >= 0.90),
-        ("cold start <= 1.5 s", ours["cold_start_s"], "<= 1.5 s", ours["cold_start_s"] <= 1.5),
-        ("idle CPU < 1% of a core", ours["idle_cpu"], "< 0.01", ours["idle_cpu"] < 0.01),
-        ("RSS after load <= 250 MB", ours["rss_mb"], "<= 250 MB", ours["rss_mb"] <= 250),
-    ]
-    return [{"target": t, "value": v, "limit": lim, "met": bool(ok)} for t, v, lim, ok in rows]
+        ("MLP c=1 p50 <= FastAPI p50", p50, f"<= {peer_p50} ms", p50 <= peer_p50,
+         noisy(ours_mlp, peer_mlp)),
+        ("MLP c=1 p50 <= 0.6 ms", p50, "<= 0.6 ms", p50 <= 0.6, noisy(ours_mlp)),
+        ("ResNet-18 c=1 >= 90% of raw ORT batch-1 req/s", cnn_share, ">= 0.90", cnn_share >= 0.90,
+         noisy(ours_cnn, raw_cnn)),
+        ("cold start <= 1.5 s", cold, "<= 1.5 s", cold <= 1.5, False),
+        ("idle CPU < 1% of a core", idle, "< 0.01", idle < 0.01, False),
+        ("RSS after load <= 250 MB", rss, "<= 250 MB", rss <= 250, False),
+    ]  # fmt: skip
+    return [{"target": t, "value": v, "limit": lim, "met": bool(ok), "noisy": n}
+            for t, v, lim, ok, n in rows]  # fmt: skip
 
 
 def _cell(p: dict[str, Any], noisy: float) -> str:
@@ -108,7 +120,8 @@ def table(res: dict[str, Any]) -> str:
     )
     met = sum(t["met"] for t in res["targets"])
     lines.append(f"Targets met: {met}/{len(res['targets'])} — " + "; ".join(
-        f"{'✓' if t['met'] else '✗'} {t['target']} ({t['value']})" for t in res["targets"]
+        f"{'✓' if t['met'] else '✗'} {t['target']} ({t['value']}{', noisy' if t.get('noisy') else ''})"
+        for t in res["targets"]
     ))  # fmt: skip
     lines.append(
         f"{m['cpu']}, {m['nproc']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, "

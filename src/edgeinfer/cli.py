@@ -13,6 +13,7 @@ from typing import Any
 
 from edgeinfer import __version__
 from edgeinfer.config import ConfigError, ServerSettings, parse_overrides
+from edgeinfer.doctor import add_doctor  # stdlib-only at import
 from edgeinfer.errors import EdgeInferError
 
 DEFAULT_URL = os.environ.get("EDGEINFER_URL", "http://127.0.0.1:8000")
@@ -260,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_models(sub)
     _add_demo(sub)
+    add_doctor(sub)
     return parser
 
 

@@ -101,7 +101,7 @@ def collect(root: str | Path = "/", with_runtimes: bool = True) -> dict[str, Any
             "model": cpuinfo.model,
             "board": cpuinfo.board,
             "arch": cpuinfo.arch or (platform.machine() if str(root) == "/" else ""),
-            "online": len(topology.online) or None,
+            "online": allowance.online,
             "online_cpus": list(topology.online),
             "physical_cores": topology.physical_cores(),
             "heterogeneous": topology.heterogeneous,
@@ -119,8 +119,9 @@ def collect(root: str | Path = "/", with_runtimes: bool = True) -> dict[str, Any
             "cur_mhz_mean": None if freq.cur_hz_mean is None else round(freq.cur_hz_mean / 1e6),
             "max_mhz": None if freq.max_hz is None else round(freq.max_hz / 1e6),
             "cpuinfo_mhz": cpuinfo.mhz,
-            "per_cpu": [{"cpu": c.cpu, "cur_khz": c.cur_khz, "max_khz": c.max_khz}
-                        for c in freq.cores],  # fmt: skip
+            "per_cpu": [
+                {"cpu": c.cpu, "cur_khz": c.cur_khz, "max_khz": c.max_khz} for c in freq.cores
+            ],
             "throttle_count": freq.throttle_count,
             "throttle_flags": list(freq.throttle_flags),
             "throttled_now": freq.throttled_now,
@@ -128,8 +129,10 @@ def collect(root: str | Path = "/", with_runtimes: bool = True) -> dict[str, Any
         "thermal": {
             "cpu_temp_c": None if thermal.cpu_temp_c is None else round(thermal.cpu_temp_c, 1),
             "source": thermal.source,
-            "zones": [{"name": z.name, "type": z.type, "temp_c": round(z.temp_c, 1)}
-                      for z in thermal.zones],  # fmt: skip
+            "zones": [
+                {"name": z.name, "type": z.type, "temp_c": round(z.temp_c, 1)}
+                for z in thermal.zones
+            ],
         },
         "memory": {
             "total_bytes": mem.total_bytes,
@@ -282,8 +285,10 @@ def _sections(r: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
         cg = f"v{m['cgroup_version']} {m['cgroup_path']}: "
         cg += f"limit {_bytes(m['cgroup_limit_bytes'])}" if m["cgroup_limit_bytes"] else "no limit"
         cg += f", {_bytes(m['cgroup_working_set_bytes'] or m['cgroup_usage_bytes'])} in use"
-        if m["oom_kills"] is not None or m["oom_events"] is not None:
-            cg += f", OOM events {m['oom_events'] or 0}, OOM kills {m['oom_kills'] or 0}"
+        if m["oom_events"] is not None:
+            cg += f", OOM events {m['oom_events']}"
+        if m["oom_kills"] is not None:
+            cg += f", OOM kills {m['oom_kills']}"
     ort = rt.get("onnxruntime")
     llama = rt.get("llama_cpp")
     runtime_rows = [("python", rt.get("python", "")), ("numpy", rt.get("numpy") or "not installed"),
@@ -316,7 +321,7 @@ def render(report: dict[str, Any]) -> str:
     rec = report["recommendations"]
     for label, items in (("quantization", rec["quantization"]), ("notes", rec["notes"])):
         for i, item in enumerate(items):
-            wrapped = textwrap.wrap(item, 100 - 2 - _KEY - 2) or [""]
+            wrapped = textwrap.wrap(item, 100 - 2 - _KEY - 2, break_on_hyphens=False) or [""]
             key = label if i == 0 else ""
             lines.append(f"  {key:<{_KEY}}- {wrapped[0]}")
             lines += [f"  {'':<{_KEY}}  {more}" for more in wrapped[1:]]

@@ -24,7 +24,9 @@ def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
 
 def test_help_for_every_command_and_no_heavy_imports() -> None:
     for args in ([], ["serve"], ["models"], ["models", "list"], ["models", "add"],
-                 ["models", "load"], ["models", "unload"], ["demo"]):  # fmt: skip
+                 ["models", "load"], ["models", "unload"], ["models", "rollback"],
+                 ["models", "canary"], ["models", "promote"], ["models", "status"], ["demo"],
+                 ["doctor"]):  # fmt: skip
         out = run(*args, "--help").stdout
         assert "usage: edgeinfer" in out
     code = ("import sys, edgeinfer.cli as c\n"

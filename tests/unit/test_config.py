@@ -65,7 +65,7 @@ def test_overrides_parse_and_merge(tmp_path: Path) -> None:
     assert cfg.dynamic_batching.preferred_batch_sizes == (4, 8)
     assert (cfg.queue.max_queue_size, cfg.queue.priority_levels) == (10, 2)
     assert cfg.queue.timeout_action == "delay"
-    with pytest.raises(ConfigError, match="MODEL.KEY=VALUE"):
+    with pytest.raises(ConfigError, match=r"MODEL\.KEY=VALUE"):
         parse_overrides(["max_batch_size=3"])
     with pytest.raises(ConfigError, match="with --set overrides"):
         ModelConfig.from_toml(path, "m", parse_overrides(["m.queue.timeout_action=explode"])["m"])

@@ -6,6 +6,7 @@ and `edgeinfer.errors`/`edgeinfer.config`; onnx is imported lazily by `estimate_
 """
 
 from edgeinfer.hardware.budget import (
+    RESIDENT_FACTOR,
     BudgetExceeded,
     MemoryBudget,
     Reservation,
@@ -39,6 +40,7 @@ from edgeinfer.hardware.sysfs import (
 )
 
 __all__ = [
+    "RESIDENT_FACTOR",
     "BudgetExceeded",
     "Cgroup",
     "CpuAllowance",

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from edgeinfer.hardware.cgroup import Cgroup, quota_cpus, read_cgroup
-from edgeinfer.hardware.procfs import MemInfo, read_meminfo
+from edgeinfer.hardware.procfs import MemInfo, read_cpuinfo, read_meminfo
 from edgeinfer.hardware.sysfs import Topology, read_cpufreq, read_thermal, read_topology
 
 Root = str | os.PathLike[str]
@@ -64,7 +64,7 @@ def read_readings(root: Root = "/") -> Readings:
 class CpuAllowance:
     """How many CPUs this process may keep busy, and why."""
 
-    online: int | None  # online CPUs in the tree
+    online: int | None  # online CPUs in the tree (sysfs; else /proc/cpuinfo's count)
     affinity: int | None  # len(os.sched_getaffinity(0)); only for the real root "/"
     quota: float | None  # cgroup CPU quota in CPUs
     cpuset: int | None  # CPUs in the cgroup's cpuset
@@ -89,15 +89,15 @@ def cpu_allowance(
         allowed = allowed & mask if allowed else set(mask)
     if cgroup.cpuset is not None:
         allowed = allowed & set(cgroup.cpuset) if allowed else set(cgroup.cpuset)
-    counts = [len(topology.online) or None, affinity, quota_cpus(cgroup),
+    online = len(topology.online) or read_cpuinfo(root).processors or None
+    counts = [online, affinity, quota_cpus(cgroup),
               len(cgroup.cpuset) if cgroup.cpuset else None, len(allowed) or None]  # fmt: skip
     known = [n for n in counts if n]
-    if known:
-        usable = max(1, min(known))
-    else:  # nothing in the tree says: trust the OS only for the real machine
-        usable = (os.cpu_count() or 1) if _is_real_root(root) else 1
+    # When nothing in the tree says, trust the OS only for the real machine.
+    fallback = (os.cpu_count() or 1) if _is_real_root(root) else 1
+    usable = max(1, min(known)) if known else fallback
     return CpuAllowance(
-        online=len(topology.online) or None,
+        online=online,
         affinity=affinity,
         quota=cgroup.cpu_quota,
         cpuset=len(cgroup.cpuset) if cgroup.cpuset else None,

@@ -97,6 +97,7 @@ class CpuInfo:
     flags: frozenset[str] = field(default=frozenset(), repr=False)
     simd: tuple[str, ...] = ()  # normalized names from _SIMD, in its order
     mhz: float | None = None  # x86 "cpu MHz" of the first CPU: a clock hint where cpufreq is hidden
+    processors: int = 0  # "processor" entries: a CPU count when sysfs is not visible
 
     @property
     def int8_dot(self) -> str:
@@ -104,22 +105,25 @@ class CpuInfo:
         return next((name for name in INT8_DOT if name in self.simd), "")
 
 
-def _cpuinfo_fields(text: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """(first value of each key, [(implementer, part)] per processor block)."""
+def _cpuinfo_fields(text: str) -> tuple[dict[str, str], list[tuple[str, str]], int]:
+    """(first value of each key, [(implementer, part)] per processor block, processors)."""
     first: dict[str, str] = {}
     parts: list[tuple[str, str]] = []
     implementer = ""
+    processors = 0
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if not sep:
             continue
         key, value = key.strip(), value.strip()
         first.setdefault(key, value)
-        if key == "CPU implementer":
+        if key == "processor":
+            processors += 1
+        elif key == "CPU implementer":
             implementer = value.lower()
         elif key == "CPU part":
             parts.append((implementer, value.lower()))
-    return first, parts
+    return first, parts, processors
 
 
 def _arm_model(parts: list[tuple[str, str]]) -> str:
@@ -144,7 +148,7 @@ def _board(root: Root, fields: dict[str, str]) -> str:
 
 
 def read_cpuinfo(root: Root = "/") -> CpuInfo:
-    fields, parts = _cpuinfo_fields(read_text(under(root, "/proc/cpuinfo")) or "")
+    fields, parts, processors = _cpuinfo_fields(read_text(under(root, "/proc/cpuinfo")) or "")
     if "flags" in fields:
         arch, flags = "x86", frozenset(fields["flags"].split())
     elif "Features" in fields:
@@ -159,4 +163,4 @@ def read_cpuinfo(root: Root = "/") -> CpuInfo:
         mhz: float | None = float(fields["cpu MHz"])
     except (KeyError, ValueError):
         mhz = None
-    return CpuInfo(model, _board(root, fields), arch, flags, simd, mhz)
+    return CpuInfo(model, _board(root, fields), arch, flags, simd, mhz, processors)

@@ -21,8 +21,9 @@ from edgeinfer.hardware._read import (
 Root = str | os.PathLike[str]
 
 # Thermal zone types that measure the CPU, by lower-case prefix: Raspberry Pi "cpu-thermal",
-# Jetson "cpu-thermal"/"CPU-therm", Intel "x86_pkg_temp", Rockchip/Amlogic "soc_thermal"/"soc-thermal".
-_CPU_ZONE_PREFIXES = ("cpu", "x86_pkg_temp", "soc")
+# Jetson "cpu-thermal"/"CPU-therm", Intel "x86_pkg_temp", Amlogic "soc_thermal", Rockchip RK3588
+# "soc-thermal"/"bigcore0-thermal"/"littlecore-thermal".
+_CPU_ZONE_PREFIXES = ("cpu", "x86_pkg_temp", "soc", "bigcore", "littlecore")
 # hwmon drivers that report the CPU (AMD machines often have no CPU thermal zone at all).
 _CPU_HWMON_NAMES = frozenset({"coretemp", "k10temp", "zenpower", "cpu_thermal"})
 # Readings outside this range are disabled or broken sensors (some report -273 or 0x7fffffff).

@@ -98,8 +98,11 @@ class ModelManager:
         """`record`: a change of live version is a promotion (logged in the history and
         watched for regressions); a rollback records its own event instead."""
         eligible = {v.version: v for v in entry.versions}
-        selected = [v.version for v in entry.selected() if v.version not in state.blocked]
-        if not selected and not self.versions:
+        # The version policy chooses among versions not rolled back from.
+        selected = entry.config.version_policy.select(
+            [v for v in eligible if v not in state.blocked]
+        )
+        if not selected and state.live not in eligible and not self.versions:
             self.status, self.reason = State.UNAVAILABLE, "no published version on disk"
             raise LoadError(f"model '{self.name}' has no published version in {entry.path}")
         newest = max(selected, default=None)
@@ -119,9 +122,13 @@ class ModelManager:
         if not self.versions:
             self.status, self.reason = State.LOADING, "loading"
         loaded = await self._load_missing(entry, [eligible[v] for v in sorted(wanted)], force)
-        live = target if target in loaded else (
-            self.route.live if self.route and self.route.live in loaded else max(loaded, default=None)
-        )  # fmt: skip
+        if target in loaded:
+            live: int | None = target
+        elif self.route is not None and self.route.live in self.versions:
+            live = self.route.live  # the new version failed: what was live keeps serving
+            loaded[live] = self.versions[live]
+        else:
+            live = max(loaded, default=None)
         if live is None:
             self.status = State.UNAVAILABLE if not self.versions else self.status
             reasons = "; ".join(msg for _, _, msg in self.failures.values())

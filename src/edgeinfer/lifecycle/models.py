@@ -14,6 +14,7 @@ from edgeinfer.errors import EdgeInferError, RepositoryError
 from edgeinfer.lifecycle.verify import VerifyError, check_golden, check_report
 from edgeinfer.repository import MANIFEST_NAME, VersionEntry, verify_manifest
 from edgeinfer.runtime import Model, load
+from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.serving.batcher import BatchPolicy
 from edgeinfer.serving.runner import Runner
 from edgeinfer.serving.scheduler import Scheduler
@@ -108,6 +109,7 @@ def load_version(entry: VersionEntry, config: ModelConfig) -> LoadedVersion:
             raise
         prefix = "" if stage == "load" else f"{entry.model} v{entry.version}: warm-up failed: "
         raise VerifyError(prefix + e.message, stage) from e
+    release_free_memory()  # loading leaves large temporaries behind in the heap
     log.info(
         "loaded %s v%d in %.0f ms", entry.model, entry.version, (time.perf_counter() - start) * 1e3
     )

@@ -9,6 +9,7 @@ import numpy as np
 
 from edgeinfer.config import ModelConfig, OrtOptions
 from edgeinfer.errors import BackendError, InvalidInput, LoadError
+from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.types import TensorSpec
 
 _ORT_TYPES = {
@@ -147,4 +148,5 @@ class OnnxModel:
             raise LoadError(f"{self.path}: warm-up run failed: {e.message}") from e
 
     def close(self) -> None:
-        self._session = None
+        self._session = None  # the last reference: ORT frees the session here
+        release_free_memory()

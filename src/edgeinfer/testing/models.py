@@ -160,3 +160,24 @@ def slow(path: Path, depth: int = 30, side: int = 256, seed: int = 0) -> Path:
         [_init("w", w), _init("shape", shape), _init("one", np.array([1], np.int64))],
     )  # fmt: skip
     return _save(graph, path)
+
+
+def failing(path: Path, limit: int = 4) -> Path:
+    """Passes warm-up (zeros) but fails at run time once any input value exceeds `limit`:
+    `x` FP32 [N,16] -> `y` FP32 [N,4]. The index of a Gather comes from the data, so ONNX Runtime
+    raises an out-of-bounds error, like a model that breaks on real traffic."""
+    from onnx import TensorProto, helper
+
+    table = np.arange(limit + 1, dtype=np.float32).reshape(-1, 1) * np.ones((1, 4), np.float32)
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], axes=[1], keepdims=0),
+        helper.make_node("Cast", ["m"], ["idx"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "idx"], ["y"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "failing",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [_init("table", table)],
+    )  # fmt: skip
+    return _save(graph, path)
