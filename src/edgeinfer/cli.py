@@ -40,8 +40,8 @@ def _add_serve(sub: Any) -> None:
     for f in fields(ServerSettings):
         if f.name in ("repository", "load_models", "overrides"):
             continue
-        kind = int if f.type in ("int", int) else str
-        default: int | str | None = kind(env[f.name])
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        default: object = kind(env[f.name])
         if f.name == "model_control" and "EDGEINFER_MODEL_CONTROL" not in os.environ:
             default = None  # resolved later: poll with --demo, else explicit
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,

@@ -332,6 +332,20 @@ class ServerSettings:
     load_models: tuple[str, ...] = field(
         default=("*",), metadata={"help": "models to load at start ('*' = all)"}
     )
+    hardware_root: str = field(
+        default="/", metadata={"help": "where to read sysfs/procfs (a fake tree in tests)"}
+    )
+    memory_budget_mb: int = field(
+        default=0,
+        metadata={"help": "bytes all models may use, in MB; 0: the cgroup limit or available "
+                  "memory minus a safety margin"},
+    )  # fmt: skip
+    temp_soft_c: float = field(
+        default=70.0, metadata={"help": "CPU temperature where the server starts backing off"}
+    )
+    temp_hard_c: float = field(
+        default=85.0, metadata={"help": "CPU temperature where capacity reaches its floor"}
+    )
     overrides: tuple[str, ...] = field(
         default=(),
         metadata={"help": "per-model config overrides MODEL.KEY=VALUE (env: space-separated)"},
@@ -346,6 +360,10 @@ class ServerSettings:
             raise ConfigError("--model-control must be 'none', 'explicit' or 'poll'")
         if self.max_request_bytes < 1024:
             raise ConfigError("--max-request-bytes must be at least 1024")
+        if self.memory_budget_mb < 0:
+            raise ConfigError("--memory-budget-mb must be >= 0 (0 = automatic)")
+        if not self.temp_soft_c < self.temp_hard_c:
+            raise ConfigError("--temp-soft-c must be below --temp-hard-c")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("--log-level must be debug, info, warning or error")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -19,6 +20,14 @@ from edgeinfer.errors import (
     QueueFull,
     Unavailable,
 )
+from edgeinfer.hardware import (
+    Governor,
+    GovernorConfig,
+    MemoryBudget,
+    default_budget_bytes,
+    read_readings,
+)
+from edgeinfer.lifecycle.budget import BudgetGate
 from edgeinfer.lifecycle.manager import ModelManager
 from edgeinfer.lifecycle.models import LoadedVersion, State
 from edgeinfer.lifecycle.triton_config import triton_model_config
@@ -26,6 +35,7 @@ from edgeinfer.repository import Repository
 from edgeinfer.serving.runner import Runner
 from edgeinfer.serving.validation import validate_request
 from edgeinfer.telemetry.metrics import (
+    DeviceSample,
     LifecycleSample,
     VersionSample,
     build_registry,
@@ -53,7 +63,18 @@ class Engine:
         self._tasks: list[asyncio.Task[None]] = []
         self.load_failures: dict[tuple[str, int, str], int] = {}
         self.last_failures: dict[str, list[dict[str, Any]]] = {}
-        self._metrics = build_registry(self._metric_samples, self._lifecycle_samples)
+        root = settings.hardware_root
+        self.governor = Governor(
+            reader=functools.partial(read_readings, root),
+            config=GovernorConfig(temp_soft_c=settings.temp_soft_c,
+                                  temp_hard_c=settings.temp_hard_c),
+        )  # fmt: skip
+        limit = (settings.memory_budget_mb * 2**20 if settings.memory_budget_mb
+                 else default_budget_bytes(read_readings(root)))  # fmt: skip
+        self.gate = BudgetGate(MemoryBudget(limit), self._evict) if limit else None
+        self._metrics = build_registry(
+            self._metric_samples, self._lifecycle_samples, self._device_sample
+        )
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -110,9 +131,15 @@ class Engine:
                 raise ModelNotFound(f"model '{name}' is not in the repository")
             if not create:
                 raise ModelNotReady(f"model '{name}' is not ready: not loaded")
-            m = self._models[name] = ModelManager(name, self.repository, self.runner,
-                                                  self._record_failure)  # fmt: skip
+            m = self._models[name] = ModelManager(
+                name, self.repository, self.runner, self._record_failure, self.gate,
+                self.governor.capacity,
+            )  # fmt: skip
         return m
+
+    async def _evict(self, model: str, version: int) -> bool:
+        m = self._models.get(model)
+        return await m.evict(version) if m is not None else False
 
     def _record_failure(self, model: str, version: int, reason: str, message: str) -> None:
         key = (model, version, reason)
@@ -161,6 +188,9 @@ class Engine:
             "resident": [str(v) for v in sorted(m.versions)],
             "blocked": [str(v) for v in m.state.blocked],
             "load_failures": self.last_failures.get(name, []),
+            "memory": {str(v): {"estimated_bytes": self.gate.estimates.get(f"{name}:v{v}")
+                                if self.gate else None, "measured_rss_bytes": h.measured_bytes}
+                       for v, h in sorted(m.versions.items())},
             "history": list(m.state.history[-10:]),
         }  # fmt: skip
 
@@ -241,6 +271,21 @@ class Engine:
             for m in list(self._models.values())
             for h in m.versions.values()
         ]
+
+    def _device_sample(self) -> DeviceSample:
+        snap = self.governor.snapshot()
+        rejections: dict[str, int] = {}
+        for m in list(self._models.values()):
+            for h in m.versions.values():
+                for reason, n in (h.scheduler.rejections if h.scheduler else {}).items():
+                    rejections[reason] = rejections.get(reason, 0) + n
+        budget = self.gate.budget if self.gate else None
+        return DeviceSample(
+            factor=snap.factor, reason=snap.reason, temp_c=snap.temp_c,
+            freq_hz=snap.freq_cur_hz, rejections=rejections,
+            budget_limit=budget.limit_bytes if budget else None,
+            budget_used=budget.used_bytes if budget else None,
+        )  # fmt: skip
 
     def _lifecycle_samples(self) -> LifecycleSample:
         models = list(self._models.values())

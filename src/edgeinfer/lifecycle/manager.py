@@ -17,6 +17,8 @@ from typing import Any
 
 from edgeinfer.config import ModelConfig
 from edgeinfer.errors import EdgeInferError, InvalidInput, LoadError, ModelNotFound, ModelNotReady
+from edgeinfer.hardware import BudgetExceeded
+from edgeinfer.lifecycle.budget import BudgetGate
 from edgeinfer.lifecycle.health import WindowStats, regression
 from edgeinfer.lifecycle.models import LoadedVersion, State, load_version, manifest_digest
 from edgeinfer.lifecycle.verify import VerifyError
@@ -44,7 +46,13 @@ class Watch:
 
 class ModelManager:
     def __init__(
-        self, name: str, repository: Repository, runner: Runner, on_failure: FailureHook
+        self,
+        name: str,
+        repository: Repository,
+        runner: Runner,
+        on_failure: FailureHook,
+        gate: BudgetGate | None = None,
+        capacity: Callable[[], tuple[float, str]] | None = None,
     ) -> None:
         self.name = name
         self.repository = repository
@@ -59,6 +67,8 @@ class ModelManager:
         self.rollbacks = {"manual": 0, "auto": 0}
         self._runner = runner
         self._on_failure = on_failure
+        self._gate = gate
+        self._capacity = capacity
         self._lock = asyncio.Lock()
         self._rng = random.Random()
         self._retiring: set[asyncio.Task[None]] = set()
@@ -117,7 +127,8 @@ class ModelManager:
             target = newest
         canary = _canary(entry.config, state)
         extra = [target, canary.version if canary else None]
-        wanted = {v for v in (*selected, *self._previous(state, eligible), *extra)
+        previous = self._previous(state, eligible, target, entry.config.lifecycle.keep_previous)
+        wanted = {v for v in (*selected, *previous, *extra)
                   if v is not None and v in eligible}  # fmt: skip
         if not self.versions:
             self.status, self.reason = State.LOADING, "loading"
@@ -150,18 +161,25 @@ class ModelManager:
             details = "; ".join(f"v{v}: {self.failures[v][2]}" for v in failed)
             raise LoadError(f"model '{self.name}': {details} (v{live} keeps serving)")
 
-    def _previous(self, state: ModelState, eligible: Mapping[int, VersionEntry]) -> set[int]:
-        """Previous live versions kept resident for instant rollback."""
-        keep = self.config.lifecycle.keep_previous if self.config else 1
+    def _previous(
+        self, state: ModelState, eligible: Mapping[int, VersionEntry], target: int | None,
+        keep: int,
+    ) -> list[int]:  # fmt: skip
+        """Versions kept resident for instant rollback: the one live now (when it is being
+        replaced), then earlier live versions from the history, `keep` at most."""
+        candidates = [self.route.live] if self.route else []
+        candidates += [
+            int(e["from"])
+            for e in reversed(state.history)
+            if e.get("event") in ("promote", "rollback") and e.get("from") is not None
+        ]
         out: list[int] = []
-        for e in reversed(state.history):
-            v = e.get("from")
-            if (e.get("event") in ("promote", "rollback") and v is not None and v in eligible
-                    and v not in state.blocked and v not in out and v != state.live):  # fmt: skip
-                out.append(int(v))
+        for v in candidates:
             if len(out) >= keep:
                 break
-        return set(out)
+            if v in eligible and v not in state.blocked and v != target and v not in out:
+                out.append(v)
+        return out
 
     async def _load_missing(
         self, entry: ModelEntry, wanted: Iterable[VersionEntry], force: bool
@@ -177,16 +195,22 @@ class ModelManager:
             if failed and failed[0] == digest and not force:
                 continue  # same files failed before: do not thrash on every poll
             try:
+                if self._gate is not None:
+                    await self._gate.admit(self.name, ventry.version, ventry.path,
+                                           entry.config.instance_count)  # fmt: skip
                 h = await asyncio.to_thread(load_version, ventry, entry.config)
             except EdgeInferError as e:
-                reason = e.reason if isinstance(e, VerifyError) else "load"
+                if self._gate is not None and not isinstance(e, BudgetExceeded):
+                    self._gate.release(self.name, ventry.version)
+                reason = ("memory" if isinstance(e, BudgetExceeded)
+                          else e.reason if isinstance(e, VerifyError) else "load")  # fmt: skip
                 self.failures[ventry.version] = (digest, reason, e.message)
                 self._on_failure(self.name, ventry.version, reason, e.message)
                 log.warning("%s v%d not loaded (%s): %s", self.name, ventry.version, reason,
                             e.message)  # fmt: skip
                 continue
             self.failures.pop(ventry.version, None)
-            h.start(self._runner)
+            h.start(self._runner, self._capacity)
             loaded[ventry.version] = h
         return loaded
 
@@ -198,14 +222,34 @@ class ModelManager:
         self.route = Route(live, canary.version if canary else None,
                            canary.weight if canary else 0.0, config.lifecycle.traffic_key)  # fmt: skip
         self.status, self.reason = State.READY, ""
+        if self._gate is not None:
+            for v in loaded:
+                self._gate.mark(self.name, v, v in (live, canary.version if canary else None))
         self._retire(h for v, h in old.items() if loaded.get(v) is not h)
 
     def _retire(self, handles: Iterable[LoadedVersion]) -> None:
         for h in handles:
             if h.scheduler is not None:
-                task = asyncio.create_task(h.scheduler.close(drain=True))
+                task = asyncio.create_task(self._close(h))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
+
+    async def _close(self, h: LoadedVersion) -> None:
+        assert h.scheduler is not None
+        await h.scheduler.close(drain=True)
+        if self._gate is not None and self.versions.get(h.version) is not h:
+            self._gate.release(self.name, h.version)
+
+    async def evict(self, version: int) -> bool:
+        """Unload `version` if it is resident only for rollback (not live, not canary)."""
+        route = self.route
+        if route is None or version in (route.live, route.canary) or version not in self.versions:
+            return False
+        victim = self.versions[version]
+        self.versions = {v: h for v, h in self.versions.items() if v != version}
+        self._retire([victim])
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        return True
 
     async def unload(self) -> None:
         async with self._lock:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -40,6 +42,7 @@ class LoadedVersion:
     config: ModelConfig
     stats: VersionStats
     digest: str = ""  # sha256 of the manifest: a changed manifest means a changed version
+    measured_bytes: int = 0  # process RSS growth across the load (after malloc_trim)
     scheduler: Scheduler | None = None  # created on the event loop by the engine
     loaded_at: float = field(default_factory=time.time)
 
@@ -48,7 +51,9 @@ class LoadedVersion:
         """The first instance: all instances share inputs, outputs and behaviour."""
         return self.instances[0]
 
-    def start(self, runner: Runner) -> None:
+    def start(
+        self, runner: Runner, capacity: Callable[[], tuple[float, str]] | None = None
+    ) -> None:
         self.scheduler = Scheduler(
             self.instances,
             batch_policy(self.config),
@@ -56,6 +61,7 @@ class LoadedVersion:
             self.stats,
             dynamic=self.config.dynamic_batching is not None,
             batch_axis=self.config.max_batch_size > 0,
+            capacity=capacity,
         )
 
 
@@ -84,6 +90,7 @@ def load_version(entry: VersionEntry, config: ModelConfig) -> LoadedVersion:
     """Verify checksums, load, warm up and verify one version (blocking; run it in a thread).
     Raises VerifyError (a LoadError) with a `reason` for the load-failure metric."""
     start = time.perf_counter()
+    rss_before = _rss()
     digest = manifest_digest(entry.path)
     try:
         verify_manifest(entry.path)
@@ -110,14 +117,25 @@ def load_version(entry: VersionEntry, config: ModelConfig) -> LoadedVersion:
         prefix = "" if stage == "load" else f"{entry.model} v{entry.version}: warm-up failed: "
         raise VerifyError(prefix + e.message, stage) from e
     release_free_memory()  # loading leaves large temporaries behind in the heap
+    measured = max(0, _rss() - rss_before)
     log.info(
-        "loaded %s v%d in %.0f ms", entry.model, entry.version, (time.perf_counter() - start) * 1e3
-    )
+        "loaded %s v%d in %.0f ms (RSS +%.1f MB)", entry.model, entry.version,
+        (time.perf_counter() - start) * 1e3, measured / 2**20,
+    )  # fmt: skip
     return LoadedVersion(
         name=entry.model,
         version=entry.version,
         instances=instances,
         config=config,
         digest=digest,
+        measured_bytes=measured,
         stats=VersionStats(entry.model, str(entry.version)),
     )
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

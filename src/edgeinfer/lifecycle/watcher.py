@@ -51,3 +51,5 @@ async def watch_repository(engine: Engine, debounce_ms: int = 300) -> None:
                     await engine.unload(name)
             except EdgeInferError as e:
                 log.warning("reload of %s after a repository change failed: %s", name, e.message)
+            except Exception:  # keep watching whatever one reload did
+                log.exception("reload of %s after a repository change crashed", name)

@@ -139,9 +139,9 @@ class BatchQueue:
                 expired.append(entry)
         return expired
 
-    def _gather(self) -> list[Entry]:
-        """The head request plus compatible ones, in priority then arrival order."""
-        limit = self.policy.max_batch_size
+    def _gather(self, limit: int) -> list[Entry]:
+        """The head request plus compatible ones (up to `limit` rows), in priority then
+        arrival order."""
         head = next((q[0] for q in self._levels if q), None)
         if head is None:
             return []
@@ -157,11 +157,11 @@ class BatchQueue:
                 rows += e.batch
         return batch
 
-    def _cut(self, batch: list[Entry], now: float) -> tuple[list[Entry], float | None]:
+    def _cut(self, batch: list[Entry], now: float, limit: int) -> tuple[list[Entry], float | None]:
         """Apply max size / preferred sizes / max delay: what to send now, or when to look again."""
         p = self.policy
         rows = sum(e.batch for e in batch)
-        if rows >= p.max_batch_size or (not p.preferred_batch_sizes and not p.max_queue_delay_us):
+        if rows >= limit or (not p.preferred_batch_sizes and not p.max_queue_delay_us):
             return batch, None
         if p.preferred_batch_sizes:
             sums = list(itertools.accumulate(e.batch for e in batch))
@@ -173,13 +173,16 @@ class BatchQueue:
             return batch, None
         return [], send_at
 
-    def take(self, now: float) -> Decision:
-        """Expire timed-out entries and return a batch to run now, if one is due."""
+    def take(self, now: float, max_rows: int | None = None) -> Decision:
+        """Expire timed-out entries and return a batch to run now, if one is due. `max_rows`
+        caps the batch below the policy's max (the device is hot or short of memory); a single
+        request larger than the cap still runs alone."""
         decision = Decision(expired=self._expire(now))
-        gathered = self._gather()
+        limit = min(self.policy.max_batch_size, max_rows or self.policy.max_batch_size)
+        gathered = self._gather(limit)
         if not gathered:
             return decision
-        batch, wake_at = self._cut(gathered, now)
+        batch, wake_at = self._cut(gathered, now, limit)
         for e in batch:
             self._levels[e.level].remove(e)
             self._unqueue(e)

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.errors import DeadlineExceeded, EdgeInferError, QueueFull, Unavailable
+from edgeinfer.hardware.governor import scaled_batch, scaled_concurrency
 from edgeinfer.runtime import Model
-from edgeinfer.serving.batcher import BatchPolicy, BatchQueue, Entry
+from edgeinfer.serving.batcher import BatchPolicy, BatchQueue, Decision, Entry
 from edgeinfer.serving.runner import Runner, RunTimer
 from edgeinfer.telemetry.stats import VersionStats
 
@@ -67,7 +68,10 @@ class Scheduler:
         dynamic: bool,
         batch_axis: bool,
         clock: Callable[[], float] = time.monotonic,
+        capacity: Callable[[], tuple[float, str]] | None = None,
     ) -> None:
+        """`capacity` returns (factor in (0, 1], reason) from the device governor: below 1 the
+        scheduler forms smaller batches, keeps fewer instances busy and queues fewer requests."""
         self.queue = BatchQueue(policy)
         self.policy = policy
         self.instances = list(instances)
@@ -82,6 +86,8 @@ class Scheduler:
         self._wakeup: asyncio.Event | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._closed = False
+        self._capacity = capacity
+        self.rejections: dict[str, int] = {}  # admission rejections by reason
 
     @property
     def pending(self) -> int:
@@ -92,21 +98,36 @@ class Scheduler:
         self._workers = [asyncio.create_task(self._work(i)) for i in range(len(self.instances))]
         return self._wakeup
 
+    def _reject(self, reason: str, exc: Exception) -> Exception:
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
+        return exc
+
     def _admit(self, entry: Entry, now: float) -> None:
+        if self._capacity is not None:
+            factor, why = self._capacity()
+            limit = self.policy.max_queue_size
+            if factor < 1.0 and limit and len(self.queue) >= max(1, int(limit * factor)):
+                drain = self.rate.seconds_for(self.queue.rows) or 1.0
+                raise self._reject(why, Unavailable(
+                    f"device capacity reduced to {factor:.0%} ({why}) and the queue is full; "
+                    "retry later", retry_after=max(drain, 1.0)))  # fmt: skip
         rows_ahead = self.queue.rows_ahead_of(entry.priority)
         timeout_us = entry.timeout_us or self.policy.default_timeout_us
         wait = self.rate.seconds_for(rows_ahead)
         if timeout_us and wait is not None and wait * 1e6 > timeout_us:
-            raise QueueFull(
-                f"predicted queue wait {wait * 1e3:.1f} ms exceeds the request's timeout "
-                f"{timeout_us / 1e3:.1f} ms; rejected without queueing",
-                retry_after=wait,
+            raise self._reject(
+                "predicted_wait",
+                QueueFull(
+                    f"predicted queue wait {wait * 1e3:.1f} ms exceeds the request's timeout "
+                    f"{timeout_us / 1e3:.1f} ms; rejected without queueing",
+                    retry_after=wait,
+                ),
             )
         try:
             self.queue.add(entry, now)
         except QueueFull as e:
             e.retry_after = self.rate.seconds_for(self.queue.rows) or 1.0
-            raise
+            raise self._reject("queue_full", e) from None
 
     async def submit(
         self, feeds: dict[str, np.ndarray], priority: int = 0, timeout_us: int = 0
@@ -133,7 +154,16 @@ class Scheduler:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while not self._closed:
-            decision = self.queue.take(self._clock())
+            max_rows, busy_limit = None, len(self.instances)
+            if self._capacity is not None:
+                factor, _ = self._capacity()
+                if factor < 1.0:
+                    max_rows = scaled_batch(self.policy.max_batch_size, factor)
+                    busy_limit = scaled_concurrency(len(self.instances), factor)
+            if self.running >= busy_limit:  # hot device: leave this instance idle for now
+                decision = Decision(wake_at=self._clock() + 0.05)
+            else:
+                decision = self.queue.take(self._clock(), max_rows)
             for e in decision.expired:
                 _fail(e, DeadlineExceeded("request timed out in the queue before it could run"))
             if decision.batch:

@@ -42,6 +42,45 @@ class LifecycleSample:
     rollbacks: dict[tuple[str, str], int]  # (model, manual|auto) -> count
 
 
+@dataclass(frozen=True)
+class DeviceSample:
+    factor: float
+    reason: str
+    temp_c: float | None
+    freq_hz: float | None
+    rejections: dict[str, int]  # admission rejections by reason
+    budget_limit: int | None
+    budget_used: int | None
+
+
+class DeviceCollector:
+    def __init__(self, source: Callable[[], DeviceSample]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._source()
+        factor = GaugeMetricFamily("edgeinfer_capacity_factor", "Share of full capacity the "
+                                   "device governor allows (1 = full)", labels=["reason"])  # fmt: skip
+        factor.add_metric([s.reason or "none"], s.factor)
+        yield factor
+        if s.temp_c is not None:
+            yield GaugeMetricFamily("edgeinfer_cpu_temperature_celsius", "CPU temperature",
+                                    value=s.temp_c)  # fmt: skip
+        if s.freq_hz is not None:
+            yield GaugeMetricFamily("edgeinfer_cpu_frequency_hertz", "Mean current CPU clock",
+                                    value=s.freq_hz)  # fmt: skip
+        rej = CounterMetricFamily("edgeinfer_admission_rejections", "Requests refused at "
+                                  "admission", labels=["reason"])  # fmt: skip
+        for reason in ("queue_full", "predicted_wait", "thermal", "memory"):
+            rej.add_metric([reason], s.rejections.get(reason, 0))
+        yield rej
+        if s.budget_limit is not None:
+            yield GaugeMetricFamily("edgeinfer_memory_budget_bytes", "Byte budget for resident "
+                                    "models", value=s.budget_limit)  # fmt: skip
+            yield GaugeMetricFamily("edgeinfer_memory_budget_used_bytes", "Bytes reserved by "
+                                    "resident models (estimated)", value=s.budget_used or 0)  # fmt: skip
+
+
 class LifecycleCollector:
     def __init__(self, source: Callable[[], LifecycleSample]) -> None:
         self._source = source
@@ -138,13 +177,16 @@ class TensorModelCollector:
 
 
 def build_registry(
-    versions: Callable[[], Iterable[VersionSample]], lifecycle: Callable[[], LifecycleSample]
+    versions: Callable[[], Iterable[VersionSample]],
+    lifecycle: Callable[[], LifecycleSample],
+    device: Callable[[], DeviceSample],
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     registry.register(TensorModelCollector(versions))
     registry.register(LifecycleCollector(lifecycle))
+    registry.register(DeviceCollector(device))
     return registry
 
 
