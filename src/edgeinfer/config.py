@@ -7,8 +7,9 @@ A model's `config.toml`:
     [version_policy]               # one of: latest = N | specific = [1, 3] | all = true
     latest = 1
     [onnxruntime]
-    intra_op_threads = 1
+    intra_op_threads = 1           # 0: from the cgroup CPU quota / big cores, not cpu_count()
     inter_op_threads = 1
+    cpus = [4, 5, 6, 7]            # pin the model's threads (default: big cores on big.LITTLE)
     execution_mode = "sequential"  # or "parallel"
     graph_optimization_level = "all"  # disable | basic | extended | all
     instance_count = 1             # separate sessions that run batches in parallel
@@ -112,8 +113,13 @@ class OrtOptions:
     allow_spinning: bool = False
     # The default arena never shrinks; off costs ~0-10% speed and saves ~30% RSS (measured).
     enable_cpu_mem_arena: bool = False
+    # CPUs the model's threads run on ([] = any; on big.LITTLE the big cores are preferred).
+    cpus: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "cpus", tuple(self.cpus))
+        if any(not isinstance(c, int) or c < 0 for c in self.cpus):
+            raise ConfigError("onnxruntime.cpus must be a list of CPU numbers")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ConfigError("onnxruntime thread counts must be >= 0 (0 = runtime default)")
         if self.execution_mode not in _EXEC_MODES:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +12,7 @@ import numpy as np
 
 from edgeinfer.config import ModelConfig, OrtOptions
 from edgeinfer.errors import BackendError, InvalidInput, LoadError
+from edgeinfer.hardware import default_threads, read_topology
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.types import TensorSpec
 
@@ -42,11 +46,29 @@ def _spec(node: Any) -> TensorSpec:
     return TensorSpec(node.name, dtype, shape)
 
 
-def session_options(opts: OrtOptions) -> Any:
+def placement(opts: OrtOptions, root: str = "/") -> tuple[int, tuple[int, ...]]:
+    """(intra-op threads, CPUs to pin to). Thread count 0 means: what the device allows (the
+    cgroup CPU quota, big cores only on big.LITTLE), never os.cpu_count() of a big host."""
+    cpus = opts.cpus
+    if not cpus:
+        topo = read_topology(root)
+        cpus = topo.big if topo.heterogeneous else ()
+    threads = opts.intra_op_threads or (len(cpus) if cpus else default_threads(root))
+    return threads, cpus
+
+
+def session_options(opts: OrtOptions, root: str = "/") -> Any:
     import onnxruntime as ort
 
+    threads, cpus = placement(opts, root)
     so = ort.SessionOptions()
-    so.intra_op_num_threads = opts.intra_op_threads
+    so.intra_op_num_threads = threads
+    if cpus and threads > 1:
+        # One entry per extra thread (the caller's thread is the first): each may use the set.
+        so.add_session_config_entry(
+            "session.intra_op_thread_affinities",
+            ";".join(",".join(str(c + 1) for c in cpus) for _ in range(threads - 1)),
+        )
     so.inter_op_num_threads = opts.inter_op_threads
     so.execution_mode = (
         ort.ExecutionMode.ORT_PARALLEL
@@ -70,6 +92,21 @@ def session_options(opts: OrtOptions) -> Any:
     return so
 
 
+_pinned = threading.local()
+_ALL_CPUS = frozenset(os.sched_getaffinity(0))
+
+
+def _pin_thread(cpus: frozenset[int]) -> None:
+    """Pin the calling worker thread, which runs the model's first intra-op thread. Worker
+    threads are shared by models: an unpinned model unpins a thread a pinned one left behind."""
+    current = getattr(_pinned, "cpus", _ALL_CPUS)
+    wanted = cpus or _ALL_CPUS
+    if current != wanted:
+        with contextlib.suppress(OSError):  # CPUs outside this container's set: stay as is
+            os.sched_setaffinity(0, wanted)
+        _pinned.cpus = wanted
+
+
 def _to_str(name: str, arr: np.ndarray) -> np.ndarray:
     """ORT string tensors take Python str; KServe BYTES arrive as bytes."""
     try:
@@ -89,9 +126,10 @@ def _to_bytes(arr: np.ndarray) -> np.ndarray:
 class OnnxModel:
     platform = "onnxruntime_onnx"
 
-    def __init__(self, session: Any, path: Path) -> None:
+    def __init__(self, session: Any, path: Path, cpus: tuple[int, ...] = ()) -> None:
         self._session = session
         self.path = path
+        self._cpus = frozenset(cpus)
         self.inputs = tuple(_spec(i) for i in session.get_inputs())
         self.outputs = tuple(_spec(o) for o in session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
@@ -112,12 +150,14 @@ class OnnxModel:
             )
         except Exception as e:  # ORT raises several unrelated exception types
             raise LoadError(f"{path}: ONNX Runtime could not load the model: {e}") from e
-        return cls(session, path)
+        return cls(session, path, placement(config.onnxruntime)[1])
 
     def run(
         self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None
     ) -> dict[str, np.ndarray]:
         names = output_names or self._output_names
+        if self._cpus or getattr(_pinned, "cpus", None) is not None:
+            _pin_thread(self._cpus)
         if self._string_inputs:
             feeds = {k: _to_str(k, v) if k in self._string_inputs else v for k, v in feeds.items()}
         try:
