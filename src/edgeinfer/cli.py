@@ -40,11 +40,17 @@ def _add_serve(sub: Any) -> None:
     for f in fields(ServerSettings):
         if f.name in ("repository", "load_models", "overrides"):
             continue
+        flag = "--" + f.name.replace("_", "-")
+        if str(f.type) == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction,
+                           default=env[f.name].lower() in ("1", "true", "yes"),
+                           help=f"{f.metadata['help']} (default: %(default)s)")  # fmt: skip
+            continue
         kind = {"int": int, "float": float}.get(str(f.type), str)
         default: object = kind(env[f.name])
         if f.name == "model_control" and "EDGEINFER_MODEL_CONTROL" not in os.environ:
             default = None  # resolved later: poll with --demo, else explicit
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
+        p.add_argument(flag, type=kind, default=default,
                        help=f"{f.metadata['help']} (default: %(default)s)")  # fmt: skip
     p.add_argument("--load-model", action="append", dest="load_models", metavar="NAME",
                    help="with --model-control explicit: load only these at start "
@@ -251,6 +257,34 @@ def _add_demo(sub: Any) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from edgeinfer.auth import hash_key, new_key
+
+    key = new_key()
+    entry = [f'name = "{args.name}"', f'role = "{args.role}"', f'sha256 = "{hash_key(key)}"']
+    if args.tenant:
+        entry.append(f'tenant = "{args.tenant}"')
+    args.file.parent.mkdir(parents=True, exist_ok=True)
+    with args.file.open("a") as f:
+        f.write("\n[[keys]]\n" + "\n".join(entry) + "\n")
+    os.chmod(args.file, 0o600)
+    print(key)
+    print(f"(stored only as a hash in {args.file}; this is the one time it is shown)",
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _add_keys(sub: Any) -> None:
+    p = sub.add_parser("keys", help="create API keys for --api-keys")
+    ksub = p.add_subparsers(dest="keys_cmd", required=True, metavar="COMMAND")
+    c = ksub.add_parser("create", help="make a key, store its hash, print it once")
+    c.add_argument("--role", choices=("infer", "admin"), required=True)
+    c.add_argument("--tenant", help="bind the key to a tenant")
+    c.add_argument("--name", default="key", help="a label for logs")
+    c.add_argument("--file", type=Path, required=True, help="the keys file (TOML)")
+    c.set_defaults(func=cmd_keys_create)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeinfer",
@@ -262,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_demo(sub)
     add_doctor(sub)
+    _add_keys(sub)
     return parser
 
 

@@ -38,6 +38,11 @@ A model's `config.toml`:
     input = "text"
     tokenizer = "tokenizer.json"   # file in the version directory
     max_length = 256
+    [llm]                          # backend = "llama.cpp": model.gguf in the version directory
+    context_length = 2048          # prompt + completion tokens per request (longer: 400)
+    slots = 4                      # sequences decoded together (continuous batching)
+    n_threads = 1                  # see LlmOptions for why 1
+    kv_cache_type = "f16"          # f32 | f16 | q8_0
 """
 
 from __future__ import annotations
@@ -207,6 +212,46 @@ class CanaryOptions:
             raise ConfigError("canary needs version >= 1 and 0 <= weight <= 1")
 
 
+_KV_TYPES = ("f32", "f16", "q8_0")
+
+
+@dataclass(frozen=True)
+class LlmOptions:
+    """`[llm]`: a GGUF model served by llama.cpp with edgeinfer's continuous batching."""
+
+    context_length: int = 2048  # prompt + completion tokens one request may use
+    slots: int = 4  # sequences decoded together in one batch
+    kv_tokens: int = 0  # KV-cache cells shared by all slots; 0: slots * context_length
+    # 1 thread: 2 OpenMP threads collapse (~10-30x) when another process shares 2 cores (measured).
+    n_threads: int = 1
+    n_batch: int = 512  # most tokens in one llama_decode call
+    prefill_chunk: int = 256  # prompt tokens per step, so long prompts do not stall streams
+    kv_cache_type: str = "f16"  # f32 | f16 | q8_0 (q8_0 needs flash_attn)
+    flash_attn: bool = False
+    chat_template: str = ""  # Jinja source; empty: the GGUF's tokenizer.chat_template
+
+    def __post_init__(self) -> None:
+        if self.context_length < 8 or self.slots < 1:
+            raise ConfigError("llm.context_length must be >= 8 and llm.slots >= 1")
+        if self.kv_tokens and self.kv_tokens < self.context_length:
+            raise ConfigError("llm.kv_tokens must be 0 (automatic) or >= llm.context_length, "
+                              "or no request of full length could ever start")  # fmt: skip
+        if self.n_threads < 0 or self.n_batch < 1 or self.prefill_chunk < 1:
+            raise ConfigError("llm.n_threads must be >= 0 (0: the usable CPUs), n_batch and "
+                              "prefill_chunk >= 1")  # fmt: skip
+        if self.prefill_chunk + self.slots > self.n_batch:
+            raise ConfigError("llm.n_batch must hold a prefill chunk plus one token per slot "
+                              "(n_batch >= prefill_chunk + slots)")  # fmt: skip
+        if self.kv_cache_type not in _KV_TYPES:
+            raise ConfigError(f"llm.kv_cache_type must be one of {_KV_TYPES}")
+        if self.kv_cache_type == "q8_0" and not self.flash_attn:
+            raise ConfigError("llm.kv_cache_type = 'q8_0' needs llm.flash_attn = true")
+
+    @property
+    def kv_cells(self) -> int:
+        return self.kv_tokens or self.slots * self.context_length
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
@@ -215,6 +260,7 @@ class ModelConfig:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     onnxruntime: OrtOptions = field(default_factory=OrtOptions)
     text: TextOptions | None = None
+    llm: LlmOptions = field(default_factory=LlmOptions)
     warmup: bool = True
     instance_count: int = 1
     dynamic_batching: DynamicBatching | None = None
@@ -223,8 +269,12 @@ class ModelConfig:
     canary: CanaryOptions | None = None
 
     def __post_init__(self) -> None:
-        if self.backend not in ("onnxruntime",):
-            raise ConfigError(f"model {self.name}: unknown backend {self.backend!r}")
+        if self.backend not in ("onnxruntime", "llama.cpp"):
+            raise ConfigError(f"model {self.name}: unknown backend {self.backend!r}; "
+                              "use 'onnxruntime' or 'llama.cpp'")  # fmt: skip
+        if self.backend == "llama.cpp" and self.instance_count != 1:
+            raise ConfigError(f"model {self.name}: llama.cpp models run one context; use "
+                              "[llm] slots for concurrency and leave instance_count at 1")  # fmt: skip
         if self.max_batch_size < 0:
             raise ConfigError(f"model {self.name}: max_batch_size must be >= 0")
         if self.instance_count < 1:
@@ -265,9 +315,10 @@ class ModelConfig:
             lifecycle = LifecycleOptions(**raw.pop("lifecycle", {}))
             canary_raw = raw.pop("canary", None)
             canary = CanaryOptions(**canary_raw) if canary_raw is not None else None
+            llm = LlmOptions(**raw.pop("llm", {}))
             return cls(name=name, version_policy=policy, onnxruntime=ort, text=text,
                        dynamic_batching=batching, queue=queue, lifecycle=lifecycle,
-                       canary=canary, **raw)  # fmt: skip
+                       canary=canary, llm=llm, **raw)  # fmt: skip
         except ConfigError as e:
             if str(e).startswith(where):
                 raise
@@ -306,6 +357,9 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _env(name: str, default: str) -> str:
@@ -352,6 +406,18 @@ class ServerSettings:
     temp_hard_c: float = field(
         default=85.0, metadata={"help": "CPU temperature where capacity reaches its floor"}
     )
+    api_keys: str = field(
+        default="", metadata={"help": "TOML file of hashed API keys with roles (edgeinfer keys)"}
+    )
+    insecure: bool = field(
+        default=False,
+        metadata={"help": "allow binding a non-loopback address without API keys"},
+    )
+    open_metrics: bool = field(
+        default=True, metadata={"help": "serve /metrics and /dashboard without a key"}
+    )
+    tls_cert: str = field(default="", metadata={"help": "PEM certificate: HTTPS and gRPC TLS"})
+    tls_key: str = field(default="", metadata={"help": "PEM private key for --tls-cert"})
     overrides: tuple[str, ...] = field(
         default=(),
         metadata={"help": "per-model config overrides MODEL.KEY=VALUE (env: space-separated)"},
@@ -366,6 +432,13 @@ class ServerSettings:
             raise ConfigError("--model-control must be 'none', 'explicit' or 'poll'")
         if self.max_request_bytes < 1024:
             raise ConfigError("--max-request-bytes must be at least 1024")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if not self.api_keys and not self.insecure and self.host not in _LOOPBACK:
+            raise ConfigError(
+                f"refusing to serve on {self.host} without API keys: give --api-keys FILE "
+                "(see `edgeinfer keys create`), bind 127.0.0.1, or pass --insecure"
+            )
         if self.memory_budget_mb < 0:
             raise ConfigError("--memory-budget-mb must be >= 0 (0 = automatic)")
         if not self.temp_soft_c < self.temp_hard_c:

@@ -86,7 +86,8 @@ def test_load_unload_against_a_running_server(tiny_repo: Path, tmp_path: Path) -
         run("models", "add", str(repo), "ids", str(repo / "ids" / "1" / "model.onnx"))
         run("models", "load", "ids", *url)
         md = httpx.get(f"{server.url}/v2/models/ids").json()
-        assert md["versions"] == ["2"]
+        assert md["versions"] == ["1", "2"]  # v1 stays resident for an instant rollback
+        assert "live v2" in run("models", "status", "ids", *url).stdout
     finally:
         server.stop()
 

@@ -297,6 +297,10 @@ class Engine:
             rollbacks={(m.name, kind): n for m in models for kind, n in m.rollbacks.items()},
         )  # fmt: skip
 
+    def register_collector(self, collector: Any) -> None:
+        """Add a Prometheus collector (e.g. the server's authentication counters)."""
+        self._metrics.register(collector)
+
     def metrics(self) -> bytes:
         """Prometheus text exposition of every metric."""
         return exposition(self._metrics)

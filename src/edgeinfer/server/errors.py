@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import math
 
+from edgeinfer import auth
 from edgeinfer import errors as e
 
 log = logging.getLogger("edgeinfer.server")
 
 # Most specific first: lookup walks the exception's MRO.
 _TABLE: dict[type[Exception], tuple[int, str]] = {
+    auth.Unauthenticated: (401, "UNAUTHENTICATED"),
+    auth.PermissionDenied: (403, "PERMISSION_DENIED"),
+    auth.TooManyAttempts: (429, "RESOURCE_EXHAUSTED"),
     e.ModelNotFound: (404, "NOT_FOUND"),
     e.AdapterNotFound: (404, "NOT_FOUND"),
     e.InvalidInput: (400, "INVALID_ARGUMENT"),

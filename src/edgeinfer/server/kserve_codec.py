@@ -38,6 +38,11 @@ def _shape(raw: Any, name: str) -> tuple[int, ...]:
 
 def decode_bytes_elements(buf: memoryview, count: int, name: str) -> np.ndarray:
     """Parse `count` length-prefixed BYTES elements that must fill `buf` exactly."""
+    if count * 4 > len(buf):  # every element has a 4-byte length: refuse before allocating
+        raise InvalidInput(
+            f"input '{name}': {count} BYTES elements need at least {count * 4} bytes, "
+            f"got {len(buf)}"
+        )
     out = np.empty(count, dtype=object)
     pos, end = 0, len(buf)
     for i in range(count):

@@ -8,9 +8,11 @@ is enabled, which keeps tritonclient's generated stubs off every other command's
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import math
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -19,6 +21,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from edgeinfer import __version__
+from edgeinfer.auth import Authenticator, Principal, bearer
 from edgeinfer.config import ConfigError, ServerSettings
 from edgeinfer.errors import InvalidInput
 from edgeinfer.server.errors import status_of
@@ -188,9 +191,15 @@ Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
 def _guarded(method: Method) -> Method:
     """Turn any exception into a status from the one table: never UNKNOWN, never a crash."""
 
+    needed = _ROLES.get(method.__name__, "infer")
+
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if self.auth.enabled:
+                meta = dict(context.invocation_metadata() or ())
+                token = bearer(str(meta.get("authorization", "")) or None)
+                _principal.set(self.auth.check(token, needed, _peer_host(context.peer())))
             return await method(self, request, context)
         except Exception as exc:
             _, code_name, message = status_of(exc)
@@ -200,9 +209,24 @@ def _guarded(method: Method) -> Method:
     return wrapper  # type: ignore[return-value]
 
 
+# Health is open; repository changes need an admin key; everything else an infer key.
+_ROLES: dict[str, str | None] = {"ServerLive": None, "ServerReady": None,
+                                 "RepositoryModelLoad": "admin", "RepositoryModelUnload": "admin"}  # fmt: skip
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "edgeinfer_principal", default=None
+)
+
+
+def _peer_host(peer: str) -> str:
+    """'ipv4:127.0.0.1:5555' -> '127.0.0.1'."""
+    kind, _, rest = peer.partition(":")
+    return rest.rsplit(":", 1)[0].strip("[]") if kind in ("ipv4", "ipv6") else peer
+
+
 class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, auth: Authenticator | None = None) -> None:
         self.engine = engine
+        self.auth = auth or Authenticator(None)
 
     @_guarded
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -238,6 +262,9 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         req = decode_infer(request)
         req.metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        principal = _principal.get()
+        if principal is not None and principal.tenant is not None:
+            req.metadata["tenant"] = principal.tenant  # the key decides, not the client
         return encode_infer(await self.engine.infer(req))
 
     @_guarded
@@ -326,7 +353,9 @@ for _rpc in vars(service_pb2_grpc.GRPCInferenceServiceServicer):
         setattr(KServeServicer, _rpc, _unimplemented(_rpc))
 
 
-async def start_grpc(engine: Engine, settings: ServerSettings) -> grpc.aio.Server:
+async def start_grpc(
+    engine: Engine, settings: ServerSettings, auth: Authenticator | None = None
+) -> grpc.aio.Server:
     """Start the gRPC server on the running event loop; the caller stops it."""
     server = grpc.aio.server(
         options=[
@@ -334,10 +363,18 @@ async def start_grpc(engine: Engine, settings: ServerSettings) -> grpc.aio.Serve
             ("grpc.max_send_message_length", MAX_SEND_BYTES),
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(engine), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        KServeServicer(engine, auth), server
+    )
     address = f"{settings.host}:{settings.grpc_port}"
     try:
-        bound = server.add_insecure_port(address)
+        if settings.tls_cert:
+            creds = grpc.ssl_server_credentials(
+                [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())]
+            )
+            bound = server.add_secure_port(address, creds)
+        else:
+            bound = server.add_insecure_port(address)
     except RuntimeError:
         bound = 0
     if not bound:

@@ -81,6 +81,20 @@ class DeviceCollector:
                                     "resident models (estimated)", value=s.budget_used or 0)  # fmt: skip
 
 
+class CountersCollector:
+    """One counter family with one label, read from a dict at scrape time."""
+
+    def __init__(self, name: str, doc: str, label: str,
+                 source: Callable[[], dict[str, int]]) -> None:  # fmt: skip
+        self._name, self._doc, self._label, self._source = name, doc, label, source
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        for key, n in self._source().items():
+            family.add_metric([key], n)
+        yield family
+
+
 class LifecycleCollector:
     def __init__(self, source: Callable[[], LifecycleSample]) -> None:
         self._source = source

@@ -64,3 +64,10 @@ def test_bytes_elements_must_fill_the_buffer() -> None:
     buf = struct.pack("<I", 1) + b"a" + b"zz"
     with pytest.raises(InvalidInput, match="left over"):
         decode_bytes_elements(memoryview(buf), 1, "s")
+
+
+def test_huge_bytes_count_is_refused_before_allocating() -> None:
+    head = json.dumps({"inputs": [{"name": "s", "shape": [2_000_000_000], "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": 8}}]}).encode()  # fmt: skip
+    with pytest.raises(InvalidInput, match="need at least"):
+        decode_request("m", None, head + b"\0" * 8, len(head))

@@ -1,0 +1,189 @@
+"""API keys with roles (and optional tenants), hashed at rest, compared in constant time.
+
+Key file (TOML), written by `edgeinfer keys create`:
+
+    [[keys]]
+    name = "ops laptop"
+    role = "admin"            # admin: everything; infer: inference, metadata, model lists
+    sha256 = "9f86d08..."     # of the key; the key itself is shown once and never stored
+    tenant = "acme"           # optional: requests are routed and isolated as this tenant
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+import tomllib
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeinfer.config import ConfigError
+from edgeinfer.errors import EdgeInferError
+
+ROLES = ("infer", "admin")
+KEY_PREFIX = "ei_"
+
+
+class Unauthenticated(EdgeInferError):
+    """No credentials, or credentials that match no key (HTTP 401)."""
+
+
+class PermissionDenied(EdgeInferError):
+    """A valid key whose role does not allow the call (HTTP 403)."""
+
+
+class TooManyAttempts(EdgeInferError):
+    """Too many failed attempts from this address (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str
+    tenant: str | None = None
+
+    def allows(self, needed: str) -> bool:
+        return self.role == "admin" or needed == self.role
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+class KeyStore:
+    def __init__(self, entries: list[tuple[str, Principal]]) -> None:
+        self._entries = entries  # (sha256 hex, principal)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @classmethod
+    def load(cls, path: Path) -> KeyStore:
+        try:
+            doc = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"--api-keys {path}: no such file") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"--api-keys {path}: not valid TOML: {e}") from e
+        entries = []
+        for i, raw in enumerate(doc.get("keys", [])):
+            digest, role = raw.get("sha256", ""), raw.get("role", "")
+            if len(digest) != 64 or role not in ROLES:
+                raise ConfigError(
+                    f"--api-keys {path}: key #{i + 1} needs sha256 = <64 hex> and role = "
+                    f"one of {ROLES}"
+                )
+            entries.append((digest.lower(), Principal(raw.get("name", f"key{i + 1}"), role,
+                                                      raw.get("tenant"))))  # fmt: skip
+        if not entries:
+            raise ConfigError(f"--api-keys {path}: no [[keys]] entries")
+        return cls(entries)
+
+    def authenticate(self, key: str) -> Principal | None:
+        """The principal for `key`; every entry is compared so timing reveals nothing."""
+        digest = hash_key(key)
+        found = None
+        for stored, principal in self._entries:
+            if hmac.compare_digest(stored, digest):
+                found = principal
+        return found
+
+
+def bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+class FailureLimiter:
+    """At most `limit` failed attempts per client address per `window_s`; then 429 until the
+    window has passed. Bounded memory: the least recently failing addresses are forgotten."""
+
+    def __init__(
+        self,
+        limit: int = 10,
+        window_s: float = 60.0,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit, self.window_s, self.max_clients = limit, window_s, max_clients
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self.count = 0
+
+    def _recent(self, client: str) -> deque[float]:
+        q = self._failures.get(client)
+        if q is None:
+            return deque()
+        cutoff = self._clock() - self.window_s
+        while q and q[0] < cutoff:
+            q.popleft()
+        return q
+
+    def check(self, client: str) -> None:
+        q = self._recent(client)
+        if len(q) >= self.limit:
+            raise TooManyAttempts(
+                f"too many failed authentication attempts from {client}; retry later",
+                retry_after=max(1.0, q[0] + self.window_s - self._clock()),
+            )
+
+    def failed(self, client: str) -> None:
+        self.count += 1
+        q = self._recent(client)
+        q.append(self._clock())
+        self._failures[client] = q
+        self._failures.move_to_end(client)
+        while len(self._failures) > self.max_clients:
+            self._failures.popitem(last=False)
+
+
+class Authenticator:
+    """What both servers ask: who is this, and may they do this?"""
+
+    def __init__(self, store: KeyStore | None, limiter: FailureLimiter | None = None) -> None:
+        self.store = store
+        self.limiter = limiter or FailureLimiter()
+        self.failures: dict[str, int] = {"missing": 0, "invalid": 0, "forbidden": 0, "limited": 0}
+
+    @property
+    def enabled(self) -> bool:
+        return self.store is not None
+
+    def check(self, token: str | None, needed: str | None, client: str) -> Principal | None:
+        """Raise Unauthenticated / PermissionDenied / TooManyAttempts, or return the principal
+        (None when auth is off or the route is open)."""
+        if self.store is None or needed is None:
+            return None
+        try:
+            self.limiter.check(client)
+        except TooManyAttempts:
+            self.failures["limited"] += 1
+            raise
+        if token is None:
+            self.failures["missing"] += 1
+            self.limiter.failed(client)
+            raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+        principal = self.store.authenticate(token)
+        if principal is None:
+            self.failures["invalid"] += 1
+            self.limiter.failed(client)
+            raise Unauthenticated("invalid API key")
+        if not principal.allows(needed):
+            self.failures["forbidden"] += 1
+            raise PermissionDenied(f"key '{principal.name}' has role '{principal.role}'; this "
+                                   f"call needs '{needed}'")  # fmt: skip
+        return principal

@@ -1,0 +1,55 @@
+"""HTTP authentication: a pure ASGI middleware in front of every route."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from edgeinfer.auth import Authenticator, Unauthenticated, bearer
+from edgeinfer.errors import EdgeInferError
+from edgeinfer.server.http_common import error_response
+
+_OPEN = {"/v2/health/live", "/v2/health/ready"}
+_OBSERVE = ("/metrics", "/dashboard", "/v2/dashboard/data")
+_ADMIN_V1 = {"/v1/load_lora_adapter", "/v1/unload_lora_adapter"}
+TENANT_HEADER = b"tenant"
+
+
+def required_role(method: str, path: str, open_metrics: bool) -> str | None:
+    """None: open to anyone; else the role a key needs."""
+    if path in _OPEN or (open_metrics and path.startswith(_OBSERVE)):
+        return None
+    if path.startswith("/v2/repository/models/") and method == "POST":
+        return "admin"
+    if path in _ADMIN_V1 or path.endswith("/profile"):
+        return "admin"
+    return "infer"
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, auth: Authenticator, open_metrics: bool) -> None:
+        self.app, self.auth, self.open_metrics = app, auth, open_metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.auth.enabled:
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        token = bearer(next((v.decode("latin-1") for k, v in headers if k == b"authorization"),
+                            None))  # fmt: skip
+        client = (scope.get("client") or ("unknown", 0))[0]
+        needed = required_role(scope["method"], scope["path"], self.open_metrics)
+        try:
+            principal = self.auth.check(token, needed, client)
+        except EdgeInferError as e:
+            response = error_response(e)
+            if isinstance(e, Unauthenticated):
+                response.headers["WWW-Authenticate"] = 'Bearer realm="edgeinfer"'
+            await response(scope, receive, send)
+            return
+        if principal is not None and principal.tenant is not None:
+            # The key decides the tenant: a client cannot claim another one by header.
+            scope = dict(scope)
+            scope["headers"] = [(k, v) for k, v in headers if k != TENANT_HEADER] + [
+                (TENANT_HEADER, principal.tenant.encode())
+            ]
+        await self.app(scope, receive, send)
