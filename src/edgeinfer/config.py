@@ -362,6 +362,16 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Request limits enforced by the decoders before anything is allocated."""
+
+    max_tensors: int = 64
+    max_rank: int = 16
+    max_elements: int = 1 << 28  # per tensor: 1 GiB of FP32
+    max_string_bytes: int = 1 << 20  # per BYTES element
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"EDGEINFER_{name.upper()}", default)
 
@@ -418,6 +428,15 @@ class ServerSettings:
     )
     tls_cert: str = field(default="", metadata={"help": "PEM certificate: HTTPS and gRPC TLS"})
     tls_key: str = field(default="", metadata={"help": "PEM private key for --tls-cert"})
+    max_tensors: int = field(default=64, metadata={"help": "most tensors in one request"})
+    max_rank: int = field(default=16, metadata={"help": "highest tensor rank accepted"})
+    max_elements: int = field(
+        default=1 << 28,
+        metadata={"help": "most elements in one tensor (checked before allocating)"},
+    )
+    max_string_bytes: int = field(
+        default=1 << 20, metadata={"help": "longest BYTES element / string accepted"}
+    )
     overrides: tuple[str, ...] = field(
         default=(),
         metadata={"help": "per-model config overrides MODEL.KEY=VALUE (env: space-separated)"},
@@ -445,6 +464,10 @@ class ServerSettings:
             raise ConfigError("--temp-soft-c must be below --temp-hard-c")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("--log-level must be debug, info, warning or error")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_tensors, self.max_rank, self.max_elements, self.max_string_bytes)
 
     @classmethod
     def env_defaults(cls) -> dict[str, str]:

@@ -181,3 +181,34 @@ def _start_tls(repo: Path, d: Path, cert: Path, key: Path) -> ServerProcess:
             time.sleep(0.1)
     server.stop()
     raise RuntimeError(server.log())
+
+
+def test_limits_are_enforced_before_allocation(tiny_repo: Path, tmp_path: Path) -> None:
+    server = start_server(tiny_repo, tmp_path / "log", "--max-tensors", "3", "--max-elements",
+                          "1000", "--max-string-bytes", "8")  # fmt: skip
+    try:
+        url = f"{server.url}/v2/models/ids/infer"
+        # A 10 GB shape declared in a 100-byte body: refused, nothing allocated.
+        huge = {"inputs": [{"name": "b", "shape": [50000, 50000], "datatype": "FP64",
+                            "data": [1.0]}]}  # fmt: skip
+        r = httpx.post(url, json=huge)
+        assert r.status_code == 400 and "more than 1000 elements" in r.json()["error"]
+        many = {"inputs": [{"name": f"t{i}", "shape": [1], "datatype": "INT32", "data": [1]}
+                           for i in range(4)]}  # fmt: skip
+        r = httpx.post(url, json=many)
+        assert r.status_code == 400 and "limit is 3" in r.json()["error"]
+        long = {"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES",
+                            "data": ["123456789"]}]}  # fmt: skip
+        r = httpx.post(url, json=long)
+        assert r.status_code == 400 and "longer than 8 bytes" in r.json()["error"]
+        client = grpcclient.InferenceServerClient(server.grpc_addr)
+        s = grpcclient.InferInput("s", [1], "BYTES")
+        s.set_data_from_numpy(np.array([b"123456789"], dtype=object))
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("ids", [s])
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "8" in e.value.message()
+        rss = int(Path(f"/proc/{server.proc.pid}/status").read_text().split("VmRSS:")[1].split()[0])
+        assert rss < 1_000_000  # kB: nothing near 10 GB was allocated
+    finally:
+        server.stop()

@@ -43,7 +43,7 @@ def build_app(
     limit = settings.max_request_bytes
     return Starlette(
         routes=[
-            *kserve_http.routes(engine, limit),
+            *kserve_http.routes(engine, limit, settings.limits),
             *openai_http.routes(engine, limit),
             *metrics_http.routes(engine),
         ],

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from edgeinfer.config import Limits
 from edgeinfer.errors import InvalidInput
 from edgeinfer.types import (
     DTYPE_TO_NUMPY,
@@ -23,7 +24,27 @@ from edgeinfer.types import (
     Tensor,
 )
 
-MAX_ELEMENTS = 1 << 31
+DEFAULT_LIMITS = Limits()
+
+
+def check_shape(name: str, shape: tuple[int, ...], limits: Limits) -> int:
+    """Rank and element-count limits, checked before any allocation; returns the count."""
+    if len(shape) > limits.max_rank:
+        raise InvalidInput(
+            f"input '{name}': rank {len(shape)} is above the limit of {limits.max_rank}"
+        )
+    count = math.prod(shape)
+    if count > limits.max_elements:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} has more than {limits.max_elements} elements "
+            "(--max-elements)"
+        )
+    return count
+
+
+def check_tensor_count(n: int, limits: Limits) -> None:
+    if n > limits.max_tensors:
+        raise InvalidInput(f"request has {n} input tensors; the limit is {limits.max_tensors}")
 
 
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
@@ -31,12 +52,12 @@ def _shape(raw: Any, name: str) -> tuple[int, ...]:
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw
     ):
         raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
-    if len(raw) > 16:
-        raise InvalidInput(f"input '{name}': rank {len(raw)} is above the limit of 16")
     return tuple(raw)
 
 
-def decode_bytes_elements(buf: memoryview, count: int, name: str) -> np.ndarray:
+def decode_bytes_elements(
+    buf: memoryview, count: int, name: str, max_string_bytes: int = DEFAULT_LIMITS.max_string_bytes
+) -> np.ndarray:
     """Parse `count` length-prefixed BYTES elements that must fill `buf` exactly."""
     if count * 4 > len(buf):  # every element has a 4-byte length: refuse before allocating
         raise InvalidInput(
@@ -52,6 +73,9 @@ def decode_bytes_elements(buf: memoryview, count: int, name: str) -> np.ndarray:
             )
         (n,) = struct.unpack_from("<I", buf, pos)
         pos += 4
+        if n > max_string_bytes:
+            raise InvalidInput(f"input '{name}': BYTES element {i} has {n} bytes; the limit is "
+                               f"{max_string_bytes} (--max-string-bytes)")  # fmt: skip
         if pos + n > end:
             raise InvalidInput(f"input '{name}': BYTES element {i} runs past the end of its data")
         out[i] = bytes(buf[pos : pos + n])
@@ -72,7 +96,9 @@ def encode_bytes_elements(arr: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _json_array(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+def _json_array(
+    data: Any, datatype: str, shape: tuple[int, ...], name: str, limits: Limits
+) -> np.ndarray:
     count = math.prod(shape)
     if not isinstance(data, list):
         raise InvalidInput(f"input '{name}': 'data' must be a list")
@@ -87,6 +113,9 @@ def _json_array(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> 
             if not isinstance(v, str):
                 raise InvalidInput(f"input '{name}': BYTES elements must be strings in JSON")
             out[i] = v.encode()
+            if len(out[i]) > limits.max_string_bytes:
+                raise InvalidInput(f"input '{name}': string {i} is longer than "
+                                   f"{limits.max_string_bytes} bytes (--max-string-bytes)")  # fmt: skip
         return out.reshape(shape)
     try:
         arr = np.asarray(data, dtype=DTYPE_TO_NUMPY[datatype])
@@ -109,7 +138,11 @@ def _flatten(data: list[Any]) -> list[Any]:
 
 
 def decode_request(
-    model: str, version: str | None, body: bytes, header_length: int | None
+    model: str,
+    version: str | None,
+    body: bytes,
+    header_length: int | None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> InferRequest:
     """Parse a KServe v2 infer request body (JSON or JSON + binary tensors)."""
     if header_length is not None:
@@ -129,6 +162,7 @@ def decode_request(
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("request must have a non-empty 'inputs' list")
+    check_tensor_count(len(raw_inputs), limits)
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise InvalidInput("'parameters' must be an object")
@@ -144,11 +178,7 @@ def decode_request(
                 f"input '{name}': unknown datatype {datatype!r}; expected one of {sorted(DTYPE_TO_NUMPY)}"
             )
         shape = _shape(raw.get("shape"), name)
-        count = math.prod(shape)
-        if count > MAX_ELEMENTS:
-            raise InvalidInput(
-                f"input '{name}': shape {list(shape)} has more than {MAX_ELEMENTS} elements"
-            )
+        count = check_shape(name, shape, limits)
         iparams = raw.get("parameters") or {}
         if not isinstance(iparams, dict):
             raise InvalidInput(f"input '{name}': 'parameters' must be an object")
@@ -166,7 +196,9 @@ def decode_request(
             chunk = binary[offset : offset + size]
             offset += size
             if datatype == "BYTES":
-                data = decode_bytes_elements(chunk, count, name).reshape(shape)
+                data = decode_bytes_elements(chunk, count, name, limits.max_string_bytes).reshape(
+                    shape
+                )
             else:
                 dtype = DTYPE_TO_NUMPY[datatype]
                 if size != count * dtype.itemsize:
@@ -176,7 +208,7 @@ def decode_request(
                     )
                 data = np.frombuffer(chunk, dtype=dtype).reshape(shape)
         elif "data" in raw:
-            data = _json_array(raw["data"], datatype, shape, name)
+            data = _json_array(raw["data"], datatype, shape, name, limits)
         else:
             raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
         inputs.append(Tensor(name, data))

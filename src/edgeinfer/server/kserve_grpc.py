@@ -22,11 +22,13 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from edgeinfer import __version__
 from edgeinfer.auth import Authenticator, Principal, bearer
-from edgeinfer.config import ConfigError, ServerSettings
+from edgeinfer.config import ConfigError, Limits, ServerSettings
 from edgeinfer.errors import InvalidInput
 from edgeinfer.server.errors import status_of
 from edgeinfer.server.kserve_codec import (
-    MAX_ELEMENTS,
+    DEFAULT_LIMITS,
+    check_shape,
+    check_tensor_count,
     decode_bytes_elements,
     encode_bytes_elements,
 )
@@ -37,7 +39,6 @@ if TYPE_CHECKING:
 
 # binary_tensor_data is the HTTP extension; gRPC always carries raw bytes.
 EXTENSIONS = ("model_repository", "statistics", "model_configuration")
-MAX_RANK = 16
 # Responses are bounded by the model's outputs, not by a client's choice: no practical limit.
 MAX_SEND_BYTES = 2**31 - 1
 
@@ -71,7 +72,7 @@ def _params(pmap: Any) -> dict[str, Any]:
     return out
 
 
-def _shape(inp: Any) -> tuple[int, ...]:
+def _shape(inp: Any, limits: Limits) -> tuple[int, ...]:
     name, shape = inp.name, tuple(int(d) for d in inp.shape)
     if inp.datatype not in DTYPE_TO_NUMPY:
         raise InvalidInput(
@@ -80,19 +81,18 @@ def _shape(inp: Any) -> tuple[int, ...]:
         )
     if any(d < 0 for d in shape):
         raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
-    if len(shape) > MAX_RANK:
-        raise InvalidInput(f"input '{name}': rank {len(shape)} is above the limit of {MAX_RANK}")
-    if math.prod(shape) > MAX_ELEMENTS:
-        raise InvalidInput(
-            f"input '{name}': shape {list(shape)} has more than {MAX_ELEMENTS} elements"
-        )
+    check_shape(name, shape, limits)
     return shape
 
 
-def _from_raw(raw: bytes, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+def _from_raw(
+    raw: bytes, datatype: str, shape: tuple[int, ...], name: str, limits: Limits
+) -> np.ndarray:
     count = math.prod(shape)
     if datatype == "BYTES":
-        return decode_bytes_elements(memoryview(raw), count, name).reshape(shape)
+        return decode_bytes_elements(memoryview(raw), count, name, limits.max_string_bytes).reshape(
+            shape
+        )
     dtype = DTYPE_TO_NUMPY[datatype]
     if len(raw) != count * dtype.itemsize:
         raise InvalidInput(
@@ -126,26 +126,32 @@ def _from_contents(contents: Any, datatype: str, shape: tuple[int, ...], name: s
     return arr.reshape(shape)
 
 
-def _tensor(inp: Any, raw: bytes | None) -> Tensor:
-    shape = _shape(inp)
+def _tensor(inp: Any, raw: bytes | None, limits: Limits) -> Tensor:
+    shape = _shape(inp, limits)
     if "shared_memory_region" in inp.parameters:
         raise InvalidInput(f"input '{inp.name}': shared memory inputs are not supported")
     if raw is None:
+        if inp.datatype == "BYTES" and any(
+            len(b) > limits.max_string_bytes for b in inp.contents.bytes_contents
+        ):
+            raise InvalidInput(f"input '{inp.name}': a BYTES element is longer than "
+                               f"{limits.max_string_bytes} bytes (--max-string-bytes)")  # fmt: skip
         return Tensor(inp.name, _from_contents(inp.contents, inp.datatype, shape, inp.name))
     if inp.HasField("contents"):
         raise InvalidInput(f"input '{inp.name}' has both contents and raw_input_contents")
-    return Tensor(inp.name, _from_raw(raw, inp.datatype, shape, inp.name))
+    return Tensor(inp.name, _from_raw(raw, inp.datatype, shape, inp.name, limits))
 
 
-def decode_infer(req: Any) -> InferRequest:
+def decode_infer(req: Any, limits: Limits = DEFAULT_LIMITS) -> InferRequest:
     """A ModelInferRequest as the core InferRequest."""
+    check_tensor_count(len(req.inputs), limits)
     raws = list(req.raw_input_contents)
     if raws and len(raws) != len(req.inputs):
         raise InvalidInput(
             f"request has {len(raws)} raw_input_contents for {len(req.inputs)} inputs; "
             "send raw data for every input or for none"
         )
-    inputs = [_tensor(inp, raws[i] if raws else None) for i, inp in enumerate(req.inputs)]
+    inputs = [_tensor(inp, raws[i] if raws else None, limits) for i, inp in enumerate(req.inputs)]
     outputs = [RequestedOutput(o.name, _params(o.parameters)) for o in req.outputs]
     return InferRequest(
         model=req.model_name,
@@ -224,9 +230,12 @@ def _peer_host(peer: str) -> str:
 
 
 class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, engine: Engine, auth: Authenticator | None = None) -> None:
+    def __init__(
+        self, engine: Engine, auth: Authenticator | None = None, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         self.engine = engine
         self.auth = auth or Authenticator(None)
+        self.limits = limits
 
     @_guarded
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -260,7 +269,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_guarded
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        req = decode_infer(request)
+        req = decode_infer(request, self.limits)
         req.metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         principal = _principal.get()
         if principal is not None and principal.tenant is not None:
@@ -364,7 +373,7 @@ async def start_grpc(
         ]
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        KServeServicer(engine, auth), server
+        KServeServicer(engine, auth, settings.limits), server
     )
     address = f"{settings.host}:{settings.grpc_port}"
     try:

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from edgeinfer import __version__
+from edgeinfer.config import Limits
 from edgeinfer.errors import EdgeInferError, InvalidInput, ModelNotFound
 from edgeinfer.lifecycle import Engine
 from edgeinfer.server.http_common import (
@@ -20,7 +21,7 @@ from edgeinfer.server.http_common import (
     read_body,
     unless_disconnected,
 )
-from edgeinfer.server.kserve_codec import decode_request, encode_response
+from edgeinfer.server.kserve_codec import DEFAULT_LIMITS, decode_request, encode_response
 from edgeinfer.types import TensorSpec
 
 log = logging.getLogger("edgeinfer.http")
@@ -32,7 +33,7 @@ def _spec(s: TensorSpec) -> dict[str, Any]:
     return {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
 
 
-def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
+def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMITS) -> list[Route]:
     def _version(request: Request) -> str | None:
         return request.path_params.get("version")
 
@@ -86,7 +87,9 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
             header = request.headers.get("inference-header-content-length")
             if header is not None and not header.isdigit():
                 raise InvalidInput("Inference-Header-Content-Length must be a non-negative integer")
-            req = decode_request(model, _version(request), body, int(header) if header else None)
+            req = decode_request(
+                model, _version(request), body, int(header) if header else None, limits
+            )
             req.metadata = request.headers
             resp = await unless_disconnected(request, engine.infer(req))
             out, head_len = encode_response(req, resp)

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgeinfer.config import Limits
 from edgeinfer.errors import InvalidInput
 from edgeinfer.server.kserve_codec import (
     decode_bytes_elements,
@@ -70,4 +71,6 @@ def test_huge_bytes_count_is_refused_before_allocating() -> None:
     head = json.dumps({"inputs": [{"name": "s", "shape": [2_000_000_000], "datatype": "BYTES",
                                    "parameters": {"binary_data_size": 8}}]}).encode()  # fmt: skip
     with pytest.raises(InvalidInput, match="need at least"):
-        decode_request("m", None, head + b"\0" * 8, len(head))
+        decode_request("m", None, head + b"\0" * 8, len(head), Limits(max_elements=1 << 31))
+    with pytest.raises(InvalidInput, match="more than 268435456 elements"):
+        decode_request("m", None, head + b"\0" * 8, len(head))  # the default limit
