@@ -45,7 +45,7 @@ def test_kill_9_during_models_add(tmp_path: Path) -> None:
         proc.wait()
     assert killed >= 2  # some runs really were cut short
     entry = Repository(repo).model("m")
-    assert entry.versions and killed + len(entry.versions) == 8
+    assert entry.versions  # some adds completed (a kill may also land after the rename)
     for version in entry.versions:  # every visible version is complete and verifies
         verify_manifest(version.path)
     visible = {p.name for p in (repo / "m").iterdir() if not p.name.startswith(".")}
