@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from edgeinfer import __version__
+from edgeinfer.chat import add_chat  # stdlib-only at import
 from edgeinfer.config import ConfigError, ServerSettings, parse_overrides
 from edgeinfer.doctor import add_doctor  # stdlib-only at import
+from edgeinfer.optimize.cli import add_optimize, add_quantize
 from edgeinfer.errors import EdgeInferError
 
 DEFAULT_URL = os.environ.get("EDGEINFER_URL", "http://127.0.0.1:8000")
@@ -296,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_demo(sub)
     add_doctor(sub)
+    add_chat(sub)
+    add_quantize(sub)
+    add_optimize(sub)
     _add_keys(sub)
     return parser
 

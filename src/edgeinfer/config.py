@@ -267,6 +267,8 @@ class ModelConfig:
     queue: QueueOptions = field(default_factory=QueueOptions)
     lifecycle: LifecycleOptions = field(default_factory=LifecycleOptions)
     canary: CanaryOptions | None = None
+    # Image resize/normalize spec read by `edgeinfer quantize` for image-folder data.
+    preprocess: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in ("onnxruntime", "llama.cpp"):
@@ -437,6 +439,17 @@ class ServerSettings:
     max_string_bytes: int = field(
         default=1 << 20, metadata={"help": "longest BYTES element / string accepted"}
     )
+    registry: str = field(
+        default="",
+        metadata={"help": "desired state for a fleet: etcd://HOST:2379/PREFIX[?ttl=10]; empty: "
+                  "the repository alone decides"},
+    )  # fmt: skip
+    device_id: str = field(
+        default="", metadata={"help": "this device's name in the fleet (default: the hostname)"}
+    )
+    device_group: str = field(
+        default="default", metadata={"help": "the fleet group whose desired state this follows"}
+    )
     overrides: tuple[str, ...] = field(
         default=(),
         metadata={"help": "per-model config overrides MODEL.KEY=VALUE (env: space-separated)"},
@@ -464,6 +477,12 @@ class ServerSettings:
             raise ConfigError("--temp-soft-c must be below --temp-hard-c")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("--log-level must be debug, info, warning or error")
+        if self.registry and not self.registry.startswith("etcd://"):
+            raise ConfigError("--registry must be etcd://HOST:PORT/PREFIX (or empty)")
+        if self.registry and self.model_control == "none":
+            raise ConfigError("--registry drives model changes: use --model-control explicit")
+        if "/" in self.device_group or "/" in self.device_id or not self.device_group:
+            raise ConfigError("--device-id and --device-group must be non-empty names without '/'")
 
     @property
     def limits(self) -> Limits:
