@@ -108,7 +108,7 @@ def verify(server: Server, requests: dict[str, Request], expected: dict[str, np.
 def quietly(measure: Callable[[], dict[str, Any]], server: Server | None,
             opts: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
     """Run `measure` once the machine is quiet; run it again if other processes were busy during
-    it, and keep the quieter of the two (both counts are recorded)."""
+    it, and keep the quieter of the two (`attempts` says how many runs it took)."""
     best: dict[str, Any] | None = None
     for attempt in (1, 2):
         quiet = opts.patience.wait_quiet(server)

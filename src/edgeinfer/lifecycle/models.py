@@ -18,8 +18,10 @@ from edgeinfer.repository import MANIFEST_NAME, VersionEntry, verify_manifest
 from edgeinfer.runtime import Model, load
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.serving.batcher import BatchPolicy
+from edgeinfer.serving.llm_loop import LlmLoop, LoopLimits
 from edgeinfer.serving.runner import Runner
 from edgeinfer.serving.scheduler import Scheduler
+from edgeinfer.telemetry.metrics import LlmStats
 from edgeinfer.telemetry.stats import VersionStats
 
 log = logging.getLogger("edgeinfer.lifecycle")
@@ -44,6 +46,7 @@ class LoadedVersion:
     digest: str = ""  # sha256 of the manifest: a changed manifest means a changed version
     measured_bytes: int = 0  # process RSS growth across the load (after malloc_trim)
     scheduler: Scheduler | None = None  # created on the event loop by the engine
+    llm: LlmLoop | None = None  # instead of a scheduler for backend = "llama.cpp"
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -54,6 +57,15 @@ class LoadedVersion:
     def start(
         self, runner: Runner, capacity: Callable[[], tuple[float, str]] | None = None
     ) -> None:
+        if self.config.backend == "llama.cpp":
+            from edgeinfer.runtime.llm_llamacpp import LlamaCppModel
+
+            assert isinstance(self.model, LlamaCppModel)
+            o = self.config.llm
+            limits = LoopLimits(o.slots, o.context_length, o.kv_cells, o.prefill_chunk,
+                                self.config.queue.max_queue_size)  # fmt: skip
+            self.llm = LlmLoop(self.model, limits, LlmStats(self.name), self.stats)
+            return
         self.scheduler = Scheduler(
             self.instances,
             batch_policy(self.config),
@@ -63,6 +75,13 @@ class LoadedVersion:
             batch_axis=self.config.max_batch_size > 0,
             capacity=capacity,
         )
+
+    async def close(self, drain: bool = True) -> None:
+        """Stop taking requests, finish (with `drain`) the ones in flight, release the model."""
+        if self.llm is not None:
+            await self.llm.close(drain=drain)
+        if self.scheduler is not None:
+            await self.scheduler.close(drain=drain)
 
 
 def batch_policy(config: ModelConfig) -> BatchPolicy:
@@ -102,7 +121,9 @@ def load_version(entry: VersionEntry, config: ModelConfig) -> LoadedVersion:
     try:
         for _ in range(config.instance_count):
             stage = "load"
-            model = load(entry.path, config)
+            model = _load_llm(entry.path, config) if config.backend == "llama.cpp" else load(
+                entry.path, config
+            )  # fmt: skip
             instances.append(model)
             stage = "warmup"
             if config.warmup:
@@ -131,6 +152,12 @@ def load_version(entry: VersionEntry, config: ModelConfig) -> LoadedVersion:
         measured_bytes=measured,
         stats=VersionStats(entry.model, str(entry.version)),
     )
+
+
+def _load_llm(version_dir: Path, config: ModelConfig) -> Model:
+    from edgeinfer.runtime.llm_llamacpp import LlamaCppModel
+
+    return LlamaCppModel.load(version_dir, config)
 
 
 def _rss() -> int:

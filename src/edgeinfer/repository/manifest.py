@@ -56,7 +56,7 @@ def read_manifest(version_dir: Path) -> dict[str, str]:
         raise RepositoryError(
             f"{version_dir}: no {MANIFEST_NAME} (version not published)"
         ) from None
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise RepositoryError(f"{path}: malformed manifest: {e}") from e
 
 
@@ -64,7 +64,13 @@ def verify_manifest(version_dir: Path) -> None:
     """Raise RepositoryError unless every file listed is present with the listed sha256."""
     for rel, expected in read_manifest(version_dir).items():
         path = version_dir / rel
-        if not path.resolve().is_relative_to(version_dir.resolve()):
+        try:
+            inside = path.resolve().is_relative_to(version_dir.resolve())
+        except (OSError, ValueError) as e:  # a NUL byte, a name the OS cannot encode, a loop
+            raise RepositoryError(
+                f"{version_dir}: manifest entry {rel!r} cannot be checked: {e}"
+            ) from e
+        if not inside:
             raise RepositoryError(
                 f"{version_dir}: manifest names a file outside the version: {rel}"
             )

@@ -50,14 +50,36 @@ class ModelState:
         return doc
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> ModelState:
-        canary = doc.get("canary")
+    def from_json(cls, doc: Any) -> ModelState:
+        """Raises ValueError unless `doc` is a state this module could have written."""
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        live, canary = doc.get("live"), doc.get("canary")
+        blocked, history = doc.get("blocked", []), doc.get("history", [])
+        if live is not None and not _is_version(live):
+            raise ValueError(f"'live' must be a version number or null, not {live!r}")
+        if canary is not None and not (
+            isinstance(canary, dict) and _is_version(canary.get("version"))
+            and type(canary.get("weight")) in (int, float) and 0 <= canary["weight"] <= 1
+        ):  # fmt: skip
+            raise ValueError("'canary' must be null or {\"version\": N, \"weight\": 0..1}")
+        if not isinstance(blocked, list) or not all(_is_version(v) for v in blocked):
+            raise ValueError("'blocked' must be a list of version numbers")
+        if not isinstance(history, list) or not all(
+            isinstance(e, dict) and (e.get("from") is None or _is_version(e["from"]))
+            for e in history
+        ):
+            raise ValueError("'history' must be a list of objects whose 'from' is a version")
         return cls(
-            live=doc.get("live"),
-            canary=Canary(int(canary["version"]), float(canary["weight"])) if canary else None,
-            blocked=tuple(int(v) for v in doc.get("blocked", ())),
-            history=tuple(doc.get("history", ())),
+            live=live,
+            canary=Canary(canary["version"], float(canary["weight"])) if canary else None,
+            blocked=tuple(blocked),
+            history=tuple(history),
         )
+
+
+def _is_version(v: Any) -> bool:
+    return type(v) is int and v > 0
 
 
 def load_state(model_dir: Path) -> ModelState:
@@ -66,7 +88,7 @@ def load_state(model_dir: Path) -> ModelState:
         return ModelState.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
         return ModelState()
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise RepositoryError(f"{path}: malformed state file ({e}); delete it to reset") from e
 
 

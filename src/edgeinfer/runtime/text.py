@@ -55,6 +55,8 @@ class TextModel:
             texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in raw]
         except UnicodeDecodeError as e:
             raise InvalidInput(f"input '{self.input_name}' holds invalid UTF-8: {e}") from e
+        if not texts:  # ONNX Runtime refuses a [0, 0] batch of token ids (a BackendError, 500)
+            raise InvalidInput(f"input '{self.input_name}' holds no strings")
         return self._inner.run(self.tokenize(texts), output_names)
 
     def warmup(self) -> None:

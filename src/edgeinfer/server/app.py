@@ -18,9 +18,16 @@ from edgeinfer.auth import Authenticator, KeyStore
 from edgeinfer.config import ServerSettings
 from edgeinfer.lifecycle import Engine
 from edgeinfer.repository import Repository
-from edgeinfer.server import kserve_http, metrics_http, openai_http
+from edgeinfer.server import (
+    dashboard,
+    kserve_http,
+    metrics_http,
+    openai_http,
+    openai_llm,
+    openapi,
+)
 from edgeinfer.server.auth_http import AuthMiddleware
-from edgeinfer.server.http_common import json_response
+from edgeinfer.server.http_common import ClientDisconnected, json_response
 from edgeinfer.telemetry.metrics import CountersCollector
 
 log = logging.getLogger("edgeinfer.server")
@@ -40,14 +47,20 @@ def build_app(
                   405: f"method {request.method} not allowed on {request.url.path}"}  # fmt: skip
         return json_response({"error": detail.get(exc.status_code, exc.detail)}, exc.status_code)
 
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        return Response(status_code=499)  # the client left mid-request: nobody reads this
+
     limit = settings.max_request_bytes
     return Starlette(
         routes=[
             *kserve_http.routes(engine, limit, settings.limits),
             *openai_http.routes(engine, limit),
+            *openai_llm.routes(engine, limit),
             *metrics_http.routes(engine),
+            *dashboard.routes(engine),
+            *openapi.routes(auth is not None and auth.enabled, settings.open_metrics),
         ],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, ClientDisconnected: client_gone},
         lifespan=lifespan,
         middleware=[
             Middleware(
@@ -60,11 +73,14 @@ def build_app(
 async def serve(settings: ServerSettings, repository: Repository) -> None:
     import uvicorn
 
+    from edgeinfer.telemetry.tracing import from_endpoint
+
     auth = Authenticator(KeyStore.load(Path(settings.api_keys)) if settings.api_keys else None)
     if not auth.enabled:
         log.warning("no API keys configured: anyone who can reach %s may use every route "
                     "(see --api-keys)", settings.host)  # fmt: skip
-    engine = Engine(repository, settings)
+    tracer = from_endpoint(settings.otlp_endpoint)  # None unless --otlp-endpoint is set
+    engine = Engine(repository, settings, tracer)
     engine.register_collector(
         CountersCollector(
             "edgeinfer_auth_failures",
@@ -73,7 +89,15 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
             lambda: auth.failures,
         )
     )
+    fleet = None
+    if settings.registry:
+        from edgeinfer.registry import FleetAgent
+
+        fleet = FleetAgent.from_settings(engine, settings)
+        fleet.prime()  # last known desired state, before the engine loads anything
     await engine.start()
+    if fleet is not None:
+        fleet.start()
     grpc_server = None
     if settings.grpc_port:
         from edgeinfer.server.kserve_grpc import start_grpc
@@ -87,9 +111,13 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
         try:
             yield
         finally:
+            if fleet is not None:
+                await fleet.close()  # revokes the status lease: the device leaves at once
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
             await engine.close()
+            if tracer is not None:
+                await asyncio.to_thread(tracer.shutdown)  # flushes buffered spans
 
     config = uvicorn.Config(
         build_app(engine, settings, lifespan, auth),
@@ -105,12 +133,13 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
         timeout_graceful_shutdown=10,
     )
     log.info(
-        "edgeinfer serving %s on %s://%s:%d%s",
+        "edgeinfer serving %s on %s://%s:%d%s%s",
         repository.root,
         "https" if settings.tls_cert else "http",
         settings.host,
         settings.http_port,
         f" and grpc {settings.host}:{settings.grpc_port}" if grpc_server else "",
+        f"; traces to {settings.otlp_endpoint}" if tracer else "",
     )
     await uvicorn.Server(config).serve()
 

@@ -8,7 +8,7 @@ from edgeinfer.auth import Authenticator, Unauthenticated, bearer
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.server.http_common import error_response
 
-_OPEN = {"/v2/health/live", "/v2/health/ready"}
+_OPEN = {"/v2/health/live", "/v2/health/ready", "/openapi.json"}
 _OBSERVE = ("/metrics", "/dashboard", "/v2/dashboard/data")
 _ADMIN_V1 = {"/v1/load_lora_adapter", "/v1/unload_lora_adapter"}
 TENANT_HEADER = b"tenant"

@@ -132,8 +132,15 @@ def _flatten(data: list[Any]) -> list[Any]:
     if not any(isinstance(v, list) for v in data):
         return data
     out: list[Any] = []
-    for v in data:
-        out.extend(_flatten(v) if isinstance(v, list) else [v])
+    stack = [iter(data)]  # not recursive: JSON may nest ~1000 deep, past Python's stack limit
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, list):
+                stack.append(iter(v))
+                break
+            out.append(v)
+        else:
+            stack.pop()
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import math
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -119,7 +120,7 @@ def _from_contents(contents: Any, datatype: str, shape: tuple[int, ...], name: s
         return arr.reshape(shape)
     wire = np.asarray(values, dtype=wire_dtype)
     arr = wire.astype(DTYPE_TO_NUMPY[datatype])
-    if not np.array_equal(arr, wire):
+    if arr.dtype.kind in "iu" and not np.array_equal(arr, wire):  # NaN != NaN: floats unchecked
         raise InvalidInput(
             f"input '{name}': contents.{field} has values out of range for {datatype}"
         )
@@ -269,12 +270,37 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_guarded
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        req = decode_infer(request, self.limits)
-        req.metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         principal = _principal.get()
         if principal is not None and principal.tenant is not None:
-            req.metadata["tenant"] = principal.tenant  # the key decides, not the client
-        return encode_infer(await self.engine.infer(req))
+            metadata["tenant"] = principal.tenant  # the key decides, not the client
+        tracer = self.engine.tracer
+        if tracer is None:
+            req = decode_infer(request, self.limits)
+            req.metadata = metadata
+            return encode_infer(await self.engine.infer(req))
+        trace = tracer.start_request(
+            "inference.GRPCInferenceService/ModelInfer",
+            metadata,
+            {
+                "rpc.system": "grpc",
+                "rpc.service": "inference.GRPCInferenceService",
+                "rpc.method": "ModelInfer",
+                "edgeinfer.model": request.model_name,
+            },
+        )
+        try:
+            req = decode_infer(request, self.limits)
+            req.metadata = metadata
+            resp = await self.engine.infer(req, trace)
+            encode_start = time.perf_counter_ns()
+            out = encode_infer(resp)
+            trace.child("encode", encode_start, time.perf_counter_ns())
+        except BaseException as e:  # cancellation included
+            trace.end(error=e)
+            raise
+        trace.end()
+        return out
 
     @_guarded
     async def ModelConfig(self, request: Any, context: Any) -> Any:

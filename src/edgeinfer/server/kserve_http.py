@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ from edgeinfer.server.http_common import (
     unless_disconnected,
 )
 from edgeinfer.server.kserve_codec import DEFAULT_LIMITS, decode_request, encode_response
+from edgeinfer.telemetry.tracing import RequestTrace
 from edgeinfer.types import TensorSpec
 
 log = logging.getLogger("edgeinfer.http")
@@ -80,8 +82,30 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
             return error_response(e)
         return json_response(doc)
 
+    def _start_trace(request: Request, model: str) -> RequestTrace | None:
+        if engine.tracer is None:
+            return None
+        route = "/v2/models/{model}" + ("/versions/{version}" if _version(request) else "")
+        return engine.tracer.start_request(
+            f"POST {route}/infer",
+            request.headers,
+            {"http.request.method": "POST", "url.path": request.url.path, "edgeinfer.model": model},
+        )
+
     async def infer(request: Request) -> Response:
         model = request.path_params["model"]
+        trace = _start_trace(request, model)
+        if trace is None:
+            return await _infer(request, model, None)
+        try:
+            response = await _infer(request, model, trace)
+        except BaseException as e:  # cancelled (server shutdown)
+            trace.end(error=e)
+            raise
+        trace.end(response.status_code)
+        return response
+
+    async def _infer(request: Request, model: str, trace: RequestTrace | None) -> Response:
         try:
             body = await read_body(request, max_request_bytes)
             header = request.headers.get("inference-header-content-length")
@@ -91,14 +115,21 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
                 model, _version(request), body, int(header) if header else None, limits
             )
             req.metadata = request.headers
-            resp = await unless_disconnected(request, engine.infer(req))
-            out, head_len = encode_response(req, resp)
+            resp = await unless_disconnected(request, engine.infer(req, trace))
+            if trace is None:
+                out, head_len = encode_response(req, resp)
+            else:
+                encode_start = time.perf_counter_ns()
+                out, head_len = encode_response(req, resp)
+                trace.child("encode", encode_start, time.perf_counter_ns())
         except ClientDisconnected:
             log.debug("infer %s: client disconnected, request cancelled", model)
             return Response(status_code=499)
         except Exception as e:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("infer %s -> error %s", model, e)
+            if trace is not None:
+                trace.set("error.type", type(e).__name__)
             return error_response(e)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("infer %s v%s id=%s ok", model, resp.version, resp.id)
@@ -110,9 +141,33 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
             headers={"Inference-Header-Content-Length": str(head_len)},
         )
 
+    def _query_int(request: Request, key: str, default: int) -> int:
+        raw = request.query_params.get(key)
+        if raw is None:
+            return default
+        if not raw.isdigit():
+            raise InvalidInput(f"query parameter '{key}' must be a positive integer, got {raw!r}")
+        return int(raw)
+
+    async def model_profile(request: Request) -> Response:
+        """Per-layer timings from ONNX Runtime's profiler, on a separate session."""
+        try:
+            doc = await engine.profile(
+                request.path_params["model"],
+                _version(request),
+                batch=_query_int(request, "batch", 1),
+                runs=_query_int(request, "runs", 10),
+            )
+        except EdgeInferError as e:
+            return error_response(e)
+        return json_response(doc)
+
     async def repository_index(request: Request) -> Response:
         ready_only = False
-        body = await request.body()
+        try:
+            body = await read_body(request, 1 << 16)
+        except EdgeInferError as e:
+            return error_response(e)
         if body:
             try:
                 doc = orjson.loads(body)
@@ -180,9 +235,9 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
                 await engine.set_canary(model, None)
             elif action != "status":
                 return error_response(ModelNotFound(f"no lifecycle action '{action}'"))
+            return json_response(engine.lifecycle_status(model))
         except EdgeInferError as e:
             return error_response(e)
-        return json_response(engine.lifecycle_status(model))
 
     m = "/v2/models/{model}"
     mv = "/v2/models/{model}/versions/{version}"
@@ -199,6 +254,8 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
         Route(mv + "/config", model_config),
         Route(m + "/stats", model_stats),
         Route(mv + "/stats", model_stats),
+        Route(m + "/profile", model_profile),
+        Route(mv + "/profile", model_profile),
         Route(m + "/infer", infer, methods=["POST"]),
         Route(mv + "/infer", infer, methods=["POST"]),
         Route("/v2/repository/index", repository_index, methods=["POST"]),

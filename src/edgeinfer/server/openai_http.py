@@ -16,6 +16,7 @@ from edgeinfer.errors import EdgeInferError, InvalidInput
 from edgeinfer.lifecycle import Engine
 from edgeinfer.server.errors import status_of
 from edgeinfer.server.http_common import json_response, read_body
+from edgeinfer.telemetry.tracing import RequestTrace
 from edgeinfer.types import InferRequest, Tensor
 
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error",
@@ -46,6 +47,22 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
         return json_response({"object": "list", "data": data})
 
     async def embeddings(request: Request) -> Response:
+        if engine.tracer is None:
+            return await _embeddings(request, None)
+        trace = engine.tracer.start_request(
+            "POST /v1/embeddings",
+            request.headers,
+            {"http.request.method": "POST", "url.path": "/v1/embeddings"},
+        )
+        try:
+            response = await _embeddings(request, trace)
+        except BaseException as e:  # cancelled (server shutdown)
+            trace.end(error=e)
+            raise
+        trace.end(response.status_code)
+        return response
+
+    async def _embeddings(request: Request, trace: RequestTrace | None) -> Response:
         try:
             doc = orjson.loads(await read_body(request, max_request_bytes))
             if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
@@ -59,7 +76,10 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
             if len(md.inputs) != 1 or md.inputs[0].datatype != "BYTES":
                 raise InvalidInput(f"model '{model}' is not a text embedding model")
             data = np.array([t.encode() for t in texts], dtype=object)
-            resp = await engine.infer(InferRequest(model, [Tensor(md.inputs[0].name, data)]))
+            if trace is not None:
+                trace.set("edgeinfer.model", model)
+            req = InferRequest(model, [Tensor(md.inputs[0].name, data)])
+            resp = await engine.infer(req, trace)
             vectors = resp.outputs[0].data
             tokens = engine.count_tokens(model, texts)
         except orjson.JSONDecodeError as e:

@@ -23,6 +23,7 @@ from edgeinfer.runtime import Model
 from edgeinfer.serving.batcher import BatchPolicy, BatchQueue, Decision, Entry
 from edgeinfer.serving.runner import Runner, RunTimer
 from edgeinfer.telemetry.stats import VersionStats
+from edgeinfer.telemetry.tracing import RequestTrace, record_batch
 
 
 @dataclass(slots=True)
@@ -130,9 +131,14 @@ class Scheduler:
             raise self._reject("queue_full", e) from None
 
     async def submit(
-        self, feeds: dict[str, np.ndarray], priority: int = 0, timeout_us: int = 0
+        self,
+        feeds: dict[str, np.ndarray],
+        priority: int = 0,
+        timeout_us: int = 0,
+        trace: RequestTrace | None = None,
     ) -> tuple[dict[str, np.ndarray], Timing]:
-        """Queue one request and wait for its slice of a batch result."""
+        """Queue one request and wait for its slice of a batch result. With `trace`, the run
+        records the request's queue span and a batch span linked to it."""
         if self._closed:
             raise Unavailable("model version is unloading")
         wakeup = self._wakeup or self._start()
@@ -141,7 +147,7 @@ class Scheduler:
             asyncio.get_running_loop().create_future()
         )
         entry = Entry(rows, _signature(feeds) if self._dynamic else None, 0.0, priority,
-                      timeout_us, payload=(feeds, fut))  # fmt: skip
+                      timeout_us, payload=(feeds, fut, trace))  # fmt: skip
         self._admit(entry, self._clock())
         wakeup.set()
         try:
@@ -192,17 +198,19 @@ class Scheduler:
         feeds = _concat([e.payload[0] for e in live])
         t1 = time.perf_counter_ns()
         model = self.instances[index]
+        rows = _rows(feeds) if self._batch_axis else 1
         try:
             results, infer_ns = await self._runner.run(
                 self._timers[index], lambda: model.run(feeds)
             )
         except EdgeInferError as exc:
+            self._trace(live, start, t0, time.perf_counter_ns(), rows, index, exc)
             for e in live:
                 _fail(e, exc)
             return
         t2 = time.perf_counter_ns()
+        self._trace(live, start, t0, t2, rows, index)
         offset = 0
-        rows = _rows(feeds) if self._batch_axis else 1
         self.rate.add(rows, self._clock() - start)
         self._stats.record_execution(rows, infer_ns)
         for e in live:
@@ -215,6 +223,26 @@ class Scheduler:
                 timing = Timing(int((start - e.enqueued) * 1e9), t1 - t0, infer_ns,
                                 time.perf_counter_ns() - t2, rows)  # fmt: skip
                 fut.set_result((part, timing))
+
+    def _trace(self, live: list[Entry], start: float, t0: int, t1: int, rows: int, index: int,
+               error: BaseException | None = None) -> None:  # fmt: skip
+        """Queue and batch spans for the traced requests of a run (none when tracing is off)."""
+        traced = [e for e in live if e.payload[2] is not None]
+        if not traced:
+            return
+        record_batch(
+            [e.payload[2] for e in traced],
+            [int((start - e.enqueued) * 1e9) for e in traced],
+            t0,
+            t1,
+            {
+                "edgeinfer.model": self._stats.name,
+                "edgeinfer.model.version": self._stats.version,
+                "edgeinfer.batch.size": rows,
+                "edgeinfer.instance": index,
+            },
+            error,
+        )
 
     async def close(self, drain: bool = True, timeout: float = 30.0) -> None:
         """Stop taking requests; with `drain`, let queued and running ones finish first."""

@@ -10,8 +10,9 @@ untyped, which PromQL treats the same (rate() works).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -188,6 +189,118 @@ class TensorModelCollector:
         yield pending
         yield executing
         yield hist
+
+
+# vLLM's histogram buckets, with finer low ends: small models on small CPUs answer in ms.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
+                5.0, 7.5, 10.0, 20.0, 40.0, 80.0)  # fmt: skip
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4,
+               0.5, 0.75, 1.0, 2.5, 5.0)  # fmt: skip
+E2E_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
+               40.0, 50.0, 60.0, 120.0)  # fmt: skip
+
+
+@dataclass
+class Histogram:
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)  # one per bound, then +Inf (not cumulative)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = self.counts or [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        cumulative = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        return out
+
+
+FINISH_REASONS = ("stop", "length", "abort")
+
+
+@dataclass
+class LlmStats:
+    """Counters the LLM loop keeps for one model version (event loop thread only)."""
+
+    model_name: str
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FINISH_REASONS, 0))
+    ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
+    itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
+    e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
+
+
+@dataclass(frozen=True)
+class LlmSample:
+    stats: LlmStats
+    running: int
+    waiting: int
+    kv_usage: float  # 0..1
+
+
+class LlmCollector:
+    """vLLM's metric names with a `model_name` label; versions of one model are summed."""
+
+    def __init__(self, source: Callable[[], Iterable[LlmSample]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        by_model: dict[str, list[LlmSample]] = {}
+        for s in self._source():
+            by_model.setdefault(s.stats.model_name, []).append(s)
+        label = ["model_name"]
+        gauges = (
+            ("vllm:num_requests_running", "Requests in the running batch", lambda s: s.running),
+            ("vllm:num_requests_waiting", "Requests waiting for a slot", lambda s: s.waiting),
+            ("vllm:kv_cache_usage_perc", "KV-cache usage; 1 means 100 percent",
+             lambda s: s.kv_usage),
+        )  # fmt: skip
+        for name, doc, get in gauges:
+            g = GaugeMetricFamily(name, doc, labels=label)
+            for model, samples in by_model.items():
+                g.add_metric([model], sum(get(s) for s in samples))
+            yield g
+        counters = (
+            ("vllm:prompt_tokens", "Prefill tokens processed", lambda s: s.stats.prompt_tokens),
+            ("vllm:generation_tokens", "Generation tokens processed",
+             lambda s: s.stats.generation_tokens),
+        )  # fmt: skip
+        for name, doc, get in counters:
+            c = CounterMetricFamily(name, doc, labels=label)  # exposed as name + "_total"
+            for model, samples in by_model.items():
+                c.add_metric([model], sum(get(s) for s in samples))
+            yield c
+        success = CounterMetricFamily("vllm:request_success", "Finished requests",
+                                      labels=["model_name", "finished_reason"])  # fmt: skip
+        for model, samples in by_model.items():
+            for reason in FINISH_REASONS:
+                success.add_metric([model, reason],
+                                   sum(s.stats.finished.get(reason, 0) for s in samples))  # fmt: skip
+        yield success
+        hists = (
+            ("vllm:time_to_first_token_seconds", "Time to first token", lambda s: s.stats.ttft),
+            ("vllm:inter_token_latency_seconds", "Time between tokens", lambda s: s.stats.itl),
+            ("vllm:e2e_request_latency_seconds", "End-to-end request latency",
+             lambda s: s.stats.e2e),
+        )  # fmt: skip
+        for name, doc, get in hists:
+            h = HistogramMetricFamily(name, doc, labels=label)
+            for model, samples in by_model.items():
+                merged = Histogram(get(samples[0]).bounds)
+                for s in samples:
+                    hist = get(s)
+                    merged.counts = [a + b for a, b in zip(merged.counts, hist.counts, strict=True)]
+                    merged.total += hist.total
+                h.add_metric([model], merged.buckets(), merged.total)
+            yield h
 
 
 def build_registry(

@@ -1,0 +1,104 @@
+"""`edgeinfer chat MODEL`: chat with a served LLM in the terminal, tokens printed as they stream.
+
+Talks to `/v1/chat/completions` with `stream: true` (server-sent events) and keeps the
+conversation in memory. Stdlib-only at import; httpx is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+DEFAULT_URL = os.environ.get("EDGEINFER_URL", "http://127.0.0.1:8000")
+
+
+def add_chat(sub: Any) -> None:
+    """Register `edgeinfer chat` on the CLI's subparsers."""
+    p = sub.add_parser("chat", help="chat with a served LLM in the terminal (streams tokens)",
+                       description="Chat with a text generation model on a running server. "
+                       "Type a message and press Enter; an empty line or Ctrl-D quits.")  # fmt: skip
+    p.add_argument("model", help="model name, e.g. llm-demo")
+    p.add_argument("--url", default=DEFAULT_URL,
+                   help=f"server URL (default: $EDGEINFER_URL or {DEFAULT_URL})")  # fmt: skip
+    p.add_argument("--system", help="a system message that starts the conversation")
+    p.add_argument("--max-tokens", type=int, default=256, help="per reply (default: 256)")
+    p.add_argument("--temperature", type=float, default=0.7, help="(default: 0.7; 0 = greedy)")
+    p.add_argument("--seed", type=int, help="seed for repeatable sampling")
+    p.add_argument("--api-key", default=os.environ.get("EDGEINFER_API_KEY"),
+                   help="bearer token when the server requires one (env EDGEINFER_API_KEY)")  # fmt: skip
+    p.set_defaults(func=cmd_chat)
+
+
+def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The JSON events of a server-sent event stream, until `data: [DONE]`."""
+    for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
+
+
+def stream_reply(client: Any, url: str, body: dict[str, Any], out: TextIO) -> str:
+    """Send one chat request, print the reply as it streams, return it."""
+    parts: list[str] = []
+    with client.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
+        if resp.status_code != 200:
+            resp.read()
+            try:
+                message = resp.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = resp.text
+            raise ChatError(f"server answered {resp.status_code}: {message}")
+        for event in _events(resp.iter_lines()):
+            if "error" in event:
+                raise ChatError(f"generation failed: {event['error'].get('message')}")
+            for choice in event.get("choices", []):
+                text = choice.get("delta", {}).get("content") or ""
+                parts.append(text)
+                out.write(text)
+                out.flush()
+    out.write("\n")
+    return "".join(parts)
+
+
+class ChatError(Exception):
+    pass
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    import httpx
+
+    messages: list[dict[str, str]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    interactive = sys.stdin.isatty()
+    with httpx.Client(timeout=httpx.Timeout(600, connect=10), headers=headers) as client:
+        while True:
+            if interactive:
+                sys.stdout.write("> ")
+                sys.stdout.flush()
+            line = sys.stdin.readline()
+            if not line.strip():
+                return 0
+            messages.append({"role": "user", "content": line.rstrip("\n")})
+            body = {"model": args.model, "messages": messages, "stream": True,
+                    "max_tokens": args.max_tokens, "temperature": args.temperature}  # fmt: skip
+            if args.seed is not None:
+                body["seed"] = args.seed
+            try:
+                reply = stream_reply(client, args.url, body, sys.stdout)
+            except httpx.HTTPError as e:
+                print(f"edgeinfer: error: cannot reach the server at {args.url}: {e}",
+                      file=sys.stderr)  # fmt: skip
+                return 1
+            except ChatError as e:
+                print(f"edgeinfer: error: {e}", file=sys.stderr)
+                return 1
+            messages.append({"role": "assistant", "content": reply})

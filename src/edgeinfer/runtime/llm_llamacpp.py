@@ -1,0 +1,286 @@
+"""GGUF models through llama-cpp-python's low-level API: the math for the LLM loop, nothing more.
+
+The continuous-batching loop (serving/llm_loop.py) decides what runs; this backend turns a list
+of (sequence, tokens, first position, want logits) items into ONE `llama_decode` call and returns
+the requested logits rows. Sequences live in one unified KV cache (`kv_unified`), so prefill
+chunks and single decode tokens of different sequences share a batch and the weights are read
+once per step. Weights are mmapped (never `Llama(lora_path=...)`, which turns mmap off).
+
+Not thread-safe: the loop runs one `decode` at a time and calls `free` only between decodes.
+`tokenize` and `piece` only read the vocabulary and may run beside a decode.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from edgeinfer.config import LlmOptions, ModelConfig
+from edgeinfer.errors import BackendError, InvalidInput, LoadError
+from edgeinfer.types import TensorSpec
+
+log = logging.getLogger("edgeinfer.llm")
+
+MODEL_FILE = "model.gguf"
+_KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # GGML_TYPE_*
+# Used when the GGUF has no tokenizer.chat_template and the config gives none.
+FALLBACK_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+class BatchItem(NamedTuple):
+    """Tokens of one sequence in a decode step, at positions pos, pos+1, ...; with `logits`,
+    the row of the last token is returned."""
+
+    seq: int
+    tokens: Sequence[int]
+    pos: int
+    logits: bool
+
+
+_lib: Any = None
+_log_callback: Any = None  # ctypes keeps only a weak hold on callbacks: keep it referenced
+
+
+def _llama() -> Any:
+    """Import llama_cpp once, with llama.cpp's logging routed to Python's."""
+    global _lib, _log_callback
+    if _lib is None:
+        try:
+            import llama_cpp
+        except ImportError as e:
+            raise LoadError(
+                "llama.cpp models need llama-cpp-python: pip install -e '.[llm]'"
+            ) from e
+
+        @llama_cpp.llama_log_callback
+        def forward(level: int, text: bytes, _user: Any) -> None:
+            if level == 4:  # GGML_LOG_LEVEL_ERROR; info and warnings are chatty at load
+                log.error("llama.cpp: %s", text.decode(errors="replace").rstrip())
+
+        _log_callback = forward
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        _lib = llama_cpp
+    return _lib
+
+
+def _meta(lib: Any, model: Any, key: str) -> str | None:
+    size = 1 << 16
+    buf = ctypes.create_string_buffer(size)
+    n = lib.llama_model_meta_val_str(model, key.encode(), buf, size)
+    if n < 0:
+        return None
+    if n >= size:  # a long chat template: ask again with room for it
+        buf = ctypes.create_string_buffer(n + 1)
+        lib.llama_model_meta_val_str(model, key.encode(), buf, n + 1)
+    return buf.value.decode("utf-8", errors="replace")
+
+
+class LlamaCppModel:
+    """One GGUF model and one llama.cpp context with `slots` sequences."""
+
+    platform = "llama.cpp"
+    # Triton's generate extension names: a prompt in, text out.
+    inputs: tuple[TensorSpec, ...] = (TensorSpec("text_input", "BYTES", (1,)),)
+    outputs: tuple[TensorSpec, ...] = (TensorSpec("text_output", "BYTES", (1,)),)
+
+    def __init__(self, path: Path, options: LlmOptions, threads: int) -> None:
+        lib = self._lib = _llama()
+        self.options = options
+        self.threads = threads
+        mparams = lib.llama_model_default_params()
+        mparams.use_mmap = True
+        mparams.n_gpu_layers = 0
+        model = lib.llama_model_load_from_file(str(path).encode(), mparams)
+        if not model:
+            raise LoadError(f"{path}: llama.cpp could not load this GGUF file")
+        self._model = model
+        self._ctx = None
+        self._compiled: Any = None  # the chat template, compiled on first use
+        try:
+            self._vocab = lib.llama_model_get_vocab(model)
+            self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
+            self.n_ctx_train = int(lib.llama_model_n_ctx_train(model))
+            self.bos = int(lib.llama_vocab_bos(self._vocab))
+            self.eos = int(lib.llama_vocab_eos(self._vocab))
+            self.add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
+            self.eog = frozenset(t for t in range(self.n_vocab)
+                                 if lib.llama_vocab_is_eog(self._vocab, t))  # fmt: skip
+            self.chat_template = options.chat_template or _meta(
+                lib, model, "tokenizer.chat_template"
+            ) or FALLBACK_TEMPLATE  # fmt: skip
+            self.name = _meta(lib, model, "general.name") or path.parent.parent.name
+            self._pieces = [self._piece(t) for t in range(self.n_vocab)]
+            self._ctx = self._new_context()
+            self.kv_cells = int(lib.llama_n_ctx(self._ctx))
+            self._mem = lib.llama_get_memory(self._ctx)
+            self._init_batch(options.n_batch)
+        except BaseException:
+            self.close()
+            raise
+        if options.context_length > self.n_ctx_train:
+            log.warning("%s: context_length %d exceeds the %d tokens it was trained on",
+                        path, options.context_length, self.n_ctx_train)  # fmt: skip
+
+    @classmethod
+    def load(cls, version_dir: Path, config: ModelConfig) -> LlamaCppModel:
+        path = version_dir / MODEL_FILE
+        if not path.is_file():
+            raise LoadError(f"{version_dir}: no {MODEL_FILE}")
+        threads = config.llm.n_threads
+        if threads == 0:
+            from edgeinfer.hardware import default_threads
+
+            threads = default_threads()
+        return cls(path, config.llm, threads)
+
+    def _new_context(self) -> Any:
+        lib, o = self._lib, self.options
+        p = lib.llama_context_default_params()
+        p.n_ctx = o.kv_cells
+        p.n_batch = p.n_ubatch = o.n_batch
+        p.n_seq_max = o.slots
+        p.n_threads = p.n_threads_batch = self.threads
+        p.type_k = p.type_v = _KV_TYPES[o.kv_cache_type]
+        p.flash_attn_type = 1 if o.flash_attn else 0
+        p.kv_unified = True  # one pool of cells: any mix of prefill and decode in one ubatch
+        p.no_perf = True
+        ctx = lib.llama_init_from_model(self._model, p)
+        if not ctx:
+            raise LoadError("llama.cpp could not create a context (out of memory?)")
+        return ctx
+
+    def _init_batch(self, n: int) -> None:
+        """A llama_batch whose arrays are numpy buffers we own, filled with vector writes."""
+        lib = self._lib
+        self.n_batch = n
+        self._tok = np.zeros(n, np.int32)
+        self._pos = np.zeros(n, np.int32)
+        self._nsid = np.ones(n, np.int32)
+        self._sid = np.zeros(n, np.int32)
+        self._want = np.zeros(n, np.int8)
+        i32p = ctypes.POINTER(ctypes.c_int32)
+        base = self._sid.ctypes.data
+        self._sid_ptrs = (i32p * n)(*(ctypes.cast(base + 4 * i, i32p) for i in range(n)))
+        b = lib.llama_batch()
+        b.token = self._tok.ctypes.data_as(i32p)
+        b.embd = ctypes.POINTER(ctypes.c_float)()
+        b.pos = self._pos.ctypes.data_as(i32p)
+        b.n_seq_id = self._nsid.ctypes.data_as(i32p)
+        b.seq_id = ctypes.cast(self._sid_ptrs, ctypes.POINTER(i32p))
+        b.logits = self._want.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self._batch = b
+
+    # ---- tokens and text -------------------------------------------------------------------
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+        return buf.raw[:n]
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (b"" for control tokens)."""
+        return self._pieces[token] if 0 <= token < self.n_vocab else b""
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Token ids of `text`; special tokens written in the text (<|im_start|>) are parsed."""
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (ctypes.c_int32 * cap)()
+        n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+        if n < 0:
+            cap = -n
+            buf = (ctypes.c_int32 * cap)()
+            n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+        return list(buf[:n])
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        """The prompt text for a chat, from the model's Jinja chat template (as transformers
+        renders it: sandboxed, trim_blocks, lstrip_blocks)."""
+        from jinja2 import TemplateError
+
+        try:
+            return self._template().render(
+                messages=messages, add_generation_prompt=True,
+                bos_token=self.piece(self.bos).decode(errors="replace"),
+                eos_token=self.piece(self.eos).decode(errors="replace"),
+            )  # fmt: skip
+        except TemplateError as e:
+            raise InvalidInput(f"the model's chat template failed on these messages: {e}") from e
+
+    def _template(self) -> Any:
+        if self._compiled is not None:
+            return self._compiled
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message: str) -> None:
+            raise InvalidInput(f"chat template: {message}")
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
+        self._compiled = env.from_string(self.chat_template)
+        return self._compiled
+
+    # ---- math ------------------------------------------------------------------------------
+    def decode(self, items: Sequence[BatchItem]) -> np.ndarray:
+        """Run one llama_decode over every item; the logits rows of items that want them, in
+        order, as float32 [n, n_vocab]."""
+        n = sum(len(it.tokens) for it in items)
+        if not 0 < n <= self.n_batch:
+            raise BackendError(f"decode of {n} tokens (the batch holds 1..{self.n_batch})")
+        rows: list[int] = []
+        i = 0
+        for seq, tokens, pos, want in items:
+            k = len(tokens)
+            self._tok[i : i + k] = tokens
+            self._pos[i : i + k] = np.arange(pos, pos + k, dtype=np.int32)
+            self._sid[i : i + k] = seq
+            self._want[i : i + k] = 0
+            if want:
+                self._want[i + k - 1] = 1
+                rows.append(i + k - 1)
+            i += k
+        self._batch.n_tokens = n
+        rc = self._lib.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            raise BackendError(f"llama_decode failed with code {rc}"
+                               + (" (no free KV cells)" if rc == 1 else ""))  # fmt: skip
+        out = np.empty((len(rows), self.n_vocab), np.float32)
+        for r, j in enumerate(rows):
+            ptr = self._lib.llama_get_logits_ith(self._ctx, j)  # index in the batch, not row
+            out[r] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        return out
+
+    def free(self, seq: int) -> None:
+        """Drop every KV cell of `seq`; its slot can start a new sequence at position 0."""
+        self._lib.llama_memory_seq_rm(self._mem, seq, -1, -1)
+
+    # ---- the Model protocol ----------------------------------------------------------------
+    def run(self, feeds: dict[str, np.ndarray],
+            output_names: list[str] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+        raise InvalidInput("this is a generative model: use /v1/completions, "
+                           "/v1/chat/completions or /v2/models/{m}/generate")  # fmt: skip
+
+    def warmup(self) -> None:
+        """A one-token generation: touches every weight page and the compute buffers."""
+        self.decode([BatchItem(0, [self.bos], 0, True)])
+        self.free(0)
+
+    def close(self) -> None:
+        lib = self._lib
+        if self._ctx is not None:
+            lib.llama_free(self._ctx)
+            self._ctx = None
+        if self._model is not None:
+            lib.llama_model_free(self._model)
+            self._model = None

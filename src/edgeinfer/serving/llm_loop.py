@@ -1,0 +1,423 @@
+"""Continuous batching for generation: admit, prefill in chunks, one decode for all, stream, retire.
+
+Each step is schedule -> execute -> deliver:
+- schedule (event loop thread): retire cancelled sequences and free their KV cells; admit waiting
+  requests in arrival order while a slot is free and the KV budget holds their prompt plus
+  max_tokens (reserved up front, so a running sequence never runs out of cells and nothing is
+  ever preempted); then build ONE batch: the next token of every decoding sequence plus at most
+  `prefill_chunk` prompt tokens of sequences still prefilling, so a long prompt never stalls
+  the running streams for more than one chunk.
+- execute: the backend's single decode call (the GIL is released inside it);
+- deliver: sample each logits row in numpy, hand the chunks to the event loop (one
+  call_soon_threadsafe per step) where each request's queue feeds its stream, retire finished
+  sequences and free their cells.
+
+The steps run back to back on one engine thread per model version, not as `asyncio.to_thread`
+calls from the event loop: on a shared 2-core CPU every thread handoff waits for a core, and the
+two handoffs per step cost 2-3 ms (measured: 2.1-3.0 ms per token against 0.3 ms for the same
+loop with the decode inline; ~15-20% of a 336M model's decode step). The engine thread never
+waits for the event loop; the event loop only receives chunks, so HTTP handling and other models
+keep running during decodes. State shared with the event loop is a deque (`waiting`, appended by
+`submit`), per-request flags (`cancelled`) and counters read at scrape time.
+
+A cancelled request (client disconnect, `aclose`) is retired at the next step and its slot and
+cells are freed. Requests over the context length are refused before any work (InvalidInput);
+a full waiting queue refuses with QueueFull.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgeinfer.errors import BackendError, EdgeInferError, InvalidInput, QueueFull, Unavailable
+from edgeinfer.runtime.llm_llamacpp import BatchItem
+from edgeinfer.serving.sampling import Sampler, SamplingParams, TextStream, TokenLogprob
+from edgeinfer.telemetry.metrics import LlmStats
+from edgeinfer.telemetry.stats import VersionStats
+
+log = logging.getLogger("edgeinfer.llm")
+
+
+class LlmBackend(Protocol):
+    """The math the loop needs (runtime/llm_llamacpp.py; a fake in unit tests)."""
+
+    n_vocab: int
+    eog: frozenset[int]
+
+    def decode(self, items: Sequence[BatchItem]) -> np.ndarray: ...
+
+    def free(self, seq: int) -> None: ...
+
+    def piece(self, token: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopLimits:
+    slots: int
+    context_length: int  # prompt + completion tokens of one request
+    kv_cells: int  # KV-cache cells shared by all slots
+    prefill_chunk: int  # prompt tokens per step
+    max_waiting: int = 0  # 0: unbounded
+
+
+@dataclass(slots=True)
+class GenerateRequest:
+    """One generation, whatever protocol it came in on: a prompt (text or token ids) or chat
+    messages rendered with the model's chat template."""
+
+    model: str
+    params: SamplingParams
+    prompt: str | list[int] | None = None
+    messages: list[dict[str, Any]] | None = None
+    version: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)  # routing keys
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class GenChunk:
+    """A piece of one generation. The last has `finish_reason` set ("stop" or "length")."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class _Request:
+    prompt: list[int]
+    params: SamplingParams
+    max_tokens: int
+    sampler: Sampler
+    text: TextStream
+    arrival: float
+    out: asyncio.Queue[GenChunk | BaseException] = field(default_factory=asyncio.Queue)
+    id: int = field(default_factory=lambda: next(_ids))
+    seq: int = -1  # slot, once admitted
+    prefilled: int = 0
+    generated: list[int] = field(default_factory=list)
+    cancelled: bool = False
+    done: bool = False
+    admitted_at: float = 0.0
+    first_token_at: float = 0.0
+    last_token_at: float = 0.0
+
+    @property
+    def need(self) -> int:
+        return len(self.prompt) + self.max_tokens
+
+    @property
+    def decoding(self) -> bool:
+        return self.prefilled == len(self.prompt) and bool(self.generated)
+
+
+class GenerationStream:
+    """What `submit` returns: iterate it for chunks. Leaving the iteration early (or being
+    cancelled while waiting for a chunk) cancels the request."""
+
+    def __init__(self, loop: LlmLoop, request: _Request) -> None:
+        self._loop = loop
+        self._request = request
+        self.prompt_tokens = len(request.prompt)
+        self.max_tokens = request.max_tokens
+        self.version = ""  # set by the engine: the model version serving this stream
+
+    def __aiter__(self) -> AsyncIterator[GenChunk]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[GenChunk]:
+        req = self._request
+        try:
+            while True:
+                item = await req.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        self._loop.cancel(self._request)
+
+
+class LlmLoop:
+    def __init__(
+        self,
+        backend: LlmBackend,
+        limits: LoopLimits,
+        stats: LlmStats,
+        version_stats: VersionStats | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`version_stats` also gets Triton's per-version counts (requests, steps, latency),
+        which the lifecycle's automatic rollback watches."""
+        self.backend = backend
+        self.limits = limits
+        self.stats = stats
+        self.version_stats = version_stats
+        self.waiting: deque[_Request] = deque()
+        self.running: list[_Request] = []
+        self.steps = 0
+        self._free_slots = list(range(limits.slots - 1, -1, -1))
+        self._reserved = 0  # KV cells promised to running requests
+        self._clock = clock
+        self._work = threading.Event()  # set when there may be something to schedule
+        self._lock = threading.Lock()  # guards `waiting` between submit and the engine thread
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outbox: list[tuple[_Request, GenChunk | BaseException]] = []  # this step's
+        self._ready: deque[list[tuple[_Request, GenChunk | BaseException]]] = deque()
+        self._ready_event = threading.Event()
+        self._accepting = True
+        self._stopping = False
+        self._avg_e2e = 0.0
+
+    # ---- requests --------------------------------------------------------------------------
+    def submit(self, prompt: list[int], params: SamplingParams) -> GenerationStream:
+        """Queue a generation; raises at once when it cannot be served."""
+        if not self._accepting:
+            raise Unavailable("model version is unloading")
+        limit, n = self.limits.context_length, len(prompt)
+        if n == 0:
+            raise InvalidInput("the prompt is empty")
+        max_tokens = params.max_tokens if params.max_tokens is not None else limit - n
+        if n + max_tokens > limit:
+            raise InvalidInput(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{n + max_tokens} tokens ({n} in the prompt, {max_tokens} for the completion). "
+                "Please reduce the prompt or max_tokens."
+            )
+        if any(not 0 <= t < self.backend.n_vocab for t in prompt):
+            raise InvalidInput(f"prompt token ids must be in [0, {self.backend.n_vocab})")
+        req = _Request(prompt, params, max_tokens, Sampler(params, prompt, self.backend.n_vocab),
+                       TextStream(params.stop), self._clock())  # fmt: skip
+        with self._lock:
+            if self.limits.max_waiting and len(self.waiting) >= self.limits.max_waiting:
+                wait = self._avg_e2e * (len(self.waiting) + 1) / self.limits.slots
+                raise QueueFull(f"{len(self.waiting)} requests are already waiting for a slot; "
+                                "retry later", retry_after=max(1.0, wait))  # fmt: skip
+            self.waiting.append(req)
+        self._wake()
+        return GenerationStream(self, req)
+
+    def cancel(self, req: _Request) -> None:
+        if not req.done:
+            req.cancelled = True
+            self._wake()
+
+    @property
+    def kv_usage(self) -> float:
+        used = sum(r.prefilled + len(r.generated) for r in list(self.running))
+        return min(1.0, used / self.limits.kv_cells)
+
+    def _wake(self) -> None:
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
+            self._thread.start()
+            threading.Thread(target=self._notify, name="llm-notify", daemon=True).start()
+        self._work.set()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._work.clear()
+            if not self.step():
+                self._work.wait()
+
+    # ---- the step (engine thread) ----------------------------------------------------------
+    def step(self) -> bool:
+        """Schedule, execute, deliver. False when there was nothing to run."""
+        plan = self._schedule()
+        if not plan:
+            self._flush()
+            return False
+        started = time.perf_counter_ns()
+        try:
+            logits = self.backend.decode([item for _, item in plan])
+            wanted = sum(item.logits for _, item in plan)
+            if logits.shape[0] != wanted:
+                raise BackendError(f"backend returned {logits.shape[0]} logits rows, not {wanted}")
+        except EdgeInferError as e:
+            log.error("decode step failed: %s", e.message)
+            for req, _ in plan:
+                self._finish(req, "abort", error=e)
+            self._flush()
+            return True
+        self.steps += 1
+        if self.version_stats is not None:
+            self.version_stats.record_execution(len(plan), time.perf_counter_ns() - started)
+        self._deliver(plan, logits)
+        self._flush()
+        return True
+
+    def _flush(self) -> None:
+        """Hand this step's chunks and errors to the notifier thread. Waking the event loop
+        from here would cost the engine thread ~1 ms a step: the woken loop takes the GIL
+        while this thread still needs it. The notifier gets the GIL only once this thread
+        enters the next decode (which releases it), so the loop's work overlaps the decode."""
+        if self._outbox:
+            self._ready.append(self._outbox)
+            self._outbox = []
+            self._ready_event.set()
+
+    def _notify(self) -> None:
+        while True:
+            self._ready_event.wait()
+            self._ready_event.clear()
+            batch = []
+            while self._ready:
+                batch += self._ready.popleft()
+            if batch and self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(_publish, batch)
+            if self._stopping and not self._ready:
+                return
+
+    def _schedule(self) -> list[tuple[_Request, BatchItem]]:
+        for req in [r for r in self.running if r.cancelled]:
+            self._finish(req, "abort")
+        with self._lock:
+            gone = [r for r in self.waiting if r.cancelled]
+            for req in gone:
+                self.waiting.remove(req)
+            admitted: list[_Request] = []
+            while (self.waiting and len(admitted) < len(self._free_slots)
+                   and self._reserved + self.waiting[0].need <= self.limits.kv_cells):  # fmt: skip
+                admitted.append(self.waiting.popleft())
+                self._reserved += admitted[-1].need
+        for req in gone:
+            self._finish(req, "abort")
+        for req in admitted:
+            req.seq = self._free_slots.pop()
+            req.admitted_at = self._clock()
+            self.running.append(req)
+        plan = [(r, BatchItem(r.seq, [r.generated[-1]], len(r.prompt) + len(r.generated) - 1,
+                              True)) for r in self.running if r.decoding]  # fmt: skip
+        budget = self.limits.prefill_chunk
+        for req in self.running:
+            if budget == 0:
+                break
+            left = len(req.prompt) - req.prefilled
+            if left:
+                n = min(left, budget)
+                chunk = req.prompt[req.prefilled : req.prefilled + n]
+                plan.append((req, BatchItem(req.seq, chunk, req.prefilled, n == left)))
+                budget -= n
+        return plan
+
+    def _deliver(self, plan: list[tuple[_Request, BatchItem]], logits: np.ndarray) -> None:
+        now = self._clock()
+        row = 0
+        for req, item in plan:
+            if not item.logits:
+                req.prefilled += len(item.tokens)
+                continue
+            scores = logits[row]
+            row += 1
+            if req.prefilled < len(req.prompt):
+                req.prefilled += len(item.tokens)
+                self.stats.prompt_tokens += len(req.prompt)
+            if req.cancelled or req.done:
+                continue  # retired at the next schedule
+            self._emit(req, scores, now)
+
+    def _emit(self, req: _Request, scores: np.ndarray, now: float) -> None:
+        token, logprob = req.sampler.sample(scores)
+        req.generated.append(token)
+        self.stats.generation_tokens += 1
+        if not req.first_token_at:
+            req.first_token_at = now
+            self.stats.ttft.observe(now - req.arrival)
+        else:
+            self.stats.itl.observe(now - req.last_token_at)
+        req.last_token_at = now
+        if logprob is not None:
+            logprob.piece = self.backend.piece(token)
+            logprob.top_pieces = [self.backend.piece(t) for t, _ in logprob.top]
+        p = req.params
+        reason: str | None = None
+        if token in p.stop_token_ids or (token in self.backend.eog and not p.ignore_eos):
+            text, reason = req.text.flush(), "stop"
+        else:
+            text, stopped = req.text.push(self.backend.piece(token))
+            if stopped:
+                reason = "stop"
+            elif len(req.generated) >= req.max_tokens:
+                text, reason = text + req.text.flush(), "length"
+        self._outbox.append((req, GenChunk(text, [token], [logprob] if logprob else None, reason,
+                                           len(req.prompt), len(req.generated))))  # fmt: skip
+        if reason is not None:
+            self._finish(req, reason)
+
+    def _finish(self, req: _Request, reason: str, error: BaseException | None = None) -> None:
+        """Retire a request: free its slot and KV cells, count it, fail its stream on error."""
+        if req.done:
+            return
+        req.done = True
+        if req.seq >= 0:
+            self.running.remove(req)
+            self.backend.free(req.seq)
+            self._free_slots.append(req.seq)
+            self._reserved -= req.need
+        self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
+        e2e = self._clock() - req.arrival
+        self.stats.e2e.observe(e2e)
+        self._avg_e2e += 0.2 * (e2e - self._avg_e2e)
+        if error is not None:
+            self._outbox.append((req, error))
+        vs = self.version_stats
+        if vs is not None:
+            total = int(e2e * 1e9)
+            if reason != "abort":
+                queued = int(((req.admitted_at or req.arrival) - req.arrival) * 1e9)
+                vs.record_success(total, queued, 0, total - queued, 0)
+            else:
+                vs.record_failure(total, "BACKEND" if error is not None else "CANCELED")
+
+    # ---- shutdown --------------------------------------------------------------------------
+    async def close(self, drain: bool = True, timeout: float = 30.0) -> None:
+        """Stop taking requests; with `drain`, let waiting and running ones finish first."""
+        self._accepting = False
+        end = time.monotonic() + timeout
+        while drain and (self.waiting or self.running) and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        if self._thread is not None:
+            # Let the current step end; the backend is freed only after the thread stopped.
+            self._stopping = True
+            self._work.set()
+            await asyncio.to_thread(self._thread.join)
+            self._ready_event.set()  # the notifier delivers what is left and ends
+        while self._ready:
+            _publish(self._ready.popleft())
+        gone = Unavailable("model version was unloaded before the request finished")
+        for req in [*self.waiting, *self.running]:
+            self._finish(req, "abort", error=gone)
+        self.waiting.clear()
+        batch, self._outbox = self._outbox, []
+        _publish(batch)
+        self.backend.close()
+
+
+def _publish(batch: list[tuple[_Request, GenChunk | BaseException]]) -> None:
+    """On the event loop thread: feed each request's queue."""
+    for req, item in batch:
+        req.out.put_nowait(item)

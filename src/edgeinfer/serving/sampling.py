@@ -1,0 +1,196 @@
+"""Sampling in numpy on one logits row: penalties, temperature, top-k, min-p, top-p, seed,
+logprobs; and the stop-string matcher that holds back text which may be the start of a stop.
+
+Order (as vLLM and llama.cpp): repetition penalty (prompt + output), presence and frequency
+penalties (output only), then greedy when temperature is 0, else temperature, top-k, min-p,
+top-p, and a draw from the seeded generator of the request. Logprobs are those of the model's
+raw distribution (vLLM's default `raw_logprobs`), so they do not depend on sampling settings.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeinfer.errors import InvalidInput
+
+# Tokens further than this below the best (after temperature) have probability < e^-30
+# relative to it; dropping them before sorting makes top-p O(candidates) instead of O(vocab).
+_CUTOFF = 30.0
+MAX_LOGPROBS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_tokens: int | None = None  # None: up to the context length
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: no logprobs; N: the chosen token's and the top N
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        checks = (
+            (self.max_tokens is None or self.max_tokens >= 1, "max_tokens must be >= 1"),
+            (0.0 <= self.temperature <= 100.0, "temperature must be between 0 and 100"),
+            (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+            (self.top_k >= -1, "top_k must be -1, 0 (off) or a positive integer"),
+            (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
+            (0.0 < self.repetition_penalty <= 10.0, "repetition_penalty must be in (0, 10]"),
+            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be in [-2, 2]"),
+            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be in [-2, 2]"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty"),
+            (len(self.stop) <= 16, "at most 16 stop strings"),
+            (self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+             f"logprobs must be between 0 and {MAX_LOGPROBS}"),
+        )  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise InvalidInput(message)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)  # most likely first
+    piece: bytes = b""  # the token's bytes (filled in by the loop, which has the vocabulary)
+    top_pieces: list[bytes] = field(default_factory=list)
+
+
+class Sampler:
+    """Per-request sampling state: the seeded generator and the token counts for penalties."""
+
+    def __init__(self, params: SamplingParams, prompt: Iterable[int], n_vocab: int) -> None:
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+        self._seen = np.zeros(n_vocab, bool)  # prompt + output, for the repetition penalty
+        self._counts = np.zeros(n_vocab, np.int32)  # output only
+        prompt_ids = np.fromiter(prompt, np.int64)
+        self._seen[prompt_ids[(prompt_ids >= 0) & (prompt_ids < n_vocab)]] = True
+
+    def accept(self, token: int) -> None:
+        if 0 <= token < len(self._counts):
+            self._counts[token] += 1
+            self._seen[token] = True
+
+    def penalized(self, logits: np.ndarray) -> np.ndarray:
+        p = self.params
+        out = logits.astype(np.float32, copy=True)
+        if p.repetition_penalty != 1.0:
+            seen = self._seen
+            out[seen] = np.where(out[seen] > 0, out[seen] / p.repetition_penalty,
+                                 out[seen] * p.repetition_penalty)  # fmt: skip
+        if p.presence_penalty or p.frequency_penalty:
+            out -= p.presence_penalty * (self._counts > 0) + p.frequency_penalty * self._counts
+        return out
+
+    def sample(self, logits: np.ndarray) -> tuple[int, TokenLogprob | None]:
+        """Choose the next token from one logits row; records it for the penalties."""
+        p = self.params
+        scores = self.penalized(logits)
+        if p.greedy:
+            token = int(np.argmax(scores))
+        else:
+            candidates, probs = distribution(scores, p.temperature, p.top_k, p.min_p, p.top_p)
+            # One uniform draw per token: the same seed gives the same tokens in any batch.
+            cum = np.cumsum(probs)
+            i = int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
+            token = int(candidates[min(i, len(candidates) - 1)])
+        self.accept(token)
+        return token, (logprobs(logits, token, p.logprobs) if p.logprobs is not None else None)
+
+
+def distribution(
+    scores: np.ndarray, temperature: float, top_k: int, min_p: float, top_p: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate token ids, their probabilities summing to 1), most likely first."""
+    z = scores / temperature
+    best = float(z.max())
+    candidates = np.flatnonzero(z >= best - _CUTOFF)
+    if top_k > 0 and top_k < len(candidates):
+        keep = np.argpartition(-z[candidates], top_k - 1)[:top_k]
+        candidates = candidates[keep]
+    order = np.argsort(-z[candidates], kind="stable")
+    candidates = candidates[order]
+    probs = np.exp(z[candidates].astype(np.float64) - best)
+    probs /= probs.sum()
+    if min_p > 0.0:
+        n = int(np.count_nonzero(probs >= min_p * probs[0]))
+        candidates, probs = candidates[:n], probs[:n] / probs[:n].sum()
+    if top_p < 1.0:
+        # The smallest prefix whose mass reaches top_p (at least one token).
+        n = int(np.searchsorted(np.cumsum(probs), top_p, side="left")) + 1
+        n = min(n, len(probs))
+        candidates, probs = candidates[:n], probs[:n] / probs[:n].sum()
+    return candidates, probs
+
+
+def logprobs(logits: np.ndarray, token: int, top_n: int) -> TokenLogprob:
+    z = logits.astype(np.float64)
+    m = z.max()
+    lse = m + np.log(np.exp(z - m).sum())
+    top: list[tuple[int, float]] = []
+    if top_n:
+        idx = np.argpartition(-z, top_n - 1)[:top_n]
+        idx = idx[np.argsort(-z[idx], kind="stable")]
+        top = [(int(i), float(z[i] - lse)) for i in idx]
+    return TokenLogprob(token, float(z[token] - lse), top)
+
+
+class TextStream:
+    """Token bytes in, text out: incomplete UTF-8 is held until its last byte arrives, and text
+    that could be the start of a stop string is held until it cannot be."""
+
+    def __init__(self, stop: tuple[str, ...]) -> None:
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stop = stop
+        self._hold = max((len(s) for s in stop), default=1) - 1
+        self._pending = ""  # decoded but not yet released
+        self.text = ""  # everything released so far
+
+    def push(self, data: bytes) -> tuple[str, bool]:
+        """(text that is safe to send now, whether a stop string was found). After a stop,
+        the text before it is returned and the stream is finished."""
+        self._pending += self._utf8.decode(data)
+        if self._stop:
+            cut = min((i for s in self._stop if (i := self._pending.find(s)) >= 0), default=-1)
+            if cut >= 0:
+                return self._release(cut), True
+            return self._release(self._safe_length()), False
+        return self._release(len(self._pending)), False
+
+    def _safe_length(self) -> int:
+        """How much of the pending text cannot be part of a stop string: all of it but the
+        longest tail that is the start of one."""
+        text = self._pending
+        for k in range(min(self._hold, len(text)), 0, -1):
+            if any(s.startswith(text[-k:]) for s in self._stop):
+                return len(text) - k
+        return len(text)
+
+    def flush(self) -> str:
+        """The rest (on finishing for another reason): held text and incomplete bytes."""
+        self._pending += self._utf8.decode(b"", final=True)
+        return self._release(len(self._pending))
+
+    def _release(self, n: int) -> str:
+        out, self._pending = self._pending[:n], self._pending[n:]
+        self.text += out
+        return out

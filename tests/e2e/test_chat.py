@@ -1,0 +1,63 @@
+"""`edgeinfer chat` as a user runs it: a real server with the tiny demo LLM, the CLI on a pipe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess, start_server
+
+pytest.importorskip("llama_cpp")
+EDGEINFER = [sys.executable, "-m", "edgeinfer.cli"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    from edgeinfer.demo.gguf import build_llm_demo
+
+    root = tmp_path_factory.mktemp("chat-repo")
+    build_llm_demo(root / "llm-demo", tmp_path_factory.mktemp("scratch"))
+    s = start_server(root, tmp_path_factory.mktemp("chat-logs") / "server.log")
+    yield s
+    s.stop()
+
+
+def chat(server: ServerProcess, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*EDGEINFER, "chat", "llm-demo", "--url", server.url, *args],
+                          input=stdin, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def reply(server: ServerProcess, messages: list[dict[str, str]]) -> str:
+    body = {"model": "llm-demo", "messages": messages, "max_tokens": 12, "temperature": 0}
+    r = httpx.post(server.url + "/v1/chat/completions", json=body)
+    return str(r.json()["choices"][0]["message"]["content"])
+
+
+def test_chat_streams_replies_and_keeps_the_conversation(server: ServerProcess) -> None:
+    proc = chat(server, "Hello!\nAnd then?\n", "--temperature", "0", "--max-tokens", "12")
+    assert proc.returncode == 0, proc.stderr
+    first = reply(server, [{"role": "user", "content": "Hello!"}])
+    second = reply(server, [{"role": "user", "content": "Hello!"},
+                            {"role": "assistant", "content": first},
+                            {"role": "user", "content": "And then?"}])  # fmt: skip
+    assert proc.stdout == f"{first}\n{second}\n"
+
+
+def test_chat_reports_server_errors(server: ServerProcess) -> None:
+    proc = chat(server, "Hi\n", "--max-tokens", "100000")
+    assert proc.returncode == 1
+    assert "server answered 400" in proc.stderr and "maximum context length" in proc.stderr
+    proc = subprocess.run([*EDGEINFER, "chat", "nope", "--url", server.url], input="Hi\n",
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 1 and "404" in proc.stderr
+
+
+def test_chat_without_a_server_says_so(tmp_path: Path) -> None:
+    proc = subprocess.run([*EDGEINFER, "chat", "llm-demo", "--url", "http://127.0.0.1:9"],
+                          input="Hi\n", capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 1 and "cannot reach the server" in proc.stderr
