@@ -34,7 +34,7 @@ class BudgetGate:
 
     async def admit(self, model: str, version: int, version_dir: Path, instances: int) -> int:
         """Reserve room for a version before loading it; returns the estimate in bytes."""
-        need = await asyncio.to_thread(_estimate, version_dir / "model.onnx") * instances
+        need = await asyncio.to_thread(_estimate, version_dir) * instances
         key = _key(model, version)
         try:
             self.budget.reserve(key, need)
@@ -64,7 +64,17 @@ class BudgetGate:
             self._pinned.discard(key)
 
 
-def _estimate(path: Path) -> int:
+# A GGUF is memory-mapped: its pages count once touched, plus the KV cache and compute buffers
+# (~10 % of the weights for the small models this serves, plus a fixed context overhead).
+GGUF_FACTOR = 1.1
+GGUF_OVERHEAD_BYTES = 32 * 2**20
+
+
+def _estimate(version_dir: Path) -> int:
+    gguf = version_dir / "model.gguf"
+    if gguf.is_file():
+        return int(gguf.stat().st_size * GGUF_FACTOR) + GGUF_OVERHEAD_BYTES
+    path = version_dir / "model.onnx"
     try:
         return estimate_onnx_bytes(path)
     except Exception:  # not parseable as ONNX: the load will fail and say why

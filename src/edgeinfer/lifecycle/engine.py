@@ -399,6 +399,10 @@ class Engine:
         stream.version = str(h.version)
         return stream
 
+    def llm_samples(self) -> list[LlmSample]:
+        """Counters of every loaded LLM version (for the dashboard)."""
+        return self._llm_samples()
+
     def _llm_samples(self) -> list[LlmSample]:
         return [
             LlmSample(h.llm.stats, len(h.llm.running), len(h.llm.waiting), h.llm.kv_usage)

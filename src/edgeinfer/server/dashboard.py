@@ -78,9 +78,31 @@ def dashboard_data(engine: Engine, now: Callable[[], float] = time.monotonic) ->
         "window_s": WINDOW_S,
         "models": models,
         "host": _host(engine),
-        # LLM serving (continuous batching) is not built yet: the page shows an empty slot.
-        "llm": None,
+        "llm": _llm(engine, t),
     }
+
+
+_last_tokens: dict[str, tuple[float, int]] = {}  # model -> (time, generation tokens) at last poll
+
+
+def _llm(engine: Engine, t: float) -> dict[str, Any] | None:
+    """Generation tokens/s since the previous poll, summed over LLMs; None without LLMs."""
+    samples = engine.llm_samples()
+    if not samples:
+        return None
+    totals: dict[str, int] = {}
+    running = waiting = 0
+    for s in samples:
+        totals[s.stats.model_name] = totals.get(s.stats.model_name, 0) + s.stats.generation_tokens
+        running, waiting = running + s.running, waiting + s.waiting
+    rate = 0.0
+    for model, tokens in totals.items():
+        before = _last_tokens.get(model)
+        if before is not None and t > before[0] and tokens >= before[1]:
+            rate += (tokens - before[1]) / (t - before[0])
+        _last_tokens[model] = (t, tokens)
+    return {"tokens_per_s": rate,
+            "detail": f"{running} generating, {waiting} waiting, {sum(totals.values())} tokens"}  # fmt: skip
 
 
 def _version(sample: VersionSample, status: dict[str, Any], t: float) -> dict[str, Any]:
