@@ -339,6 +339,23 @@ _INFER: Doc = {
 _GENERATE: Doc = {"tags": ["generation"], "requestBody": _body(_ref("GenerateRequest")),
              "errors": (400, 404, 413, 429, 503, 504)}  # fmt: skip
 _LIFECYCLE_OK: Doc = {"200": _json(_ref("LifecycleStatus"), "The model's lifecycle status.")}
+_PROFILE: Doc = {
+    "tags": ["models"],
+    "summary": "Per-layer ONNX Runtime profile, run on a separate session (admin).",
+    "parameters": [
+        {"name": "batch", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1},
+         "description": "Batch size, up to the model's max_batch_size."},
+        {"name": "runs", "in": "query",
+         "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+         "description": "Timed runs after warm-up."},
+    ],
+    "responses": {"200": _json(_obj(
+        ("model", "version", "runs", "run_us", "nodes"), model=_STR, version=_STR, runs=_NAT,
+        warmup_runs=_NAT, kernel_us=_NUM, nodes={"type": "array", "items": {"type": "object"}},
+        op_types={"type": "array", "items": {"type": "object"}},
+        run_us=_obj(("mean", "p50", "min", "max"), mean=_NUM, p50=_NUM, min=_NUM, max=_NUM)))},
+    "errors": (400, 404, 503),
+}  # fmt: skip
 _SSE: Doc = {"description": "Server-sent events, ending with `data: [DONE]` (OpenAI).",
         "content": {SSE: {"schema": _STR}}}  # fmt: skip
 
@@ -353,6 +370,7 @@ _OPERATIONS: dict[tuple[str, str], Doc] = {
     ("GET", _M + "/ready"): _READY, ("GET", _MV + "/ready"): _READY,
     ("GET", _M + "/config"): _CONFIG, ("GET", _MV + "/config"): _CONFIG,
     ("GET", _M + "/stats"): _STATS, ("GET", _MV + "/stats"): _STATS,
+    ("GET", _M + "/profile"): _PROFILE, ("GET", _MV + "/profile"): _PROFILE,
     ("POST", _M + "/infer"): _INFER, ("POST", _MV + "/infer"): _INFER,
     ("POST", "/v2/repository/index"): {
         "tags": ["repository"], "summary": "Every model and version in the repository.",
