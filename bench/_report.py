@@ -53,7 +53,8 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         ("MLP c=1 p50 <= 0.6 ms", p50, "<= 0.6 ms", p50 <= 0.6, noisy(ours_mlp)),
         ("ResNet-18 c=1 >= 90% of raw ORT batch-1 req/s", cnn_share, ">= 0.90", cnn_share >= 0.90,
          noisy(ours_cnn, raw_cnn)),
-        ("cold start <= 1.5 s", cold, "<= 1.5 s", cold <= 1.5, False),
+        ("cold start <= 1.5 s", cold, "<= 1.5 s", cold <= 1.5,
+         ours.get("cold_start_other_cpu", 0.0) > limit),
         ("idle CPU < 1% of a core", idle, "< 0.01", idle < 0.01, False),
         ("RSS after load <= 250 MB", rss, "<= 250 MB", rss <= 250, False),
     ]  # fmt: skip
@@ -64,6 +65,11 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
 def _cell(p: dict[str, Any], noisy: float) -> str:
     mark = " †" if p.get("other_cpu", 0.0) > noisy else ""
     return f"{p['rps']:,.0f}{mark} | {p['p50_ms']:.2f} / {p['p99_ms']:.2f}"
+
+
+def _cold(side: dict[str, Any], noisy: float) -> str:
+    mark = " †" if side.get("cold_start_other_cpu", 0.0) > noisy else ""
+    return f"{side['cold_start_s']:.2f} s{mark}"
 
 
 def table(res: dict[str, Any]) -> str:
@@ -88,24 +94,27 @@ def table(res: dict[str, Any]) -> str:
         "",
         "| | edgeinfer | FastAPI+ORT |",
         "|---|---:|---:|",
-        f"| cold start to first inference on every model | {ours['cold_start_s']:.2f} s "
-        f"| {peer['cold_start_s']:.2f} s |",
+        f"| cold start to first inference on every model | {_cold(ours, noisy)} "
+        f"| {_cold(peer, noisy)} |",
         f"| RSS after the load runs | {ours['rss_mb']:.0f} MB | {peer['rss_mb']:.0f} MB |",
         f"| idle CPU | {ours['idle_cpu']:.2%} of a core | {peer['idle_cpu']:.2%} of a core |",
         "",
     ]
     wrk = res.get("wrk", {})
     if wrk.get("status") == "ok":
-        lines.append(f"wrk, MLP at concurrency 32 against edgeinfer: {wrk['rps']:,.0f} req/s, "
+        mark = " †" if wrk.get("other_cpu", 0.0) > noisy else ""
+        lines.append(f"wrk, MLP at concurrency 32 against edgeinfer: {wrk['rps']:,.0f} req/s{mark}, "
                      f"p50 {wrk['p50_ms']:.2f} ms, p99 {wrk['p99_ms']:.2f} ms "
                      f"(wrk CPU {wrk.get('client_cpu', 0):.0%}, server CPU "
                      f"{wrk.get('server_cpu', 0):.0%} of a core).")  # fmt: skip
     else:
         lines.append(f"wrk: {wrk.get('status', 'not run')}.")
-    flagged = [p for side in (ours, peer) for p in side["points"]] + list(raw.values())
-    if any(p.get("other_cpu", 0.0) > noisy for p in flagged):
+    flagged = [p for side in (ours, peer) for p in side["points"]] + [*raw.values(), wrk]
+    cold_noisy = any(s.get("cold_start_other_cpu", 0.0) > noisy for s in (ours, peer))
+    if cold_noisy or any(p.get("other_cpu", 0.0) > noisy for p in flagged):
         lines.append(f"† other processes on the machine used more than {noisy:.0%} of a core "
-                     "during this point even after a retry; treat it as noisy.")  # fmt: skip
+                     "during this measurement (load points: even after a retry); treat it as "
+                     "noisy.")  # fmt: skip
     if res.get("edgeinfer_source_changed_during_run"):
         lines.append(
             "Warning: the edgeinfer sources changed during this run (see edgeinfer_source)."

@@ -73,14 +73,14 @@ class Tally:
     def __init__(self) -> None:
         self.t0 = time.monotonic()
         self.outcomes: Counter[tuple[str, str]] = Counter()
-        self.latencies: list[tuple[float, float]] = []  # (seconds since start, latency)
+        self.latencies: list[tuple[float, str, float]] = []  # (since start, kind, latency)
         self.failures: list[dict[str, Any]] = []
 
     def record(self, kind: str, outcome: str, start: float, detail: str = "") -> None:
         now = time.monotonic()
         self.outcomes[(kind, outcome)] += 1
         if outcome == "ok":
-            self.latencies.append((start - self.t0, now - start))
+            self.latencies.append((start - self.t0, kind, now - start))
         if self.is_failure(outcome) and len(self.failures) < 50:
             self.failures.append({"t": round(now - self.t0, 1), "kind": kind,
                                   "outcome": outcome, "detail": detail[:300]})  # fmt: skip
@@ -547,10 +547,15 @@ def report(soak: Soak, log_text: str, alive: bool, exit_code: int | None) -> dic
     width = max(30.0, (total - warmup) / 10)
     intervals = []
     start = warmup
+    kinds = sorted({k for _, k, _ in soak.tally.latencies} - {"reload"})
     while start + width <= total + 1e-6:
-        lat = [s for t, s in soak.tally.latencies if start <= t < start + width]
-        intervals.append({"from_s": start, "to_s": start + width, "requests_ok": len(lat),
-                          "p50_ms": _p(lat, 0.5), "p99_ms": _p(lat, 0.99)})  # fmt: skip
+        row: dict[str, Any] = {"from_s": start, "to_s": start + width}
+        for kind in kinds:
+            lat = [
+                s for t, k, s in soak.tally.latencies if k == kind and start <= t < start + width
+            ]
+            row[kind] = {"ok": len(lat), "p50_ms": _p(lat, 0.5), "p99_ms": _p(lat, 0.99)}
+        intervals.append(row)
         start += width
     resources: dict[str, Any] = {}
     first = [s for s in soak.samples if warmup <= s["t"] < warmup + width]
@@ -569,7 +574,14 @@ def report(soak: Soak, log_text: str, alive: bool, exit_code: int | None) -> dic
     failures = sum(n for (_, o), n in soak.tally.outcomes.items() if Tally.is_failure(o))
     fivexx = {f"{k}:{o}": n for (k, o), n in soak.tally.outcomes.items() if o.startswith("5xx")}
     tracebacks = log_text.count("Traceback")
-    p99s = [i["p99_ms"] for i in intervals if i["p99_ms"] is not None]
+    drift = {}  # p99 of the last interval over the first, per kind of request
+    for kind in kinds:
+        first_p99, last_p99 = (
+            (intervals[0][kind]["p99_ms"], intervals[-1][kind]["p99_ms"])
+            if intervals
+            else (None, None)
+        )
+        drift[kind] = round(last_p99 / first_p99, 2) if first_p99 and last_p99 else None
     invariants = {
         "no_5xx": not fivexx,
         "no_hang_or_broken_reply": failures - sum(fivexx.values()) == 0,
@@ -586,7 +598,7 @@ def report(soak: Soak, log_text: str, alive: bool, exit_code: int | None) -> dic
         "requests_total": sum(soak.tally.outcomes.values()), "requests": by_kind,
         "failures": failures, "five_xx": fivexx, "first_failures": soak.tally.failures,
         "latency_intervals": intervals,
-        "p99_drift": round(p99s[-1] / p99s[0], 2) if len(p99s) > 1 and p99s[0] else None,
+        "p99_drift": drift,
         "resources": resources, "reloads": soak.reloads, "server_exit_code": exit_code,
         "log_tracebacks": tracebacks,
         "load_avg": {"min": min(loads, default=None), "mean":

@@ -417,6 +417,11 @@ class ServerSettings:
         metadata={"help": "bytes all models may use, in MB; 0: the cgroup limit or available "
                   "memory minus a safety margin"},
     )  # fmt: skip
+    adapter_budget_mb: int = field(
+        default=0,
+        metadata={"help": "bytes resident LoRA adapters may use, in MB (idle ones are evicted "
+                  "least recently used first); 0: share --memory-budget-mb with the models"},
+    )  # fmt: skip
     temp_soft_c: float = field(
         default=70.0, metadata={"help": "CPU temperature where the server starts backing off"}
     )
@@ -485,6 +490,8 @@ class ServerSettings:
             )
         if self.memory_budget_mb < 0:
             raise ConfigError("--memory-budget-mb must be >= 0 (0 = automatic)")
+        if self.adapter_budget_mb < 0:
+            raise ConfigError("--adapter-budget-mb must be >= 0 (0 = share the model budget)")
         if not self.temp_soft_c < self.temp_hard_c:
             raise ConfigError("--temp-soft-c must be below --temp-hard-c")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

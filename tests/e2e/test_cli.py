@@ -26,7 +26,7 @@ def test_help_for_every_command_and_no_heavy_imports() -> None:
     for args in ([], ["serve"], ["models"], ["models", "list"], ["models", "add"],
                  ["models", "load"], ["models", "unload"], ["models", "rollback"],
                  ["models", "canary"], ["models", "promote"], ["models", "status"], ["demo"],
-                 ["doctor"], ["quantize"], ["optimize"], ["keys", "create"], ["chat"]):  # fmt: skip
+                 ["doctor"], ["quantize"], ["optimize"], ["keys", "create"], ["chat"], ["fleet"], ["adapters"]):  # fmt: skip
         out = run(*args, "--help").stdout
         assert "usage: edgeinfer" in out
     code = ("import sys, edgeinfer.cli as c\n"

@@ -79,7 +79,27 @@ def test_served_schema_matches_the_app_and_auth(fuzz_server: ServerProcess) -> N
     emb = secured["paths"]["/v1/embeddings"]["post"]["responses"]
     assert emb["400"]["$ref"].endswith("OpenAIError400")
     assert emb["401"]["$ref"].endswith("/Error401")  # the middleware's plain body
+    assert "403" not in emb  # every key may infer: only admin routes can answer 403
     assert emb["429"]["$ref"].endswith("EitherError429")  # queue full (OpenAI) or auth (plain)
+
+
+def test_schema_is_open_and_describes_auth_when_keys_are_on(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    from tests.integration.test_security import create_key
+
+    keys = tmp_path / "keys.toml"
+    create_key(keys, "infer")
+    server = start_server(tiny_repo, tmp_path / "log", "--api-keys", str(keys))
+    try:
+        doc = httpx.get(server.url + "/openapi.json").json()  # no key needed
+        assert doc["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+        op = doc["paths"]["/v2/models/{model}/infer"]["post"]
+        r = httpx.post(server.url + "/v2/models/mlp/infer", json={"inputs": []})
+        assert str(r.status_code) in op["responses"] and set(r.json()) == {"error"}
+        assert doc["paths"]["/v2/health/ready"]["get"]["security"] == []
+    finally:
+        server.stop()
 
 
 def test_unknown_route_and_method_use_the_error_shape(fuzz_server: ServerProcess) -> None:
@@ -87,6 +107,7 @@ def test_unknown_route_and_method_use_the_error_shape(fuzz_server: ServerProcess
     assert r.status_code == 404 and r.json() == {"error": "no route GET /v3/nothing"}
     r = httpx.delete(fuzz_server.url + "/v2/models/mlp/infer")
     assert r.status_code == 405 and "not allowed" in r.json()["error"]
+    assert r.headers["allow"] == "POST"  # RFC 9110: a 405 says what is allowed
 
 
 def test_regressions_found_by_fuzzing(fuzz_server: ServerProcess) -> None:

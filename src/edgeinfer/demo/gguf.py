@@ -276,6 +276,9 @@ def build_llm_demo(model_dir: Path, scratch: Path) -> dict[str, Any]:
     model_dir.mkdir(parents=True)
     (model_dir / "config.toml").write_text(LLM_DEMO_CONFIG)
     add_version(model_dir, {"model.gguf": path}, version=1)
+    from edgeinfer.demo.lora import build_demo_adapter
+
+    summary["adapter"] = build_demo_adapter(model_dir, scratch)  # llm-demo:demo-adapter
     return summary
 
 

@@ -9,6 +9,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
+from edgeinfer.adapters import AdapterManager, Lease
+from edgeinfer.adapters.metrics import AdapterCollector, LoraLoopSample
 from edgeinfer.config import ModelConfig, ServerSettings
 from edgeinfer.errors import (
     BackendError,
@@ -83,6 +87,11 @@ class Engine:
             self._metric_samples, self._lifecycle_samples, self._device_sample
         )
         self._metrics.register(LlmCollector(self._llm_samples))
+        adapter_budget = (MemoryBudget(settings.adapter_budget_mb * 2**20)
+                          if settings.adapter_budget_mb else self.gate.budget if self.gate
+                          else None)  # fmt: skip
+        self.adapters = AdapterManager(repository.root, adapter_budget)
+        self._metrics.register(AdapterCollector(self.adapters, self._lora_samples))
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -346,7 +355,9 @@ class Engine:
         if self._closing:
             raise Unavailable("server is shutting down")
         start = time.perf_counter_ns()
-        h = self.handle(request.model, request.version, request.parameters, request.metadata)
+        model, adapter = self.split_model(request.model, request.parameters.get("adapter"))
+        tenant = request.metadata.get("tenant")
+        h = self.handle(model, request.version, request.parameters, request.metadata)
         if h.llm is not None:
             raise InvalidInput(f"model '{request.model}' generates text: use /v1/completions, "
                                f"/v1/chat/completions or /v2/models/{request.model}/generate")  # fmt: skip
@@ -358,7 +369,21 @@ class Engine:
                 request, h.model.inputs, h.model.outputs, h.config.max_batch_size
             )
             priority, timeout_us = _queue_params(request.parameters)
-            results, t = await h.scheduler.submit(feeds, priority, timeout_us, trace)
+            self.adapters.record(tenant, model, request=True)
+            lease = (await self.adapters.acquire(model, adapter, tenant, h.model)
+                     if adapter else None)  # fmt: skip
+            try:
+                run_adapter = None
+                if lease is not None and lease.run_adapter is not None:
+                    run_adapter = lease.run_adapter
+                elif lease is not None:
+                    rows = next(iter(feeds.values())).shape[0]
+                    feeds = {**feeds, "adapter_index": np.full(rows, lease.index, np.int64)}
+                results, t = await h.scheduler.submit(feeds, priority, timeout_us, trace,
+                                                      adapter=run_adapter)  # fmt: skip
+            finally:
+                if lease is not None:
+                    lease.release()
         except asyncio.CancelledError:
             h.stats.record_failure(time.perf_counter_ns() - start, "CANCELED")
             raise
@@ -379,9 +404,11 @@ class Engine:
         chunks. Leaving the iteration early cancels the generation."""
         if self._closing:
             raise Unavailable("server is shutting down")
-        h = self.handle(request.model, request.version, request.parameters, request.metadata)
+        model_name, adapter = self.split_model(request.model, request.parameters.get("adapter"))
+        tenant = request.metadata.get("tenant")
+        h = self.handle(model_name, request.version, request.parameters, request.metadata)
         if h.llm is None:
-            raise InvalidInput(f"model '{request.model}' is not a text generation model")
+            raise InvalidInput(f"model '{model_name}' is not a text generation model")
         from edgeinfer.runtime.llm_llamacpp import LlamaCppModel
 
         model = h.model
@@ -395,9 +422,79 @@ class Engine:
             tokens = list(request.prompt or [])
         if not tokens:
             tokens = [model.bos]
-        stream = h.llm.submit(tokens, request.params)
+        lease: Lease | None = None
+        if adapter:
+            lease = await self.adapters.acquire(model_name, adapter, tenant, model, h.llm)
+        self.adapters.record(tenant, model_name, request=True)
+
+        def done(prompt_tokens: int, completion_tokens: int) -> None:
+            self.adapters.record(tenant, model_name, prompt_tokens, completion_tokens)
+            if lease is not None:
+                lease.release()
+
+        try:
+            stream = h.llm.submit(tokens, request.params,
+                                  lease.loop_adapter if lease else None, done)  # fmt: skip
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
         stream.version = str(h.version)
         return stream
+
+    # ---- adapters --------------------------------------------------------------------------
+    def split_model(self, name: str, adapter: Any = None) -> tuple[str, str | None]:
+        """`base:adapter` (as vLLM) -> (base, adapter); a request parameter `adapter` also
+        selects one (KServe v2)."""
+        if adapter is not None and not isinstance(adapter, str):
+            raise InvalidInput("parameter 'adapter' must be a string")
+        if ":" in name and name not in self._models:
+            base, _, named = name.partition(":")
+            return base, named or adapter
+        return name, adapter or None
+
+    def adapter_listing(self, tenant: str | None) -> list[str]:
+        """`base:adapter` ids of the ready models' adapters this tenant may use."""
+        models = [n for n, _, _ in self.ready_models()]
+        return [f"{s.model}:{s.name}" for s in self.adapters.visible(models, tenant)]
+
+    def load_adapter(self, name: str, path: str, tenants: list[str] | None = None,
+                     scale: float = 1.0) -> str:  # fmt: skip
+        """Register an adapter (`base:adapter`) from a GGUF LoRA / .onnx_adapter file, an
+        adapter version directory or a PEFT directory (converted for the base model)."""
+        from pathlib import Path
+
+        from edgeinfer.adapters.convert import resolve_adapter_path
+
+        base, adapter = self.split_model(name)
+        if adapter is None:
+            raise InvalidInput("'lora_name' must be 'base_model:adapter_name'")
+        self._manager(base)  # ModelNotFound for unknown bases
+        h = self.handle(base)
+        vdir = self.repository.root / base / str(h.version)
+        base_file = vdir / ("model.gguf" if h.llm is not None else "model.onnx")
+        file = resolve_adapter_path(Path(path), base_file, adapter)
+        self.adapters.register(base, adapter, file, tenants, scale)
+        return f"{base}:{adapter}"
+
+    def unload_adapter(self, name: str) -> str:
+        base, adapter = self.split_model(name)
+        if adapter is None:
+            raise InvalidInput("'lora_name' must be 'base_model:adapter_name'")
+        self.adapters.unregister(base, adapter)
+        return f"{base}:{adapter}"
+
+    def _lora_samples(self) -> list[LoraLoopSample]:
+        out = []
+        for m in list(self._models.values()):
+            for h in m.versions.values():
+                if h.llm is not None:
+                    running, waiting = (
+                        [k.replace(":adapter:", ":") for k in keys] for keys in h.llm.adapters()
+                    )
+                    out.append(LoraLoopSample(h.llm.limits.max_loras or h.llm.limits.slots,
+                                              running, waiting))  # fmt: skip
+        return out
 
     def llm_samples(self) -> list[LlmSample]:
         """Counters of every loaded LLM version (for the dashboard)."""

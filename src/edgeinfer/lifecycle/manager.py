@@ -115,7 +115,9 @@ class ModelManager:
         if not selected and state.live not in eligible and not self.versions:
             self.status, self.reason = State.UNAVAILABLE, "no published version on disk"
             raise LoadError(f"model '{self.name}' has no published version in {entry.path}")
-        newest = max(selected, default=None)
+        canary = _canary(entry.config, state)
+        # A new version arriving goes live; a version set up as the canary does not.
+        newest = max((v for v in selected if canary is None or v != canary.version), default=None)
         seen = max((int(e.get("to", 0)) for e in state.history if e.get("event") == "promote"),
                    default=0)  # fmt: skip
         target: int | None
@@ -125,7 +127,6 @@ class ModelManager:
             target = state.live
         else:
             target = newest
-        canary = _canary(entry.config, state)
         extra = [target, canary.version if canary else None]
         previous = self._previous(state, eligible, target, entry.config.lifecycle.keep_previous)
         wanted = {v for v in (*selected, *previous, *extra)

@@ -32,6 +32,12 @@ def load(version_dir: Path, config: ModelConfig) -> Model:
     from edgeinfer.runtime.onnx import OnnxModel
 
     onnx_model = OnnxModel.load(version_dir, config)
+    if (version_dir / "lora.json").is_file():  # a LoRA-ready graph (edgeinfer adapters convert)
+        from edgeinfer.runtime.lora_onnx import LoraOnnxModel, LoraSpec
+
+        spec = LoraSpec.read(version_dir)
+        assert spec is not None
+        return LoraOnnxModel(onnx_model, spec)
     if config.text is None:
         return onnx_model
     from edgeinfer.runtime.text import TextModel

@@ -104,6 +104,7 @@ class LlamaCppModel:
             raise LoadError(f"{path}: llama.cpp could not load this GGUF file")
         self._model = model
         self._ctx = None
+        self._adapters: set[int] = set()  # live LoRA handles; the model frees them with itself
         self._compiled: Any = None  # the chat template, compiled on first use
         try:
             self._vocab = lib.llama_model_get_vocab(model)
@@ -265,6 +266,34 @@ class LlamaCppModel:
         """Drop every KV cell of `seq`; its slot can start a new sequence at position 0."""
         self._lib.llama_memory_seq_rm(self._mem, seq, -1, -1)
 
+    # ---- LoRA adapters: llama.cpp applies them per context; call from the engine thread ----
+    def load_adapter(self, path: Path) -> Any:
+        """Load a GGUF LoRA for this model (the model stays mmapped); an opaque handle."""
+        handle = self._lib.llama_adapter_lora_init(self._model, str(path).encode())
+        if not handle:
+            raise LoadError(f"{path}: llama.cpp could not load this LoRA adapter (not a GGUF "
+                            "LoRA for this model's architecture and shapes?)")  # fmt: skip
+        self._adapters.add(ctypes.addressof(handle.contents))
+        return handle
+
+    def set_adapter(self, handle: Any, scale: float = 1.0) -> None:
+        """Apply `handle` (None: the base model) to every following decode."""
+        lib = self._lib
+        if handle is None:
+            rc = lib.llama_set_adapters_lora(self._ctx, None, 0, None)
+        else:
+            arr = (lib.llama_adapter_lora_p_ctypes * 1)(handle)
+            rc = lib.llama_set_adapters_lora(self._ctx, arr, 1, (ctypes.c_float * 1)(scale))
+        if rc != 0:
+            raise BackendError(f"llama_set_adapters_lora failed with code {rc}")
+
+    def free_adapter(self, handle: Any) -> None:
+        """Free an adapter no context uses any more (set another adapter first)."""
+        key = ctypes.addressof(handle.contents)
+        if key in self._adapters and self._model is not None:
+            self._adapters.discard(key)
+            self._lib.llama_adapter_lora_free(handle)
+
     # ---- the Model protocol ----------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray],
             output_names: list[str] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
@@ -282,5 +311,6 @@ class LlamaCppModel:
             lib.llama_free(self._ctx)
             self._ctx = None
         if self._model is not None:
+            self._adapters.clear()  # llama_model_free frees them: never free them again
             lib.llama_model_free(self._model)
             self._model = None

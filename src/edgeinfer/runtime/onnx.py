@@ -153,15 +153,19 @@ class OnnxModel:
         return cls(session, path, placement(config.onnxruntime)[1])
 
     def run(
-        self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None
+        self,
+        feeds: dict[str, np.ndarray],
+        output_names: list[str] | None = None,
+        run_options: Any = None,
     ) -> dict[str, np.ndarray]:
+        """`run_options`: an ort.RunOptions (e.g. with an active LoRA adapter)."""
         names = output_names or self._output_names
         if self._cpus or getattr(_pinned, "cpus", None) is not None:
             _pin_thread(self._cpus)
         if self._string_inputs:
             feeds = {k: _to_str(k, v) if k in self._string_inputs else v for k, v in feeds.items()}
         try:
-            results = self._session.run(names, feeds)
+            results = self._session.run(names, feeds, run_options)
         except Exception as e:
             raise BackendError(f"ONNX Runtime failed: {e}") from e
         out = dict(zip(names, results, strict=True))

@@ -24,6 +24,7 @@ from edgeinfer.server import (
     metrics_http,
     openai_http,
     openai_llm,
+    openai_lora,
     openapi,
 )
 from edgeinfer.server.auth_http import AuthMiddleware
@@ -45,7 +46,8 @@ def build_app(
         assert isinstance(exc, HTTPException)
         detail = {404: f"no route {request.method} {request.url.path}",
                   405: f"method {request.method} not allowed on {request.url.path}"}  # fmt: skip
-        return json_response({"error": detail.get(exc.status_code, exc.detail)}, exc.status_code)
+        return json_response({"error": detail.get(exc.status_code, exc.detail)}, exc.status_code,
+                             dict(exc.headers or {}))  # 405 carries Allow  # fmt: skip
 
     async def client_gone(request: Request, exc: Exception) -> Response:
         return Response(status_code=499)  # the client left mid-request: nobody reads this
@@ -56,6 +58,7 @@ def build_app(
             *kserve_http.routes(engine, limit, settings.limits),
             *openai_http.routes(engine, limit),
             *openai_llm.routes(engine, limit),
+            *openai_lora.routes(engine, limit),
             *metrics_http.routes(engine),
             *dashboard.routes(engine),
             *openapi.routes(auth is not None and auth.enabled, settings.open_metrics),

@@ -34,7 +34,8 @@ def check_shape(name: str, shape: tuple[int, ...], limits: Limits) -> int:
             f"input '{name}': rank {len(shape)} is above the limit of {limits.max_rank}"
         )
     count = math.prod(shape)
-    if count > limits.max_elements:
+    # A zero dimension makes the count 0 whatever the others are; numpy still refuses them.
+    if count > limits.max_elements or any(d > limits.max_elements for d in shape):
         raise InvalidInput(
             f"input '{name}': shape {list(shape)} has more than {limits.max_elements} elements "
             "(--max-elements)"

@@ -44,6 +44,10 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
     async def list_models(request: Request) -> Response:
         data = [{"id": name, "object": "model", "created": created, "owned_by": "edgeinfer"}
                 for name, _, _ in engine.ready_models()]  # fmt: skip
+        # Adapters as `base:adapter` (vLLM lists them with `parent`); a tenant sees its own.
+        data += [{"id": ident, "object": "model", "created": created, "owned_by": "edgeinfer",
+                  "parent": ident.partition(":")[0], "root": ident}
+                 for ident in engine.adapter_listing(request.headers.get("tenant"))]  # fmt: skip
         return json_response({"object": "list", "data": data})
 
     async def embeddings(request: Request) -> Response:

@@ -96,7 +96,8 @@ def _operation(method: str, path: str, auth_enabled: bool, open_metrics: bool) -
         op["responses"] = dict(spec["responses"])
         for code in spec.get("errors", ()):
             op["responses"][str(code)] = _error_ref(code, path)
-    params = [_PATH_PARAMS[name] for name in _PARAM.findall(path)]
+    params = [_PATH_PARAMS.get(name, {"name": name, "in": "path", "required": True, "schema": _STR})
+              for name in _PARAM.findall(path)]  # fmt: skip
     if params or "parameters" in op:
         op["parameters"] = params + list(op.get("parameters", []))
     role = required_role(method, path, open_metrics)
@@ -104,7 +105,7 @@ def _operation(method: str, path: str, auth_enabled: bool, open_metrics: bool) -
     if auth_enabled:
         op["security"] = [] if role is None else [{"apiKey": []}]
         if role is not None:  # the middleware answers these, always with the plain error body
-            for code in (401, 403, 429):
+            for code in (401, 429) + ((403,) if role == "admin" else ()):  # admin keys may do all
                 mine = op["responses"].get(str(code))
                 both = mine is not None and mine != _error_ref(code, "/")
                 op["responses"][str(code)] = _error_ref(code, "/", both=both)
@@ -356,6 +357,8 @@ _PROFILE: Doc = {
         run_us=_obj(("mean", "p50", "min", "max"), mean=_NUM, p50=_NUM, min=_NUM, max=_NUM)))},
     "errors": (400, 404, 503),
 }  # fmt: skip
+_TEXT: Doc = {"description": "Success: ... (plain text, as vLLM)",
+              "content": {"text/plain": {"schema": _STR}}}  # fmt: skip
 _SSE: Doc = {"description": "Server-sent events, ending with `data: [DONE]` (OpenAI).",
         "content": {SSE: {"schema": _STR}}}  # fmt: skip
 
@@ -420,6 +423,17 @@ _OPERATIONS: dict[tuple[str, str], Doc] = {
                                              "(text_output is the new text).",
                               "content": {SSE: {"schema": _STR}}}}}
        for base in (_M, _MV)},
+    ("POST", "/v1/load_lora_adapter"): {
+        "tags": ["openai"], "summary": "Load a LoRA adapter at run time (vLLM's API; admin).",
+        "requestBody": _body(_obj(
+            ("lora_name", "lora_path"), lora_path={"type": "string", "minLength": 1},
+            lora_name={"type": "string", "description": "base:adapter"}, scale=_NUM,
+            tenants={**_STRS, "description": "Tenants granted; absent or empty: every tenant."})),
+        "responses": {"200": _TEXT}, "errors": (400, 404, 413, 503)},
+    ("POST", "/v1/unload_lora_adapter"): {
+        "tags": ["openai"], "summary": "Unload a LoRA adapter (vLLM's API; admin).",
+        "requestBody": _body(_obj(("lora_name",), lora_name=_STR)),
+        "responses": {"200": _TEXT}, "errors": (400, 404, 413, 503)},
     ("GET", "/metrics"): {
         "tags": ["observability"], "summary": "Prometheus metrics (Triton and vLLM names).",
         "responses": {"200": {"description": "Prometheus text exposition.",

@@ -20,6 +20,15 @@ waits for the event loop; the event loop only receives chunks, so HTTP handling 
 keep running during decodes. State shared with the event loop is a deque (`waiting`, appended by
 `submit`), per-request flags (`cancelled`) and counters read at scrape time.
 
+LoRA adapters: llama.cpp applies adapters per context, so a step runs ONE decode per adapter
+group (the running sequences sharing an adapter, None being the base model), in a rotating
+order. Every running sequence still advances once per step, so no tenant can starve another
+once admitted. Admission stays in arrival order; with `max_loras` a request whose adapter would
+be one group too many waits while later requests of running adapters go ahead of it, but only
+for `max_lora_wait` seconds: after that nothing passes it, the running groups drain and its
+adapter gets in. That trades the first-token latency of a new adapter for fewer decodes per
+step. Adapter loads and frees run on the engine thread between steps (`call`).
+
 A cancelled request (client disconnect, `aclose`) is retired at the next step and its slot and
 cells are freed. Requests over the context length are refused before any work (InvalidInput);
 a full waiting queue refuses with QueueFull.
@@ -41,6 +50,7 @@ import numpy as np
 
 from edgeinfer.errors import BackendError, EdgeInferError, InvalidInput, QueueFull, Unavailable
 from edgeinfer.runtime.llm_llamacpp import BatchItem
+from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.serving.sampling import Sampler, SamplingParams, TextStream, TokenLogprob
 from edgeinfer.telemetry.metrics import LlmStats
 from edgeinfer.telemetry.stats import VersionStats
@@ -70,6 +80,17 @@ class LoopLimits:
     kv_cells: int  # KV-cache cells shared by all slots
     prefill_chunk: int  # prompt tokens per step
     max_waiting: int = 0  # 0: unbounded
+    max_loras: int = 0  # adapter groups decoding at once (the base model counts); 0: unbounded
+    max_lora_wait: float = 1.0  # seconds a request may be passed by requests of other adapters
+
+
+@dataclass(frozen=True, eq=False)
+class LoopAdapter:
+    """A LoRA adapter resident in this loop's backend: `handle` from `backend.load_adapter`."""
+
+    key: str
+    handle: Any
+    scale: float = 1.0
 
 
 @dataclass(slots=True)
@@ -119,6 +140,12 @@ class _Request:
     admitted_at: float = 0.0
     first_token_at: float = 0.0
     last_token_at: float = 0.0
+    adapter: LoopAdapter | None = None
+    on_done: Callable[[int, int], None] | None = None  # (prompt, generated) once retired
+
+    @property
+    def adapter_key(self) -> str | None:
+        return self.adapter.key if self.adapter is not None else None
 
     @property
     def need(self) -> int:
@@ -191,10 +218,18 @@ class LlmLoop:
         self._accepting = True
         self._stopping = False
         self._avg_e2e = 0.0
+        self._calls: deque[Callable[[], None]] = deque()  # run on the engine thread
+        self._rotation = 0  # which adapter group decodes first this step
+        self._current: LoopAdapter | None = None  # the adapter set on the backend
+        self.decodes = 0  # backend decode calls (a step makes one per adapter group)
 
     # ---- requests --------------------------------------------------------------------------
-    def submit(self, prompt: list[int], params: SamplingParams) -> GenerationStream:
-        """Queue a generation; raises at once when it cannot be served."""
+    def submit(self, prompt: list[int], params: SamplingParams,
+               adapter: LoopAdapter | None = None,
+               on_done: Callable[[int, int], None] | None = None,
+               ) -> GenerationStream:  # fmt: skip
+        """Queue a generation; raises at once when it cannot be served. `on_done` is called
+        once the request is retired (it may run on the engine thread)."""
         if not self._accepting:
             raise Unavailable("model version is unloading")
         limit, n = self.limits.context_length, len(prompt)
@@ -210,7 +245,8 @@ class LlmLoop:
         if any(not 0 <= t < self.backend.n_vocab for t in prompt):
             raise InvalidInput(f"prompt token ids must be in [0, {self.backend.n_vocab})")
         req = _Request(prompt, params, max_tokens, Sampler(params, prompt, self.backend.n_vocab),
-                       TextStream(params.stop), self._clock())  # fmt: skip
+                       TextStream(params.stop), self._clock(), adapter=adapter,
+                       on_done=on_done)  # fmt: skip
         with self._lock:
             if self.limits.max_waiting and len(self.waiting) >= self.limits.max_waiting:
                 wait = self._avg_e2e * (len(self.waiting) + 1) / self.limits.slots
@@ -238,9 +274,55 @@ class LlmLoop:
             threading.Thread(target=self._notify, name="llm-notify", daemon=True).start()
         self._work.set()
 
+    def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Run `fn` on the engine thread between steps (backend calls that must not overlap a
+        decode: loading, setting, freeing adapters); await the result."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+
+        def run() -> None:
+            try:
+                result: Any = fn()
+            except BaseException as e:  # handed to the awaiting coroutine
+                loop.call_soon_threadsafe(_settle, fut, None, e)
+            else:
+                loop.call_soon_threadsafe(_settle, fut, result, None)
+
+        self._calls.append(run)
+        self._wake()
+        return fut
+
+    def call_later(self, fn: Callable[[], None]) -> None:
+        """Like `call` from any thread, without waiting: it runs before the next step (or at
+        close, before the backend is freed)."""
+        self._calls.append(fn)
+        self._work.set()
+
+    def drop_adapter(self, adapter: LoopAdapter) -> None:
+        """Free an adapter no request uses any more, on the engine thread before the next step."""
+
+        def drop() -> None:
+            backend: Any = self.backend
+            if self._current is adapter:
+                backend.set_adapter(None, 1.0)
+                self._current = None
+            backend.free_adapter(adapter.handle)
+            release_free_memory()
+
+        self.call_later(drop)
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            fn = self._calls.popleft()
+            try:
+                fn()
+            except Exception:  # a failed free must not stop the engine
+                log.exception("engine-thread call failed")
+
     def _run(self) -> None:
         while not self._stopping:
             self._work.clear()
+            self._run_calls()
             if not self.step():
                 self._work.wait()
 
@@ -251,8 +333,28 @@ class LlmLoop:
         if not plan:
             self._flush()
             return False
+        groups: dict[str | None, list[tuple[_Request, BatchItem]]] = {}
+        for entry in plan:
+            groups.setdefault(entry[0].adapter_key, []).append(entry)
+        order = list(groups.values())
+        if len(order) > 1:  # rotate who decodes first: no group always waits for the others
+            self._rotation = (self._rotation + 1) % len(order)
+            order = order[self._rotation :] + order[: self._rotation]
+        for group in order:
+            self._execute(group)
+        self.steps += 1
+        self._flush()
+        return True
+
+    def _execute(self, plan: list[tuple[_Request, BatchItem]]) -> None:
+        """One backend decode for requests sharing an adapter; sample and deliver."""
+        adapter = plan[0][0].adapter
         started = time.perf_counter_ns()
         try:
+            if adapter is not self._current:
+                self.backend.set_adapter(adapter.handle if adapter else None,  # type: ignore[attr-defined]
+                                         adapter.scale if adapter else 1.0)  # fmt: skip
+                self._current = adapter
             logits = self.backend.decode([item for _, item in plan])
             wanted = sum(item.logits for _, item in plan)
             if logits.shape[0] != wanted:
@@ -261,14 +363,11 @@ class LlmLoop:
             log.error("decode step failed: %s", e.message)
             for req, _ in plan:
                 self._finish(req, "abort", error=e)
-            self._flush()
-            return True
-        self.steps += 1
+            return
+        self.decodes += 1
         if self.version_stats is not None:
             self.version_stats.record_execution(len(plan), time.perf_counter_ns() - started)
         self._deliver(plan, logits)
-        self._flush()
-        return True
 
     def _flush(self) -> None:
         """Hand this step's chunks and errors to the notifier thread. Waking the event loop
@@ -299,11 +398,7 @@ class LlmLoop:
             gone = [r for r in self.waiting if r.cancelled]
             for req in gone:
                 self.waiting.remove(req)
-            admitted: list[_Request] = []
-            while (self.waiting and len(admitted) < len(self._free_slots)
-                   and self._reserved + self.waiting[0].need <= self.limits.kv_cells):  # fmt: skip
-                admitted.append(self.waiting.popleft())
-                self._reserved += admitted[-1].need
+            admitted = self._admit()
         for req in gone:
             self._finish(req, "abort")
         for req in admitted:
@@ -323,6 +418,33 @@ class LlmLoop:
                 plan.append((req, BatchItem(req.seq, chunk, req.prefilled, n == left)))
                 budget -= n
         return plan
+
+    def _admit(self) -> list[_Request]:
+        """Waiting requests to start now, in arrival order (see the module doc for adapters)."""
+        admitted: list[_Request] = []
+        max_loras = self.limits.max_loras
+        active = {r.adapter_key for r in self.running}
+        now = self._clock()
+        i = 0
+        while (i < len(self.waiting) and len(admitted) < len(self._free_slots)
+               and self._reserved + self.waiting[i].need <= self.limits.kv_cells):  # fmt: skip
+            req = self.waiting[i]
+            if max_loras and req.adapter_key not in active and len(active) >= max_loras:
+                if now - req.arrival > self.limits.max_lora_wait:
+                    break  # it waited long enough: nothing passes it any more
+                i += 1
+                continue
+            del self.waiting[i]
+            active.add(req.adapter_key)
+            admitted.append(req)
+            self._reserved += req.need
+        return admitted
+
+    def adapters(self) -> tuple[list[str], list[str]]:
+        """(adapters of running requests, adapters only waiting requests ask for)."""
+        running = {r.adapter_key for r in list(self.running)} - {None}
+        waiting = {r.adapter_key for r in list(self.waiting)} - {None} - running
+        return sorted(k for k in running if k), sorted(k for k in waiting if k)
 
     def _deliver(self, plan: list[tuple[_Request, BatchItem]], logits: np.ndarray) -> None:
         now = self._clock()
@@ -373,6 +495,8 @@ class LlmLoop:
         if req.done:
             return
         req.done = True
+        if req.on_done is not None:
+            req.on_done(len(req.prompt), len(req.generated))
         if req.seq >= 0:
             self.running.remove(req)
             self.backend.free(req.seq)
@@ -406,6 +530,7 @@ class LlmLoop:
             self._work.set()
             await asyncio.to_thread(self._thread.join)
             self._ready_event.set()  # the notifier delivers what is left and ends
+        self._run_calls()
         while self._ready:
             _publish(self._ready.popleft())
         gone = Unavailable("model version was unloaded before the request finished")
@@ -414,7 +539,17 @@ class LlmLoop:
         self.waiting.clear()
         batch, self._outbox = self._outbox, []
         _publish(batch)
+        self._run_calls()  # adapter frees queued by the retirements above
         self.backend.close()
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
 
 
 def _publish(batch: list[tuple[_Request, GenChunk | BaseException]]) -> None:

@@ -136,9 +136,11 @@ class Scheduler:
         priority: int = 0,
         timeout_us: int = 0,
         trace: RequestTrace | None = None,
+        adapter: Any = None,
     ) -> tuple[dict[str, np.ndarray], Timing]:
         """Queue one request and wait for its slice of a batch result. With `trace`, the run
-        records the request's queue span and a batch span linked to it."""
+        records the request's queue span and a batch span linked to it. `adapter` (hashable;
+        a per-run LoRA adapter) is part of the batch signature and passed to `model.run`."""
         if self._closed:
             raise Unavailable("model version is unloading")
         wakeup = self._wakeup or self._start()
@@ -146,8 +148,9 @@ class Scheduler:
         fut: asyncio.Future[tuple[dict[str, np.ndarray], Timing]] = (
             asyncio.get_running_loop().create_future()
         )
-        entry = Entry(rows, _signature(feeds) if self._dynamic else None, 0.0, priority,
-                      timeout_us, payload=(feeds, fut, trace))  # fmt: skip
+        signature = (_signature(feeds), adapter) if self._dynamic else None
+        entry = Entry(rows, signature, 0.0, priority, timeout_us,
+                      payload=(feeds, fut, trace, adapter))  # fmt: skip
         self._admit(entry, self._clock())
         wakeup.set()
         try:
@@ -199,10 +202,13 @@ class Scheduler:
         t1 = time.perf_counter_ns()
         model = self.instances[index]
         rows = _rows(feeds) if self._batch_axis else 1
+        adapter = live[0].payload[3]
         try:
             results, infer_ns = await self._runner.run(
-                self._timers[index], lambda: model.run(feeds)
-            )
+                self._timers[index],
+                (lambda: model.run(feeds)) if adapter is None
+                else (lambda: model.run(feeds, adapter=adapter)),  # type: ignore[call-arg]
+            )  # fmt: skip
         except EdgeInferError as exc:
             self._trace(live, start, t0, time.perf_counter_ns(), rows, index, exc)
             for e in live:

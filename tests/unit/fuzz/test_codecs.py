@@ -44,7 +44,7 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
     max_leaves=16,
 )  # fmt: skip
-dims = st.one_of(st.integers(0, 4), st.integers(-3, 2**40))
+dims = st.one_of(st.integers(0, 4), st.integers(-3, 2**64))
 shapes = st.one_of(st.lists(dims, max_size=5), json_values)
 nested_numbers = st.recursive(
     st.lists(st.one_of(st.integers(-300, 70000), st.floats(allow_nan=False), st.booleans(),
@@ -285,6 +285,18 @@ def test_grpc_float_contents_keep_nan() -> None:
     bad.inputs.add(name="x", datatype="INT8", shape=[1]).contents.int_contents.append(300)
     with pytest.raises(InvalidInput, match="out of range"):
         decode_infer(bad)
+
+
+def test_an_empty_tensor_with_a_huge_dimension_is_refused() -> None:
+    # Found by fuzzing: [0, 2**60] has 0 elements, so it passed the element limit, and then
+    # numpy's reshape raised ValueError ("array is too big"): a 500.
+    req = service_pb2.ModelInferRequest(model_name="m")
+    req.inputs.add(name="s", datatype="BYTES", shape=[0, 2**60])
+    with pytest.raises(InvalidInput, match="elements"):
+        decode_infer(req)
+    doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [0, 2**60], "data": []}]}
+    with pytest.raises(InvalidInput, match="elements"):
+        decode_request("m", None, orjson.dumps(doc), None)
 
 
 def test_binary_bytes_length_prefix_is_little_endian_u32() -> None:
