@@ -62,7 +62,7 @@ class ModelState:
             isinstance(canary, dict) and _is_version(canary.get("version"))
             and type(canary.get("weight")) in (int, float) and 0 <= canary["weight"] <= 1
         ):  # fmt: skip
-            raise ValueError("'canary' must be null or {\"version\": N, \"weight\": 0..1}")
+            raise ValueError('\'canary\' must be null or {"version": N, "weight": 0..1}')
         if not isinstance(blocked, list) or not all(_is_version(v) for v in blocked):
             raise ValueError("'blocked' must be a list of version numbers")
         if not isinstance(history, list) or not all(
