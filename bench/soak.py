@@ -452,7 +452,7 @@ class Soak:
         from edgeinfer.testing import models
 
         while True:
-            await asyncio.sleep(self.opts.reload_every)
+            await asyncio.sleep(min(self.opts.reload_every, max(0.0, self.end - time.monotonic())))
             if time.monotonic() > self.end - 20:  # leave time for it to go live
                 return
             start = time.monotonic()
@@ -639,6 +639,10 @@ def main() -> int:
         demo = demo_home() if opts.demo == "auto" else Path(opts.demo)
         demo = demo if is_complete(demo) else None
     out = opts.out or RESULTS / f"soak-{opts.minutes:g}m.json"
+    # SIGTERM (and SIGINT, which a background job ignores) unwinds through `finally`: the
+    # server subprocess is stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="edgeinfer-soak.") as d:
         tmp = Path(d)
         demo_models = build_repository(tmp / "repo", tmp / "build", demo)

@@ -66,7 +66,9 @@ def verify_manifest(version_dir: Path) -> None:
         path = version_dir / rel
         try:
             inside = path.resolve().is_relative_to(version_dir.resolve())
-        except (OSError, ValueError) as e:  # a NUL byte, a name the OS cannot encode, a loop
+            present = inside and path.is_file()
+            actual = sha256_file(path) if present else ""
+        except (OSError, ValueError) as e:  # NUL byte, name too long or unencodable, unreadable
             raise RepositoryError(
                 f"{version_dir}: manifest entry {rel!r} cannot be checked: {e}"
             ) from e
@@ -74,9 +76,8 @@ def verify_manifest(version_dir: Path) -> None:
             raise RepositoryError(
                 f"{version_dir}: manifest names a file outside the version: {rel}"
             )
-        if not path.is_file():
+        if not present:
             raise RepositoryError(f"{version_dir}: file {rel} listed in the manifest is missing")
-        actual = sha256_file(path)
         if actual != expected:
             raise RepositoryError(
                 f"{version_dir}: checksum mismatch for {rel} "

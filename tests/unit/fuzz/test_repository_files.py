@@ -172,10 +172,12 @@ def test_manifest_files(manifest: bytes, present: dict[str, bytes]) -> None:
 
 
 def test_manifest_naming_an_impossible_path_is_a_repository_error(tmp_path: Path) -> None:
-    # Found by fuzzing: a NUL byte in a listed name made Path.resolve() raise ValueError.
-    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"files": {"a\u0000b": "00"}}))
-    with pytest.raises(RepositoryError, match="cannot be checked"):
-        verify_manifest(tmp_path)
+    # Found by fuzzing: a NUL byte in a listed name made Path.resolve() raise ValueError, and a
+    # name past NAME_MAX made is_file() raise OSError (ENAMETOOLONG).
+    for name in ("a\u0000b", "x" * 300):
+        (tmp_path / MANIFEST_NAME).write_text(json.dumps({"files": {name: "00"}}))
+        with pytest.raises(RepositoryError, match="cannot be checked"):
+            verify_manifest(tmp_path)
     (tmp_path / MANIFEST_NAME).write_text("[" * 100_000 + "]" * 100_000)  # json recursion
     with pytest.raises(RepositoryError, match="malformed manifest"):
         verify_manifest(tmp_path)
