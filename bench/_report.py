@@ -103,10 +103,10 @@ def table(res: dict[str, Any]) -> str:
     wrk = res.get("wrk", {})
     if wrk.get("status") == "ok":
         mark = " †" if wrk.get("other_cpu", 0.0) > noisy else ""
+        cpu = (f" (wrk CPU {wrk['client_cpu']:.0%}, server CPU {wrk['server_cpu']:.0%} of a core)"
+               if "server_cpu" in wrk else "")  # fmt: skip
         lines.append(f"wrk, MLP at concurrency 32 against edgeinfer: {wrk['rps']:,.0f} req/s{mark}, "
-                     f"p50 {wrk['p50_ms']:.2f} ms, p99 {wrk['p99_ms']:.2f} ms "
-                     f"(wrk CPU {wrk.get('client_cpu', 0):.0%}, server CPU "
-                     f"{wrk.get('server_cpu', 0):.0%} of a core).")  # fmt: skip
+                     f"p50 {wrk['p50_ms']:.2f} ms, p99 {wrk['p99_ms']:.2f} ms{cpu}.")  # fmt: skip
     else:
         lines.append(f"wrk: {wrk.get('status', 'not run')}.")
     flagged = [p for side in (ours, peer) for p in side["points"]] + [*raw.values(), wrk]
