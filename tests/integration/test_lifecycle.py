@@ -72,7 +72,9 @@ def make_repo(root: Path, builds: dict[str, Path], config: str = "max_batch_size
 
 
 def test_twenty_reloads_under_load_drop_nothing(tmp_path: Path, builds: dict[str, Path]) -> None:
-    repo = make_repo(tmp_path / "repo", builds)
+    # Automatic rollback off: on a loaded machine a latency blip must not undo a reload here.
+    repo = make_repo(tmp_path / "repo", builds,
+                     "max_batch_size = 8\n[lifecycle]\nauto_rollback = false\n")  # fmt: skip
     out_a, out_b = expected(builds["a"]), expected(builds["b"])
     server = start_server(repo, tmp_path / "log", "--model-control", "explicit")
     results: list[tuple[int, str, np.ndarray | None]] = []
