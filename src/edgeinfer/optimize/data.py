@@ -20,7 +20,9 @@ from typing import IO, Any
 
 import numpy as np
 
+from edgeinfer.errors import LoadError
 from edgeinfer.optimize.source import ModelSource, OptimizeError
+from edgeinfer.runtime.text import encode, load_tokenizer
 from edgeinfer.types import DTYPE_TO_NUMPY, TensorSpec
 
 LABELS = "labels"
@@ -302,17 +304,10 @@ class TextLines(Dataset):
             )
         if not {"input_ids", "attention_mask"} <= names or not names <= set(TOKEN_INPUTS):
             raise OptimizeError(f"{path}: the model inputs {sorted(names)} are not token ids")
-        from tokenizers import Tokenizer
-
-        tokenizer_path = source.version_dir / text.tokenizer
-        try:
-            tok = Tokenizer.from_file(str(tokenizer_path))
-        except Exception as e:
-            raise OptimizeError(f"{tokenizer_path}: cannot load tokenizer: {e}") from e
-        # The server's settings (runtime/text.py): truncate at max_length, pad to the longest.
-        tok.enable_truncation(text.max_length)
-        tok.enable_padding()
-        self._tok = tok
+        try:  # the server's own tokenizer set-up, so calibration matches serving
+            self._tok = load_tokenizer(source.version_dir / text.tokenizer, text.max_length)
+        except LoadError as e:
+            raise OptimizeError(e.message) from e
         self._names = [n for n in TOKEN_INPUTS if n in names]
         try:
             self._n = sum(1 for _ in self.sentences())
@@ -332,11 +327,7 @@ class TextLines(Dataset):
         return self._n
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
-        enc = self._tok.encode_batch(texts)
-        feeds = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
-                 "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}  # fmt: skip
-        return {n: feeds[n] for n in self._names}
+        return encode(self._tok, texts, self._names)
 
     def _batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         chunk: list[str] = []

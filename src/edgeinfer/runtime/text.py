@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,9 +15,31 @@ from edgeinfer.types import TensorSpec
 _TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def load_tokenizer(path: Path, max_length: int) -> Any:
+    """The tokenizer as the server uses it: truncate at `max_length`, pad to the longest. The
+    optimizer calls this too, so calibration data is tokenized exactly like served requests."""
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise LoadError(f"{path}: cannot load tokenizer: {e}") from e
+    tok.enable_truncation(max_length)
+    tok.enable_padding()
+    return tok
+
+
+def encode(tok: Any, texts: list[str], names: list[str]) -> dict[str, np.ndarray]:
+    """Token-id feeds (int64) for the model inputs in `names`."""
+    enc = tok.encode_batch(texts)
+    feeds = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+             "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+             "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}  # fmt: skip
+    return {n: feeds[n] for n in names}
+
+
 class TextModel:
     def __init__(self, inner: OnnxModel, version_dir: Path, options: TextOptions) -> None:
-        from tokenizers import Tokenizer
 
         names = {i.name for i in inner.inputs}
         if not {"input_ids", "attention_mask"} <= names or not names <= set(_TOKEN_INPUTS):
@@ -24,14 +47,7 @@ class TextModel:
                 f"{version_dir}: a [text] model needs inputs input_ids and attention_mask "
                 f"(and optionally token_type_ids); it has {sorted(names)}"
             )
-        path = version_dir / options.tokenizer
-        try:
-            tok = Tokenizer.from_file(str(path))
-        except Exception as e:
-            raise LoadError(f"{path}: cannot load tokenizer: {e}") from e
-        tok.enable_truncation(options.max_length)
-        tok.enable_padding()
-        self._tok = tok
+        self._tok = load_tokenizer(version_dir / options.tokenizer, options.max_length)
         self._inner = inner
         self._feed_names = [n for n in _TOKEN_INPUTS if n in names]
         self.platform = inner.platform
@@ -40,12 +56,7 @@ class TextModel:
         self.input_name = options.input
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
-        encodings = self._tok.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        feeds = {"input_ids": ids,
-                 "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-                 "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}  # fmt: skip
-        return {n: feeds[n] for n in self._feed_names}
+        return encode(self._tok, texts, self._feed_names)
 
     def run(
         self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None
