@@ -15,7 +15,8 @@ Invariants (the exit code is 1 when one fails): no 5xx; no hang (every call has 
 reaching it is a failure); every accepted request got exactly one complete reply or an explicit
 error (a malformed request must get a 4xx with an error body); every reload goes live; the
 server's RSS, open file descriptors and threads (from /proc/<pid>/) stay within 10% after
-warm-up (median of the first interval against the last); no traceback in the server log.
+warm-up (median of the first interval against the last) plus a small absolute allowance for
+sample-to-sample noise (32 MB of RSS, 4 fds, 2 threads); no traceback in the server log.
 p99 latency of the first and last interval is reported, not judged: the machine is shared.
 """
 
@@ -560,7 +561,10 @@ def report(soak: Soak, log_text: str, alive: bool, exit_code: int | None) -> dic
     resources: dict[str, Any] = {}
     first = [s for s in soak.samples if warmup <= s["t"] < warmup + width]
     last = [s for s in soak.samples if s["t"] >= total - width]
-    slack = {"rss_mb": 0.0, "fds": 4, "threads": 2}  # small absolute noise on small counts
+    # Absolute noise: RSS moves by +-20 MB from one 5-s sample to the next (allocator arenas,
+    # the LLM KV cache, batch-shaped ORT buffers), which a 3-minute run cannot average away;
+    # fds and threads are small counts.
+    slack = {"rss_mb": 32.0, "fds": 4, "threads": 2}
     for key in ("rss_mb", "fds", "threads"):
         if not first or not last:
             continue
