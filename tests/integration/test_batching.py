@@ -37,9 +37,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
                    "preferred_batch_sizes = [8]\nmax_queue_delay_us = 2000000\n")  # fmt: skip
     models.publish(root, "unbatched", mlp, "max_batch_size = 8\n")
     slow = models.slow(build / "slow.onnx", depth=150)
-    for name, size in (("slow_full", 2), ("slow_deadline", 8), ("slow_priority", 8),
-                       ("slow_cancel", 8), ("slow_grpc_cancel", 8), ("slow_admit", 8)):  # fmt: skip
+    for name, size in (("slow_full", 2), ("slow_deadline", 8), ("slow_cancel", 8),
+                       ("slow_grpc_cancel", 8), ("slow_admit", 8)):  # fmt: skip
         models.publish(root, name, slow, SLOW_QUEUE.format(size=size))
+    # ~2 s per run: both requests must be queued behind the busy run, on a busy machine too.
+    slower = models.slow(build / "slower.onnx", depth=1000)
+    models.publish(root, "slow_priority", slower, SLOW_QUEUE.format(size=8))
     models.publish(root, "slow_two", slow, "max_batch_size = 4\ninstance_count = 2\n")
     return root
 
@@ -247,7 +250,7 @@ def test_admission_rejects_when_the_predicted_wait_exceeds_the_timeout(
     wait_until(lambda: pending(server, "slow_admit") >= 1)  # rows are waiting ahead of us
     r = infer(server, "slow_admit", np.ones((1, 16), np.float32), timeout=1000)
     assert r.status_code == 429
-    assert "predicted queue wait" in r.json()["error"]
+    assert "predicted time to a reply" in r.json()["error"]
     assert "Retry-After" in r.headers
     for t in (busy, *queued):
         t.join()

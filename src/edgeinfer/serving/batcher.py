@@ -5,7 +5,10 @@ unit tests drive it with a fake clock. The scheduler (serving/scheduler.py) owns
 
 Priorities follow Triton: level 1 is the highest, `priority_levels` the lowest; 0 in a request
 means the model's default level. Requests whose timeout passes while queued are rejected
-(`timeout_action = "reject"`) or moved behind everything else once (`"delay"`).
+(`timeout_action = "reject"`) or moved behind everything else once (`"delay"`). A request's timeout
+bounds its whole time in the server, queue and run: `take` is told how long the next run is
+expected to take (`horizon`) and treats a request that would finish after its deadline as
+already expired, so it is refused before it runs instead of answered late.
 """
 
 from __future__ import annotations
@@ -173,11 +176,13 @@ class BatchQueue:
             return batch, None
         return [], send_at
 
-    def take(self, now: float, max_rows: int | None = None) -> Decision:
+    def take(self, now: float, max_rows: int | None = None, horizon: float = 0.0) -> Decision:
         """Expire timed-out entries and return a batch to run now, if one is due. `max_rows`
         caps the batch below the policy's max (the device is hot or short of memory); a single
-        request larger than the cap still runs alone."""
-        decision = Decision(expired=self._expire(now))
+        request larger than the cap still runs alone. `horizon`: the expected seconds of the next
+        run; an entry whose deadline falls before `now + horizon` could only finish late, so it
+        expires now."""
+        decision = Decision(expired=self._expire(now + horizon))
         limit = min(self.policy.max_batch_size, max_rows or self.policy.max_batch_size)
         gathered = self._gather(limit)
         if not gathered:
@@ -187,7 +192,12 @@ class BatchQueue:
             self._levels[e.level].remove(e)
             self._unqueue(e)
         decision.batch = batch
-        times = [t for t in (wake_at, self._next_deadline()) if t is not None]
+        deadline = self._next_deadline()
+        times = [
+            t
+            for t in (wake_at, deadline - horizon if deadline is not None else None)
+            if t is not None
+        ]
         decision.wake_at = min(times, default=None)
         return decision
 

@@ -78,6 +78,7 @@ class Scheduler:
         self.instances = list(instances)
         self.rate = ServiceRate()
         self.running = 0  # batches executing now
+        self.running_rows = 0  # their rows
         self._runner = runner
         self._stats = stats
         self._dynamic = dynamic  # combine requests into one run
@@ -112,15 +113,16 @@ class Scheduler:
                 raise self._reject(why, Unavailable(
                     f"device capacity reduced to {factor:.0%} ({why}) and the queue is full; "
                     "retry later", retry_after=max(drain, 1.0)))  # fmt: skip
-        rows_ahead = self.queue.rows_ahead_of(entry.priority)
         timeout_us = entry.timeout_us or self.policy.default_timeout_us
-        wait = self.rate.seconds_for(rows_ahead)
+        # Rows ahead (queued at this priority or higher, and running now) plus its own run.
+        rows = self.queue.rows_ahead_of(entry.priority) + self.running_rows + entry.batch
+        wait = self.rate.seconds_for(rows)
         if timeout_us and wait is not None and wait * 1e6 > timeout_us:
             raise self._reject(
                 "predicted_wait",
                 QueueFull(
-                    f"predicted queue wait {wait * 1e3:.1f} ms exceeds the request's timeout "
-                    f"{timeout_us / 1e3:.1f} ms; rejected without queueing",
+                    f"predicted time to a reply {wait * 1e3:.1f} ms (queue and run) exceeds the "
+                    f"request's timeout {timeout_us / 1e3:.1f} ms; rejected without queueing",
                     retry_after=wait,
                 ),
             )
@@ -172,15 +174,21 @@ class Scheduler:
             if self.running >= busy_limit:  # hot device: leave this instance idle for now
                 decision = Decision(wake_at=self._clock() + 0.05)
             else:
-                decision = self.queue.take(self._clock(), max_rows)
+                limit = min(self.policy.max_batch_size, max_rows or self.policy.max_batch_size)
+                horizon = self.rate.seconds_for(min(self.queue.rows, limit)) or 0.0
+                decision = self.queue.take(self._clock(), max_rows, horizon)
             for e in decision.expired:
-                _fail(e, DeadlineExceeded("request timed out in the queue before it could run"))
+                _fail(e, DeadlineExceeded(
+                    "request timed out in the queue: it could not finish within its timeout"))  # fmt: skip
             if decision.batch:
+                rows = sum(e.batch for e in decision.batch)
                 self.running += 1
+                self.running_rows += rows
                 try:
                     await self._execute(index, decision.batch)
                 finally:
                     self.running -= 1
+                    self.running_rows -= rows
                 continue
             self._wakeup.clear()
             timer = None

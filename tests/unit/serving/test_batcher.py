@@ -118,6 +118,24 @@ def test_default_timeout_applies_and_wake_at_tracks_deadlines() -> None:
     assert names(q.take(0.003).expired) == ["r0"]
 
 
+def test_a_request_that_could_only_finish_late_expires_before_it_runs() -> None:
+    # The next run is expected to take 50 ms: a request with 30 ms left would be answered after
+    # its deadline, so it is refused now; one with 80 ms left runs.
+    q = BatchQueue(BatchPolicy(max_batch_size=4))
+    q.add(entry(timeout_us=30_000, name="short"), 0.0)
+    q.add(entry(timeout_us=80_000, name="long"), 0.0)
+    d = q.take(0.0, horizon=0.05)
+    assert names(d.expired) == ["short"] and names(d.batch) == ["long"]
+
+
+def test_wake_at_comes_early_by_the_horizon() -> None:
+    q = BatchQueue(BatchPolicy(max_batch_size=4, max_queue_delay_us=100_000))
+    q.add(entry(timeout_us=60_000, name="r0"), 0.0)
+    d = q.take(0.0, horizon=0.02)
+    assert d.batch == [] and d.wake_at == pytest.approx(0.04)
+    assert names(q.take(0.04, horizon=0.02).expired) == ["r0"]
+
+
 def test_timeout_action_delay_moves_behind_everything_once() -> None:
     q = BatchQueue(BatchPolicy(max_batch_size=1, priority_levels=2, timeout_action="delay"))
     q.add(entry(priority=1, timeout_us=1000, name="late"), 0.0)
