@@ -5,11 +5,16 @@
     python bench/soak.py --demo PATH       # also serve the demo repository's models
 
 Traffic, all at once: KServe infer over HTTP (JSON and binary tensors) and gRPC on `mlp`
-(dynamic batching) and `ids` (INT32/FP64/BYTES); OpenAI embeddings and tensor inference on the
-demo models when given; a new `mlp` version published and hot-loaded every --reload-every
-seconds; malformed requests; clients that disconnect mid-body, mid-request and mid-stream;
-pipelined raw HTTP/1.1; and, when an LLM (backend "llama.cpp") is served, streaming chats with
-random disconnects through the `openai` client.
+(dynamic batching) and `ids` (INT32/FP64/BYTES); KServe infer over HTTP and gRPC on two
+LoRA-ready MLPs (ORT per-run adapters, and one stacked run for rows of different adapters),
+switching at random between the base model and its adapters (the `adapter` parameter) and
+checking every output against numpy; OpenAI embeddings and tensor inference on the demo models
+when given; a new `mlp` version published and hot-loaded every --reload-every seconds; malformed
+requests; clients that disconnect mid-body, mid-request and mid-stream; pipelined raw HTTP/1.1;
+and, when an LLM (backend "llama.cpp") is served, streaming chats with random disconnects
+through the `openai` client, switching at random between the base model and its LoRA adapters
+(`llm-demo:demo-adapter` in the demo repository). Base and adapter requests are tallied as
+kinds of their own (`llm_chat` / `llm_chat_adapter`, `http_lora` / `http_lora_adapter`, ...).
 
 Invariants (the exit code is 1 when one fails): no 5xx; no hang (every call has a timeout, and
 reaching it is a failure); every accepted request got exactly one complete reply or an explicit
@@ -54,6 +59,12 @@ preferred_batch_sizes = [4, 8]
 max_queue_delay_us = 500
 [lifecycle]
 auto_rollback = false  # a latency blip on a shared machine must not undo a soak reload
+"""
+LORA_MODELS = ("mlp-lora", "mlp-stacked")  # per_run, stacked
+LORA_ADAPTERS = {"a": 2, "b": 4, "c": 8}  # name -> rank (the stacked model pads them to 8)
+LORA_CONFIG = """max_batch_size = 8
+[dynamic_batching]
+max_queue_delay_us = 500
 """
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -142,6 +153,52 @@ def build_repository(root: Path, build: Path, demo: Path | None) -> list[str]:
     return names
 
 
+class LoraRef:
+    """The LoRA models' base weights and each adapter's (A [in, r], B [r, out]) per target:
+    what every reply must equal."""
+
+    def __init__(self, weights: dict[str, np.ndarray],
+                 adapters: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> None:  # fmt: skip
+        self.weights, self.adapters = weights, adapters
+
+    def check(self, model: str, adapter: str | None, x: np.ndarray, y: np.ndarray) -> None:
+        w = dict(self.weights)
+        for target, (a, b) in self.adapters[adapter].items() if adapter else ():
+            w[target] = w[target] + a @ b
+        want = np.maximum(x @ w["w1"] + w["b1"], 0) @ w["w2"]
+        if y.shape != want.shape or not np.allclose(y, want, rtol=1e-3, atol=1e-3):
+            raise Broken(f"{model} with adapter {adapter}: output {y.shape} is not the "
+                         "reference (another adapter's rows, or none?)")  # fmt: skip
+
+
+def build_lora_models(root: Path, build: Path) -> LoraRef:
+    """`mlp-lora` and `mlp-stacked`, each with adapters a, b, c of different ranks."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeinfer.adapters.convert import convert_graph
+    from edgeinfer.adapters.store import add_adapter
+    from edgeinfer.runtime.lora_onnx import export_onnx_adapter
+    from edgeinfer.testing import models
+
+    base = models.mlp(build / "mlp-base.onnx", seed=11)
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(base)).graph.initializer}
+    rng = np.random.default_rng(12)
+    adapters = {}
+    for name, rank in LORA_ADAPTERS.items():
+        adapters[name] = {t: ((rng.standard_normal((d_in, rank)) * 0.3).astype(np.float32),
+                              (rng.standard_normal((rank, d_out)) * 0.3).astype(np.float32))
+                          for t, (d_in, d_out) in {"w1": (16, 32), "w2": (32, 4)}.items()}  # fmt: skip
+        export_onnx_adapter(build / f"{name}.onnx_adapter", adapters[name])
+    for model, stacked in zip(LORA_MODELS, (False, True), strict=True):
+        graph = convert_graph(base, build / model, ["w1", "w2"], stacked, rank=8)
+        models.publish(root, model, graph / "model.onnx", LORA_CONFIG,
+                       extra={"lora.json": graph / "lora.json"})  # fmt: skip
+        for name in LORA_ADAPTERS:
+            add_adapter(root / model, name, build / f"{name}.onnx_adapter")
+    return LoraRef(weights, adapters)
+
+
 def _link(src: str, dst: str) -> None:
     try:
         os.link(src, dst)
@@ -228,14 +285,36 @@ async def ids_json(c: httpx.AsyncClient) -> str:
     return "ok"
 
 
-async def grpc_infer(g: Any, model: str) -> str:
+def _adapter() -> str:
+    return random.choice(list(LORA_ADAPTERS))
+
+
+async def lora_http(c: httpx.AsyncClient, ref: LoraRef, adapter: str | None) -> str:
+    model, b = random.choice(LORA_MODELS), random.randint(1, 4)
+    x = _x(b)
+    body: dict[str, Any] = {"inputs": [{"name": "x", "shape": [b, 16], "datatype": "FP32",
+                                        "data": x.ravel().tolist()}]}  # fmt: skip
+    if adapter:
+        body["parameters"] = {"adapter": adapter}
+    r = await c.post(f"/v2/models/{model}/infer", json=body)
+    if (e := judge(r)) is not None:
+        return e
+    out = r.json()["outputs"][0]
+    ref.check(model, adapter, x, np.array(out["data"], np.float32).reshape(out["shape"]))
+    return "ok"
+
+
+async def grpc_infer(g: Any, model: str, ref: LoraRef | None = None,
+                     adapter: str | None = None) -> str:  # fmt: skip
+    """`mlp`, `ids`, or with `ref` a LoRA model (with `adapter`, or the base model)."""
     import tritonclient.grpc as gc
     from tritonclient.utils import InferenceServerException
 
     b = random.randint(1, 4)
-    if model == "mlp":
+    x = _x(b)
+    if model != "ids":
         inp = gc.InferInput("x", [b, 16], "FP32")
-        inp.set_data_from_numpy(_x(b))
+        inp.set_data_from_numpy(x)
         inputs = [inp]
     else:
         inputs = [gc.InferInput("a", [b, 3], "INT32"), gc.InferInput("b", [b, 2], "FP64"),
@@ -244,7 +323,8 @@ async def grpc_infer(g: Any, model: str) -> str:
         inputs[1].set_data_from_numpy(np.ones((b, 2), np.float64))
         inputs[2].set_data_from_numpy(np.array([b"q"] * b, dtype=object))
     try:
-        res = await g.infer(model, inputs, client_timeout=TIMEOUT)
+        res = await g.infer(model, inputs, client_timeout=TIMEOUT,
+                            parameters={"adapter": adapter} if adapter else None)  # fmt: skip
     except InferenceServerException as e:
         code = str(e.status()).removeprefix("StatusCode.")
         if code == "DEADLINE_EXCEEDED":  # our client_timeout: no reply in TIMEOUT seconds
@@ -252,9 +332,11 @@ async def grpc_infer(g: Any, model: str) -> str:
         if code in ("INTERNAL", "UNKNOWN", "UNAVAILABLE", "None"):  # HTTP's 500 and 503
             return f"5xx:{code}|{e.message()}"
         return f"error:{code}"
-    out = res.as_numpy("y" if model == "mlp" else "s_out")
+    out = res.as_numpy("s_out" if model == "ids" else "y")
     if out is None or out.shape[0] != b:
         raise Broken(f"gRPC {model} reply has no batch of {b}")
+    if ref is not None:
+        ref.check(model, adapter, x, out)
     return "ok"
 
 
@@ -304,6 +386,9 @@ MALFORMED: list[tuple[str, dict[str, Any], int]] = [
                                                    "data": [[[["deep"]]]]}], "id": 7}}, 400),
     ("/v1/embeddings", {"json": {"model": "mlp", "input": []}}, 400),
     ("/v2/repository/models/mlp/canary", {"json": {"version": "x"}}, 400),
+    ("/v2/models/mlp-stacked/infer", {"json": {"inputs": [{"name": "x", "shape": [1, 16],
+                                                         "datatype": "FP32", "data": [0] * 16}],
+                                               "parameters": {"adapter": "nope"}}}, 404),
 ]  # fmt: skip
 
 
@@ -413,9 +498,11 @@ async def chat(url: str, model: str) -> str:
 
 class Soak:
     def __init__(self, opts: argparse.Namespace, repo: Path, build: Path, proc: Any,
-                 http_port: int, grpc_port: int, demo_models: list[str]) -> None:  # fmt: skip
+                 http_port: int, grpc_port: int, demo_models: list[str],
+                 lora: LoraRef) -> None:  # fmt: skip
         self.opts, self.repo, self.build, self.proc = opts, repo, build, proc
         self.http_port, self.grpc_port, self.demo_models = http_port, grpc_port, demo_models
+        self.lora = lora
         self.url = f"http://{HOST}:{http_port}"
         self.tally = Tally()
         self.samples: list[dict[str, float]] = []
@@ -428,7 +515,14 @@ class Soak:
     async def loop(
         self, kind: str, make: Any, pause: float = 0.0, timeout: float = TIMEOUT
     ) -> None:
+        await self.mix([(kind, make)], pause, timeout)
+
+    async def mix(
+        self, choices: list[tuple[str, Any]], pause: float = 0.0, timeout: float = TIMEOUT
+    ) -> None:
+        """One worker: each call one of `choices` (kind, make) at random, tallied as its kind."""
         while self.running():
+            kind, make = random.choice(choices)
             await call(self.tally, kind, make(), timeout)
             await asyncio.sleep(random.uniform(0, 2 * pause) if pause else 0)
 
@@ -476,13 +570,14 @@ class Soak:
                 return "ok"
             await asyncio.sleep(0.2)
 
-    async def llm_models(self, c: httpx.AsyncClient) -> list[str]:
-        served = {m["id"] for m in (await c.get("/v1/models")).json()["data"]}
-        out = []
-        for name in sorted(served):
+    async def llm_models(self, c: httpx.AsyncClient) -> dict[str, list[str]]:
+        """The llama.cpp models served, each with its adapters (`model:adapter`)."""
+        listing = (await c.get("/v1/models")).json()["data"]
+        out = {}
+        for name in sorted(m["id"] for m in listing if "parent" not in m):
             cfg = self.repo / name / "config.toml"
             if cfg.is_file() and tomllib.loads(cfg.read_text()).get("backend") == "llama.cpp":
-                out.append(name)
+                out[name] = sorted(m["id"] for m in listing if m.get("parent") == name)
         return out
 
     async def run(self) -> None:
@@ -498,6 +593,14 @@ class Soak:
                      self.loop("http_ids_json", lambda: ids_json(c), p),
                      self.loop("grpc_mlp", lambda: grpc_infer(g, "mlp"), p),
                      self.loop("grpc_ids", lambda: grpc_infer(g, "ids"), p),
+                     self.mix([("http_lora", lambda: lora_http(c, self.lora, None)),
+                               ("http_lora_adapter",
+                                lambda: lora_http(c, self.lora, _adapter()))], p),
+                     self.mix([("grpc_lora", lambda: grpc_infer(g, random.choice(LORA_MODELS),
+                                                                self.lora)),
+                               ("grpc_lora_adapter",
+                                lambda: grpc_infer(g, random.choice(LORA_MODELS), self.lora,
+                                                   _adapter()))], p),
                      self.loop("malformed", lambda: malformed(c), 0.2),
                      self.loop("disconnect", lambda: disconnect(c, self.http_port), 0.5),
                      self.loop("pipelined", lambda: pipelined(self.http_port), 1.0),
@@ -513,10 +616,14 @@ class Soak:
                 elif "inputs" in md:
                     tasks.append(self.loop("demo_tensor", lambda n=name, s=md["inputs"]:
                                            demo_tensor(c, n, s), p))  # fmt: skip
-            for name in llms:
-                tasks.append(self.loop("llm_chat", lambda n=name: chat(self.url, n), 0.5,
-                                       timeout=LLM_TIMEOUT))  # fmt: skip
-            log(f"traffic on mlp, ids, {self.demo_models or 'no demo models'}; "
+            for name, adapters in llms.items():
+                choices = [("llm_chat", lambda n=name: chat(self.url, n))]
+                if adapters:  # base model and adapters in turn: the engine switches adapters
+                    choices.append(("llm_chat_adapter",
+                                    lambda a=adapters: chat(self.url, random.choice(a))))  # fmt: skip
+                tasks.append(self.mix(choices, 0.5, timeout=LLM_TIMEOUT))
+            log(f"traffic on mlp, ids, {', '.join(LORA_MODELS)} (adapters "
+                f"{', '.join(LORA_ADAPTERS)}), {self.demo_models or 'no demo models'}; "
                 f"LLM: {llms or 'none served'}")  # fmt: skip
             try:
                 await asyncio.gather(*tasks)
@@ -650,9 +757,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edgeinfer-soak.") as d:
         tmp = Path(d)
         demo_models = build_repository(tmp / "repo", tmp / "build", demo)
+        lora = build_lora_models(tmp / "repo", tmp / "build")
         proc, http_port, grpc_port = start_server(tmp / "repo", tmp / "server.log")
         log(f"server pid {proc.pid} on :{http_port} / grpc :{grpc_port}; {opts.minutes:g} min")
-        soak = Soak(opts, tmp / "repo", tmp / "build", proc, http_port, grpc_port, demo_models)
+        soak = Soak(opts, tmp / "repo", tmp / "build", proc, http_port, grpc_port, demo_models,
+                    lora)  # fmt: skip
         try:
             asyncio.run(soak.run())
         finally:

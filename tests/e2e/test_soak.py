@@ -1,6 +1,7 @@
-"""The 3-minute soak (bench/soak.py) as CI runs it: mixed HTTP/gRPC/OpenAI traffic, hot reloads,
-malformed requests and disconnects against a real server on the tiny models and the demo
-repository; it exits non-zero when an invariant fails. Named to run last among the e2e tests."""
+"""The 3-minute soak (bench/soak.py) as CI runs it: mixed HTTP/gRPC/OpenAI traffic, adapter
+switches (ONNX LoRA over KServe, the demo's GGUF LoRA over OpenAI chat), hot reloads, malformed
+requests and disconnects against a real server on the tiny models and the demo repository; it
+exits non-zero when an invariant fails. Named to run last among the e2e tests."""
 
 from __future__ import annotations
 
@@ -29,7 +30,11 @@ def test_three_minute_soak(demo_repo: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     kinds = doc["requests"]
     for kind in ("http_mlp_json", "http_mlp_binary", "http_ids_json", "grpc_mlp", "grpc_ids",
-                 "pipelined", "embeddings"):  # fmt: skip
+                 "pipelined", "embeddings",
+                 # LoRA: base and adapter requests switching on the same models (outputs checked
+                 # against numpy), and chats alternating llm-demo / llm-demo:demo-adapter
+                 "http_lora", "http_lora_adapter", "grpc_lora", "grpc_lora_adapter",
+                 "llm_chat", "llm_chat_adapter"):  # fmt: skip
         assert kinds[kind].get("ok", 0) > 0, kind
     assert kinds["disconnect"]["aborted"] > 0 and kinds["malformed"]
     assert len(doc["reloads"]) >= 2
