@@ -37,12 +37,12 @@ def test_kill_9_during_models_add(tmp_path: Path) -> None:
     rng = random.Random(5)
     killed = 0
     for _ in range(8):
-        before = len(list((repo / "m").glob(".v*"))) if (repo / "m").exists() else 0
         proc = subprocess.Popen([sys.executable, "-m", "edgeinfer.cli", "models", "add", str(repo),
                                  "m", str(src)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)  # fmt: skip
-        # Wait until the add is under way (its temp folder exists), then kill at a random point.
-        while proc.poll() is None and len(list((repo / "m").glob(".v*"))) <= before:
+        # Wait until the add is under way (its temp folder, named with its pid, exists), then
+        # kill at a random point.
+        while proc.poll() is None and not list((repo / "m").glob(f".v*.{proc.pid}.*")):
             time.sleep(0.001)
         time.sleep(rng.uniform(0.0, 0.15))
         if proc.poll() is None:
@@ -59,6 +59,7 @@ def test_kill_9_during_models_add(tmp_path: Path) -> None:
         verify_manifest(version.path)
     visible = {p.name for p in (repo / "m").iterdir() if not p.name.startswith(".")}
     assert visible == {"config.toml"} | {str(v.version) for v in entry.versions}
+    assert not list((repo / "m").glob(".v*"))  # the last add removed what killed ones left
     # And a server loads it.
     r = subprocess.run([sys.executable, "-m", "edgeinfer.cli", "models", "list", "--repository",
                         str(repo)], capture_output=True, text=True, check=True)  # fmt: skip
@@ -174,6 +175,7 @@ def test_kill_9_during_adapters_add(tmp_path: Path) -> None:
                                   capture_output=True, text=True)  # fmt: skip
             version = int(Path(done.stdout.strip()).name)
             assert version > listed.get(name, 0)
+            assert not temp_dirs(repo, name)  # what killed adds left behind was cleaned up
             assert check_adapters(repo)[name] == version
         assert killed >= 5  # many runs really were cut short
         listed = check_adapters(repo)

@@ -104,7 +104,8 @@ def add_version(
     target = model_dir / str(version)
     if target.exists():
         raise RepositoryError(f"{target} already exists; pick another --version")
-    tmp = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".v{version}."))
+    _remove_abandoned(model_dir)
+    tmp = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".v{version}.{os.getpid()}."))
     try:
         for name, src in files.items():
             if not src.is_file():
@@ -119,3 +120,17 @@ def add_version(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _remove_abandoned(model_dir: Path) -> None:
+    """Delete temp dirs left by adds that were killed: `.v<N>.<pid>.*` whose process is gone."""
+    for p in model_dir.glob(".v*.*.*"):
+        parts = p.name.split(".")
+        if not (p.is_dir() and len(parts) >= 4 and parts[2].isdigit()):
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            pass  # alive (another user's) or not a pid: leave it
