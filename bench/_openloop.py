@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 HOST = "127.0.0.1"
+IDLE_S = 2.0
 
 
 def build(method: str, path: str, port: int, body: bytes, headers: list[str]) -> bytes:
@@ -48,14 +49,18 @@ class Run:
         body = Path(opts.body).read_bytes()
         self.request = build("POST", opts.path, opts.port, body, opts.header)
         self.probe = build("GET", opts.health_path, opts.port, b"", [])
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        # Idle keep-alive connections and when each became idle: one idle longer than
+        # IDLE_S is closed instead of reused, before the server's keep-alive timeout (uvicorn:
+        # 5 s) can close it under a request in flight.
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self.status: dict[str, int] = {}
         self.ok_ms: list[float] = []
         self.late = 0  # 200 replies that arrived after the request's deadline
         self.retry_after = {"with": 0, "without": 0}
         self.silent = 0  # no reply within deadline + grace
         self.conn_errors = 0
-        self.first_error = ""
+        self.first_error = ""  # the first non-200, non-429 reply
+        self.first_conn_error = ""
         self.health_ms: list[float] = []
         self.health_failed = 0
         self.max_open = 0
@@ -65,15 +70,18 @@ class Run:
         opts = self.opts
         t0 = time.perf_counter()
         try:
+            while self.idle and t0 - self.idle[-1][2] > IDLE_S:
+                self.idle.pop()[1].close()
+                self.open -= 1
             if self.idle:
-                reader, writer = self.idle.pop()
+                reader, writer, _ = self.idle.pop()
             else:
                 reader, writer = await asyncio.open_connection(HOST, opts.port)
                 self.open += 1
                 self.max_open = max(self.max_open, self.open)
         except OSError as e:
             self.conn_errors += 1
-            self.first_error = self.first_error or f"connect: {e}"
+            self.first_conn_error = self.first_conn_error or f"connect: {e}"
             return
         keep = False
         try:
@@ -95,9 +103,9 @@ class Run:
             self.silent += 1
         except (OSError, asyncio.IncompleteReadError, ValueError) as e:
             self.conn_errors += 1
-            self.first_error = self.first_error or f"{type(e).__name__}: {e}"
+            self.first_conn_error = self.first_conn_error or f"{type(e).__name__}: {e!r}"
         if keep:
-            self.idle.append((reader, writer))
+            self.idle.append((reader, writer, time.perf_counter()))
         else:
             writer.close()
             self.open -= 1
@@ -150,7 +158,7 @@ class Run:
         stop.set()
         await prober
         wall = time.perf_counter() - t0
-        for _, writer in self.idle:
+        for _, writer, _ in self.idle:
             writer.close()
         ok = sorted(self.ok_ms)
         health = sorted(self.health_ms)
@@ -163,6 +171,7 @@ class Run:
             "accepted_max_ms": round(ok[-1], 1) if ok else None,
             "retry_after_on_429": self.retry_after, "silent_timeouts": self.silent,
             "connection_errors": self.conn_errors, "first_error": self.first_error,
+            "first_connection_error": self.first_conn_error,
             "connections_max": self.max_open,
             "health_probes": len(health), "health_failed": self.health_failed,
             "health_p50_ms": _pct(health, 0.5), "health_p99_ms": _pct(health, 0.99),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,13 +37,13 @@ DEADLINE_MS = 1000.0
 OVERLOAD = 4.0
 MLP_OFF = 'backend = "onnxruntime"\nmax_batch_size = 32\n\n[onnxruntime]\nintra_op_threads = 1\n'
 MLP_ON = MLP_OFF + "\n[dynamic_batching]\nmax_queue_delay_us = 0\n"
+# Batches of 8: on these CPUs a ResNet-18 batch of 16 runs fewer rows/s than a batch of 8 (cache).
+# A 20 ms delay lets all eight closed-loop clients' next requests arrive (a run takes ~100+ ms).
 CNN_OFF = (
-    'backend = "onnxruntime"\nmax_batch_size = 16\n\n[onnxruntime]\nintra_op_threads = {}\n'
+    'backend = "onnxruntime"\nmax_batch_size = 8\n\n[onnxruntime]\nintra_op_threads = {}\n'
     "\n[queue]\nmax_queue_size = 64\n"
 )
-CNN_ON = (
-    CNN_OFF + "\n[dynamic_batching]\npreferred_batch_sizes = [8, 16]\nmax_queue_delay_us = 2000\n"
-)
+CNN_ON = CNN_OFF + "\n[dynamic_batching]\npreferred_batch_sizes = [8]\nmax_queue_delay_us = 20000\n"
 log = sv.log
 
 
@@ -143,8 +144,13 @@ def overload(server: Server, req: Request, capacity: float, opts: argparse.Names
     out: dict[str, Any] = json.loads(proc.stdout)
     time.sleep(2.0)  # the queue has drained; let replies and GC settle
     after = server.rss_mb()["rss_mb"]
-    out["rss_mb"] = {"before": before, "max_during": max(rss, default=before), "after": after,
-                     "growth": round((after - before) / before, 4)}  # fmt: skip
+    # Flat means no growth while the overload lasts: the median of its last quarter against
+    # its second quarter (the first is the ramp-up to a full queue and many open connections).
+    q = max(1, len(rss) // 4)
+    second, last = statistics.median(rss[q : 2 * q] or rss), statistics.median(rss[-q:] or rss)
+    out["rss_mb"] = {"before": before, "second_quarter": second, "last_quarter": last,
+                     "max_during": max(rss, default=before), "after": after,
+                     "growth": round((last - second) / second, 4)}  # fmt: skip
     log(f"overload: status {out['status']}, accepted p99 {out['accepted_p99_ms']} ms (max "
         f"{out['accepted_max_ms']}), {out['accepted_after_deadline']} late, "
         f"{out['silent_timeouts']} silent timeouts, health max {out['health_max_ms']} ms, "
@@ -270,7 +276,8 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     )
     add("overload: requests neither served nor refused with 429/504", unexplained, "0",
         unexplained == 0 and ov["status"].get("429", 0) > 0)  # fmt: skip
-    add("overload: RSS growth", rss["growth"], "<= 0.10", rss["growth"] <= 0.10)
+    add("overload: RSS growth, last quarter vs second", rss["growth"], "<= 0.10",
+        rss["growth"] <= 0.10)  # fmt: skip
     return [{"target": t, "value": v, "limit": lim, "met": bool(m)} for t, v, lim, m in rows]
 
 
@@ -308,7 +315,9 @@ def table(res: dict[str, Any]) -> str:
         f"{ov['accepted_max_ms']} ms, {ov['accepted_after_deadline']} late, "
         f"{ov['silent_timeouts']} silent timeouts; health p99/max {ov['health_p99_ms']}/"
         f"{ov['health_max_ms']} ms over {ov['health_probes']} probes; RSS "
-        f"{ov['rss_mb']['before']} → {ov['rss_mb']['after']} MB (max {ov['rss_mb']['max_during']}).",
+        f"{ov['rss_mb']['before']} MB before, {ov['rss_mb']['second_quarter']} → "
+        f"{ov['rss_mb']['last_quarter']} MB from its second to its last quarter (max "
+        f"{ov['rss_mb']['max_during']}), {ov['rss_mb']['after']} MB after.",
         "",
     ]  # fmt: skip
     met = sum(t["met"] for t in res["targets"])

@@ -10,6 +10,7 @@ A model's `config.toml`:
     intra_op_threads = 1           # 0: from the cgroup CPU quota / big cores, not cpu_count()
     inter_op_threads = 1
     cpus = [4, 5, 6, 7]            # pin the model's threads (default: big cores on big.LITTLE)
+    nice = 5                       # inference threads yield to the event loop (0 = off)
     execution_mode = "sequential"  # or "parallel"
     graph_optimization_level = "all"  # disable | basic | extended | all
     instance_count = 1             # separate sessions that run batches in parallel
@@ -120,11 +121,16 @@ class OrtOptions:
     enable_cpu_mem_arena: bool = False
     # CPUs the model's threads run on ([] = any; on big.LITTLE the big cores are preferred).
     cpus: tuple[int, ...] = ()
+    # Nice value of the model's inference threads (0-19; 0 = as the server). Above 0 the event
+    # loop (health, admission, request I/O) runs ahead of inference when every core is busy.
+    nice: int = 5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cpus", tuple(self.cpus))
         if any(not isinstance(c, int) or c < 0 for c in self.cpus):
             raise ConfigError("onnxruntime.cpus must be a list of CPU numbers")
+        if not isinstance(self.nice, int) or not 0 <= self.nice <= 19:
+            raise ConfigError("onnxruntime.nice must be an integer in 0..19")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ConfigError("onnxruntime thread counts must be >= 0 (0 = runtime default)")
         if self.execution_mode not in _EXEC_MODES:

@@ -77,6 +77,9 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     # Transport metadata (HTTP headers, gRPC metadata), lower-case keys; read for routing keys.
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # time.perf_counter_ns() when the server began reading it (0: unknown); a timeout counts
+    # from here, so time spent reading and decoding the request is part of it.
+    received_ns: int = 0
 
 
 @dataclass(slots=True)

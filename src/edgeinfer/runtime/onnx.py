@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
@@ -13,6 +14,7 @@ import numpy as np
 from edgeinfer.config import ModelConfig, OrtOptions
 from edgeinfer.errors import BackendError, InvalidInput, LoadError
 from edgeinfer.hardware import default_threads, read_topology
+from edgeinfer.hardware.sched import in_niced_thread, set_thread_nice
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.types import TensorSpec
 
@@ -107,6 +109,15 @@ def _pin_thread(cpus: frozenset[int]) -> None:
         _pinned.cpus = wanted
 
 
+def _on_event_loop() -> bool:
+    """True on a thread running an asyncio loop (a tiny model runs inline there: never nice it)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _to_str(name: str, arr: np.ndarray) -> np.ndarray:
     """ORT string tensors take Python str; KServe BYTES arrive as bytes."""
     try:
@@ -126,10 +137,11 @@ def _to_bytes(arr: np.ndarray) -> np.ndarray:
 class OnnxModel:
     platform = "onnxruntime_onnx"
 
-    def __init__(self, session: Any, path: Path, cpus: tuple[int, ...] = ()) -> None:
+    def __init__(self, session: Any, path: Path, cpus: tuple[int, ...] = (), nice: int = 0) -> None:
         self._session = session
         self.path = path
         self._cpus = frozenset(cpus)
+        self._nice = nice
         self.inputs = tuple(_spec(i) for i in session.get_inputs())
         self.outputs = tuple(_spec(o) for o in session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
@@ -143,14 +155,15 @@ class OnnxModel:
         path = version_dir / "model.onnx"
         if not path.is_file():
             raise LoadError(f"{version_dir}: no model.onnx")
+        opts = config.onnxruntime
         try:
-            # Loading from a path lets ORT mmap external data instead of copying bytes.
-            session = ort.InferenceSession(
-                str(path), session_options(config.onnxruntime), providers=["CPUExecutionProvider"]
-            )
+            # Loading from a path lets ORT mmap external data instead of copying bytes. ORT
+            # starts the session's intra-op threads now; they inherit the creating thread's nice.
+            session = in_niced_thread(opts.nice, lambda: ort.InferenceSession(
+                str(path), session_options(opts), providers=["CPUExecutionProvider"]))  # fmt: skip
         except Exception as e:  # ORT raises several unrelated exception types
             raise LoadError(f"{path}: ONNX Runtime could not load the model: {e}") from e
-        return cls(session, path, placement(config.onnxruntime)[1])
+        return cls(session, path, placement(opts)[1], opts.nice)
 
     def run(
         self,
@@ -162,6 +175,9 @@ class OnnxModel:
         names = output_names or self._output_names
         if self._cpus or getattr(_pinned, "cpus", None) is not None:
             _pin_thread(self._cpus)
+        if self._nice != getattr(_pinned, "nice", 0) and not _on_event_loop():
+            set_thread_nice(self._nice)  # the worker thread runs the first intra-op thread
+            _pinned.nice = self._nice
         if self._string_inputs:
             feeds = {k: _to_str(k, v) if k in self._string_inputs else v for k, v in feeds.items()}
         try:

@@ -270,6 +270,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_guarded
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        received = time.perf_counter_ns()
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         principal = _principal.get()
         if principal is not None and principal.tenant is not None:
@@ -277,7 +278,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         tracer = self.engine.tracer
         if tracer is None:
             req = decode_infer(request, self.limits)
-            req.metadata = metadata
+            req.metadata, req.received_ns = metadata, received
             return encode_infer(await self.engine.infer(req))
         trace = tracer.start_request(
             "inference.GRPCInferenceService/ModelInfer",
@@ -291,7 +292,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
         try:
             req = decode_infer(request, self.limits)
-            req.metadata = metadata
+            req.metadata, req.received_ns = metadata, received
             resp = await self.engine.infer(req, trace)
             encode_start = time.perf_counter_ns()
             out = encode_infer(resp)

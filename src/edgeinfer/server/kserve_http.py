@@ -106,6 +106,7 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
         return response
 
     async def _infer(request: Request, model: str, trace: RequestTrace | None) -> Response:
+        received = time.perf_counter_ns()
         try:
             body = await read_body(request, max_request_bytes)
             header = request.headers.get("inference-header-content-length")
@@ -115,6 +116,7 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
                 model, _version(request), body, int(header) if header else None, limits
             )
             req.metadata = request.headers
+            req.received_ns = received
             resp = await unless_disconnected(request, engine.infer(req, trace))
             if trace is None:
                 out, head_len = encode_response(req, resp)

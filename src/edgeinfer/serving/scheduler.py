@@ -164,6 +164,10 @@ class Scheduler:
     async def _work(self, index: int) -> None:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
+        # When the last batch ended with requests still queued, the time until the next batch
+        # starts is overhead of serving back to back; the service rate must include it, or
+        # admission promises replies sooner than they come under sustained load.
+        backlog_since: float | None = None
         while not self._closed:
             max_rows, busy_limit = None, len(self.instances)
             if self._capacity is not None:
@@ -182,14 +186,17 @@ class Scheduler:
                     "request timed out in the queue: it could not finish within its timeout"))  # fmt: skip
             if decision.batch:
                 rows = sum(e.batch for e in decision.batch)
+                gap = self._clock() - backlog_since if backlog_since is not None else 0.0
                 self.running += 1
                 self.running_rows += rows
                 try:
-                    await self._execute(index, decision.batch)
+                    await self._execute(index, decision.batch, gap)
                 finally:
                     self.running -= 1
                     self.running_rows -= rows
+                backlog_since = self._clock() if len(self.queue) else None
                 continue
+            backlog_since = None
             self._wakeup.clear()
             timer = None
             if decision.wake_at is not None:
@@ -200,7 +207,9 @@ class Scheduler:
             if timer is not None:
                 timer.cancel()
 
-    async def _execute(self, index: int, batch: list[Entry]) -> None:
+    async def _execute(self, index: int, batch: list[Entry], gap: float = 0.0) -> None:
+        """Run one batch and deliver each entry its rows. `gap`: seconds of serving overhead
+        since the previous batch on this worker, counted in the service rate."""
         start = self._clock()
         t0 = time.perf_counter_ns()
         live = [e for e in batch if not e.payload[1].done()]  # cancelled after being taken
@@ -225,7 +234,7 @@ class Scheduler:
         t2 = time.perf_counter_ns()
         self._trace(live, start, t0, t2, rows, index)
         offset = 0
-        self.rate.add(rows, self._clock() - start)
+        self.rate.add(rows, self._clock() - start + gap)
         self._stats.record_execution(rows, infer_ns)
         for e in live:
             fut = e.payload[1]
