@@ -58,7 +58,10 @@ def _list(args: argparse.Namespace) -> int:
 
 def _add(args: argparse.Namespace) -> int:
     from edgeinfer.adapters.store import add_adapter
+    from edgeinfer.repository import Repository
 
+    # A typo in the model name would otherwise publish an adapter no server ever looks at.
+    Repository(args.repository).model(args.model)
     path = add_adapter(args.repository / args.model, args.name, args.file, args.tenant,
                        args.scale)  # fmt: skip
     print(path)
@@ -74,10 +77,29 @@ def _remote(args: argparse.Namespace) -> int:
         if args.tenant:
             body["tenants"] = args.tenant
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    r = httpx.post(f"{args.url}/v1/{args.adapters_command}_lora_adapter", json=body,
-                   headers=headers, timeout=60)  # fmt: skip
-    print(r.text)
-    return 0 if r.status_code == 200 else 1
+    try:
+        r = httpx.post(f"{args.url}/v1/{args.adapters_command}_lora_adapter", json=body,
+                       headers=headers, timeout=60)  # fmt: skip
+    except httpx.HTTPError as e:
+        print(f"edgeinfer: error: cannot reach the server at {args.url}: {e}", file=sys.stderr)
+        return 1
+    if r.status_code == 200:
+        print(r.text)
+        return 0
+    print(f"edgeinfer: error: {_error_message(r)} (HTTP {r.status_code})", file=sys.stderr)
+    return 1
+
+
+def _error_message(r: Any) -> str:
+    """The message of an OpenAI-style error body ({"error": {"message": ...}}), else the text."""
+    try:
+        err = r.json().get("error")
+    except (ValueError, AttributeError):
+        err = None
+    if isinstance(err, dict):
+        err = err.get("message")
+    text = str(err) if err else r.text.strip() or r.reason_phrase
+    return " ".join(text.split())  # one line
 
 
 def _convert(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 from edgeinfer.adapters.store import AdapterSpec, check_name, scan
 from edgeinfer.auth import PermissionDenied
-from edgeinfer.errors import AdapterNotFound, InvalidInput
+from edgeinfer.errors import AdapterNotFound, InvalidInput, LoadError
 from edgeinfer.hardware import BudgetExceeded, MemoryBudget
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.serving.llm_loop import LlmLoop, LoopAdapter
@@ -135,6 +135,7 @@ class AdapterManager:
             raise InvalidInput(f"lora_path {file}: no such adapter file")
         if name in self.specs(model):
             raise InvalidInput(f"The lora adapter '{model}:{name}' has already been loaded.")
+        self._check_fits(model, name, file.stat().st_size)
         spec = AdapterSpec(model, name, file, frozenset(tenants or ()), scale, 0, "api")
         self._api[(model, name)] = spec
         self._hidden.discard((model, name))
@@ -239,6 +240,7 @@ class AdapterManager:
         budget = self.budget
         if budget is None:
             return
+        self._check_fits(a.spec.model, a.spec.name, need)
         try:
             budget.reserve(a.spec.key, need)
             return
@@ -257,6 +259,15 @@ class AdapterManager:
         except BudgetExceeded as e:
             raise BudgetExceeded(f"adapter '{a.spec.model}:{a.spec.name}' does not fit even after "
                                  f"evicting idle adapters: {e.message}", e.needed, e.short) from None  # fmt: skip
+
+    def _check_fits(self, model: str, name: str, nbytes: int) -> None:
+        """Refuse (4xx, no retry) an adapter larger than the whole budget: evicting cannot
+        make room, so a 503 would have clients retry forever."""
+        if self.budget is not None and nbytes > self.budget.limit_bytes:
+            raise LoadError(f"adapter '{model}:{name}' needs {nbytes / 2**20:.1f} MB but the "
+                            f"adapter budget is {self.budget.limit_bytes / 2**20:.1f} MB in all: "
+                            "raise --adapter-budget-mb (or --memory-budget-mb when adapters "
+                            "share it) or use a smaller adapter")  # fmt: skip
 
     def _by_key(self, key: str) -> _Adapter | None:
         model, _, name = key.partition(":adapter:")

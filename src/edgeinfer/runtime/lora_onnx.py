@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,21 @@ class StackedTable:
         return sum(v.nbytes for v in self.arrays.values())
 
 
+_tables: weakref.WeakValueDictionary[str, StackedTable] = weakref.WeakValueDictionary()
+_tables_lock = threading.Lock()
+
+
+def _shared_table(path: Path, spec: LoraSpec) -> StackedTable:
+    """The one table of every instance of a model version (instance_count > 1): the adapter
+    layer puts an adapter in a slot through one instance and the scheduler may run the rows on
+    any, so every instance must read the same slots. It lives while an instance does."""
+    with _tables_lock:
+        table = _tables.get(str(path))
+        if table is None or table.spec != spec:
+            table = _tables[str(path)] = StackedTable(spec)
+        return table
+
+
 class LoraOnnxModel:
     """An OnnxModel whose graph was rewritten by `add_lora`: the LoRA inputs are hidden from
     clients; `run` takes the adapter (per_run) or fills the stacks and row indices (stacked)."""
@@ -225,7 +241,7 @@ class LoraOnnxModel:
             hidden |= set(per_run_names(t)) | set(stacked_names(t))
         self.inputs: tuple[TensorSpec, ...] = tuple(s for s in inner.inputs if s.name not in hidden)
         self.outputs: tuple[TensorSpec, ...] = inner.outputs
-        self.table: StackedTable | None = StackedTable(spec) if spec.mode == "stacked" else None
+        self.table = _shared_table(Path(inner.path), spec) if spec.mode == "stacked" else None
 
     @property
     def path(self) -> Path:
@@ -284,8 +300,12 @@ def read_onnx_adapter(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """target -> (A, B) from an `.onnx_adapter` (for stacked models)."""
     import onnxruntime as ort
 
-    params = {k: v.numpy() for k, v in ort.AdapterFormat.read_adapter(str(path))
-              .get_parameters().items()}  # fmt: skip
+    # The OrtValues (and their .numpy() views) point into memory the AdapterFormat owns: keep it
+    # alive until each array is copied out, or the arrays read freed memory (another adapter's
+    # weights once it is reused).
+    fmt = ort.AdapterFormat.read_adapter(str(path))
+    params = {k: np.array(v.numpy(), copy=True) for k, v in fmt.get_parameters().items()}
+    del fmt
     out = {}
     for name, a in params.items():
         if name.endswith(".lora_A"):
