@@ -11,6 +11,9 @@ folder, then measures, with the same GGUF, threads and KV settings everywhere:
   deps), p99 inter-token latency, TTFT under load, peak RSS;
 - threads: decode tok/s with 1 and 2 threads, OMP_WAIT_POLICY default and PASSIVE, idle and
   with a busy neighbour process (the default in LlmOptions comes from here).
+Every side loads the GGUF with the same llama.cpp "extra buffer types" setting (AMX and repacked
+Q4_0 kernels): on unless edgeinfer's probe found that they crash this CPU (runtime/llm_probe.py).
+`Llama` takes no such argument, so its processes patch `llama_model_default_params`.
 Writes bench/results/llm.json (llm-quick.json with --quick) and prints a README table. The
 machine is shared: load averages are recorded; re-run when `busy` is true.
 """
@@ -85,6 +88,18 @@ def bandwidth_gbs() -> float:
 
 
 # ---- in-process baselines (each in a fresh process: OpenMP settings are per process) -------------
+# `Llama(...)` ignores unknown keyword arguments and sets no use_extra_bufts: this prelude gives
+# every model a process loads the setting edgeinfer uses.
+_EXTRA_BUFTS = r"""
+import llama_cpp.llama_cpp as _lc
+_BUFTS = {bufts}
+def _model_params(_default=_lc.llama_model_default_params):
+    p = _default()
+    p.use_extra_bufts = _BUFTS
+    return p
+_lc.llama_model_default_params = _model_params
+"""
+
 _INPROC = r"""
 import json, sys, time
 import numpy as np
@@ -106,7 +121,8 @@ else:
     from edgeinfer.runtime.llm_llamacpp import BatchItem, LlamaCppModel
     k = int(mode)
     m = LlamaCppModel(Path(path), LlmOptions(context_length=1024, slots=k, n_batch=512,
-                                             prefill_chunk=256), threads)
+                                             prefill_chunk=256, extra_buffer_types=_BUFTS),
+                      threads)
     toks = m.tokenize(prompt)
     rows = np.concatenate([m.decode([BatchItem(s, toks, 0, True)]) for s in range(k)])
     pos = len(toks)
@@ -120,13 +136,22 @@ else:
 """
 
 
-def inproc(path: Path, threads: int, n: int, mode: str, env: dict[str, str] | None = None,
-           prompt: str = PROMPT) -> dict[str, float]:  # fmt: skip
-    out = subprocess.run([PY, "-c", _INPROC, str(path), str(threads), str(n), mode, prompt],
+def extra_buffer_types() -> dict[str, Any]:
+    """What edgeinfer's `extra_buffer_types = "auto"` decides here; every side then uses it."""
+    from edgeinfer.runtime.llm_probe import verdict
+
+    v = verdict()
+    return {"enabled": v.enabled, "reason": v.reason}
+
+
+def inproc(path: Path, threads: int, n: int, mode: str, bufts: bool,
+           env: dict[str, str] | None = None, prompt: str = PROMPT) -> dict[str, float]:  # fmt: skip
+    code = _EXTRA_BUFTS.format(bufts=bufts) + _INPROC
+    out = subprocess.run([PY, "-c", code, str(path), str(threads), str(n), mode, prompt],
                          capture_output=True, text=True, timeout=600, cwd=ROOT,
                          env={**os.environ, **(env or {})})  # fmt: skip
-    if out.returncode:
-        raise RuntimeError(out.stderr[-2000:])
+    if out.returncode:  # < 0: killed by a signal (SIGILL: see extra_buffer_types)
+        raise RuntimeError(f"{mode} run exited {out.returncode}: {out.stderr[-2000:]}")
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -138,7 +163,7 @@ class Server:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{cmd[:4]} exited:\n{log.read_text()[-2000:]}")
+                raise RuntimeError(f"{cmd[-2:]} exited:\n{log.read_text()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}{ready}", timeout=1).status_code == 200:
                     return
@@ -146,7 +171,7 @@ class Server:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"{cmd[:4]} not ready")
+        raise RuntimeError(f"{cmd[-2:]} not ready")
 
     @property
     def url(self) -> str:
@@ -167,27 +192,32 @@ class Server:
             self.proc.wait()
 
 
-def edgeinfer_server(path: Path, threads: int, work: Path) -> Server:
+def edgeinfer_server(path: Path, threads: int, bufts: bool, work: Path) -> Server:
     from edgeinfer.repository import add_version
 
     repo = work / "repo"
     model = repo / "bench-llm"
     if not model.exists():
         model.mkdir(parents=True)
-        (model / "config.toml").write_text(
-            f'backend = "llama.cpp"\n[llm]\ncontext_length = 1024\nslots = 8\n'
-            f"n_threads = {threads}\nprefill_chunk = 256\n"
-        )
         add_version(model, {"model.gguf": path})  # a copy: the manifest pins its checksum
+    (model / "config.toml").write_text(
+        f'backend = "llama.cpp"\n[llm]\ncontext_length = 1024\nslots = 8\n'
+        f"n_threads = {threads}\nprefill_chunk = 256\n"
+        f"extra_buffer_types = {'true' if bufts else 'false'}\n"
+    )
     port = free_port()
     return Server([PY, "-m", "edgeinfer.cli", "serve", "--repository", str(repo), "--http-port",
                    str(port), "--grpc-port", "0", "--log-level", "warning"], port,
                   work / "edgeinfer.log", "/v2/health/ready")  # fmt: skip
 
 
-def llama_cpp_server(path: Path, threads: int, work: Path) -> Server:
+def llama_cpp_server(path: Path, threads: int, bufts: bool, work: Path) -> Server:
     port = free_port()
-    return Server([PY, "-m", "llama_cpp.server", "--model", str(path), "--n_threads",
+    # `python -m llama_cpp.server`, after the same use_extra_bufts patch as the in-process runs.
+    main = _EXTRA_BUFTS.format(bufts=bufts) + (
+        "import runpy\nrunpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)"
+    )
+    return Server([PY, "-c", main, "--model", str(path), "--n_threads",
                    str(threads), "--n_threads_batch", str(threads), "--n_ctx", "1024",
                    "--port", str(port), "--host", "127.0.0.1",
                    # By default a new request interrupts the one streaming.
@@ -242,7 +272,7 @@ def streams(url: str, model: str, prompt: str, n: int, k: int) -> dict[str, floa
 
 
 # ---- threads -------------------------------------------------------------------------------
-def thread_matrix(path: Path, n: int) -> list[dict[str, Any]]:
+def thread_matrix(path: Path, n: int, bufts: bool) -> list[dict[str, Any]]:
     """Decode tok/s per (threads, OMP_WAIT_POLICY), idle and beside a busy process."""
     rows = []
     for busy in (False, True):
@@ -253,7 +283,7 @@ def thread_matrix(path: Path, n: int) -> list[dict[str, Any]]:
             for threads in (1, 2):
                 for policy in ("", "PASSIVE"):
                     env = {"OMP_WAIT_POLICY": policy} if policy else {}
-                    r = inproc(path, threads, n, "1", env, prompt="Hello")
+                    r = inproc(path, threads, n, "1", bufts, env, prompt="Hello")
                     rows.append({"threads": threads, "omp_wait_policy": policy or "default",
                                  "neighbour_busy": busy, "load": round(load(), 2),
                                  "decode_tok_s": round(r["decode_tok_s"], 1)})  # fmt: skip
@@ -312,6 +342,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"quick": args.quick, "threads": args.threads, "loads": [load()]}
     path, res["model"] = bench_model()
+    res["extra_buffer_types"] = extra_buffer_types()
+    bufts = res["extra_buffer_types"]["enabled"]
+    print(f"extra buffer types (every side): {res['extra_buffer_types']}", flush=True)
     res["bytes_per_token"] = bytes_per_token(path)
     res["bandwidth_gbs"] = round(bandwidth_gbs(), 2)
     res["roofline_tok_s"] = round(res["bandwidth_gbs"] * 1e9 / res["bytes_per_token"], 1)
@@ -322,12 +355,12 @@ def main() -> int:
     # run of each counts (the least disturbed one), so a busy minute does not decide a ratio.
     reps = 2 if args.quick else 4
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("in1", "our1", "in8", "our8")}
-    server = edgeinfer_server(path, args.threads, work)
+    server = edgeinfer_server(path, args.threads, bufts, work)
     try:
         for _ in range(reps):
-            runs["in1"].append(inproc(path, args.threads, n_single, "single"))
+            runs["in1"].append(inproc(path, args.threads, n_single, "single", bufts))
             runs["our1"].append(streams(server.url, "bench-llm", PROMPT, n_single, 1))
-            runs["in8"].append(inproc(path, args.threads, n_multi, "8",
+            runs["in8"].append(inproc(path, args.threads, n_multi, "8", bufts,
                                       prompt="Stream 0. " + SHORT))  # fmt: skip
             runs["our8"].append(streams(server.url, "bench-llm", SHORT, n_multi, 8))
             res["loads"].append(load())
@@ -343,7 +376,7 @@ def main() -> int:
     peer = None
     if not args.no_peer_server:
         try:
-            ps = llama_cpp_server(path, args.threads, work)
+            ps = llama_cpp_server(path, args.threads, bufts, work)
         except RuntimeError as e:
             print(f"llama_cpp.server skipped: {e}", file=sys.stderr)
         else:
@@ -356,7 +389,7 @@ def main() -> int:
     res["concurrent"] = {"ours": ours_multi, "llama_batched_inproc": inproc_batched,
                          "llama_cpp_server": peer}  # fmt: skip
     if not args.quick:
-        res["thread_matrix"] = thread_matrix(path, 48)
+        res["thread_matrix"] = thread_matrix(path, 48, bufts)
     res["loads"].append(load())
     res["busy"] = max(res["loads"]) > 1.5
     # Bandwidth again at the end: the higher (less disturbed) figure sets the roofline.

@@ -44,6 +44,7 @@ A model's `config.toml`:
     slots = 4                      # sequences decoded together (continuous batching)
     n_threads = 1                  # see LlmOptions for why 1
     kv_cache_type = "f16"          # f32 | f16 | q8_0
+    extra_buffer_types = "auto"    # AMX/repacked weights: "auto" (probed once per CPU) | true | false
 """
 
 from __future__ import annotations
@@ -235,6 +236,10 @@ class LlmOptions:
     kv_cache_type: str = "f16"  # f32 | f16 | q8_0 (q8_0 needs flash_attn)
     flash_attn: bool = False
     chat_template: str = ""  # Jinja source; empty: the GGUF's tokenizer.chat_template
+    # llama.cpp's extra buffer types: AMX tiles and weights repacked for AVX2/AVX-512/NEON
+    # (Q4_0 runs faster). "auto": on unless a one-time probe in a child process crashed on
+    # this CPU (runtime/llm_probe.py); true/false: force.
+    extra_buffer_types: str | bool = "auto"
 
     def __post_init__(self) -> None:
         if self.context_length < 8 or self.slots < 1:
@@ -252,6 +257,9 @@ class LlmOptions:
             raise ConfigError(f"llm.kv_cache_type must be one of {_KV_TYPES}")
         if self.kv_cache_type == "q8_0" and not self.flash_attn:
             raise ConfigError("llm.kv_cache_type = 'q8_0' needs llm.flash_attn = true")
+        if not isinstance(self.extra_buffer_types, bool) and self.extra_buffer_types != "auto":
+            raise ConfigError("llm.extra_buffer_types must be \"auto\" (probe this CPU once), "
+                              f"true or false; got {self.extra_buffer_types!r}")  # fmt: skip
 
     @property
     def kv_cells(self) -> int:

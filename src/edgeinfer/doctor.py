@@ -81,10 +81,20 @@ def runtimes() -> dict[str, Any]:
         out["llama_cpp"] = {
             "version": getattr(llama_cpp, "__version__", _version("llama_cpp_python")),
             "system_info": info.decode(errors="replace").strip() if info else "",
+            "extra_buffer_types": _extra_buffer_types(),
         }
     except (ImportError, OSError, AttributeError):
         pass
     return out
+
+
+def _extra_buffer_types() -> dict[str, Any]:
+    """The cached verdict on llama.cpp's AMX/repacked kernels (probed now if there is none):
+    what `[llm] extra_buffer_types = "auto"` uses on this machine."""
+    from edgeinfer.runtime.llm_probe import verdict
+
+    v = verdict()
+    return {"enabled": v.enabled, "reason": v.reason, "cache": v.path}
 
 
 def collect(root: str | Path = "/", with_runtimes: bool = True) -> dict[str, Any]:
@@ -295,6 +305,10 @@ def _sections(r: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
                     ("onnxruntime", f"{ort['version']} ({', '.join(ort['providers'])})"
                      if ort else "not installed"),
                     ("llama_cpp", llama["version"] if llama else "not installed")]  # fmt: skip
+    bufts = (llama or {}).get("extra_buffer_types")
+    if bufts:
+        runtime_rows.append(("GGUF AMX/repack", "on (llama.cpp's extra buffer types ran here)"
+                             if bufts["enabled"] else f"off: {bufts['reason']}"))  # fmt: skip
     return [
         ("CPU", [("model", c["model"] or "unknown"), ("board", c["board"] or "-"),
                  ("architecture", c["arch"] or "unknown"), ("cores", _cores_line(c)),

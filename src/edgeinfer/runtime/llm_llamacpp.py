@@ -22,6 +22,7 @@ import numpy as np
 
 from edgeinfer.config import LlmOptions, ModelConfig
 from edgeinfer.errors import BackendError, InvalidInput, LoadError
+from edgeinfer.runtime.llm_probe import extra_buffer_types
 from edgeinfer.types import TensorSpec
 
 log = logging.getLogger("edgeinfer.llm")
@@ -99,6 +100,8 @@ class LlamaCppModel:
         mparams = lib.llama_model_default_params()
         mparams.use_mmap = True
         mparams.n_gpu_layers = 0
+        # Off where llama.cpp's AMX/repack kernels kill the process (SIGILL): see llm_probe.
+        mparams.use_extra_bufts = extra_buffer_types(options.extra_buffer_types)
         model = lib.llama_model_load_from_file(str(path).encode(), mparams)
         if not model:
             raise LoadError(f"{path}: llama.cpp could not load this GGUF file")
