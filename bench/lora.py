@@ -45,6 +45,8 @@ import numpy as np
 from _proc import BENCH, HOST, Patience, Request, Server, free_port, post
 from serving import log, machine_info, quietly, source_digest
 
+from edgeinfer.config import LlmOptions
+
 N_IN, HIDDEN, N_OUT = 256, 1024, 256
 RANK = 24  # ONNX adapters; 4 * 24 * (256 + 1024 + 1024 + 256) B = 240 KB each
 GGUF_RANK = 8  # the throughput adapters of the tiny Llama
@@ -54,16 +56,20 @@ COLD = ("c0", "c1", "c2", "c3", "c4")
 CONNECTIONS = 8
 LLM_TOKENS = 32
 NOISY = 0.3
+STEPS_PER_SWITCH = LlmOptions().lora_steps_per_switch  # the demo config keeps the default
+SLICES = (2, 4, 8, 16)  # in-process: steps per adapter switch
 ONNX_CONFIG = ('backend = "onnxruntime"\nmax_batch_size = 16\n\n[dynamic_batching]\n'
                "max_queue_delay_us = 200\n\n[onnxruntime]\nintra_op_threads = 1\n")  # fmt: skip
 POLICY = (
-    "llama.cpp applies a LoRA per context, so each step of the continuous-batching loop runs one "
-    "llama_decode per adapter group, in rotating order, and llama.cpp re-reserves its compute "
-    "graph after every change of the context's adapter. Four groups of two cost four decodes and "
-    "four re-reservations a step where one group of eight costs one decode: aggregate tokens/s "
-    "is traded for per-request adapters in one loop, with every admitted stream advancing every "
-    "step (no group waits behind another; nothing is preempted). max_loras would bound the "
-    "groups a step, trading a new adapter's first-token latency; it cannot raise tokens/s."
+    "llama.cpp applies a LoRA per context and re-reserves its compute graph after every change "
+    "of the context's adapter, so the adapter groups time-slice the context: a step decodes one "
+    "group (one adapter state per decode), the group whose adapter is set keeps the context for "
+    "up to K = [llm] lora_steps_per_switch steps in a row (default {k}), then the group that has "
+    "waited longest gets it. Four groups of two pay one switch per K decodes of two instead of "
+    "four switches per step; the price is burstier streams: a group gets K tokens, then waits "
+    "at most (groups - 1) * K steps while the others take their turns. One group decodes all "
+    "its sequences every step, as before. max_loras bounds the groups sharing the context, "
+    "hence that wait, at the price of a new adapter's first-token latency."
 )
 
 
@@ -319,7 +325,8 @@ def llm_part(built: dict[str, Any], opts: argparse.Namespace, tmp: Path) -> dict
         out["rss_mb"] = server.rss_mb()
     finally:
         server.stop()
-    out["policy"] = POLICY
+    out["policy"] = POLICY.format(k=STEPS_PER_SWITCH)
+    out["lora_steps_per_switch"] = STEPS_PER_SWITCH
     spec = {"model": str(built["repo"] / "llm" / "1" / "model.gguf"), "steps": 200,
             "adapters": [str(built["build"] / f"llm-{n}.gguf") for n in ADAPTERS]}  # fmt: skip
     opts.patience.wait_quiet(None)
@@ -330,8 +337,10 @@ def llm_part(built: dict[str, Any], opts: argparse.Namespace, tmp: Path) -> dict
 
 def decode_floor(spec: dict[str, Any]) -> dict[str, Any]:
     """In-process llama.cpp decode tok/s of 8 sequences (no server): one decode of all 8; four
-    decodes of 2 on one adapter; four decodes of 2, each after an adapter change (the server's
-    pattern). Best of 3, interleaved. Separates the cost of more decodes from that of switching."""
+    decodes of 2 on one adapter; four decodes of 2, each after an adapter change (a switch every
+    decode); and the loop's time-slicing, where each adapter's pair decodes K steps in a row
+    between switches. Best of 3, interleaved. Separates the cost of more decodes from that of
+    switching, and shows what each K of `lora_steps_per_switch` can reach."""
     from edgeinfer.config import LlmOptions
     from edgeinfer.runtime.llm_llamacpp import BatchItem, LlamaCppModel
 
@@ -341,29 +350,34 @@ def decode_floor(spec: dict[str, Any]) -> dict[str, Any]:
     handles = [m.load_adapter(Path(f)) for f in spec["adapters"]]
     prompt = m.tokenize("Edge inference runs next to the sensor.")
     pairs = [list(range(i, 8, 4)) for i in range(4)]
-    patterns = {"one_decode_of_8": ([list(range(8))], False),
-                "four_decodes_one_adapter": (pairs, False),
-                "four_decodes_four_adapters": (pairs, True)}  # fmt: skip
+    # name -> (sequences of each decode, steps per adapter switch; 0: never switch)
+    patterns = {"one_decode_of_8": ([list(range(8))], 0),
+                "four_decodes_one_adapter": (pairs, 0),
+                "four_decodes_four_adapters": (pairs, 1),
+                **{f"sliced_k{k}": (pairs, k) for k in SLICES}}  # fmt: skip
     best = dict.fromkeys(patterns, 0.0)
     for _ in range(3):
-        for name, (groups, switch) in patterns.items():
+        for name, (groups, k) in patterns.items():
             m.set_adapter(handles[0], 1.0)
             for seq in range(8):
                 m.free(seq)
                 m.decode([BatchItem(seq, prompt, 0, True)])
+            rounds = spec["steps"] // max(k, 1)  # every sequence gets the same token count
             pos, t0 = len(prompt), time.perf_counter()
-            for _ in range(spec["steps"]):
+            for _ in range(rounds):
                 for g, seqs in enumerate(groups):
-                    if switch:
+                    if k:
                         m.set_adapter(handles[g], 1.0)
-                    m.decode([BatchItem(seq, [5], pos, True) for seq in seqs])
-                pos += 1
-            best[name] = max(best[name], 8 * spec["steps"] / (time.perf_counter() - t0))
+                    for i in range(max(k, 1)):
+                        m.decode([BatchItem(seq, [5], pos + i, True) for seq in seqs])
+                pos += max(k, 1)
+            best[name] = max(best[name], 8 * (pos - len(prompt)) / (time.perf_counter() - t0))
     m.close()
     one = best["one_decode_of_8"]
     return {**{k: round(v, 1) for k, v in best.items()},
             "ratio_more_decodes": round(best["four_decodes_one_adapter"] / one, 3),
-            "ratio_switching": round(best["four_decodes_four_adapters"] / one, 3)}  # fmt: skip
+            "ratio_switching": round(best["four_decodes_four_adapters"] / one, 3),
+            **{f"ratio_sliced_k{k}": round(best[f"sliced_k{k}"] / one, 3) for k in SLICES}}  # fmt: skip
 
 
 # ---- c: cold against warm -------------------------------------------------------------------
@@ -476,7 +490,9 @@ def table(res: dict[str, Any]) -> str:
               f"{f['one_decode_of_8']:,.0f} tok/s; four decodes of 2 on one adapter "
               f"{f['four_decodes_one_adapter']:,.0f} ({f['ratio_more_decodes']:.2f}); four decodes "
               f"of 2, each after an adapter change {f['four_decodes_four_adapters']:,.0f} "
-              f"({f['ratio_switching']:.2f})."]  # fmt: skip
+              f"({f['ratio_switching']:.2f}); time-sliced, K decodes of 2 per switch: "
+              + ", ".join(f"K = {k} {f[f'sliced_k{k}']:,.0f} ({f[f'ratio_sliced_k{k}']:.2f})"
+                          for k in SLICES if f"sliced_k{k}" in f) + "."]  # fmt: skip
     if o["lora-stacked"]["noisy"] or o["lora-perrun"]["noisy"] or llm["noisy"]:
         lines.append(f"† other processes used more than {NOISY:.0%} of a core during the best "
                      "run (even after a retry): treat it as noisy.")  # fmt: skip

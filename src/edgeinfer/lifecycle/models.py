@@ -63,7 +63,8 @@ class LoadedVersion:
             assert isinstance(self.model, LlamaCppModel)
             o = self.config.llm
             limits = LoopLimits(o.slots, o.context_length, o.kv_cells, o.prefill_chunk,
-                                self.config.queue.max_queue_size)  # fmt: skip
+                                self.config.queue.max_queue_size,
+                                steps_per_switch=o.lora_steps_per_switch)  # fmt: skip
             self.llm = LlmLoop(self.model, limits, LlmStats(self.name), self.stats)
             return
         self.scheduler = Scheduler(

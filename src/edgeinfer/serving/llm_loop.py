@@ -6,7 +6,8 @@ Each step is schedule -> execute -> deliver:
   max_tokens (reserved up front, so a running sequence never runs out of cells and nothing is
   ever preempted); then build ONE batch: the next token of every decoding sequence plus at most
   `prefill_chunk` prompt tokens of sequences still prefilling, so a long prompt never stalls
-  the running streams for more than one chunk.
+  the running streams for more than one chunk (with several LoRA adapters running, only the
+  sequences of the adapter whose turn it is: see below).
 - execute: the backend's single decode call (the GIL is released inside it);
 - deliver: sample each logits row in numpy, hand the chunks to the event loop (one
   call_soon_threadsafe per step) where each request's queue feeds its stream, retire finished
@@ -20,14 +21,27 @@ waits for the event loop; the event loop only receives chunks, so HTTP handling 
 keep running during decodes. State shared with the event loop is a deque (`waiting`, appended by
 `submit`), per-request flags (`cancelled`) and counters read at scrape time.
 
-LoRA adapters: llama.cpp applies adapters per context, so a step runs ONE decode per adapter
-group (the running sequences sharing an adapter, None being the base model), in a rotating
-order. Every running sequence still advances once per step, so no tenant can starve another
-once admitted. Admission stays in arrival order; with `max_loras` a request whose adapter would
-be one group too many waits while later requests of running adapters go ahead of it, but only
-for `max_lora_wait` seconds: after that nothing passes it, the running groups drain and its
-adapter gets in. That trades the first-token latency of a new adapter for fewer decodes per
-step. Adapter loads and frees run on the engine thread between steps (`call`).
+LoRA adapters: llama.cpp applies adapters per context, and every change of the context's
+adapter makes it rebuild its compute graph before the next decode (measured on the tests' tiny
+Llama: a switch costs more than a decode of two sequences). So the running sequences are
+grouped by adapter (the base model is a group too) and the groups time-slice the context:
+- one adapter state per step: a step decodes one group, never a mix;
+- a step starts with the group whose adapter is already set, if it has work: no switch;
+- that group keeps the context for up to `steps_per_switch` (K) steps in a row, then the next
+  group with work gets it, round-robin (the group that has waited longest goes first), so a
+  group waits at most (groups - 1) * K steps: none starves;
+- with one group (or no adapters) every running sequence decodes every step, as without LoRA.
+The trade: one switch per K steps instead of one per group every step buys aggregate tokens/s
+(8 streams on 4 adapters, bench/results/lora.json: 0.29x of one adapter's with a switch per
+decode, 0.53x with K = 8; llama.cpp alone, in-process: 0.33x against 0.69x), paid in burstier
+streams when several adapters are busy: a group's sequences get K tokens in quick succession,
+then wait while the others take their turns (a (groups - 1) * K step gap), and a new adapter's
+first token may wait as long. K = 1 switches every step. Admission stays in arrival order; with `max_loras` a request whose adapter would be
+one group too many waits while later requests of running adapters go ahead of it, but only for
+`max_lora_wait` seconds: after that nothing passes it, the running groups drain and its adapter
+gets in. That trades the first-token latency of a new adapter for fewer groups sharing the
+context, hence a shorter wait between turns. Adapter loads and frees run on the engine thread
+between steps (`call`).
 
 A cancelled request (client disconnect, `aclose`) is retired at the next step and its slot and
 cells are freed. Requests over the context length are refused before any work (InvalidInput);
@@ -80,8 +94,9 @@ class LoopLimits:
     kv_cells: int  # KV-cache cells shared by all slots
     prefill_chunk: int  # prompt tokens per step
     max_waiting: int = 0  # 0: unbounded
-    max_loras: int = 0  # adapter groups decoding at once (the base model counts); 0: unbounded
+    max_loras: int = 0  # adapter groups running at once (the base model counts); 0: unbounded
     max_lora_wait: float = 1.0  # seconds a request may be passed by requests of other adapters
+    steps_per_switch: int = 8  # steps an adapter group keeps the context while others wait
 
 
 @dataclass(frozen=True, eq=False)
@@ -219,9 +234,11 @@ class LlmLoop:
         self._stopping = False
         self._avg_e2e = 0.0
         self._calls: deque[Callable[[], None]] = deque()  # run on the engine thread
-        self._rotation = 0  # which adapter group decodes first this step
         self._current: LoopAdapter | None = None  # the adapter set on the backend
-        self.decodes = 0  # backend decode calls (a step makes one per adapter group)
+        self._holder: LoopAdapter | None = None  # the group with the context (its adapter)
+        self._held = 0  # steps in a row the holder has decoded
+        self._since: dict[LoopAdapter | None, int] = {}  # group -> step it began waiting
+        self.decodes = 0  # backend decode calls
 
     # ---- requests --------------------------------------------------------------------------
     def submit(self, prompt: list[int], params: SamplingParams,
@@ -333,21 +350,13 @@ class LlmLoop:
         if not plan:
             self._flush()
             return False
-        groups: dict[str | None, list[tuple[_Request, BatchItem]]] = {}
-        for entry in plan:
-            groups.setdefault(entry[0].adapter_key, []).append(entry)
-        order = list(groups.values())
-        if len(order) > 1:  # rotate who decodes first: no group always waits for the others
-            self._rotation = (self._rotation + 1) % len(order)
-            order = order[self._rotation :] + order[: self._rotation]
-        for group in order:
-            self._execute(group)
+        self._execute(plan)
         self.steps += 1
         self._flush()
         return True
 
     def _execute(self, plan: list[tuple[_Request, BatchItem]]) -> None:
-        """One backend decode for requests sharing an adapter; sample and deliver."""
+        """The step's backend decode (its requests share an adapter); sample and deliver."""
         adapter = plan[0][0].adapter
         started = time.perf_counter_ns()
         try:
@@ -405,10 +414,11 @@ class LlmLoop:
             req.seq = self._free_slots.pop()
             req.admitted_at = self._clock()
             self.running.append(req)
+        turn = self._turn()
         plan = [(r, BatchItem(r.seq, [r.generated[-1]], len(r.prompt) + len(r.generated) - 1,
-                              True)) for r in self.running if r.decoding]  # fmt: skip
+                              True)) for r in turn if r.decoding]  # fmt: skip
         budget = self.limits.prefill_chunk
-        for req in self.running:
+        for req in turn:
             if budget == 0:
                 break
             left = len(req.prompt) - req.prefilled
@@ -418,6 +428,26 @@ class LlmLoop:
                 plan.append((req, BatchItem(req.seq, chunk, req.prefilled, n == left)))
                 budget -= n
         return plan
+
+    def _turn(self) -> list[_Request]:
+        """The running requests that decode this step: all of them when they share an adapter,
+        else one adapter group's, time-sliced (see the module doc)."""
+        groups: dict[LoopAdapter | None, list[_Request]] = {}
+        for req in self.running:
+            groups.setdefault(req.adapter, []).append(req)
+        self._since = {g: self._since.get(g, self.steps) for g in groups}
+        if not groups:
+            return []  # idle: the holder keeps the context (its adapter stays set)
+        holder = self._holder
+        if holder not in groups or (len(groups) > 1 and self._held >= self.limits.steps_per_switch):
+            if holder in groups:
+                self._since[holder] = self.steps  # it gives up the context: it waits from now
+            # The longest waiting goes next; min() keeps running order among equals.
+            self._holder = min((g for g in groups if g is not holder),
+                               key=self._since.__getitem__)  # fmt: skip
+            self._held = 0
+        self._held += 1
+        return groups.get(self._holder, [])
 
     def _admit(self) -> list[_Request]:
         """Waiting requests to start now, in arrival order (see the module doc for adapters)."""
