@@ -114,8 +114,11 @@ class Scheduler:
                     f"device capacity reduced to {factor:.0%} ({why}) and the queue is full; "
                     "retry later", retry_after=max(drain, 1.0)))  # fmt: skip
         timeout_us = entry.timeout_us or self.policy.default_timeout_us
-        # Rows ahead (queued at this priority or higher, and running now) plus its own run.
+        # Rows ahead (queued at this priority or higher, and running now) plus its own; its
+        # reply comes when its whole batch ends, so count up to that batch's end.
         rows = self.queue.rows_ahead_of(entry.priority) + self.running_rows + entry.batch
+        if self._dynamic and self.policy.max_batch_size > 1:
+            rows = -(-rows // self.policy.max_batch_size) * self.policy.max_batch_size
         wait = self.rate.seconds_for(rows)
         if timeout_us and wait is not None and wait * 1e6 > timeout_us:
             raise self._reject(
