@@ -46,6 +46,7 @@ A model's `config.toml`:
     kv_cache_type = "f16"          # f32 | f16 | q8_0
     extra_buffer_types = "auto"    # AMX/repacked weights: "auto" (probed once per CPU) | true | false
     lora_steps_per_switch = 8      # steps one LoRA adapter's streams decode before the next's turn
+    max_loras = 0                  # adapters whose sequences run at once (0: any)
 """
 
 from __future__ import annotations
@@ -245,8 +246,16 @@ class LlmOptions:
     # adapter change rebuilds llama.cpp's graph; serving/llm_loop.py). 8: 0.53x of one adapter's
     # tokens/s for 8 streams on 4 adapters, against 0.29x switching every decode.
     lora_steps_per_switch: int = 8
+    # LoRA adapters (the base model counts as one) whose sequences run at once; 0: any number.
+    # A request whose adapter would exceed it waits; after `max_lora_wait` seconds nothing
+    # passes it any more (vLLM's max_loras).
+    max_loras: int = 0
+    max_lora_wait: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.max_loras < 0 or self.max_lora_wait < 0:
+            raise ConfigError("llm.max_loras must be >= 0 (0: no limit) and llm.max_lora_wait "
+                              ">= 0 seconds")  # fmt: skip
         if self.context_length < 8 or self.slots < 1:
             raise ConfigError("llm.context_length must be >= 8 and llm.slots >= 1")
         if self.kv_tokens and self.kv_tokens < self.context_length:

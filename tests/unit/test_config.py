@@ -69,3 +69,15 @@ def test_overrides_parse_and_merge(tmp_path: Path) -> None:
         parse_overrides(["max_batch_size=3"])
     with pytest.raises(ConfigError, match="with --set overrides"):
         ModelConfig.from_toml(path, "m", parse_overrides(["m.queue.timeout_action=explode"])["m"])
+
+
+def test_llm_lora_scheduling_options_are_read_and_checked() -> None:
+    config = ModelConfig.from_dict(
+        {"backend": "llama.cpp", "llm": {"max_loras": 2, "max_lora_wait": 0.5,
+                                         "lora_steps_per_switch": 4}}, "m"
+    )  # fmt: skip
+    assert (config.llm.max_loras, config.llm.max_lora_wait) == (2, 0.5)
+    assert config.llm.lora_steps_per_switch == 4
+    for bad in ({"max_loras": -1}, {"max_lora_wait": -1.0}, {"lora_steps_per_switch": 0}):
+        with pytest.raises(ConfigError, match="llm\\."):
+            ModelConfig.from_dict({"backend": "llama.cpp", "llm": bad}, "m")

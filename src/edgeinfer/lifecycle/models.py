@@ -64,6 +64,7 @@ class LoadedVersion:
             o = self.config.llm
             limits = LoopLimits(o.slots, o.context_length, o.kv_cells, o.prefill_chunk,
                                 self.config.queue.max_queue_size,
+                                max_loras=o.max_loras, max_lora_wait=o.max_lora_wait,
                                 steps_per_switch=o.lora_steps_per_switch)  # fmt: skip
             self.llm = LlmLoop(self.model, limits, LlmStats(self.name), self.stats)
             return
