@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 LABELS = {"mlp": "MLP, JSON", "resnet18": "ResNet-18, binary"}
 
@@ -140,3 +148,32 @@ def table(res: dict[str, Any]) -> str:
         "server, is the limit. `python bench/serving.py` reproduces it."
     )
     return "\n".join(lines)
+
+
+def add_output_args(p: argparse.ArgumentParser, name: str) -> None:
+    """--output and --table for a benchmark whose results go to bench/results/<name>.json."""
+    p.add_argument("--output", type=Path, help=f"JSON path (default bench/results/{name}.json, "
+                   f"quick: {name}-quick.json)")  # fmt: skip
+    p.add_argument("--table", type=Path, metavar="JSON", help="print the markdown table of a "
+                   "results file and exit")  # fmt: skip
+
+
+def run_and_write(name: str, opts: argparse.Namespace,
+                  run: Callable[[argparse.Namespace, Path], dict[str, Any]],
+                  table: Callable[[dict[str, Any]], str]) -> int:  # fmt: skip
+    """Run the benchmark in a temp dir, write its JSON and print its table (or only print the
+    table of `--table FILE`)."""
+    if opts.table:
+        print(table(json.loads(opts.table.read_text())))
+        return 0
+    output = opts.output or RESULTS / (f"{name}-quick.json" if opts.quick else f"{name}.json")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"edgeinfer-{name}-bench-") as tmp:
+        res = run(opts, Path(tmp))
+    res["wall_s"] = round(time.perf_counter() - started, 1)
+    res["patience_left_s"] = round(opts.patience.left, 1)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(res, indent=2) + "\n")
+    print(table(res))
+    print(f"\nwrote {output} in {res['wall_s']} s")
+    return 0

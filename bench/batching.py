@@ -22,7 +22,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tomllib
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import serving as sv
 from _proc import BENCH, Patience, Request, Server
+from _report import add_output_args, run_and_write
 
 DEADLINE_MS = 1000.0
 OVERLOAD = 4.0
@@ -337,31 +337,14 @@ def main() -> int:
     p.add_argument("--duration", type=float, help="seconds per load point (default 10, quick 3)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per point (default 2, quick 1)")
     p.add_argument("--overload-s", type=float, help="overload seconds (default 20, quick 8)")
-    p.add_argument("--output", type=Path, help="JSON path (default bench/results/batching.json, "
-                   "quick: batching-quick.json)")  # fmt: skip
-    p.add_argument("--table", type=Path, metavar="JSON", help="print the markdown table of a "
-                   "results file and exit")  # fmt: skip
+    add_output_args(p, "batching")
     opts = p.parse_args()
-    if opts.table:
-        print(table(json.loads(opts.table.read_text())))
-        return 0
     opts.duration = opts.duration or (3.0 if opts.quick else 10.0)
     opts.warmup = opts.warmup if opts.warmup is not None else (1.0 if opts.quick else 2.0)
     opts.overload_s = opts.overload_s or (8.0 if opts.quick else 20.0)
     opts.quiet_wait = 5.0 if opts.quick else 10.0
     opts.patience = Patience(30.0 if opts.quick else 90.0, opts.quiet_wait)
-    output = opts.output or BENCH / "results" / (
-        "batching-quick.json" if opts.quick else "batching.json"
-    )
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgeinfer-bench-") as tmp:
-        res = run(opts, Path(tmp))
-    res["wall_s"] = round(time.perf_counter() - started, 1)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(res, indent=2) + "\n")
-    print(table(res))
-    print(f"\nwrote {output} in {res['wall_s']} s")
-    return 0
+    return run_and_write("batching", opts, run, table)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,7 +41,8 @@ from typing import Any
 import _load
 import httpx
 import numpy as np
-from _proc import BENCH, HOST, Patience, Request, Server, free_port, post
+from _proc import HOST, Patience, Request, Server, free_port, post
+from _report import add_output_args, run_and_write
 from serving import log, machine_info, quietly, source_digest
 
 from edgeinfer.config import LlmOptions
@@ -535,10 +535,7 @@ def main() -> int:
     p.add_argument("--warmup", type=float, help="warm-up seconds per point (default 2, quick 1)")
     p.add_argument("--reps", type=int, help="runs of each stream, alternating (default 2, quick 1)")
     p.add_argument("--cycles", type=int, help="cold/warm pairs per model (default 30, quick 5)")
-    p.add_argument("--output", type=Path, help="JSON path (default bench/results/lora.json, "
-                   "quick: lora-quick.json)")  # fmt: skip
-    p.add_argument("--table", type=Path, metavar="JSON", help="print the markdown table of a "
-                   "results file and exit")  # fmt: skip
+    add_output_args(p, "lora")
     p.add_argument("--client", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--decode-floor", type=Path, help=argparse.SUPPRESS)
     opts = p.parse_args()
@@ -548,25 +545,12 @@ def main() -> int:
     if opts.decode_floor:
         print(json.dumps(decode_floor(json.loads(opts.decode_floor.read_text()))))
         return 0
-    if opts.table:
-        print(table(json.loads(opts.table.read_text())))
-        return 0
     opts.duration = opts.duration or (3.0 if opts.quick else 8.0)
     opts.warmup = opts.warmup if opts.warmup is not None else (1.0 if opts.quick else 2.0)
     opts.reps = opts.reps or (1 if opts.quick else 2)
     opts.cycles = opts.cycles or (5 if opts.quick else 30)
     opts.patience = Patience(30.0 if opts.quick else 90.0, 5.0 if opts.quick else 10.0)
-    output = opts.output or BENCH / "results" / ("lora-quick.json" if opts.quick else "lora.json")
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgeinfer-lora-bench-") as tmp:
-        res = run(opts, Path(tmp))
-    res["wall_s"] = round(time.perf_counter() - started, 1)
-    res["patience_left_s"] = round(opts.patience.left, 1)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(res, indent=2) + "\n")
-    print(table(res))
-    print(f"\nwrote {output} in {res['wall_s']} s")
-    return 0
+    return run_and_write("lora", opts, run, table)
 
 
 if __name__ == "__main__":

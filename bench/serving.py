@@ -23,7 +23,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 from _load import machine_busy_s, percentile, proc_cpu_s, self_cpu_s
 from _proc import BENCH, Patience, Request, Server, free_port, post, run_load
-from _report import ratios, table, targets
+from _report import add_output_args, ratios, run_and_write, table, targets
 
 CONCURRENCY = (1, 8, 32)
 NOISY = 0.3  # other processes' CPU (share of a core) above which a point is measured again
@@ -396,14 +395,8 @@ def main() -> int:
                    "quiet before each measurement (default 10 s, quick 5 s)")  # fmt: skip
     p.add_argument("--patience", type=float, help="total extra seconds the run may spend waiting "
                    "for quiet and re-measuring noisy points (default 90, quick 30)")  # fmt: skip
-    p.add_argument("--output", type=Path, help="JSON path (default bench/results/serving.json, "
-                   "quick: serving-quick.json)")  # fmt: skip
-    p.add_argument("--table", type=Path, metavar="JSON", help="print the markdown table of a "
-                   "results file and exit")  # fmt: skip
+    add_output_args(p, "serving")
     opts = p.parse_args()
-    if opts.table:
-        print(table(json.loads(opts.table.read_text())))
-        return 0
     opts.duration = opts.duration or (3.0 if opts.quick else 10.0)
     opts.warmup = opts.warmup if opts.warmup is not None else (1.0 if opts.quick else 2.0)
     opts.idle = opts.idle or (3.0 if opts.quick else 5.0)
@@ -412,18 +405,7 @@ def main() -> int:
     if opts.patience is None:
         opts.patience = 30.0 if opts.quick else 90.0
     opts.patience = Patience(opts.patience, opts.quiet_wait)
-    name = "serving-quick.json" if opts.quick else "serving.json"
-    output = opts.output or BENCH / "results" / name
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgeinfer-bench-") as tmp:
-        res = run(opts, Path(tmp))
-    res["wall_s"] = round(time.perf_counter() - started, 1)
-    res["patience_left_s"] = round(opts.patience.left, 1)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(res, indent=2) + "\n")
-    print(table(res))
-    print(f"\nwrote {output} in {res['wall_s']} s")
-    return 0
+    return run_and_write("serving", opts, run, table)
 
 
 if __name__ == "__main__":
