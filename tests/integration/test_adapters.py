@@ -57,8 +57,9 @@ def lora_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     base = models.mlp(build / "mlp.onnx", seed=1)
     weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(base)).graph.initializer}
     onnx_loras = {"x": _onnx_lora(rng), "y": _onnx_lora(rng)}
+    graphs = {}
     for model, stacked in (("mlp-lora", False), ("mlp-stacked", True)):
-        graph = convert_graph(base, build / model, ["w1", "w2"], stacked, rank=8)
+        graph = graphs[model] = convert_graph(base, build / model, ["w1", "w2"], stacked, rank=8)
         cfg = "max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay_us = 2000\n"
         models.publish(root, model, graph / "model.onnx", cfg,
                        extra={"lora.json": graph / "lora.json"})  # fmt: skip
@@ -88,7 +89,7 @@ def lora_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     (build / "keys.toml").write_text("\n".join(lines))
     server = start_server(root, build / "server.log", "--api-keys", str(build / "keys.toml"))
     yield {"server": server, "keys": keys, "weights": weights, "onnx_loras": onnx_loras,
-           "gguf_loras": gguf_loras, "build": build}  # fmt: skip
+           "gguf_loras": gguf_loras, "build": build, "root": root, "graphs": graphs}  # fmt: skip
     server.stop()
 
 
@@ -125,6 +126,21 @@ def test_onnx_adapters_match_merged_weights_also_mixed_in_flight(
         outs = list(pool.map(lambda j: _infer(server, acme, model, j[1], j[0]), jobs))
     for (a, xi), out in zip(jobs, outs, strict=True):
         np.testing.assert_allclose(out, _mlp_ref(w, xi, loras[a] if a else None),
+                                   rtol=1e-4, atol=1e-3)  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["mlp-lora", "mlp-stacked"])
+def test_a_new_adapter_version_is_served_instead_of_the_old(lora_env: dict, model: str) -> None:
+    server, w, build = lora_env["server"], lora_env["weights"], lora_env["build"]
+    x = np.random.default_rng(1).standard_normal((2, 16)).astype(np.float32)
+    acme = _h(lora_env, "acme")
+    versions = [_onnx_lora(np.random.default_rng(seed)) for seed in (41, 42)]
+    for i, lora in enumerate(versions, 1):
+        peft = write_peft(build / f"peft-z{i}-{model}", lora, alpha=2.0 * RANK, r=RANK)
+        out = convert_peft(peft, lora_env["graphs"][model] / "model.onnx", build / f"{model}-z{i}")
+        add_adapter(lora_env["root"] / model, "z", out)  # version i
+        time.sleep(2.5)  # the server rescans a model's adapters at most every 2 s
+        np.testing.assert_allclose(_infer(server, acme, model, x, "z"), _mlp_ref(w, x, lora),
                                    rtol=1e-4, atol=1e-3)  # fmt: skip
 
 

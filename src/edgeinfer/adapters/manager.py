@@ -160,11 +160,20 @@ class AdapterManager:
     async def acquire(self, model: str, name: str, tenant: str | None, instance: Any,
                       loop: LlmLoop | None = None) -> Lease:  # fmt: skip
         spec = self.check(model, name, tenant)
+        replaced = None
         with self._lock:
             a = self._live.get((model, name))
             if a is None or a.removed or a.spec != spec:
+                if a is not None and not a.removed:  # a new version (or grants) on disk
+                    a.removed, replaced = True, a
                 a = self._live[(model, name)] = _Adapter(spec)
             a.refs += 1  # held from here: eviction and unloading wait for it
+            drop_replaced = replaced is not None and replaced.refs == 0
+        if drop_replaced:  # busy: freed when its last request ends (_release)
+            assert replaced is not None
+            log.info("adapter %s:%s: version %s replaces %s", model, name, spec.version,
+                     replaced.spec.version)  # fmt: skip
+            self._drop(replaced, "replace")
         try:
             async with a.lock:
                 return await self._lease(a, instance, loop)
@@ -271,7 +280,8 @@ class AdapterManager:
 
     def _by_key(self, key: str) -> _Adapter | None:
         model, _, name = key.partition(":adapter:")
-        return self._live.get((model, name)) if name else None
+        a = self._live.get((model, name.partition("@")[0])) if name else None
+        return a if a is not None and a.spec.key == key else None
 
     def _release(self, a: _Adapter) -> None:
         with self._lock:

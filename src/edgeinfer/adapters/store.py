@@ -44,7 +44,9 @@ class AdapterSpec:
 
     @property
     def key(self) -> str:
-        return f"{self.model}:adapter:{self.name}"
+        """Budget, stacked-table and LLM-group key; a new version is a different key, so the
+        old one drains and is freed while the new one serves."""
+        return f"{self.model}:adapter:{self.name}" + (f"@{self.version}" if self.version else "")
 
     @property
     def kind(self) -> str:

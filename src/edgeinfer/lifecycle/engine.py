@@ -492,7 +492,8 @@ class Engine:
             for h in m.versions.values():
                 if h.llm is not None:
                     running, waiting = (
-                        [k.replace(":adapter:", ":") for k in keys] for keys in h.llm.adapters()
+                        [k.replace(":adapter:", ":").partition("@")[0] for k in keys]
+                        for keys in h.llm.adapters()
                     )
                     out.append(LoraLoopSample(h.llm.limits.max_loras or h.llm.limits.slots,
                                               running, waiting))  # fmt: skip
