@@ -186,7 +186,7 @@ class AdapterManager:
         started = time.perf_counter()
         loaded = False
         if not a.resident:
-            await self._reserve(a)
+            await self._reserve(a, _resident_bytes(spec, instance))
             a.resident, loaded = True, True
         if self.budget is not None:
             self.budget.pin(spec.key)
@@ -243,8 +243,7 @@ class AdapterManager:
         a.tables.add(table)
         return Lease(self, a, index=-slot)  # negative: freshly loaded (for the load counter)
 
-    async def _reserve(self, a: _Adapter) -> None:
-        need = a.spec.file.stat().st_size
+    async def _reserve(self, a: _Adapter, need: int) -> None:
         a.nbytes = need
         budget = self.budget
         if budget is None:
@@ -348,3 +347,11 @@ class AdapterManager:
             for kind, n in (("prompt", prompt_tokens), ("generation", completion_tokens)):
                 if n:
                     s.tenant_tokens[(t, model, kind)] = s.tenant_tokens.get((t, model, kind), 0) + n
+
+
+def _resident_bytes(spec: AdapterSpec, instance: Any) -> int:
+    """Bytes an adapter holds once loaded: its file, or for a stacked ONNX model the larger of
+    that and its slot (padded to the graph's rank) in the model's table."""
+    size = spec.file.stat().st_size
+    table = getattr(instance, "table", None)
+    return max(size, table.slot_bytes) if table is not None else size

@@ -159,6 +159,12 @@ class StackedTable:
         return self._slots.get(key)
 
     @property
+    def slot_bytes(self) -> int:
+        """What one resident adapter takes here: a slot padded to the graph's full rank."""
+        return sum(4 * d_in * self.spec.rank + 4 * self.spec.rank * d_out
+                   for d_in, d_out in self.spec.targets.values())  # fmt: skip
+
+    @property
     def keys(self) -> list[str]:
         return list(self._slots)
 
