@@ -59,7 +59,9 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     root, build = tmp_path_factory.mktemp("budget-repo"), tmp_path_factory.mktemp("budget-build")
     base_file = models.mlp(build / "mlp.onnx", n_in=N_IN, hidden=HIDDEN, n_out=N_OUT, seed=1)
     base = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(base_file)).graph.initializer}
-    graph = convert_graph(base_file, build / "graph", ["w1", "w2"], mode == "stacked", 512)
+    # A stacked slot is padded to the graph's rank and charged that: at RANK it is the file's size.
+    graph = convert_graph(base_file, build / "graph", ["w1", "w2"], mode == "stacked",
+                          RANK if mode == "stacked" else 512)  # fmt: skip
     # Stacked: two instances (sessions) that the scheduler runs batches on, one table of slots.
     instances = 2 if mode == "stacked" else 1
     models.publish(root, "m", graph / "model.onnx",
