@@ -98,7 +98,7 @@ class LlamaCppModel:
         self.options = options
         self.threads = threads
         mparams = lib.llama_model_default_params()
-        mparams.use_mmap = True
+        mparams.load_mode = lib.LLAMA_LOAD_MODE_MMAP  # not "auto", which may pick direct I/O
         mparams.n_gpu_layers = 0
         # Off where llama.cpp's AMX/repack kernels kill the process (SIGILL): see llm_probe.
         mparams.use_extra_bufts = extra_buffer_types(options.extra_buffer_types)
