@@ -369,8 +369,6 @@ class Engine:
                 request, h.model.inputs, h.model.outputs, h.config.max_batch_size
             )
             priority, timeout_us = _queue_params(request.parameters)
-            timeout_us = _remaining_us(timeout_us or h.scheduler.policy.default_timeout_us,
-                                       request.received_ns)  # fmt: skip
             self.adapters.record(tenant, model, request=True)
             lease = (await self.adapters.acquire(model, adapter, tenant, h.model)
                      if adapter else None)  # fmt: skip
@@ -382,7 +380,8 @@ class Engine:
                     rows = next(iter(feeds.values())).shape[0]
                     feeds = {**feeds, "adapter_index": np.full(rows, lease.index, np.int64)}
                 results, t = await h.scheduler.submit(feeds, priority, timeout_us, trace,
-                                                      adapter=run_adapter)  # fmt: skip
+                                                      adapter=run_adapter,
+                                                      received_ns=request.received_ns)  # fmt: skip
             finally:
                 if lease is not None:
                     lease.release()
@@ -521,19 +520,6 @@ def _queue_params(params: dict[str, Any]) -> tuple[int, int]:
             raise InvalidInput(f"parameter '{key}' must be a non-negative integer, got {value!r}")
         out.append(value)
     return out[0], out[1]
-
-
-def _remaining_us(timeout_us: int, received_ns: int) -> int:
-    """What is left of a request's timeout after reading and decoding it (0: no timeout)."""
-    if not timeout_us or not received_ns:
-        return timeout_us
-    left = timeout_us - (time.perf_counter_ns() - received_ns) // 1000
-    if left <= 0:
-        raise DeadlineExceeded(
-            f"request timed out before it was queued: its timeout of {timeout_us / 1e3:.1f} ms "
-            "passed while it was read and decoded"
-        )
-    return int(left)
 
 
 def _failure_reason(e: EdgeInferError) -> str:

@@ -161,8 +161,7 @@ class StackedTable:
     @property
     def slot_bytes(self) -> int:
         """What one resident adapter takes here: a slot padded to the graph's full rank."""
-        return sum(4 * d_in * self.spec.rank + 4 * self.spec.rank * d_out
-                   for d_in, d_out in self.spec.targets.values())  # fmt: skip
+        return sum(v[0].nbytes for v in self.arrays.values())  # slot 0 always exists
 
     @property
     def keys(self) -> list[str]:

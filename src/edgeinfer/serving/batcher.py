@@ -176,6 +176,10 @@ class BatchQueue:
             return batch, None
         return [], send_at
 
+    def batch_limit(self, max_rows: int | None = None) -> int:
+        """Most rows the next batch may take: the policy's max, or `max_rows` when lower."""
+        return min(self.policy.max_batch_size, max_rows or self.policy.max_batch_size)
+
     def take(self, now: float, max_rows: int | None = None, horizon: float = 0.0) -> Decision:
         """Expire timed-out entries and return a batch to run now, if one is due. `max_rows`
         caps the batch below the policy's max (the device is hot or short of memory); a single
@@ -183,7 +187,7 @@ class BatchQueue:
         run; an entry whose deadline falls before `now + horizon` could only finish late, so it
         expires now."""
         decision = Decision(expired=self._expire(now + horizon))
-        limit = min(self.policy.max_batch_size, max_rows or self.policy.max_batch_size)
+        limit = self.batch_limit(max_rows)
         gathered = self._gather(limit)
         if not gathered:
             return decision

@@ -36,8 +36,10 @@ The trade: one switch per K steps instead of one per group every step buys aggre
 decode, 0.53x with K = 8; llama.cpp alone, in-process: 0.33x against 0.69x), paid in burstier
 streams when several adapters are busy: a group's sequences get K tokens in quick succession,
 then wait while the others take their turns (a (groups - 1) * K step gap), and a new adapter's
-first token may wait as long. K = 1 switches every step. Admission stays in arrival order; with `max_loras` a request whose adapter would be
-one group too many waits while later requests of running adapters go ahead of it, but only for
+first token may wait as long. K = 1 switches every step.
+
+Admission stays in arrival order; with `max_loras` a request whose adapter would be one group
+too many waits while later requests of running adapters go ahead of it, but only for
 `max_lora_wait` seconds: after that nothing passes it, the running groups drain and its adapter
 gets in. That trades the first-token latency of a new adapter for fewer groups sharing the
 context, hence a shorter wait between turns. Adapter loads and frees run on the engine thread

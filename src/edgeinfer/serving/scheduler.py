@@ -150,12 +150,16 @@ class Scheduler:
         timeout_us: int = 0,
         trace: RequestTrace | None = None,
         adapter: Any = None,
+        received_ns: int = 0,
     ) -> tuple[dict[str, np.ndarray], Timing]:
         """Queue one request and wait for its slice of a batch result. With `trace`, the run
         records the request's queue span and a batch span linked to it. `adapter` (hashable;
-        a per-run LoRA adapter) is part of the batch signature and passed to `model.run`."""
+        a per-run LoRA adapter) is part of the batch signature and passed to `model.run`.
+        `received_ns`: when the server began reading the request (perf_counter_ns; 0: now);
+        its timeout counts from there."""
         if self._closed:
             raise Unavailable("model version is unloading")
+        timeout_us = _remaining_us(timeout_us or self.policy.default_timeout_us, received_ns)
         wakeup = self._wakeup or self._start()
         rows = next(iter(feeds.values())).shape[0] if self._dynamic else 1
         fut: asyncio.Future[tuple[dict[str, np.ndarray], Timing]] = (
@@ -189,7 +193,7 @@ class Scheduler:
             if self.running >= busy_limit:  # hot device: leave this instance idle for now
                 decision = Decision(wake_at=self._clock() + 0.05)
             else:
-                limit = min(self.policy.max_batch_size, max_rows or self.policy.max_batch_size)
+                limit = self.queue.batch_limit(max_rows)
                 run_s = self.rate.seconds_for(min(self.queue.rows, limit)) or 0.0
                 horizon = run_s * RUN_MARGIN
                 decision = self.queue.take(self._clock(), max_rows, horizon)
@@ -298,6 +302,19 @@ class Scheduler:
         await asyncio.gather(*self._workers, return_exceptions=True)
         for m in self.instances:
             m.close()
+
+
+def _remaining_us(timeout_us: int, received_ns: int) -> int:
+    """What is left of a request's timeout after reading and decoding it (0: no timeout)."""
+    if not timeout_us or not received_ns:
+        return timeout_us
+    left = timeout_us - (time.perf_counter_ns() - received_ns) // 1000
+    if left <= 0:
+        raise DeadlineExceeded(
+            f"request timed out before it was queued: its timeout of {timeout_us / 1e3:.1f} ms "
+            "passed while it was read and decoded"
+        )
+    return int(left)
 
 
 def _fail(entry: Entry, exc: BaseException) -> None:
