@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -172,19 +173,32 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             return _StdlibConn(args.host, args.port, args.path, body, headers)
         return _RawConn(args.host, args.port, request)
 
-    slots = [_Slot() for _ in range(args.concurrency)]
+    out = measure([make_conn] * args.concurrency, args.warmup, args.duration, args.server_pid)
+    return {"concurrency": args.concurrency, "client": args.client, **out}
+
+
+def measure(
+    make_conns: list[Callable[[], _RawConn | _StdlibConn]],
+    warmup: float,
+    duration: float,
+    server_pid: int = 0,
+) -> dict[str, Any]:
+    """One closed-loop worker thread per connection factory; after `warmup` s, count what
+    completes in the next `duration` s, with the CPU of this process, the server's and the
+    machine's over that window (shares of one core)."""
+    slots = [_Slot() for _ in make_conns]
     go, stop = threading.Event(), threading.Event()
-    threads = [threading.Thread(target=_worker, args=(make_conn, s, go, stop), daemon=True)
-               for s in slots]  # fmt: skip
+    threads = [threading.Thread(target=_worker, args=(make, s, go, stop), daemon=True)
+               for make, s in zip(make_conns, slots, strict=True)]  # fmt: skip
     for t in threads:
         t.start()
     go.set()
-    time.sleep(args.warmup)
+    time.sleep(warmup)
     t0, c0, m0 = time.perf_counter_ns(), self_cpu_s(), machine_busy_s()
-    s0 = proc_cpu_s(args.server_pid) if args.server_pid else 0.0
-    time.sleep(args.duration)
+    s0 = proc_cpu_s(server_pid) if server_pid else 0.0
+    time.sleep(duration)
     t1, c1, m1 = time.perf_counter_ns(), self_cpu_s(), machine_busy_s()
-    s1 = proc_cpu_s(args.server_pid) if args.server_pid else 0.0
+    s1 = proc_cpu_s(server_pid) if server_pid else 0.0
     stop.set()
     for t in threads:
         t.join(timeout=120)
@@ -196,22 +210,21 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     errors = sum(1 for s in slots for e in s.error_ends if t0 <= e <= t1)
     client, server, machine = (c1 - c0) / wall, (s1 - s0) / wall, (m1 - m0) / wall
     return {
-        "concurrency": args.concurrency,
-        "client": args.client,
         "duration_s": round(wall, 3),
         "requests": len(lats),
         "errors": errors,
         "first_error": next((s.first_error for s in slots if s.first_error), ""),
         "rps": round(len(lats) / wall, 1),
+        "per_connection": [sum(1 for e in s.ends if t0 <= e <= t1) for s in slots],
         "p50_ms": round(percentile(lats, 0.50) / 1e6, 3),
         "p90_ms": round(percentile(lats, 0.90) / 1e6, 3),
         "p99_ms": round(percentile(lats, 0.99) / 1e6, 3),
         "mean_ms": round(sum(lats) / len(lats) / 1e6, 3) if lats else float("nan"),
         # Shares of one core during the timed window.
         "client_cpu": round(client, 3),
-        "server_cpu": round(server, 3) if args.server_pid else None,
+        "server_cpu": round(server, 3) if server_pid else None,
         "machine_cpu": round(machine, 3),
-        "other_cpu": round(machine - client - server, 3) if args.server_pid else None,
+        "other_cpu": round(machine - client - server, 3) if server_pid else None,
     }
 
 

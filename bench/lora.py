@@ -33,7 +33,6 @@ import re
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -193,42 +192,9 @@ def client(spec: dict[str, Any]) -> dict[str, Any]:
         _load.build_request(HOST, port, r["path"], r["body"].encode(), JSON)
         for r in spec["requests"]
     ]
-    slots = [_load._Slot() for _ in raw]
-    go, stop = threading.Event(), threading.Event()
-    threads = [threading.Thread(target=_load._worker, daemon=True,
-                                args=(lambda r=r: _load._RawConn(HOST, port, r), s, go, stop))
-               for r, s in zip(raw, slots, strict=True)]  # fmt: skip
-    for t in threads:
-        t.start()
-    go.set()
-    time.sleep(spec["warmup"])
-
-    def cpu() -> tuple[int, float, float, float]:
-        return (time.perf_counter_ns(), _load.self_cpu_s(), _load.machine_busy_s(),
-                _load.proc_cpu_s(spec["pid"]))  # fmt: skip
-
-    t0, c0, m0, s0 = cpu()
-    time.sleep(spec["duration"])
-    t1, c1, m1, s1 = cpu()
-    stop.set()
-    for t in threads:
-        t.join(timeout=120)
-    wall = (t1 - t0) / 1e9
-    lats = sorted(
-        lat for s in slots for e, lat in zip(s.ends, s.lats, strict=True) if t0 <= e <= t1
-    )
-    per_conn = [sum(1 for e in s.ends if t0 <= e <= t1) for s in slots]
-    client_cpu, server_cpu, machine = (c1 - c0) / wall, (s1 - s0) / wall, (m1 - m0) / wall
-    return {
-        "connections": len(slots), "duration_s": round(wall, 3), "requests": len(lats),
-        "errors": sum(1 for s in slots for e in s.error_ends if t0 <= e <= t1),
-        "first_error": next((s.first_error for s in slots if s.first_error), ""),
-        "rps": round(len(lats) / wall, 1), "per_connection": per_conn,
-        "p50_ms": round(_load.percentile(lats, 0.5) / 1e6, 3),
-        "p99_ms": round(_load.percentile(lats, 0.99) / 1e6, 3),
-        "client_cpu": round(client_cpu, 3), "server_cpu": round(server_cpu, 3),
-        "machine_cpu": round(machine, 3), "other_cpu": round(machine - client_cpu - server_cpu, 3),
-    }  # fmt: skip
+    out = _load.measure([lambda r=r: _load._RawConn(HOST, port, r) for r in raw],
+                        spec["warmup"], spec["duration"], spec["pid"])  # fmt: skip
+    return {"connections": len(raw), **out}
 
 
 def in_own_process(flag: str, spec: dict[str, Any], tmp: Path, timeout: float) -> dict[str, Any]:
