@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 LABELS = {"mlp": "MLP, JSON", "resnet18": "ResNet-18, binary"}
@@ -66,6 +68,12 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         ("idle CPU < 1% of a core", idle, "< 0.01", idle < 0.01, False),
         ("RSS after load <= 250 MB", rss, "<= 250 MB", rss <= 250, False),
     ]  # fmt: skip
+    cost = res.get("metrics_cost", {})
+    if cost.get("status") == "ok":  # results from before the comparison existed have none
+        ratio = cost["rps_on_over_off"]
+        rows.append(("MLP c=32 req/s with metrics on >= 97% of off", ratio, ">= 0.97",
+                     ratio >= 0.97, any(r["other_cpu"] > 1.0 + limit
+                                        for r in cost["rounds"]["on_off"])))  # fmt: skip
     return [{"target": t, "value": v, "limit": lim, "met": bool(ok), "noisy": n}
             for t, v, lim, ok, n in rows]  # fmt: skip
 
@@ -117,6 +125,23 @@ def table(res: dict[str, Any]) -> str:
                      f"p50 {wrk['p50_ms']:.2f} ms, p99 {wrk['p99_ms']:.2f} ms{cpu}.")  # fmt: skip
     else:
         lines.append(f"wrk: {wrk.get('status', 'not run')}.")
+    cost = res.get("metrics_cost", {})
+    if cost.get("status") == "ok":
+        us = {k: float(np.median([r[k]["server_cpu_us_per_request"]
+                                   for r in cost["rounds"]["on_off"]]))
+               for k in ("on", "off")}  # fmt: skip
+        lo, hi = cost["rps_on_over_off_range"]
+        aa_lo, aa_hi = cost["aa_rps_ratio_range"]
+        lines.append(
+            f"Metrics on vs `--no-metrics` (MLP, wrk at concurrency {cost['concurrency']} on each, "
+            f"both servers at once on one core, {len(cost['rounds']['on_off'])} rounds): req/s "
+            f"on/off {cost['rps_on_over_off']:.3f} (median; rounds {lo:.3f}-{hi:.3f}), server "
+            f"CPU {us['on']:.0f} vs {us['off']:.0f} µs per request; two servers both with "
+            f"metrics on, paired the same way: {cost['aa_rps_ratio_median']:.3f} "
+            f"({aa_lo:.3f}-{aa_hi:.3f}), the noise floor."
+        )
+    elif cost:
+        lines.append(f"Metrics on vs off: {cost['status']}.")
     flagged = [p for side in (ours, peer) for p in side["points"]] + [*raw.values(), wrk]
     cold_noisy = any(s.get("cold_start_other_cpu", 0.0) > noisy for s in (ours, peer))
     if cold_noisy or any(p.get("other_cpu", 0.0) > noisy for p in flagged):

@@ -8,7 +8,9 @@
 Steps: build a tiny MLP and a ResNet-18-shaped CNN; time raw ORT at batch 1; start edgeinfer with
 the CNN at intra_op_threads 1 and then 2 (cold start + CNN at concurrency 1 each) and keep the
 faster; run every load point against edgeinfer, then RSS and idle CPU; then the same against the
-FastAPI peer. One server runs at a time, and the load generator is its own process.
+FastAPI peer; last, the MLP at concurrency 32 against edgeinfer with metrics on and with
+--no-metrics, both at once on one pinned core (see metrics_cost). Otherwise one server takes load
+at a time, and the load generator is its own process.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from _proc import BENCH, Patience, Request, Server, free_port, post, run_load
 from _report import add_output_args, ratios, run_and_write, table, targets
 
 CONCURRENCY = (1, 8, 32)
+METRICS_ROUNDS = 8  # paired rounds of metrics on vs off
+AA_ROUNDS = 4  # paired rounds of two servers with metrics on: the comparison's noise floor
 NOISY = 0.3  # other processes' CPU (share of a core) above which a point is measured again
 MLP_CONFIG = 'backend = "onnxruntime"\nmax_batch_size = 16\n\n[onnxruntime]\nintra_op_threads = 1\n'
 CNN_CONFIG = (
@@ -169,11 +173,11 @@ def _run_loop(session: Any, feeds: dict[str, np.ndarray], duration: float,
 
 
 # ---- servers --------------------------------------------------------------------------------
-def ours(repo: Path, tmp: Path) -> Server:
+def ours(repo: Path, tmp: Path, *extra: str) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "edgeinfer.cli", "serve", "--repository", str(repo),
            "--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", "0",
-           "--log-level", "warning"]  # fmt: skip
+           "--log-level", "warning", *extra]  # fmt: skip
     return Server("edgeinfer", cmd, port, tmp / f"edgeinfer-{port}.log")
 
 
@@ -252,40 +256,117 @@ def suite(server: Server, requests: dict[str, Request], expected: dict[str, np.n
         server.stop()
 
 
-def run_wrk(server: Server, req: Request, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    """MLP at concurrency 32 with wrk (a C client that does not saturate), when installed."""
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        return {"status": "not installed; skipped"}
+def wrk_cmd(server: Server, req: Request, opts: argparse.Namespace, tmp: Path,
+            cpus: str | None = None) -> list[str]:  # fmt: skip
+    """wrk at concurrency 32 on `req`, pinned to `cpus` (a taskset list) if given."""
     script = tmp / "mlp.lua"
     # A Lua long string with level-1 brackets: the JSON body contains "]}]}" but never "]=]".
     script.write_text(f'wrk.method = "POST"\nwrk.body = [=[{req.body.decode()}]=]\n'
                       'wrk.headers["Content-Type"] = "application/json"\n')  # fmt: skip
     url = f"http://127.0.0.1:{server.port}{req.path}"
-    cmd = [wrk, "-t1", "-c32", f"-d{opts.duration:g}s", "--latency", "-s", str(script), url]
+    cmd = ["wrk", "-t1", "-c32", f"-d{opts.duration:g}s", "--latency", "-s", str(script), url]
+    return ["taskset", "-c", cpus, *cmd] if cpus else cmd
+
+
+def parse_wrk(text: str) -> dict[str, Any]:
+    unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    pct = {q: float(v) * unit[u]
+           for q, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", text, re.M)}  # fmt: skip
+    found = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if found is None:
+        raise ValueError(f"no Requests/sec in wrk's output: {text[-500:]!r}")
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return {"concurrency": 32, "rps": float(found.group(1)), "p50_ms": pct.get("50"),
+            "p99_ms": pct.get("99"), "non_2xx": int(bad.group(1)) if bad else 0}  # fmt: skip
+
+
+def run_wrk(server: Server, req: Request, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """MLP at concurrency 32 with wrk (a C client that does not saturate), when installed."""
+    if shutil.which("wrk") is None:
+        return {"status": "not installed; skipped"}
     opts.patience.wait_quiet(server)
     try:
         s0, w0, m0 = proc_cpu_s(server.pid), children_cpu_s(), machine_busy_s()
         t0 = time.perf_counter()
-        text = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=opts.duration + 60
-        ).stdout
+        text = subprocess.run(wrk_cmd(server, req, opts, tmp), capture_output=True, text=True,
+                              timeout=opts.duration + 60).stdout  # fmt: skip
         wall = time.perf_counter() - t0
         server_cpu, wrk_cpu = (proc_cpu_s(server.pid) - s0) / wall, (children_cpu_s() - w0) / wall
         other = (machine_busy_s() - m0) / wall - server_cpu - wrk_cpu
-        unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-        pct = {
-            q: float(v) * unit[u]
-            for q, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", text, re.M)
-        }
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
-        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-        return {"status": "ok", "concurrency": 32, "rps": rps, "p50_ms": pct.get("50"),
-                "p99_ms": pct.get("99"), "non_2xx": int(bad.group(1)) if bad else 0,
-                "client_cpu": round(wrk_cpu, 3), "server_cpu": round(server_cpu, 3),
-                "other_cpu": round(other, 3)}  # fmt: skip
-    except (subprocess.SubprocessError, AttributeError, ValueError) as e:
+        return {"status": "ok", **parse_wrk(text), "client_cpu": round(wrk_cpu, 3),
+                "server_cpu": round(server_cpu, 3), "other_cpu": round(other, 3)}  # fmt: skip
+    except (subprocess.SubprocessError, ValueError) as e:
         return {"status": f"failed: {e}"}
+
+
+def paired_round(a: Server, b: Server, req: Request, opts: argparse.Namespace, tmp: Path,
+                 cpus: str) -> dict[str, Any]:  # fmt: skip
+    """Load `a` and `b` at the same time, each with its own wrk on `cpus`."""
+    opts.patience.wait_quiet(None)
+    c0 = [proc_cpu_s(s.pid) for s in (a, b)]
+    m0, t0 = machine_busy_s(), time.perf_counter()
+    procs = [subprocess.Popen(wrk_cmd(s, req, opts, tmp, cpus), stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True) for s in (a, b)]  # fmt: skip
+    outs = [p.communicate(timeout=opts.duration + 60)[0] for p in procs]
+    wall = time.perf_counter() - t0
+    cpu = [proc_cpu_s(s.pid) - c for s, c in zip((a, b), c0, strict=True)]
+    res: dict[str, Any] = {}
+    for key, out, cpu_s in zip(("a", "b"), outs, cpu, strict=True):
+        p = parse_wrk(out)
+        p["server_cpu_us_per_request"] = round(cpu_s / (p["rps"] * opts.duration) * 1e6, 1)
+        res[key] = p
+    res["other_cpu"] = round((machine_busy_s() - m0) / wall - sum(cpu) / wall, 3)  # wrk included
+    return res
+
+
+def metrics_cost(repo: Path, requests: dict[str, Request], expected: dict[str, np.ndarray],
+                 opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:  # fmt: skip
+    """Metrics on vs --no-metrics on the MLP, paired: both servers are pinned to the same core
+    and loaded at the same time, each by its own wrk at concurrency 32 on the other cores. The
+    kernel gives each half the core, so their req/s ratio is the inverse ratio of their CPU per
+    request, and drift in the machine's speed hits both alike (one after the other, runs here
+    swing by +-25 %). Rounds alternate which server's client starts first. A second server with
+    metrics on, paired with the first the same way, measures the noise floor (A/A)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if shutil.which("wrk") is None or shutil.which("taskset") is None or len(cores) < 2:
+        return {"status": "needs wrk, taskset and 2 cores; skipped"}
+    # Two servers of each kind, started on, off, off2, on2: a server started earlier measured
+    # ~1 % slower than a twin started later, and this order cancels that out.
+    servers = {"on": ours(repo, tmp), "off": ours(repo, tmp, "--no-metrics"),
+               "off2": ours(repo, tmp, "--no-metrics"), "on2": ours(repo, tmp)}  # fmt: skip
+    for server in servers.values():
+        server.cmd = ["taskset", "-c", str(cores[-1]), *server.cmd]
+    cpus = ",".join(map(str, cores[:-1]))
+    rounds: dict[str, list[dict[str, Any]]] = {"on_off": [], "on_on2": []}
+    try:
+        for server in servers.values():
+            server.start()
+            server.wait_first_success([requests["mlp"]])
+            verify(server, {"mlp": requests["mlp"]}, expected)
+        plan = [("on_off", *(("on", "off") if i % 4 < 2 else ("on2", "off2")))
+                for i in range(METRICS_ROUNDS)] + [("on_on2", "on", "on2")] * AA_ROUNDS  # fmt: skip
+        for i, (kind, x, y) in enumerate(plan):
+            first, second = (x, y) if i % 2 == 0 else (y, x)
+            r = paired_round(servers[first], servers[second], requests["mlp"], opts, tmp, cpus)
+            p, q = (r["a"], r["b"]) if first == x else (r["b"], r["a"])
+            ratio = round(p["rps"] / q["rps"], 4)
+            rounds[kind].append({"servers": [x, y], "on" if kind == "on_off" else x: p,
+                                 "off" if kind == "on_off" else y: q, "ratio": ratio,
+                                 "other_cpu": r["other_cpu"]})  # fmt: skip
+            log(f"{x} vs {y}: {p['rps']:.0f} vs {q['rps']:.0f} req/s ({ratio:.3f}), "
+                f"{p['server_cpu_us_per_request']} vs {q['server_cpu_us_per_request']} "
+                "us/request")  # fmt: skip
+    finally:
+        for server in servers.values():
+            server.stop()
+    on_off = [r["ratio"] for r in rounds["on_off"]]
+    aa = [r["ratio"] for r in rounds["on_on2"]]
+    return {"status": "ok", "client": "wrk", "concurrency": 32,
+            "pinned": f"servers on CPU {cores[-1]}, wrk on CPU {cpus}",
+            "rounds": rounds, "rps_on_over_off": float(np.median(on_off)),
+            "rps_on_over_off_range": [min(on_off), max(on_off)],
+            "aa_rps_ratio_median": float(np.median(aa)),
+            "aa_rps_ratio_range": [min(aa), max(aa)]}  # fmt: skip
 
 
 def children_cpu_s() -> float:
@@ -374,6 +455,8 @@ def run(opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     res["edgeinfer"] = suite(ours(repos[chosen], tmp), requests, expected, opts, tmp, reuse)
     res["wrk"] = res["edgeinfer"].pop("wrk")
     res["fastapi"] = suite(peer(repos[chosen], tmp), requests, expected, opts, tmp, {})
+    log("metrics on vs off (MLP, concurrency 32)")
+    res["metrics_cost"] = metrics_cost(repos[chosen], requests, expected, opts, tmp)
     digests = {v["edgeinfer_source"] for v in (*probe.values(), res["edgeinfer"], res["fastapi"])}
     res["edgeinfer_source_changed_during_run"] = len(digests) > 1
     if len(digests) > 1:

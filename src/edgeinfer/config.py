@@ -426,6 +426,9 @@ class ServerSettings:
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
     http_port: int = field(default=8000, metadata={"help": "HTTP port (KServe v2, OpenAI)"})
     grpc_port: int = field(default=8001, metadata={"help": "gRPC port (KServe v2); 0 disables"})
+    metrics_port: int = field(
+        default=0, metadata={"help": "also serve /metrics on this port; 0: only on --http-port"}
+    )
     log_level: str = field(default="info", metadata={"help": "debug | info | warning | error"})
     max_request_bytes: int = field(
         default=64 * 1024 * 1024, metadata={"help": "largest request body accepted (413 above)"}
@@ -469,6 +472,11 @@ class ServerSettings:
     open_metrics: bool = field(
         default=True, metadata={"help": "serve /metrics and /dashboard without a key"}
     )
+    metrics: bool = field(
+        default=True,
+        metadata={"help": "record per-request statistics, serve /metrics and /dashboard; off: "
+                  "neither page, /v2/models/{m}/stats stays at zero, no post-swap health watch"},
+    )  # fmt: skip
     tls_cert: str = field(default="", metadata={"help": "PEM certificate: HTTPS and gRPC TLS"})
     tls_key: str = field(default="", metadata={"help": "PEM private key for --tls-cert"})
     max_tensors: int = field(default=64, metadata={"help": "most tensors in one request"})
@@ -504,10 +512,14 @@ class ServerSettings:
     )
 
     def __post_init__(self) -> None:
-        for port_name in ("http_port", "grpc_port"):
+        for port_name in ("http_port", "grpc_port", "metrics_port"):
             port = getattr(self, port_name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"--{port_name.replace('_', '-')} must be in 0..65535")
+        if self.metrics_port and not self.metrics:
+            raise ConfigError("--metrics-port needs metrics on (drop --no-metrics)")
+        if self.metrics_port and self.metrics_port in (self.http_port, self.grpc_port):
+            raise ConfigError("--metrics-port must differ from --http-port and --grpc-port")
         if self.model_control not in ("none", "explicit", "poll"):
             raise ConfigError("--model-control must be 'none', 'explicit' or 'poll'")
         if self.max_request_bytes < 1024:

@@ -59,6 +59,7 @@ class AdapterStats:
     load_count: int = 0
     tenant_requests: dict[tuple[str, str], int] = field(default_factory=dict)  # tenant, model
     tenant_tokens: dict[tuple[str, str, str], int] = field(default_factory=dict)  # + kind
+    per_request: bool = True  # off (--no-metrics): `record` counts nothing
 
 
 class Lease:
@@ -338,15 +339,20 @@ class AdapterManager:
     # ---- tenants ---------------------------------------------------------------------------
     def record(self, tenant: str | None, model: str, prompt_tokens: int = 0,
                completion_tokens: int = 0, request: bool = False) -> None:  # fmt: skip
-        """Per-tenant counts (requests without a tenant count as tenant "")."""
-        t = tenant or ""
+        """Per-tenant counts (requests without a tenant count as tenant ""). Called on the event
+        loop thread only, as the scrape that reads them, so it takes no lock (it runs once per
+        request)."""
         s = self.stats
-        with self._lock:
-            if request:
-                s.tenant_requests[(t, model)] = s.tenant_requests.get((t, model), 0) + 1
-            for kind, n in (("prompt", prompt_tokens), ("generation", completion_tokens)):
-                if n:
-                    s.tenant_tokens[(t, model, kind)] = s.tenant_tokens.get((t, model, kind), 0) + n
+        if not s.per_request:
+            return
+        t = tenant or ""
+        if request:
+            key = (t, model)
+            s.tenant_requests[key] = s.tenant_requests.get(key, 0) + 1
+        for kind, n in (("prompt", prompt_tokens), ("generation", completion_tokens)):
+            if n:
+                tk = (t, model, kind)
+                s.tenant_tokens[tk] = s.tenant_tokens.get(tk, 0) + n
 
 
 def _resident_bytes(spec: AdapterSpec, instance: Any) -> int:

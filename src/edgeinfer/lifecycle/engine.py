@@ -91,6 +91,7 @@ class Engine:
                           if settings.adapter_budget_mb else self.gate.budget if self.gate
                           else None)  # fmt: skip
         self.adapters = AdapterManager(repository.root, adapter_budget)
+        self.adapters.stats.per_request = settings.metrics
         self._metrics.register(AdapterCollector(self.adapters, self._lora_samples))
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -150,7 +151,7 @@ class Engine:
                 raise ModelNotReady(f"model '{name}' is not ready: not loaded")
             m = self._models[name] = ModelManager(
                 name, self.repository, self.runner, self._record_failure, self.gate,
-                self.governor.capacity,
+                self.governor.capacity, record_stats=self.settings.metrics,
             )  # fmt: skip
         return m
 

@@ -53,8 +53,10 @@ class ModelManager:
         on_failure: FailureHook,
         gate: BudgetGate | None = None,
         capacity: Callable[[], tuple[float, str]] | None = None,
+        record_stats: bool = True,
     ) -> None:
         self.name = name
+        self._record_stats = record_stats  # off: versions' stats record nothing (--no-metrics)
         self.repository = repository
         self.config: ModelConfig | None = None
         self.versions: dict[int, LoadedVersion] = {}  # resident; replaced, never mutated
@@ -211,6 +213,7 @@ class ModelManager:
                             e.message)  # fmt: skip
                 continue
             self.failures.pop(ventry.version, None)
+            h.stats.enabled = self._record_stats
             h.start(self._runner, self._capacity)
             loaded[ventry.version] = h
         return loaded

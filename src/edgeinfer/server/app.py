@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -15,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edgeinfer.auth import Authenticator, KeyStore
-from edgeinfer.config import ServerSettings
+from edgeinfer.config import ConfigError, ServerSettings
 from edgeinfer.lifecycle import Engine
 from edgeinfer.repository import Repository
 from edgeinfer.server import (
@@ -59,8 +61,8 @@ def build_app(
             *openai_http.routes(engine, limit),
             *openai_llm.routes(engine, limit),
             *openai_lora.routes(engine, limit),
-            *metrics_http.routes(engine),
-            *dashboard.routes(engine),
+            *(metrics_http.routes(engine) if settings.metrics else ()),
+            *(dashboard.routes(engine) if settings.metrics else ()),
             *openapi.routes(auth is not None and auth.enabled, settings.open_metrics),
         ],
         exception_handlers={HTTPException: http_error, ClientDisconnected: client_gone},
@@ -71,6 +73,47 @@ def build_app(
             )
         ],
     )
+
+
+def build_metrics_app(engine: Engine, settings: ServerSettings, auth: Authenticator) -> Starlette:
+    """The app on --metrics-port: /metrics alone, behind the same keys as the main port."""
+    return Starlette(
+        routes=metrics_http.routes(engine),
+        middleware=[Middleware(AuthMiddleware, auth=auth, open_metrics=settings.open_metrics)],
+    )
+
+
+class _SideServer:
+    """A second HTTP listener in the main server's event loop. The main uvicorn server owns the
+    signals; this one is stopped from its lifespan."""
+
+    def __init__(self, app: Starlette, settings: ServerSettings, port: int) -> None:
+        import uvicorn
+
+        class Quiet(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        try:  # bind first: a taken port is a one-line error before any model loads
+            self._sock = socket.create_server((settings.host, port))
+        except OSError as e:
+            raise ConfigError(f"--metrics-port {port}: {e.strerror}") from None
+        self._server = Quiet(uvicorn.Config(
+            app, ssl_certfile=settings.tls_cert or None, ssl_keyfile=settings.tls_key or None,
+            log_level=settings.log_level.lower(), access_log=False, lifespan="off", loop="none",
+            http="httptools",
+        ))  # fmt: skip
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
+        self._sock.close()
 
 
 async def serve(settings: ServerSettings, repository: Repository) -> None:
@@ -92,6 +135,11 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
             lambda: auth.failures,
         )
     )
+    if not settings.metrics:
+        log.warning("--no-metrics: no /metrics or /dashboard, and a newly swapped-in version is "
+                    "not watched for automatic rollback")  # fmt: skip
+    side = (_SideServer(build_metrics_app(engine, settings, auth), settings, settings.metrics_port)
+            if settings.metrics_port else None)  # fmt: skip
     fleet = None
     if settings.registry:
         from edgeinfer.registry import FleetAgent
@@ -99,6 +147,7 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
         fleet = FleetAgent.from_settings(engine, settings)
         fleet.prime()  # last known desired state, before the engine loads anything
     await engine.start()
+    _freeze_startup_heap()
     if fleet is not None:
         fleet.start()
     grpc_server = None
@@ -106,6 +155,8 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
         from edgeinfer.server.kserve_grpc import start_grpc
 
         grpc_server = await start_grpc(engine, settings, auth)
+    if side is not None:
+        side.start()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -114,6 +165,8 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
         try:
             yield
         finally:
+            if side is not None:
+                await side.stop()
             if fleet is not None:
                 await fleet.close()  # revokes the status lease: the device leaves at once
             if grpc_server is not None:
@@ -136,15 +189,28 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
         timeout_graceful_shutdown=10,
     )
     log.info(
-        "edgeinfer serving %s on %s://%s:%d%s%s",
+        "edgeinfer serving %s on %s://%s:%d%s%s%s",
         repository.root,
         "https" if settings.tls_cert else "http",
         settings.host,
         settings.http_port,
         f" and grpc {settings.host}:{settings.grpc_port}" if grpc_server else "",
+        f", metrics on port {settings.metrics_port}" if side else "",
         f"; traces to {settings.otlp_endpoint}" if tracer else "",
     )
     await uvicorn.Server(config).serve()
+
+
+def _freeze_startup_heap() -> None:
+    """Move what start-up built (modules, the app, the models loaded so far: ~60k objects) out of
+    the garbage collector's reach, and let young objects pile up a little longer before a
+    collection. Rescanning that heap cost ~10 % of the CPU of a tiny model's request; freezing
+    it and collecting less often gave the MLP 8-12 % more req/s on 2 cores (paired runs). Only
+    cyclic garbage among the frozen objects is never freed; reference counting still frees the
+    rest."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(2000, 10, 100)
 
 
 def run(settings: ServerSettings, repository: Repository) -> None:

@@ -112,7 +112,7 @@ def _version(sample: VersionSample, status: dict[str, Any], t: float) -> dict[st
         role = "live"
     else:
         role = "canary" if canary.get("version") == s.version else "standby"
-    recent = sorted(sec for when, sec, _ in s.recent if when >= t - WINDOW_S)
+    recent = sorted(sec for when, sec, _ in s.recent() if when >= t - WINDOW_S)
     return {
         "version": s.version,
         "role": role,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections import deque
+from array import array
 from dataclasses import dataclass, field
 
 # Request latency histogram buckets, in seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)  # fmt: skip
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+RECENT = 4096  # outcomes kept for windowed p99 and error rates
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Duration:
 class VersionStats:
     name: str
     version: str
-    last_inference_ms: int = 0
+    last_at: float = 0.0  # monotonic time of the last recorded outcome
     inference_count: int = 0  # batch rows served
     execution_count: int = 0  # model runs
     success: Duration = field(default_factory=Duration)
@@ -47,41 +48,82 @@ class VersionStats:
     batch_sizes: dict[int, Duration] = field(default_factory=dict)
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum_s: float = 0.0
-    # Recent outcomes (monotonic time, seconds, ok) for health checks after a swap.
-    recent: deque[tuple[float, float, bool]] = field(default_factory=lambda: deque(maxlen=4096))
+    # The last RECENT outcomes for health checks after a swap and the dashboard's percentiles, in
+    # ring buffers of plain numbers: no objects allocated per request (a deque of tuples cost
+    # ~1 % of a tiny model's request in cache misses and garbage-collector work).
+    _at: array[float] = field(default_factory=lambda: array("d", bytes(8 * RECENT)))
+    _seconds: array[float] = field(default_factory=lambda: array("d", bytes(8 * RECENT)))
+    _ok: array[int] = field(default_factory=lambda: array("b", bytes(RECENT)))
+    _n: int = 0  # outcomes recorded so far; the next goes to _n % RECENT
+    enabled: bool = True  # off (--no-metrics): the record_* calls do nothing
 
+    # The record_* methods run once per request: plain field updates, no allocation but the
+    # `recent` tuple (bench/serving.py measures their cost against --no-metrics).
     def record_execution(self, batch: int, infer_ns: int) -> None:
+        if not self.enabled:
+            return
         self.execution_count += 1
         self.inference_count += batch
-        self.batch_sizes.setdefault(batch, Duration()).add(infer_ns)
+        d = self.batch_sizes.get(batch)
+        if d is None:
+            d = self.batch_sizes[batch] = Duration()
+        d.count += 1
+        d.ns += infer_ns
 
     def record_success(
         self, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int
     ) -> None:
-        self.last_inference_ms = time.time_ns() // 1_000_000
-        self.success.add(total_ns)
-        self.queue.add(queue_ns)
-        self.compute_input.add(input_ns)
-        self.compute_infer.add(infer_ns)
-        self.compute_output.add(output_ns)
-        self._observe(total_ns)
+        if not self.enabled:
+            return
+        s, q, i, c, o = (self.success, self.queue, self.compute_input, self.compute_infer,
+                         self.compute_output)  # fmt: skip
+        s.count += 1
+        s.ns += total_ns
+        q.count += 1
+        q.ns += queue_ns
+        i.count += 1
+        i.ns += input_ns
+        c.count += 1
+        c.ns += infer_ns
+        o.count += 1
+        o.ns += output_ns
+        self._observe(total_ns, True)
 
     def record_failure(self, total_ns: int, reason: str) -> None:
+        if not self.enabled:
+            return
         self.fail.add(total_ns)
         self.failures[reason] += 1
-        self._observe(total_ns, ok=reason != "BACKEND")  # client errors are not the model's
+        self._observe(total_ns, reason != "BACKEND")  # client errors are not the model's
 
-    def _observe(self, total_ns: int, ok: bool = True) -> None:
+    def _observe(self, total_ns: int, ok: bool) -> None:
         seconds = total_ns / 1e9
-        self.recent.append((time.monotonic(), seconds, ok))
+        now = time.monotonic()
+        self.last_at = now
+        i = self._n % RECENT
+        self._at[i], self._seconds[i], self._ok[i] = now, seconds, ok
+        self._n += 1
         self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum_s += seconds
+
+    @property
+    def last_inference_ms(self) -> int:
+        """Wall-clock ms of the last recorded outcome (0: none), as Triton reports it."""
+        if not self.last_at:
+            return 0
+        return int((time.time() - (time.monotonic() - self.last_at)) * 1000)
+
+    def recent(self) -> list[tuple[float, float, bool]]:
+        """The last outcomes (up to RECENT) as (monotonic time, seconds, ok)."""
+        n = min(self._n, RECENT)
+        return [(self._at[i], self._seconds[i], bool(self._ok[i])) for i in range(n)]
 
     def window(self, since: float, until: float = float("inf")) -> tuple[int, int, float | None]:
         """(requests, errors, p99 seconds) of the outcomes recorded in [since, until).
         Only backend failures count as errors; rejections and bad input do not."""
-        lat = [s for t, s, _ in self.recent if since <= t < until]
-        errors = sum(1 for t, _, ok in self.recent if since <= t < until and not ok)
+        outcomes = [(s, ok) for t, s, ok in self.recent() if since <= t < until]
+        lat = [s for s, _ in outcomes]
+        errors = sum(1 for _, ok in outcomes if not ok)
         if not lat:
             return 0, 0, None
         lat.sort()
