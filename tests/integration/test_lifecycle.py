@@ -192,6 +192,7 @@ def test_golden_match_is_accepted(tmp_path: Path, builds: dict[str, Path]) -> No
     server = start_server(repo, tmp_path / "log")
     try:
         assert infer(server).json()["model_version"] == "2"
+        assert metric_value(server, 'edgeinfer_model_loads_total{model="m",version="2"}') == 1
     finally:
         server.stop()
 

@@ -329,6 +329,7 @@ class Engine:
             live={m.name: m.route.live for m in models if m.route},
             canary={(m.name, m.route.canary): m.route.weight for m in models
                     if m.route and m.route.canary is not None},
+            loads={(m.name, v): n for m in models for v, n in m.loads.items()},
             load_failures=dict(self.load_failures),
             rollbacks={(m.name, kind): n for m in models for kind, n in m.rollbacks.items()},
         )  # fmt: skip

@@ -67,6 +67,7 @@ class ModelManager:
         self.failures: dict[int, tuple[str, str, str]] = {}  # version -> (digest, reason, msg)
         self.watch: Watch | None = None
         self.rollbacks = {"manual": 0, "auto": 0}
+        self.loads: dict[int, int] = {}  # version -> successful loads (verified, started)
         self._runner = runner
         self._on_failure = on_failure
         self._gate = gate
@@ -215,6 +216,7 @@ class ModelManager:
             self.failures.pop(ventry.version, None)
             h.stats.enabled = self._record_stats
             h.start(self._runner, self._capacity)
+            self.loads[ventry.version] = self.loads.get(ventry.version, 0) + 1
             loaded[ventry.version] = h
         return loaded
 

@@ -39,6 +39,7 @@ class VersionSample:
 class LifecycleSample:
     live: dict[str, int]  # model -> live version
     canary: dict[tuple[str, int], float]  # (model, version) -> weight
+    loads: dict[tuple[str, int], int]  # (model, version) -> successful loads
     load_failures: dict[tuple[str, int, str], int]  # (model, version, reason) -> count
     rollbacks: dict[tuple[str, str], int]  # (model, manual|auto) -> count
 
@@ -112,6 +113,11 @@ class LifecycleCollector:
         for (model, version), weight in s.canary.items():
             canary.add_metric([model, str(version)], weight)
         yield canary
+        loads = CounterMetricFamily("edgeinfer_model_loads", "Versions loaded, verified and "
+                                    "started", labels=["model", "version"])  # fmt: skip
+        for (model, version), n in s.loads.items():
+            loads.add_metric([model, str(version)], n)
+        yield loads
         fails = CounterMetricFamily("edgeinfer_model_load_failures", "Versions that failed to "
                                     "load or verify", labels=["model", "version", "reason"])  # fmt: skip
         for (model, version, reason), n in s.load_failures.items():
