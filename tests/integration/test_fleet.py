@@ -245,7 +245,9 @@ def test_etcd_outage_keeps_serving_then_converges_and_dead_devices_leave(
     b = device(tmp_path, "b", builds, reg)
     both = (a, b)
     try:
-        wait_until(lambda: all(status(s)["live"] == "2" for s in both), 15)
+        # Ready means converged: the desired v2 serves the moment a device reports ready.
+        assert all(status(s)["live"] == "2" for s in both)
+        assert all(infer(s).json()["model_version"] == "2" for s in both)
         wait_until(lambda: set(fleet_status(reg)["devices"]) == {"a", "b"}, 10)
 
         etcd.stop()
@@ -253,6 +255,13 @@ def test_etcd_outage_keeps_serving_then_converges_and_dead_devices_leave(
         for _ in range(20):  # serving goes on, nothing unloaded
             assert all(infer(s).json()["model_version"] == "2" for s in both)
         assert (tmp_path / "a" / ".fleet-state.json").is_file()
+        # A device restarted while the registry is down gets ready on its last known state.
+        b.stop()
+        b = start_server(tmp_path / "b", tmp_path / "b-restart.log", "--registry", reg,
+                         "--device-id", "b", "--device-group", "g")  # fmt: skip
+        both = (a, b)
+        assert status(b)["live"] == "2" and infer(b).json()["model_version"] == "2"
+        assert "no desired state from the registry at start" in b.log()
 
         etcd.start()
         wait_until(lambda: all(connected(s) == 1 for s in both), 20)
@@ -272,6 +281,23 @@ def test_etcd_outage_keeps_serving_then_converges_and_dead_devices_leave(
     finally:
         for s in both:
             s.stop()
+
+
+def test_a_device_is_ready_only_once_the_desired_state_is_applied(
+    etcd: Etcd, builds: dict[str, Path], tmp_path: Path
+) -> None:
+    """A load balancer must not send traffic to the local v1 while the desired v2 (slow to
+    warm up) is still loading."""
+    reg = etcd.registry("t-ready")
+    slow = models.slow(tmp_path / "slow.onnx", depth=40)
+    assert run_fleet("set", "m", "2", "--group", "g", "--artifact", str(slow),
+                     "--registry", reg) == 0  # fmt: skip
+    server = device(tmp_path, "a", builds, reg)
+    try:
+        assert status(server)["live"] == "2"
+        assert infer(server).json()["model_version"] == "2"
+    finally:
+        server.stop()
 
 
 def _free_run(n: int) -> int:

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -70,6 +70,7 @@ class Engine:
         self.runner = Runner()
         self._models: dict[str, ModelManager] = {}
         self._expected: set[str] = set()  # models that should be loaded for readiness
+        self._ready_gates: list[Callable[[], bool]] = []
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self.load_failures: dict[tuple[str, int, str], int] = {}
@@ -130,10 +131,14 @@ class Engine:
         return not self._closing
 
     def ready(self) -> bool:
-        if self._closing:
+        if self._closing or not all(gate() for gate in self._ready_gates):
             return False
         models = self._models
         return all(n in models and models[n].status == State.READY for n in self._expected)
+
+    def add_ready_gate(self, gate: Callable[[], bool]) -> None:
+        """Readiness also waits for `gate()` (e.g. the fleet's first convergence)."""
+        self._ready_gates.append(gate)
 
     def _check_control(self) -> None:
         if self.settings.model_control == "none":

@@ -66,6 +66,10 @@ class FleetAgent:
         self._applied: dict[str, int] = {}  # model -> mod revision last converged
         self._state_path = engine.repository.root / STATE_FILE
         self._changed = asyncio.Event()
+        # Ready (for load balancers) once the desired state read at start was applied once, or
+        # the registry could not be reached at start (then the last known state serves).
+        self.settled = False
+        self._snapshots = 0
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -97,6 +101,7 @@ class FleetAgent:
 
     def start(self) -> None:
         self.engine.register_collector(_Collector(self))
+        self.engine.add_ready_gate(lambda: self.settled)
         self._tasks = [asyncio.create_task(self._connection_loop()),
                        asyncio.create_task(self._apply_loop())]  # fmt: skip
         log.info("fleet: device %s in group %s, desired state from %s", self.device_id,
@@ -126,6 +131,10 @@ class FleetAgent:
             except Exception as e:  # never let the fleet take the server down
                 log.exception("fleet: registry session crashed")
                 error = repr(e)
+            if not self.settled and not self._snapshots:
+                self.settled = True
+                log.warning("fleet: no desired state from the registry at start (%s); ready "
+                            "with the last known one", error)  # fmt: skip
             # A session that got through retries soon; repeated failures back off.
             delay = self._backoff[0] if self.connected else min(delay * 2, self._backoff[1])
             self._set_connected(False, error)
@@ -186,6 +195,7 @@ class FleetAgent:
     def _replace(self, snapshot: Snapshot) -> None:
         self.desired = dict(snapshot.models)
         self.revision = snapshot.revision
+        self._snapshots += 1
         self._persist()
         self._changed.set()
 
@@ -213,12 +223,16 @@ class FleetAgent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self.resync_s)
             self._changed.clear()
+            snapshots = self._snapshots
             for name, d in sorted(self.desired.items()):
                 try:
                     await self._apply(name, d)
                 except Exception as e:  # one model's bug must not stop the others
                     log.exception("fleet: applying %s crashed", name)
                     self.errors[name] = repr(e)
+            if snapshots and not self.settled:
+                self.settled = True
+                log.info("fleet: desired state applied; ready")
             self._report_now.set()
 
     async def _apply(self, name: str, d: Desired) -> None:
