@@ -97,7 +97,8 @@ class _SideServer:
                 yield
 
         try:  # bind first: a taken port is a one-line error before any model loads
-            self._sock = socket.create_server((settings.host, port))
+            family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+            self._sock = socket.create_server((settings.host, port), family=family)
         except OSError as e:
             raise ConfigError(f"--metrics-port {port}: {e.strerror}") from None
         self._server = Quiet(uvicorn.Config(
