@@ -69,7 +69,7 @@ class FleetAgent:
         # Ready (for load balancers) once the desired state read at start was applied once, or
         # the registry could not be reached at start (then the last known state serves).
         self.settled = False
-        self._snapshots = 0
+        self._snapshot_seen = False
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -131,7 +131,7 @@ class FleetAgent:
             except Exception as e:  # never let the fleet take the server down
                 log.exception("fleet: registry session crashed")
                 error = repr(e)
-            if not self.settled and not self._snapshots:
+            if not self.settled and not self._snapshot_seen:
                 self.settled = True
                 log.warning("fleet: no desired state from the registry at start (%s); ready "
                             "with the last known one", error)  # fmt: skip
@@ -195,7 +195,7 @@ class FleetAgent:
     def _replace(self, snapshot: Snapshot) -> None:
         self.desired = dict(snapshot.models)
         self.revision = snapshot.revision
-        self._snapshots += 1
+        self._snapshot_seen = True
         self._persist()
         self._changed.set()
 
@@ -223,14 +223,14 @@ class FleetAgent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self.resync_s)
             self._changed.clear()
-            snapshots = self._snapshots
+            after_snapshot = self._snapshot_seen  # this pass applies what the registry said
             for name, d in sorted(self.desired.items()):
                 try:
                     await self._apply(name, d)
                 except Exception as e:  # one model's bug must not stop the others
                     log.exception("fleet: applying %s crashed", name)
                     self.errors[name] = repr(e)
-            if snapshots and not self.settled:
+            if after_snapshot and not self.settled:
                 self.settled = True
                 log.info("fleet: desired state applied; ready")
             self._report_now.set()

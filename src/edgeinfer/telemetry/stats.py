@@ -35,7 +35,6 @@ class Duration:
 class VersionStats:
     name: str
     version: str
-    last_at: float = 0.0  # monotonic time of the last recorded outcome
     inference_count: int = 0  # batch rows served
     execution_count: int = 0  # model runs
     success: Duration = field(default_factory=Duration)
@@ -57,36 +56,28 @@ class VersionStats:
     _n: int = 0  # outcomes recorded so far; the next goes to _n % RECENT
     enabled: bool = True  # off (--no-metrics): the record_* calls do nothing
 
-    # The record_* methods run once per request: plain field updates, no allocation but the
-    # `recent` tuple (bench/serving.py measures their cost against --no-metrics).
+    # The record_* methods run once per request: plain field updates, nothing allocated
+    # (bench/serving.py measures their cost against --no-metrics).
     def record_execution(self, batch: int, infer_ns: int) -> None:
         if not self.enabled:
             return
         self.execution_count += 1
         self.inference_count += batch
         d = self.batch_sizes.get(batch)
-        if d is None:
+        if d is None:  # not setdefault: that would build a Duration on every call
             d = self.batch_sizes[batch] = Duration()
-        d.count += 1
-        d.ns += infer_ns
+        d.add(infer_ns)
 
     def record_success(
         self, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int
     ) -> None:
         if not self.enabled:
             return
-        s, q, i, c, o = (self.success, self.queue, self.compute_input, self.compute_infer,
-                         self.compute_output)  # fmt: skip
-        s.count += 1
-        s.ns += total_ns
-        q.count += 1
-        q.ns += queue_ns
-        i.count += 1
-        i.ns += input_ns
-        c.count += 1
-        c.ns += infer_ns
-        o.count += 1
-        o.ns += output_ns
+        self.success.add(total_ns)
+        self.queue.add(queue_ns)
+        self.compute_input.add(input_ns)
+        self.compute_infer.add(infer_ns)
+        self.compute_output.add(output_ns)
         self._observe(total_ns, True)
 
     def record_failure(self, total_ns: int, reason: str) -> None:
@@ -98,10 +89,8 @@ class VersionStats:
 
     def _observe(self, total_ns: int, ok: bool) -> None:
         seconds = total_ns / 1e9
-        now = time.monotonic()
-        self.last_at = now
         i = self._n % RECENT
-        self._at[i], self._seconds[i], self._ok[i] = now, seconds, ok
+        self._at[i], self._seconds[i], self._ok[i] = time.monotonic(), seconds, ok
         self._n += 1
         self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum_s += seconds
@@ -109,9 +98,10 @@ class VersionStats:
     @property
     def last_inference_ms(self) -> int:
         """Wall-clock ms of the last recorded outcome (0: none), as Triton reports it."""
-        if not self.last_at:
+        if not self._n:
             return 0
-        return int((time.time() - (time.monotonic() - self.last_at)) * 1000)
+        last_at = self._at[(self._n - 1) % RECENT]
+        return int((time.time() - (time.monotonic() - last_at)) * 1000)
 
     def recent(self) -> list[tuple[float, float, bool]]:
         """The last outcomes (up to RECENT) as (monotonic time, seconds, ok)."""
