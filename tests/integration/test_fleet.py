@@ -82,11 +82,8 @@ class Etcd:
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
-    if shutil.which("etcd") is None:
-        message = "etcd is not installed: run scripts/install-etcd"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    if shutil.which("etcd") is None:  # scripts/test and .ci/run install it (as root)
+        pytest.fail("etcd is not installed: run scripts/install-etcd as root")
     d = tmp_path_factory.mktemp("etcd")
     server = Etcd(d / "data", d / "etcd.log", free_port(), free_port())
     server.start()

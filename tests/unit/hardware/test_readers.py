@@ -259,7 +259,8 @@ def test_malformed_and_unreadable_files(tmp_path: Path) -> None:
     assert cg.version == 2 and cg == Cgroup(version=2, path="/")
     assert read_meminfo(root) == read_meminfo(tmp_path / "nothing")
     assert read_cpuinfo(root).simd == ("avx2",)  # decoded with replacement characters
-    read_readings(root)  # and the composition does not raise either
+    r = read_readings(root)  # the composition keeps the sane reading and nothing else
+    assert r.temp_c == 45.0 and r.cgroup_memory_limit_bytes is None
 
 
 def test_mode_000_file(tmp_path: Path) -> None:
@@ -275,6 +276,7 @@ def test_mode_000_file(tmp_path: Path) -> None:
 
 def test_real_machine_does_not_raise() -> None:
     r = read_readings("/")
-    assert r.memory_limit_bytes is None or r.memory_limit_bytes > 0
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert r.memory_limit_bytes is not None and 0 < r.memory_limit_bytes <= physical
     assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
     assert 1 <= default_threads() <= usable_cpus()
