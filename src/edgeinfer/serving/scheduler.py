@@ -35,31 +35,47 @@ class Timing:
     batch_size: int
 
 
-# Run times vary with what else the cores do (the event loop, other models): deadlines are
-# judged against the measured mean plus a margin. The batcher's final check is the stricter one:
-# a request that might finish late is refused with 504 rather than answered after its deadline.
+# Run times vary with what else the cores do (the event loop, other models, a neighbour on a
+# shared host): deadlines are judged against the measured mean plus a margin that grows with how
+# far single runs have strayed from it (ServiceRate.spread). The batcher's final check is the
+# stricter one: a request that might finish late is refused with 504 rather than answered after
+# its deadline. The floors are what a quiet device needs; the spread factors follow Jacobson's
+# retransmission timer (mean + 4 deviations) for one run, half that for the sum of many.
 ADMIT_MARGIN = 1.1
 RUN_MARGIN = 1.3
+ADMIT_SPREADS = 2.0
+RUN_SPREADS = 4.0
 
 
 class ServiceRate:
-    """Exponentially weighted rows per second actually served, for Retry-After and admission."""
+    """Exponentially weighted rows per second actually served, for Retry-After and admission,
+    and `spread`: the weighted mean of how far each run's time strayed from the prediction
+    (|actual / predicted - 1|), so margins widen on a noisy device and shrink on a quiet one."""
 
-    __slots__ = ("rows_per_s", "samples")
+    __slots__ = ("rows_per_s", "samples", "spread")
 
     def __init__(self) -> None:
         self.rows_per_s = 0.0
         self.samples = 0
+        self.spread = 0.0
 
     def add(self, rows: int, seconds: float) -> None:
         if seconds <= 0:
             return
+        predicted = self.seconds_for(rows)
+        if predicted is not None:
+            self.spread += 0.25 * (abs(seconds / predicted - 1.0) - self.spread)
         self.samples += 1
         alpha = 1.0 / min(self.samples, 16)
         self.rows_per_s += alpha * (rows / seconds - self.rows_per_s)
 
     def seconds_for(self, rows: int) -> float | None:
         return rows / self.rows_per_s if self.samples >= 3 and self.rows_per_s > 0 else None
+
+    def bound(self, rows: int, floor: float, spreads: float) -> float | None:
+        """Seconds `rows` should take at most: the mean times max(floor, 1 + spreads x spread)."""
+        mean = self.seconds_for(rows)
+        return None if mean is None else mean * max(floor, 1.0 + spreads * self.spread)
 
 
 def _signature(feeds: dict[str, np.ndarray]) -> tuple[Any, ...]:
@@ -126,8 +142,7 @@ class Scheduler:
         rows = self.queue.rows_ahead_of(entry.priority) + self.running_rows + entry.batch
         if self._dynamic and self.policy.max_batch_size > 1:
             rows = -(-rows // self.policy.max_batch_size) * self.policy.max_batch_size
-        wait = self.rate.seconds_for(rows)
-        wait = wait * ADMIT_MARGIN if wait is not None else None
+        wait = self.rate.bound(rows, ADMIT_MARGIN, ADMIT_SPREADS)
         if timeout_us and wait is not None and wait * 1e6 > timeout_us:
             raise self._reject(
                 "predicted_wait",
@@ -194,9 +209,8 @@ class Scheduler:
                 decision = Decision(wake_at=self._clock() + 0.05)
             else:
                 limit = self.queue.batch_limit(max_rows)
-                run_s = self.rate.seconds_for(min(self.queue.rows, limit)) or 0.0
-                horizon = run_s * RUN_MARGIN
-                decision = self.queue.take(self._clock(), max_rows, horizon)
+                horizon = self.rate.bound(min(self.queue.rows, limit), RUN_MARGIN, RUN_SPREADS)
+                decision = self.queue.take(self._clock(), max_rows, horizon or 0.0)
             for e in decision.expired:
                 _fail(e, DeadlineExceeded(
                     "request timed out in the queue: it could not finish within its timeout"))  # fmt: skip
