@@ -159,7 +159,7 @@ def cnn_paired(onnx_path: Path, x: np.ndarray, req: Request, opts: argparse.Name
                 second.start()
                 first.join()
                 second.join()
-                ratio = round(out["raw2"]["cpu_ms_per_row"] / out["raw"]["cpu_ms_per_row"], 4)
+                ratio = round(out["raw"]["cpu_ms_per_row"] / out["raw2"]["cpu_ms_per_row"], 4)
                 rounds["aa"].append({"raw": out["raw"], "raw2": out["raw2"], "ratio": ratio})
                 log(f"paired A/A: raw {out['raw']['cpu_ms_per_row']} vs "
                     f"{out['raw2']['cpu_ms_per_row']} ms CPU per row: {ratio:.3f}")  # fmt: skip

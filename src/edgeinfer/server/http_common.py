@@ -35,10 +35,15 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise ClientDisconnected
-    return task.result()
+    try:
+        if not task.done():
+            task.cancel()
+            raise ClientDisconnected
+        return task.result()
+    finally:
+        # An error raised here carries a traceback holding this frame; the frame must not hold
+        # the task that holds the error, or the request (and its body) waits for a full GC.
+        del task, watcher
 
 
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

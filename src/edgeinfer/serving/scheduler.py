@@ -190,6 +190,10 @@ class Scheduler:
         except asyncio.CancelledError:
             self.queue.remove(entry)
             raise
+        finally:
+            # An error set on `fut` is raised with a traceback that holds this frame: drop the
+            # frame's references back to it, or request and error wait for a full GC together.
+            del fut, entry
 
     async def _work(self, index: int) -> None:
         assert self._wakeup is not None
