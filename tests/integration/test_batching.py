@@ -250,8 +250,10 @@ def test_admission_rejects_when_the_predicted_wait_exceeds_the_timeout(
     for t in queued:
         t.start()
     wait_until(lambda: pending(server, "slow_admit") >= 1)  # rows are waiting ahead of us
-    r = infer(server, "slow_admit", np.ones((1, 16), np.float32), timeout=1000)
-    assert r.status_code == 429
+    # 50 ms: far below one ~0.3 s run ahead, yet enough to read and decode the request on a busy
+    # machine (with 1 ms it sometimes expired before admission: 504, not this 429).
+    r = infer(server, "slow_admit", np.ones((1, 16), np.float32), timeout=50_000)
+    assert r.status_code == 429, r.text
     assert "predicted time to a reply" in r.json()["error"]
     assert "Retry-After" in r.headers
     for t in (busy, *queued):

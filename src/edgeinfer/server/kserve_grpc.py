@@ -211,7 +211,11 @@ def _guarded(method: Method) -> Method:
         except Exception as exc:
             _, code_name, message = status_of(exc)
             code = grpc.StatusCode[code_name]
-        await context.abort(code, message)
+        # A status, not context.abort(): abort raises through this frame, whose traceback then
+        # ties it (and the request, a 600 KB image) into a cycle only a full GC frees.
+        context.set_code(code)
+        context.set_details(message)
+        return None
 
     return wrapper  # type: ignore[return-value]
 
