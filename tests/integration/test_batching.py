@@ -37,13 +37,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
                    "preferred_batch_sizes = [8]\nmax_queue_delay_us = 2000000\n")  # fmt: skip
     models.publish(root, "unbatched", mlp, "max_batch_size = 8\n")
     slow = models.slow(build / "slow.onnx", depth=150)
-    for name, size in (("slow_full", 2), ("slow_cancel", 8), ("slow_grpc_cancel", 8),
-                       ("slow_admit", 8)):  # fmt: skip
+    for name, size in (("slow_full", 2), ("slow_admit", 8)):
         models.publish(root, name, slow, SLOW_QUEUE.format(size=size))
     # ~2 s per run: the requests these tests send must queue behind the busy run while it
-    # still runs, on a busy machine too.
+    # still runs, on a busy machine too (a gRPC request once missed a 0.3 s run in CI).
     slower = models.slow(build / "slower.onnx", depth=1000)
-    for name in ("slow_priority", "slow_deadline"):
+    for name in ("slow_priority", "slow_deadline", "slow_cancel", "slow_grpc_cancel"):
         models.publish(root, name, slower, SLOW_QUEUE.format(size=8))
     models.publish(root, "slow_two", slow, "max_batch_size = 4\ninstance_count = 2\n")
     return root
