@@ -12,9 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from edgeinfer.testing import models
+
+
+def infer_body(x: np.ndarray, **params: object) -> dict[str, object]:
+    """A KServe v2 JSON request for input `x` (FP32), with request `parameters` if given."""
+    tensor = {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+    doc: dict[str, object] = {"inputs": [tensor]}
+    if params:
+        doc["parameters"] = params
+    return doc
 
 
 def free_port() -> int:

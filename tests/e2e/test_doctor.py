@@ -22,8 +22,7 @@ def doctor(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
 
 def test_this_machine_json() -> None:
     report = json.loads(doctor("--json").stdout)
-    assert set(report) >= {"cpu", "frequency", "thermal", "memory", "runtimes",
-                           "recommendations"}  # fmt: skip
+    assert set(report) >= {"cpu", "frequency", "thermal", "memory", "runtimes", "recommendations"}
     cpu = report["cpu"]
     assert cpu["usable_cpus"] >= 1 and isinstance(cpu["simd"], list)
     assert report["memory"]["total_bytes"] > 0
@@ -79,8 +78,10 @@ def test_bad_root_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_import_is_cheap() -> None:
-    code = ("import sys, edgeinfer.doctor\n"
-            "print(sorted({'onnxruntime', 'onnx', 'numpy', 'llama_cpp'} & set(sys.modules)))")  # fmt: skip
+    code = (
+        "import sys, edgeinfer.doctor\n"
+        "print(sorted({'onnxruntime', 'onnx', 'numpy', 'llama_cpp'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"  # none of the heavy runtimes imported
 

@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from edgeinfer.testing import models
-from tests.conftest import ServerProcess, start_server
+from tests.conftest import ServerProcess, infer_body, start_server
 
 SLOW_QUEUE = """max_batch_size = 4
 [queue]
@@ -55,16 +55,10 @@ def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     s.stop()
 
 
-def body(x: np.ndarray, **params: object) -> dict[str, object]:
-    doc: dict[str, object] = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
-                                          "data": x.ravel().tolist()}]}  # fmt: skip
-    if params:
-        doc["parameters"] = params
-    return doc
-
-
 def infer(server: ServerProcess, model: str, x: np.ndarray, **params: object) -> httpx.Response:
-    return httpx.post(f"{server.url}/v2/models/{model}/infer", json=body(x, **params), timeout=60)
+    return httpx.post(
+        f"{server.url}/v2/models/{model}/infer", json=infer_body(x, **params), timeout=60
+    )
 
 
 def stats(server: ServerProcess, model: str) -> dict:
@@ -204,7 +198,7 @@ def test_http_disconnect_removes_the_request_from_the_queue(server: ServerProces
     busy = occupy(server, "slow_cancel")
     before = stats(server, "slow_cancel")["inference_count"]
     payload = httpx.Request("POST", f"{server.url}/v2/models/slow_cancel/infer",
-                            json=body(np.ones((2, 16), np.float32)))  # fmt: skip
+                            json=infer_body(np.ones((2, 16), np.float32)))  # fmt: skip
     raw = (f"POST /v2/models/slow_cancel/infer HTTP/1.1\r\nHost: x\r\n"
            f"Content-Type: application/json\r\nContent-Length: {len(payload.content)}\r\n\r\n")  # fmt: skip
     sock = socket.create_connection(("127.0.0.1", server.http_port))

@@ -26,7 +26,7 @@ from edgeinfer.repository import Repository
 from edgeinfer.server.app import build_app
 from edgeinfer.server.kserve_grpc import start_grpc
 from edgeinfer.testing import models
-from tests.conftest import free_port
+from tests.conftest import free_port, infer_body
 
 # A batch waits up to 2 s for company: a lone request with a 50 ms timeout expires in the queue.
 CONFIG = """backend = "onnxruntime"
@@ -35,15 +35,6 @@ max_batch_size = 8
 [dynamic_batching]
 max_queue_delay_us = 2000000
 """
-
-
-def _doc(rows: int, n_in: int = 16, timeout_us: int = 0) -> dict[str, object]:
-    x = np.ones((rows, n_in), np.float32)
-    tensor = {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}
-    doc: dict[str, object] = {"inputs": [tensor]}
-    if timeout_us:
-        doc["parameters"] = {"timeout": timeout_us}
-    return doc
 
 
 def _cycles() -> list[str]:
@@ -90,13 +81,19 @@ async def _refusals_leave_no_cycles(repo: Path) -> None:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             url = "/v2/models/mlp/infer"
             # Served requests first: whatever is created once per process exists now.
-            assert (await client.post(url, json=_doc(1, timeout_us=5_000_000))).status_code == 200
+            assert (
+                await client.post(
+                    url, json=infer_body(np.ones((1, 16), np.float32), timeout=5_000_000)
+                )
+            ).status_code == 200
             assert await _grpc_status(stub, 16, 5_000_000) == grpc.StatusCode.OK
             gc.collect()
             gc.disable()
             try:
-                bad = await client.post(url, json=_doc(1, n_in=3))
-                late = await client.post(url, json=_doc(1, timeout_us=50_000))
+                bad = await client.post(url, json=infer_body(np.ones((1, 3), np.float32)))
+                late = await client.post(
+                    url, json=infer_body(np.ones((1, 16), np.float32), timeout=50_000)
+                )
                 assert bad.status_code == 400, bad.text
                 assert late.status_code == 504 and "timed out" in late.json()["error"], late.text
                 http_cycles = _cycles()

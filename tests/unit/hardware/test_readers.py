@@ -64,8 +64,11 @@ def test_raspberry_pi_throttle_flags(tmp_path: Path) -> None:
     freq = read_cpufreq(trees.raspberry_pi(tmp_path, throttled="50005"))
     assert freq.rpi_throttled == 0x50005
     assert freq.throttle_flags == (
-        "under-voltage", "throttled", "under-voltage-occurred", "throttled-occurred",
-    )  # fmt: skip
+        "under-voltage",
+        "throttled",
+        "under-voltage-occurred",
+        "throttled-occurred",
+    )
     assert freq.throttled_now is True
     past_only = read_cpufreq(trees.raspberry_pi(tmp_path / "b", throttled="50000"))
     assert past_only.throttled_now is False
@@ -101,16 +104,19 @@ def test_fractional_quota_rounds_up(tmp_path: Path) -> None:
 
 def test_nested_cgroup_path_and_the_tightest_ancestor_limit(tmp_path: Path) -> None:
     pod = "sys/fs/cgroup/kubepods.slice/pod1"
-    root = trees.write(tmp_path, {
-        "proc/self/cgroup": "0::/kubepods.slice/pod1/ctr\n",
-        "sys/fs/cgroup/cgroup.controllers": "cpu memory\n",
-        f"{pod}/memory.max": "536870912\n",
-        f"{pod}/cpu.max": "50000 100000\n",
-        f"{pod}/ctr/memory.max": "1073741824\n",
-        f"{pod}/ctr/memory.current": "104857600\n",
-        f"{pod}/ctr/cpu.max": "400000 100000\n",
-        "sys/devices/system/cpu/online": "0-7\n",
-    })  # fmt: skip
+    root = trees.write(
+        tmp_path,
+        {
+            "proc/self/cgroup": "0::/kubepods.slice/pod1/ctr\n",
+            "sys/fs/cgroup/cgroup.controllers": "cpu memory\n",
+            f"{pod}/memory.max": "536870912\n",
+            f"{pod}/cpu.max": "50000 100000\n",
+            f"{pod}/ctr/memory.max": "1073741824\n",
+            f"{pod}/ctr/memory.current": "104857600\n",
+            f"{pod}/ctr/cpu.max": "400000 100000\n",
+            "sys/devices/system/cpu/online": "0-7\n",
+        },
+    )
     cg = read_cgroup(root)
     assert cg.path == "/kubepods.slice/pod1/ctr"
     assert cg.memory_limit_bytes == 536870912  # the pod's limit binds the container
@@ -127,19 +133,22 @@ def test_cgroup_path_outside_the_mount_falls_back_to_its_top(tmp_path: Path) -> 
 
 def test_cgroup_v1(tmp_path: Path) -> None:
     mem, cpu = "sys/fs/cgroup/memory", "sys/fs/cgroup/cpu,cpuacct"
-    root = trees.write(tmp_path, {
-        "proc/self/cgroup": "12:pids:/docker/abc\n4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n"
-                            "1:name=systemd:/docker/abc\n0::/system.slice/docker.service\n",
-        f"{mem}/memory.limit_in_bytes": "9223372036854771712\n",
-        f"{mem}/docker/abc/memory.limit_in_bytes": "536870912\n",
-        f"{mem}/docker/abc/memory.usage_in_bytes": "209715200\n",
-        f"{mem}/docker/abc/memory.stat": "cache 1000\ntotal_inactive_file 104857600\n",
-        f"{mem}/docker/abc/memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
-        f"{cpu}/cpu.cfs_quota_us": "-1\n",
-        f"{cpu}/docker/abc/cpu.cfs_quota_us": "150000\n",
-        f"{cpu}/docker/abc/cpu.cfs_period_us": "100000\n",
-        "sys/devices/system/cpu/online": "0-15\n",
-    })  # fmt: skip
+    root = trees.write(
+        tmp_path,
+        {
+            "proc/self/cgroup": "12:pids:/docker/abc\n4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n"
+            "1:name=systemd:/docker/abc\n0::/system.slice/docker.service\n",
+            f"{mem}/memory.limit_in_bytes": "9223372036854771712\n",
+            f"{mem}/docker/abc/memory.limit_in_bytes": "536870912\n",
+            f"{mem}/docker/abc/memory.usage_in_bytes": "209715200\n",
+            f"{mem}/docker/abc/memory.stat": "cache 1000\ntotal_inactive_file 104857600\n",
+            f"{mem}/docker/abc/memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+            f"{cpu}/cpu.cfs_quota_us": "-1\n",
+            f"{cpu}/docker/abc/cpu.cfs_quota_us": "150000\n",
+            f"{cpu}/docker/abc/cpu.cfs_period_us": "100000\n",
+            "sys/devices/system/cpu/online": "0-15\n",
+        },
+    )
     cg = read_cgroup(root)
     assert (cg.version, cg.path) == (1, "/docker/abc")
     assert cg.memory_limit_bytes == 536870912
@@ -151,14 +160,17 @@ def test_cgroup_v1(tmp_path: Path) -> None:
 
 
 def test_cgroup_v1_unlimited(tmp_path: Path) -> None:
-    root = trees.write(tmp_path, {
-        "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",
-        "sys/fs/cgroup/memory/memory.usage_in_bytes": "2443096064\n",
-        "sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1\n",
-        "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n",
-        # hybrid host: an empty v2 mount next to the v1 controllers
-        "sys/fs/cgroup/unified/cgroup.procs": "1\n",
-    })  # fmt: skip
+    root = trees.write(
+        tmp_path,
+        {
+            "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",
+            "sys/fs/cgroup/memory/memory.usage_in_bytes": "2443096064\n",
+            "sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1\n",
+            "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n",
+            # hybrid host: an empty v2 mount next to the v1 controllers
+            "sys/fs/cgroup/unified/cgroup.procs": "1\n",
+        },
+    )
     cg = read_cgroup(root)
     assert cg.version == 1
     assert (cg.memory_limit_bytes, cg.cpu_quota, cg.memory_usage_bytes) == (None, None, 2443096064)
@@ -181,15 +193,25 @@ def test_big_little_by_capacity(tmp_path: Path) -> None:
 
 def test_big_little_by_max_frequency_without_capacity(tmp_path: Path) -> None:
     # An Intel hybrid laptop: P-cores 4.7 GHz, E-cores 3.6 GHz, no cpu_capacity in sysfs.
-    root = trees.write(tmp_path, {"sys/devices/system/cpu/online": "0-11\n",
-                                  **trees.cpus(4, max_khz=4_700_000),
-                                  **trees.cpus(8, max_khz=3_600_000, first=4)})  # fmt: skip
+    root = trees.write(
+        tmp_path,
+        {
+            "sys/devices/system/cpu/online": "0-11\n",
+            **trees.cpus(4, max_khz=4_700_000),
+            **trees.cpus(8, max_khz=3_600_000, first=4),
+        },
+    )
     topo = read_topology(root)
     assert topo.big == (0, 1, 2, 3) and topo.little == tuple(range(4, 12))
     # Turbo-boost "favoured cores" differ by a few percent: still one type.
-    root2 = trees.write(tmp_path / "b", {"sys/devices/system/cpu/online": "0-3\n",
-                                         **trees.cpus(2, max_khz=5_300_000),
-                                         **trees.cpus(2, max_khz=5_100_000, first=2)})  # fmt: skip
+    root2 = trees.write(
+        tmp_path / "b",
+        {
+            "sys/devices/system/cpu/online": "0-3\n",
+            **trees.cpus(2, max_khz=5_300_000),
+            **trees.cpus(2, max_khz=5_100_000, first=2),
+        },
+    )
     assert not read_topology(root2).heterogeneous
 
 
@@ -227,25 +249,28 @@ def test_empty_root(tmp_path: Path) -> None:
 
 def test_malformed_and_unreadable_files(tmp_path: Path) -> None:
     tz = "sys/class/thermal"
-    root = trees.write(tmp_path, {
-        f"{tz}/thermal_zone0/temp": "garbage\n",
-        f"{tz}/thermal_zone0/type": "cpu-thermal\n",
-        f"{tz}/thermal_zone1/temp": "",
-        f"{tz}/thermal_zone3/type": "x86_pkg_temp\n",
-        f"{tz}/thermal_zone4/temp": "-273150\n",  # a disabled sensor
-        f"{tz}/thermal_zone4/type": "cpu-thermal\n",
-        f"{tz}/thermal_zone5/temp": "45000\n",
-        f"{tz}/thermal_zone5/type": "acpitz\n",
-        "sys/devices/system/cpu/online": "3-1\n",  # malformed: fall back to the directories
-        "sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq": "abc\n",
-        "sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq": "\n",
-        "sys/devices/system/cpu/cpu1/cpu_capacity": "big\n",
-        "sys/fs/cgroup/memory.max": "lots\n",
-        "sys/fs/cgroup/cpu.max": "200000\n",  # one field
-        "sys/fs/cgroup/memory.events": "oom\noom_kill many\n",
-        "proc/self/cgroup": "::::\n0::relative/path\n",
-        "proc/meminfo": "MemTotal: lots kB\nMemAvailable:\n",
-    })  # fmt: skip
+    root = trees.write(
+        tmp_path,
+        {
+            f"{tz}/thermal_zone0/temp": "garbage\n",
+            f"{tz}/thermal_zone0/type": "cpu-thermal\n",
+            f"{tz}/thermal_zone1/temp": "",
+            f"{tz}/thermal_zone3/type": "x86_pkg_temp\n",
+            f"{tz}/thermal_zone4/temp": "-273150\n",  # a disabled sensor
+            f"{tz}/thermal_zone4/type": "cpu-thermal\n",
+            f"{tz}/thermal_zone5/temp": "45000\n",
+            f"{tz}/thermal_zone5/type": "acpitz\n",
+            "sys/devices/system/cpu/online": "3-1\n",  # malformed: fall back to the directories
+            "sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq": "abc\n",
+            "sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq": "\n",
+            "sys/devices/system/cpu/cpu1/cpu_capacity": "big\n",
+            "sys/fs/cgroup/memory.max": "lots\n",
+            "sys/fs/cgroup/cpu.max": "200000\n",  # one field
+            "sys/fs/cgroup/memory.events": "oom\noom_kill many\n",
+            "proc/self/cgroup": "::::\n0::relative/path\n",
+            "proc/meminfo": "MemTotal: lots kB\nMemAvailable:\n",
+        },
+    )
     (root / f"{tz}/thermal_zone2/temp").mkdir(parents=True)  # a directory where a file should be
     (root / f"{tz}/thermal_zone3/temp").symlink_to(root / "nowhere")  # broken symlink: OSError
     (root / "sys/fs/cgroup/memory.current").mkdir()
