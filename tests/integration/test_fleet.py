@@ -338,9 +338,8 @@ def _end_group(proc: subprocess.Popen[str]) -> None:
 def test_readme_walkthrough_three_devices_canary_promote_rollback(
     etcd: Etcd, tmp_path: Path
 ) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("### Fleet", 1)[1].split("\n#", 1)[0]
-    script = re.findall(r"```bash\n(.*?)```", section, re.S)[0]
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "fleet.md").read_text()
+    script = re.findall(r"```bash\n(.*?)```", doc, re.S)[0]
     base = _free_run(3)
     script = re.sub(r"\b810([0-3])\b", lambda m: str(base + int(m.group(1))), script)
     script = (script.replace("/tmp/fleet", str(tmp_path / "fleet"))

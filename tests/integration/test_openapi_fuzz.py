@@ -1,7 +1,7 @@
 """GET /openapi.json describes every route, and schemathesis fuzzes every operation of a real
 server against it: no 5xx other than the documented 503/504, and every response conforms.
 
-Bounded for CI (EXAMPLES per operation and mode); `FUZZ_LONG=1` runs many more (see README).
+Bounded for CI (EXAMPLES per operation and mode); `FUZZ_LONG=1` runs many more (see docs/security.md).
 """
 
 from __future__ import annotations

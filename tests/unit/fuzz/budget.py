@@ -1,5 +1,5 @@
 """How hard the fuzz tests try: bounded for CI; `FUZZ_LONG=1` runs 50 times as many examples
-and a fresh random seed each time (see README, "Securing a device")."""
+and a fresh random seed each time (see docs/security.md)."""
 
 from __future__ import annotations
 
