@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/llm.py [--quick] [--threads 1]
 
-Builds a ~336M-parameter Llama (Q4_0, random weights, see edgeinfer.demo.gguf) into a cache
+Builds a ~336M-parameter Llama (Q4_0, random weights, see edgeinfer.runtime.gguf_writer) into a cache
 folder, then measures, with the same GGUF, threads and KV settings everywhere:
 - memory bandwidth (numpy copy) and the decode roofline: bandwidth / weight bytes per token;
 - single stream: decode tok/s and TTFT of our server vs llama-cpp-python's in-process `Llama`;
@@ -57,7 +57,7 @@ def free_port() -> int:
 
 
 def bench_model() -> tuple[Path, dict[str, Any]]:
-    from edgeinfer.demo.gguf import build_gguf
+    from edgeinfer.runtime.gguf_writer import build_gguf
 
     path = cache_dir() / "bench-q4_0.gguf"
     meta = path.with_suffix(".json")

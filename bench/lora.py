@@ -87,9 +87,10 @@ def build(tmp: Path) -> dict[str, Any]:
 
     from edgeinfer.adapters.convert import convert_graph
     from edgeinfer.adapters.store import add_adapter
-    from edgeinfer.demo import gguf as demo_gguf
+    from edgeinfer.demo.gguf import LLM_DEMO_CONFIG
     from edgeinfer.demo.lora import lora_pairs, write_gguf_lora
     from edgeinfer.repository import add_version
+    from edgeinfer.runtime import gguf_writer
     from edgeinfer.runtime.lora_onnx import export_onnx_adapter
     from edgeinfer.testing import models
 
@@ -106,13 +107,13 @@ def build(tmp: Path) -> dict[str, Any]:
                        extra={"lora.json": graph / "lora.json"})  # fmt: skip
         for n, f in files.items():
             add_adapter(repo / model, n, f)
-    demo_gguf.build_gguf(b / "llm.gguf", "tiny", "f32", seed=0)
+    gguf_writer.build_gguf(b / "llm.gguf", "tiny", "f32", seed=0)
     (repo / "llm").mkdir()
     (repo / "llm" / "config.toml").write_text(
-        demo_gguf.LLM_DEMO_CONFIG.replace("slots = 4", f"slots = {CONNECTIONS}")
+        LLM_DEMO_CONFIG.replace("slots = 4", f"slots = {CONNECTIONS}")
     )
     add_version(repo / "llm", {"model.gguf": b / "llm.gguf"}, version=1)
-    shape = demo_gguf.SHAPES["tiny"]
+    shape = gguf_writer.SHAPES["tiny"]
     for i, n in enumerate((*ADAPTERS, *COLD)):
         rank = GGUF_RANK if n in ADAPTERS else GGUF_COLD_RANK
         f = write_gguf_lora(b / f"llm-{n}.gguf", lora_pairs(shape, i + 1, rank), alpha=rank)

@@ -248,11 +248,11 @@ def _add_models(sub: Any) -> None:
 
 # ---- profile --------------------------------------------------------------------------------
 def cmd_profile(args: argparse.Namespace) -> int:
-    from edgeinfer.telemetry.profile import render
+    from edgeinfer.runtime.profile import render
 
     if args.repository is not None:
         from edgeinfer.repository import Repository
-        from edgeinfer.telemetry.profile import profile_model
+        from edgeinfer.runtime.profile import profile_model
 
         entry = Repository(args.repository).model(args.model)
         candidates = entry.selected() if args.version is None else [

@@ -410,6 +410,12 @@ class Limits:
     max_string_bytes: int = 1 << 20  # per BYTES element
 
 
+def edgeinfer_home() -> Path:
+    """Where edgeinfer keeps caches: `$EDGEINFER_HOME`, else `~/.cache/edgeinfer`."""
+    home = os.environ.get("EDGEINFER_HOME")
+    return Path(home) if home else Path.home() / ".cache" / "edgeinfer"
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"EDGEINFER_{name.upper()}", default)
 

@@ -16,9 +16,10 @@ import pytest
 from edgeinfer.adapters.convert import convert_graph, convert_peft, write_peft
 from edgeinfer.adapters.store import add_adapter
 from edgeinfer.auth import hash_key
-from edgeinfer.demo import gguf as demo_gguf
+from edgeinfer.demo.gguf import LLM_DEMO_CONFIG
 from edgeinfer.demo.lora import lora_pairs, write_gguf_lora
 from edgeinfer.repository import add_version
+from edgeinfer.runtime import gguf_writer
 from edgeinfer.testing import models
 from tests.conftest import ServerProcess, start_server
 
@@ -68,10 +69,10 @@ def lora_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             out = convert_peft(peft, graph / "model.onnx", build / f"{model}-{name}")
             add_adapter(root / model, name, out, tenants=["acme"] if name == "x" else None)
     # GGUF: the tiny llama, adapters a1 (acme only) and a2 (everyone).
-    shape = demo_gguf.SHAPES["tiny"]
-    demo_gguf.build_gguf(build / "llm.gguf", "tiny", "f32", seed=0)
+    shape = gguf_writer.SHAPES["tiny"]
+    gguf_writer.build_gguf(build / "llm.gguf", "tiny", "f32", seed=0)
     (root / "llm").mkdir()
-    (root / "llm" / "config.toml").write_text(demo_gguf.LLM_DEMO_CONFIG)
+    (root / "llm" / "config.toml").write_text(LLM_DEMO_CONFIG)
     add_version(root / "llm", {"model.gguf": build / "llm.gguf"}, version=1)
     gguf_loras = {
         n: lora_pairs(shape, seed, rank=8) for n, seed in (("a1", 1), ("a2", 2), ("tmp", 3))
@@ -157,7 +158,7 @@ def _merged_reference(build: Path, pairs: dict | None) -> str:
     from edgeinfer.config import LlmOptions
     from edgeinfer.runtime.llm_llamacpp import BatchItem, LlamaCppModel
 
-    original = demo_gguf._weights
+    original = gguf_writer._weights
     name = "merged.gguf" if pairs else "plain.gguf"
 
     def merged(*args: object) -> Iterator:
@@ -167,11 +168,11 @@ def _merged_reference(build: Path, pairs: dict | None) -> str:
                 w = (w + (b @ a) * (8.0 / a.shape[0])).astype(np.float32)
             yield tname, w
 
-    demo_gguf._weights = merged  # type: ignore[assignment]
+    gguf_writer._weights = merged  # type: ignore[assignment]
     try:
-        demo_gguf.build_gguf(build / name, "tiny", "f32", seed=0)
+        gguf_writer.build_gguf(build / name, "tiny", "f32", seed=0)
     finally:
-        demo_gguf._weights = original
+        gguf_writer._weights = original
     m = LlamaCppModel(build / name, LlmOptions(context_length=512, slots=1, kv_cache_type="f32",
                                                n_batch=256, prefill_chunk=128), 1)  # fmt: skip
     try:

@@ -29,8 +29,9 @@ PROMPTS = ["The quick brown fox", "Hello", "Once upon a time there was a little 
 
 @pytest.fixture(scope="module")
 def llm_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgeinfer.demo.gguf import build_gguf, build_llm_demo
+    from edgeinfer.demo.gguf import build_llm_demo
     from edgeinfer.repository import add_version
+    from edgeinfer.runtime.gguf_writer import build_gguf
 
     root = tmp_path_factory.mktemp("llm-repo")
     scratch = tmp_path_factory.mktemp("scratch")
@@ -281,8 +282,8 @@ def test_full_queue_is_429_with_retry_after(one_slot: ServerProcess) -> None:
 
 def test_new_version_swaps_in_while_old_streams_finish(llm_repo: Path, server: ServerProcess,
                                                       tmp_path: Path) -> None:  # fmt: skip
-    from edgeinfer.demo.gguf import build_gguf
     from edgeinfer.repository import add_version
+    from edgeinfer.runtime.gguf_writer import build_gguf
 
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
     v1_text = complete(client, "Hello", 200).choices[0].text

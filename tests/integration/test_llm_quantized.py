@@ -27,8 +27,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    from edgeinfer.demo.gguf import build_gguf
     from edgeinfer.repository import add_version
+    from edgeinfer.runtime.gguf_writer import build_gguf
 
     root = tmp_path_factory.mktemp("llm-quantized")
     scratch = tmp_path_factory.mktemp("scratch")

@@ -7,9 +7,10 @@ Nothing is downloaded: the digits come with scikit-learn and the MiniLM weights 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from edgeinfer.config import edgeinfer_home
 
 DEMO_JSON = "demo.json"  # written last: its presence means the repository is complete
 CONVERT_HINT = "pip install -e '.[convert]'"
@@ -17,9 +18,7 @@ CONVERT_HINT = "pip install -e '.[convert]'"
 
 def demo_home() -> Path:
     """`$EDGEINFER_HOME/demo` if EDGEINFER_HOME is set, else `~/.cache/edgeinfer/demo`."""
-    home = os.environ.get("EDGEINFER_HOME")
-    base = Path(home) if home else Path.home() / ".cache" / "edgeinfer"
-    return base / "demo"
+    return edgeinfer_home() / "demo"
 
 
 def is_complete(root: Path) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeinfer.demo.gguf import SHAPES, LlamaShape
+from edgeinfer.runtime.gguf_writer import SHAPES, LlamaShape
 
 DEMO_ADAPTER = "demo-adapter"
 TARGETS = ("attn_q", "attn_v", "ffn_up", "ffn_down")

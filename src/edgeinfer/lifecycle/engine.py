@@ -292,7 +292,7 @@ class Engine:
                       runs: int = 10) -> dict[str, Any]:  # fmt: skip
         """Per-layer profile of a loaded version, run on a separate ONNX Runtime session in a
         worker thread: the live session and its queue are not touched."""
-        from edgeinfer.telemetry.profile import profile_model
+        from edgeinfer.runtime.profile import profile_model
 
         h = self.handle(name, version)
         entry = await asyncio.to_thread(self.repository.model, name)

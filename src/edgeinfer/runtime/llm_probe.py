@@ -62,9 +62,9 @@ def this_machine() -> str:
 
 def default_cache_dir() -> Path:
     """`llm-probe` beside the demo repository: $EDGEINFER_HOME or ~/.cache/edgeinfer."""
-    from edgeinfer.demo import demo_home
+    from edgeinfer.config import edgeinfer_home
 
-    return demo_home().parent / "llm-probe"
+    return edgeinfer_home() / "llm-probe"
 
 
 def child_command() -> list[str]:
@@ -144,7 +144,7 @@ def extra_buffer_types(setting: str | bool) -> bool:
 def _probe(folder: Path) -> None:
     """Decode a prompt and a few single tokens of tiny quantized models, extra buffer types on."""
     from edgeinfer.config import LlmOptions
-    from edgeinfer.demo.gguf import build_gguf
+    from edgeinfer.runtime.gguf_writer import build_gguf
     from edgeinfer.runtime.llm_llamacpp import BatchItem, LlamaCppModel
 
     options = LlmOptions(context_length=64, slots=1, n_batch=64, prefill_chunk=32,

@@ -10,8 +10,8 @@ import pytest
 
 from edgeinfer.config import ModelConfig, OrtOptions, TextOptions
 from edgeinfer.errors import InvalidInput, Unavailable
-from edgeinfer.telemetry import profile
-from edgeinfer.telemetry.profile import GraphNode, profile_model, render, summarize
+from edgeinfer.runtime import profile
+from edgeinfer.runtime.profile import GraphNode, profile_model, render, summarize
 from edgeinfer.testing import models
 
 
