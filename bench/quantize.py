@@ -1,5 +1,5 @@
 """Quantization benchmark: `edgeinfer quantize` on the demo models and two ImageNet-shaped CNNs,
-each point a separate `python -m edgeinfer.optimize.cli ... --json` process (so peak RSS is the
+each point a separate `python -m edgeinfer.cli quantize ... --json` process (so peak RSS is the
 point's own), FP32 and quantized timed in the same process with the same session options.
 
     python bench/quantize.py                 # -> bench/results/quantize.json and quantize.md
@@ -120,7 +120,7 @@ def image_data(tmp: Path, name: str, n: int, seed: int) -> Path:
 
 # ---- points ---------------------------------------------------------------------------------
 def point(label: str, model: Path, *args: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "edgeinfer.optimize.cli", "quantize", str(model), *args, "--json"]
+    cmd = [sys.executable, "-m", "edgeinfer.cli", "quantize", str(model), *args, "--json"]
     log(f"{label}: {' '.join(cmd[3:])}")
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)

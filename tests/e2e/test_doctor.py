@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgeinfer.doctor import add_doctor, cmd_doctor
+from edgeinfer.cli.doctor import add_doctor, cmd_doctor
 from tests.unit.hardware import trees
 
-DOCTOR = [sys.executable, "-m", "edgeinfer.doctor"]
+DOCTOR = [sys.executable, "-m", "edgeinfer.cli", "doctor"]
 
 
 def doctor(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
@@ -79,7 +79,7 @@ def test_bad_root_is_a_one_line_error(tmp_path: Path) -> None:
 
 def test_import_is_cheap() -> None:
     code = (
-        "import sys, edgeinfer.doctor\n"
+        "import sys, edgeinfer.cli.doctor\n"
         "print(sorted({'onnxruntime', 'onnx', 'numpy', 'llama_cpp'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

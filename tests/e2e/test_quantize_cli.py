@@ -13,7 +13,7 @@ import pytest
 from edgeinfer.testing import models
 from tests.unit.optimize.helpers import identity, outlier_mlp, samples
 
-CLI = [sys.executable, "-m", "edgeinfer.optimize.cli"]
+CLI = [sys.executable, "-m", "edgeinfer.cli"]
 FAST = ["--bench-seconds", "0.1"]
 
 

@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 import pytest
 
-from edgeinfer.fleet import main as fleet
+from edgeinfer.cli.fleet import main as fleet
 from edgeinfer.registry import Canary, DesiredModel, EtcdRegistry, FileSource
 from edgeinfer.registry.source import parse_url
 from edgeinfer.testing import models
@@ -349,7 +349,7 @@ def test_readme_walkthrough_three_devices_canary_promote_rollback(
         f'export PATH="{bindir}:$PATH"\n'
         # Until `edgeinfer fleet` is wired into the main CLI, run the module.
         'edgeinfer fleet --help >/dev/null 2>&1 || edgeinfer() { if [ "$1" = fleet ]; then '
-        'shift; python -m edgeinfer.fleet "$@"; else command edgeinfer "$@"; fi; }\n'
+        'shift; python -m edgeinfer.cli.fleet "$@"; else command edgeinfer "$@"; fi; }\n'
     )
     # Its own process group: etcd and the three servers it starts in the background go with it.
     proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", prelude + script],

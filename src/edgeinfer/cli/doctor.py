@@ -1,6 +1,6 @@
 """`edgeinfer doctor`: what this device is, and how to run models fast on it.
 
-Also runs on its own: `python -m edgeinfer.doctor [--json] [--root DIR]`. Importing this module
+Also runs on its own: `python -m edgeinfer.cli.doctor [--json] [--root DIR]`. Importing this module
 is cheap: runtimes (onnxruntime, llama_cpp) are imported only when the command runs.
 """
 

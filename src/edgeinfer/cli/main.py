@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from edgeinfer import __version__
-from edgeinfer.adapters.cli import add_adapters
-from edgeinfer.chat import add_chat  # stdlib-only at import
+from edgeinfer.cli.adapters import add_adapters
+from edgeinfer.cli.chat import add_chat  # stdlib-only at import
+from edgeinfer.cli.doctor import add_doctor  # stdlib-only at import
+from edgeinfer.cli.fleet import add_fleet
+from edgeinfer.cli.quantize import add_optimize, add_quantize
 from edgeinfer.config import ConfigError, ServerSettings, parse_overrides
-from edgeinfer.doctor import add_doctor  # stdlib-only at import
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.fleet import add_fleet
-from edgeinfer.optimize.cli import add_optimize, add_quantize
 
 DEFAULT_URL = os.environ.get("EDGEINFER_URL", "http://127.0.0.1:8000")
 

@@ -1,5 +1,5 @@
 """`edgeinfer quantize` and `edgeinfer optimize`. The main CLI registers them with
-`add_quantize(sub)` and `add_optimize(sub)`; `python -m edgeinfer.optimize.cli` runs them alone.
+`add_quantize(sub)` and `add_optimize(sub)`; `python -m edgeinfer.cli.quantize` runs them alone.
 
 Exit codes: 0 accepted (published), 1 rejected by the accuracy gate (not published unless
 --keep-rejected), 2 bad input (one line on stderr, nothing left behind).

@@ -1,6 +1,6 @@
 import pytest
 
-from edgeinfer.fleet import main
+from edgeinfer.cli.fleet import main
 
 
 def test_unreachable_registry_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
