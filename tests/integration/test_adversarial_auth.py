@@ -182,6 +182,18 @@ def test_a_key_without_tenant_cannot_claim_one(secured: tuple) -> None:
     assert _infer_x(server, _h(keys["acme"])).status_code == 200  # the key's own tenant
     r = _infer_x(server, _h(keys["ops"], tenant="acme"))  # acme is a key's tenant, not listed
     assert r.status_code == 403, r.text
+    r = _infer_x(server, _h(keys["ops"], **{"x-edgeinfer-tenant": "acme"}))  # nor by our header
+    assert r.status_code == 403, r.text
+    client = grpcclient.InferenceServerClient(server.grpc_addr)
+    inp = grpcclient.InferInput("x", [1, 16], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 16), np.float32))
+    with pytest.raises(InferenceServerException) as e:  # the same over gRPC metadata
+        client.infer("m", [inp], parameters={"adapter": "x"},
+                     headers={"authorization": f"Bearer {keys['ops']}", "tenant": "acme",
+                              "x-edgeinfer-tenant": "acme"})  # fmt: skip
+    assert e.value.status() == "StatusCode.PERMISSION_DENIED"
+    client.infer("m", [inp], parameters={"adapter": "x"},
+                 headers={"authorization": f"Bearer {keys['acme']}"})  # fmt: skip
     ids = {m["id"] for m in httpx.get(f"{server.url}/v1/models",
                                       headers=_h(keys["ops"], tenant="acme")).json()["data"]}  # fmt: skip
     assert "m:x" not in ids

@@ -61,8 +61,8 @@ def test_failures_count_per_address_and_per_key_prefix() -> None:
     assert fail(auth, "other", "10.0.0.2") is Unauthenticated  # another address is not held up
     # One key prefix tried from many addresses is throttled as one.
     for i in range(10):
-        fail(auth, "ei_samepfx_" + str(i), f"10.1.0.{i}")
-    assert fail(auth, "ei_samepfx_x", "10.1.0.99") is TooManyAttempts
+        fail(auth, "ei_samepfx_0" + str(i), f"10.1.0.{i}")
+    assert fail(auth, "ei_samepfx_0x", "10.1.0.99") is TooManyAttempts
     assert fail(auth, "ei_otherpfx", "10.1.0.99") is Unauthenticated
 
 

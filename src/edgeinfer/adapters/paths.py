@@ -24,7 +24,9 @@ def confine(raw: str, roots: Sequence[Path]) -> Path:
     try:  # resolve symlinks before checking: a link inside a root may point anywhere
         path = Path(raw).resolve()
     except (OSError, RuntimeError) as e:
-        raise InvalidInput(f"lora_path {raw[:200]!r}: {getattr(e, 'strerror', None) or e}") from None
+        raise InvalidInput(
+            f"lora_path {raw[:200]!r}: {getattr(e, 'strerror', None) or e}"
+        ) from None
     allowed = [r for r in (_resolved(root) for root in roots) if r is not None]
     if not any(path.is_relative_to(r) for r in allowed):
         raise PermissionDenied(f"lora_path {raw[:200]!r} is outside the directories adapters may "

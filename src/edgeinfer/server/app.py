@@ -96,8 +96,9 @@ def connection_options(settings: ServerSettings) -> dict[str, Any]:
 
     proxies = settings.forwarded_networks
     return {
-        "http": guarded_protocol(settings.header_timeout_s, settings.max_connections,
-                                 settings.max_header_bytes),  # fmt: skip
+        "http": guarded_protocol(
+            settings.header_timeout_s, settings.max_connections, settings.max_header_bytes
+        ),
         "timeout_keep_alive": settings.keep_alive_s,
         "proxy_headers": bool(proxies),
         "forwarded_allow_ips": proxies or None,

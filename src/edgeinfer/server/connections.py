@@ -46,7 +46,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
-        self._head_bytes = 0
+        self._head_bytes = 0  # received while the head is incomplete (bounds buffering)
+        self._head_size = 0  # parsed request line and headers (bounds a head read at once)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -71,12 +72,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is None:  # a new request on a kept-alive (or pipelined) connection
             self._arm_head()
 
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
         self._disarm_head()
-        super().on_headers_complete()
+        if self._head_size <= self.max_header_bytes:
+            super().on_headers_complete()
+            return
+        # A head that arrived in one read: answer it through uvicorn's own request cycle (as
+        # its limit_concurrency does), so the parser state stays consistent.
+        app, self.app = self.app, _head_too_large
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
 
     def _arm_head(self) -> None:
-        self._head_bytes = 0
+        self._head_bytes = self._head_size = 0
         self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timeout)
 
     def _disarm_head(self) -> None:
@@ -99,3 +117,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             % (status, _REASONS[status], len(body), body)
         )
         self.transport.close()
+
+
+async def _head_too_large(scope: Any, receive: Any, send: Any) -> None:
+    body = b"request line and headers are too large"
+    await send({"type": "http.response.start", "status": 431,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", b"%d" % len(body)), (b"connection", b"close")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})

@@ -15,9 +15,10 @@ def test_paths_inside_an_allowed_directory_resolve(tmp_path: Path) -> None:
     allowed = tmp_path / "adapters"
     (allowed / "sub").mkdir(parents=True)
     (allowed / "sub" / "a.gguf").write_bytes(b"x")
-    assert confine(str(allowed / "sub" / ".." / "sub" / "a.gguf"), [allowed]) == (
-        allowed / "sub" / "a.gguf"
-    ).resolve()
+    assert (
+        confine(str(allowed / "sub" / ".." / "sub" / "a.gguf"), [allowed])
+        == (allowed / "sub" / "a.gguf").resolve()
+    )
 
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "/etc/does-not-exist", "/"])
