@@ -320,7 +320,7 @@ def test_slow_header_connections_are_closed_and_others_are_served(
         t = threading.Thread(target=trickle, daemon=True)
         t.start()
         time.sleep(1.0)
-        assert _fds(server.proc.pid) >= baseline + 200  # they are all open now
+        assert _fds(server.proc.pid) >= baseline + 190  # they are (nearly) all open now
         # A normal client is served while the slow ones hold their connections.
         r = httpx.post(f"{server.url}/v2/models/mlp/infer", json=X, timeout=10)
         assert r.status_code == 200, r.text
