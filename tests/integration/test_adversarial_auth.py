@@ -344,3 +344,29 @@ def test_slow_header_connections_are_closed_and_others_are_served(
         assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
     finally:
         server.stop()
+
+
+def test_grpc_connections_that_never_speak_http2_are_closed(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    server = _start(tiny_repo, tmp_path / "server.log",
+                    env={"EDGEINFER_HEADER_TIMEOUT_S": "2"})  # fmt: skip
+    try:
+        socks = [socket.create_connection(("127.0.0.1", server.grpc_port)) for _ in range(50)]
+        for s in socks[::2]:
+            s.sendall(b"PRI * HTTP/2.0\r\n")  # half a connection preface, then silence
+        client = grpcclient.InferenceServerClient(server.grpc_addr)
+        assert client.is_server_ready()  # a real client is served meanwhile
+        start = time.monotonic()
+        for s in socks:
+            s.settimeout(max(0.1, start + 15 - time.monotonic()))
+            try:
+                while s.recv(4096):
+                    pass
+            except TimeoutError:
+                pytest.fail("a silent gRPC connection is still open after 15 s")
+            except OSError:
+                pass  # reset: closed as well
+            s.close()
+    finally:
+        server.stop()

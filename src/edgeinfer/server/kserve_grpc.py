@@ -405,6 +405,11 @@ async def start_grpc(
         options=[
             ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),
+            # A connection that never completes the HTTP/2 preface is closed like a slow HTTP
+            # head (grpc's own default waits 120 s). Idle ones close (GOAWAY) after a minute,
+            # or --keep-alive-s if longer: clients keep channels open between calls.
+            ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
+            ("grpc.max_connection_idle_ms", int(max(settings.keep_alive_s, 60) * 1000)),
         ]
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
