@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import time
 import tomllib
@@ -20,12 +21,17 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from edgeinfer.config import ConfigError
 from edgeinfer.errors import EdgeInferError
 
 ROLES = ("infer", "admin")
 KEY_PREFIX = "ei_"
+# The tenant a request acts as, set by the server's edge (auth_http, kserve_grpc) after the
+# policy in `Authenticator.tenant`; a client-sent copy is always dropped. The client's own
+# `tenant` header stays as it was sent: it still keys sticky canary routing.
+TENANT_IDENTITY = "x-edgeinfer-tenant"
 
 
 class Unauthenticated(EdgeInferError):
@@ -108,9 +114,27 @@ def bearer(header: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+KEY_BUCKET_CHARS = 12  # failures are also counted per presented key's first characters
+
+
+def address_bucket(client: str) -> str:
+    """The bucket an address's failures count in: the address itself, or its /64 for IPv6 (one
+    host usually holds a whole /64, so single IPv6 addresses are free to rotate)."""
+    try:
+        ip = ipaddress.ip_address(client)
+    except ValueError:
+        return client
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class FailureLimiter:
-    """At most `limit` failed attempts per client address per `window_s`; then 429 until the
-    window has passed. Bounded memory: the least recently failing addresses are forgotten."""
+    """At most `limit` failed attempts per bucket (a client address, a presented key's prefix)
+    per `window_s`; then further failures get 429 until the window has passed. Bounded memory:
+    the least recently failing buckets are forgotten."""
 
     def __init__(
         self,
@@ -124,8 +148,8 @@ class FailureLimiter:
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self.count = 0
 
-    def _recent(self, client: str) -> deque[float]:
-        q = self._failures.get(client)
+    def _recent(self, bucket: str) -> deque[float]:
+        q = self._failures.get(bucket)
         if q is None:
             return deque()
         cutoff = self._clock() - self.window_s
@@ -133,30 +157,44 @@ class FailureLimiter:
             q.popleft()
         return q
 
-    def check(self, client: str) -> None:
-        q = self._recent(client)
-        if len(q) >= self.limit:
-            raise TooManyAttempts(
-                f"too many failed authentication attempts from {client}; retry later",
-                retry_after=max(1.0, q[0] + self.window_s - self._clock()),
-            )
+    def check(self, buckets: list[str], client: str) -> None:
+        for bucket in buckets:
+            q = self._recent(bucket)
+            if len(q) >= self.limit:
+                raise TooManyAttempts(
+                    f"too many failed authentication attempts from {client}; retry later",
+                    retry_after=max(1.0, q[0] + self.window_s - self._clock()),
+                )
 
-    def failed(self, client: str) -> None:
+    def failed(self, buckets: list[str]) -> None:
         self.count += 1
-        q = self._recent(client)
-        q.append(self._clock())
-        self._failures[client] = q
-        self._failures.move_to_end(client)
+        now = self._clock()
+        for bucket in buckets:
+            q = self._recent(bucket)
+            q.append(now)
+            self._failures[bucket] = q
+            self._failures.move_to_end(bucket)
         while len(self._failures) > self.max_clients:
             self._failures.popitem(last=False)
 
 
 class Authenticator:
-    """What both servers ask: who is this, and may they do this?"""
+    """What both servers ask: who is this, and may they do this?
 
-    def __init__(self, store: KeyStore | None, limiter: FailureLimiter | None = None) -> None:
+    The key is checked first: a valid key is never refused by the failure limiter, so a flood
+    of wrong keys from a shared address (or a forged one) cannot lock out the real clients.
+    Only failures are throttled, per address and per presented key prefix. `tenants`: the
+    tenant names a request without a tenant-bound key may claim by header."""
+
+    def __init__(
+        self,
+        store: KeyStore | None,
+        limiter: FailureLimiter | None = None,
+        tenants: frozenset[str] = frozenset(),
+    ) -> None:
         self.store = store
         self.limiter = limiter or FailureLimiter()
+        self.tenants = tenants
         self.failures: dict[str, int] = {"missing": 0, "invalid": 0, "forbidden": 0, "limited": 0}
 
     @property
@@ -168,22 +206,35 @@ class Authenticator:
         (None when auth is off or the route is open)."""
         if self.store is None or needed is None:
             return None
-        try:
-            self.limiter.check(client)
-        except TooManyAttempts:
-            self.failures["limited"] += 1
-            raise
-        if token is None:
-            self.failures["missing"] += 1
-            self.limiter.failed(client)
-            raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-        principal = self.store.authenticate(token)
+        principal = self.store.authenticate(token) if token is not None else None
         if principal is None:
-            self.failures["invalid"] += 1
-            self.limiter.failed(client)
-            raise Unauthenticated("invalid API key")
+            self._refuse(token, client)
         if not principal.allows(needed):
             self.failures["forbidden"] += 1
             raise PermissionDenied(f"key '{principal.name}' has role '{principal.role}'; this "
                                    f"call needs '{needed}'")  # fmt: skip
         return principal
+
+    def _refuse(self, token: str | None, client: str) -> NoReturn:
+        buckets = [address_bucket(client)]
+        if token is not None:
+            buckets.append("key:" + token[:KEY_BUCKET_CHARS])
+        try:
+            self.limiter.check(buckets, client)
+        except TooManyAttempts:
+            self.failures["limited"] += 1
+            raise
+        self.limiter.failed(buckets)
+        if token is None:
+            self.failures["missing"] += 1
+            raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+        self.failures["invalid"] += 1
+        raise Unauthenticated("invalid API key")
+
+    def tenant(self, principal: Principal | None, claimed: str | None) -> str | None:
+        """The tenant a request acts as: its key's, else a claimed one only if configured
+        (`--tenants`). Anything else acts as no tenant, so a client cannot take another
+        tenant's adapter grants, and metric labels stay bounded by configuration."""
+        if principal is not None and principal.tenant is not None:
+            return principal.tenant
+        return claimed if claimed is not None and claimed in self.tenants else None

@@ -51,6 +51,7 @@ A model's `config.toml`:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -420,6 +421,15 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"EDGEINFER_{name.upper()}", default)
 
 
+def _check_connection_limits(s: ServerSettings) -> None:
+    if not s.header_timeout_s > 0 or not s.keep_alive_s > 0:
+        raise ConfigError("--header-timeout-s and --keep-alive-s must be > 0 seconds")
+    if s.max_connections < 1:
+        raise ConfigError("--max-connections must be at least 1")
+    if s.max_header_bytes < 1024:
+        raise ConfigError("--max-header-bytes must be at least 1024")
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """Process-wide settings. Each field is a CLI flag (--http-port) and an env var
@@ -476,7 +486,42 @@ class ServerSettings:
         metadata={"help": "allow binding a non-loopback address without API keys"},
     )
     open_metrics: bool = field(
-        default=True, metadata={"help": "serve /metrics and /dashboard without a key"}
+        default=False,
+        metadata={"help": "with --api-keys: serve /metrics and /dashboard without a key "
+                  "(they show tenant and adapter names)"},
+    )  # fmt: skip
+    tenants: str = field(
+        default="",
+        metadata={"help": "comma-separated tenants a request may name in its 'tenant' header "
+                  "when its key names none (or without keys); other names act as no tenant "
+                  "and count under tenant=\"\" in /metrics"},
+    )  # fmt: skip
+    adapter_dirs: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "directories the LoRA load API may read adapters from (besides each "
+                  "model's adapters/ folder)"},
+    )  # fmt: skip
+    forwarded_allow_ips: str = field(
+        default="",
+        metadata={"help": "comma-separated proxy addresses or networks whose X-Forwarded-For/"
+                  "-Proto headers are trusted ('*': any); empty: never trusted"},
+    )  # fmt: skip
+    header_timeout_s: float = field(
+        default=10.0,
+        metadata={"help": "seconds a client has to send a request's line and headers (from "
+                  "connecting, or from the first byte on a kept-alive connection); then 408 "
+                  "and the connection is closed"},
+    )  # fmt: skip
+    keep_alive_s: float = field(
+        default=5.0, metadata={"help": "seconds an idle kept-alive HTTP connection stays open"}
+    )
+    max_connections: int = field(
+        default=512,
+        metadata={"help": "most open HTTP connections; more are answered 503 and closed"},
+    )
+    max_header_bytes: int = field(
+        default=64 * 1024,
+        metadata={"help": "largest request line plus headers (431 and closed above)"},
     )
     metrics: bool = field(
         default=True,
@@ -551,10 +596,35 @@ class ServerSettings:
             raise ConfigError("--registry drives model changes: use --model-control explicit")
         if "/" in self.device_group or "/" in self.device_id or not self.device_group:
             raise ConfigError("--device-id and --device-group must be non-empty names without '/'")
+        _check_connection_limits(self)
+        _ = self.tenant_names, self.forwarded_networks  # both raise ConfigError when malformed
         if self.otlp_endpoint and not self.otlp_endpoint.startswith(("http://", "https://")):
             raise ConfigError(
                 "--otlp-endpoint must be an http:// or https:// URL, e.g. http://127.0.0.1:4318"
             )
+
+    @property
+    def tenant_names(self) -> frozenset[str]:
+        names = frozenset(t.strip() for t in self.tenants.split(",") if t.strip())
+        bad = [t for t in names if len(t) > 128 or not t.isprintable()]
+        if bad or len(names) > 10_000:
+            raise ConfigError("--tenants: at most 10000 comma-separated printable names of up "
+                              f"to 128 characters each (bad: {bad[:3]})")  # fmt: skip
+        return names
+
+    @property
+    def forwarded_networks(self) -> list[str]:
+        """--forwarded-allow-ips as uvicorn takes it (empty: proxy headers off)."""
+        out = [a.strip() for a in self.forwarded_allow_ips.split(",") if a.strip()]
+        for a in out:
+            if a == "*":
+                continue
+            try:
+                ipaddress.ip_network(a, strict=False)
+            except ValueError:
+                raise ConfigError(f"--forwarded-allow-ips: {a!r} is not an IP address or "
+                                  "network (e.g. 10.0.0.5 or 10.0.0.0/24), nor '*'") from None  # fmt: skip
+        return out
 
     @property
     def limits(self) -> Limits:
@@ -566,5 +636,5 @@ class ServerSettings:
         return {
             f.name: _env(f.name, str(f.default))
             for f in fields(cls)
-            if f.name not in ("repository", "load_models", "overrides")
+            if f.name not in ("repository", "load_models", "overrides", "adapter_dirs")
         }

@@ -72,8 +72,11 @@ def repo(build: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = start_server(repo, tmp_path_factory.mktemp("cli-logs") / "server.log")
+def server(
+    repo: Path, build: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    srv = start_server(repo, tmp_path_factory.mktemp("cli-logs") / "server.log",
+                       "--adapter-dir", str(build))  # fmt: skip
     yield srv
     srv.stop()
 

@@ -76,7 +76,8 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     add_adapter(root / "m", "toobig", huge)
     size = (build / "a0.onnx_adapter").stat().st_size
     assert 3 * size <= BUDGET < 4 * size < BUDGET + size < huge.stat().st_size + size, size
-    server = start_server(root, build / "server.log", "--adapter-budget-mb", "1")
+    server = start_server(root, build / "server.log", "--adapter-budget-mb", "1",
+                          "--adapter-dir", str(build))  # fmt: skip
     yield {"server": server, "base": base, "loras": loras, "huge": huge, "mode": mode}
     server.stop()
 

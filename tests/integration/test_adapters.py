@@ -88,7 +88,8 @@ def lora_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                      f'sha256 = "{hash_key(keys[name])}"\n'
                      + (f'tenant = "{tenant}"\n' if tenant else ""))  # fmt: skip
     (build / "keys.toml").write_text("\n".join(lines))
-    server = start_server(root, build / "server.log", "--api-keys", str(build / "keys.toml"))
+    server = start_server(root, build / "server.log", "--api-keys", str(build / "keys.toml"),
+                          "--adapter-dir", str(build))  # fmt: skip
     yield {"server": server, "keys": keys, "weights": weights, "onnx_loras": onnx_loras,
            "gguf_loras": gguf_loras, "build": build, "root": root, "graphs": graphs}  # fmt: skip
     server.stop()

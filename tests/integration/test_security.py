@@ -96,8 +96,10 @@ def test_failed_attempts_are_rate_limited(tiny_repo: Path, tmp_path: Path) -> No
         codes = [httpx.post(f"{server.url}/v2/models/mlp/infer", json=X,
                             headers=auth(f"guess{i}")).status_code for i in range(12)]  # fmt: skip
         assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
-        r = httpx.post(f"{server.url}/v2/models/mlp/infer", json=X, headers=auth(good))
+        r = httpx.post(f"{server.url}/v2/models/mlp/infer", json=X, headers=auth("guess"))
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1  # this address waits
+        r = httpx.post(f"{server.url}/v2/models/mlp/infer", json=X, headers=auth(good))
+        assert r.status_code == 200  # but a valid key is never refused by the limiter
     finally:
         server.stop()
 

@@ -81,3 +81,27 @@ def test_llm_lora_scheduling_options_are_read_and_checked() -> None:
     for bad in ({"max_loras": -1}, {"max_lora_wait": -1.0}, {"lora_steps_per_switch": 0}):
         with pytest.raises(ConfigError, match="llm\\."):
             ModelConfig.from_dict({"backend": "llama.cpp", "llm": bad}, "m")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"forwarded_allow_ips": "10.0.0.1,proxy.local"}, "forwarded-allow-ips: 'proxy.local'"),
+        ({"tenants": "acme," + "x" * 200}, "--tenants"),
+        ({"header_timeout_s": 0.0}, "--header-timeout-s"),
+        ({"max_connections": 0}, "--max-connections"),
+        ({"max_header_bytes": 10}, "--max-header-bytes"),
+    ],
+)
+def test_security_settings_say_what_to_fix(kwargs: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        ServerSettings(**kwargs)
+
+
+def test_security_settings_defaults_and_parsing() -> None:
+    s = ServerSettings(forwarded_allow_ips=" 10.0.0.1, 10.1.0.0/16 ,*", tenants="acme, globex,")
+    assert s.forwarded_networks == ["10.0.0.1", "10.1.0.0/16", "*"]
+    assert s.tenant_names == {"acme", "globex"}
+    d = ServerSettings()
+    assert d.forwarded_networks == [] and not d.open_metrics and d.adapter_dirs == ()
+    assert (d.header_timeout_s, d.keep_alive_s, d.max_connections) == (10.0, 5.0, 512)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from edgeinfer.repository.manifest import MANIFEST_NAME
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
+MAX_CONFIG_BYTES = 1 << 20  # PEFT configs are a few hundred bytes
 _HF_TO_GGUF = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -44,12 +46,11 @@ def read_peft(peft_dir: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
     weights = peft_dir / PEFT_WEIGHTS
     if not weights.is_file():
         raise InvalidInput(f"{peft_dir}: no {PEFT_WEIGHTS} (not a PEFT LoRA directory)")
-    cfg = (
-        json.loads((peft_dir / PEFT_CONFIG).read_text())
-        if (peft_dir / PEFT_CONFIG).is_file()
-        else {}
-    )
-    tensors = load_file(str(weights))
+    cfg = _read_config(peft_dir / PEFT_CONFIG)
+    try:
+        tensors = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error type for a malformed file
+        raise InvalidInput(f"{weights}: not a readable safetensors file: {e}") from None
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for key, a in tensors.items():
         if ".lora_A." not in key:
@@ -65,12 +66,32 @@ def read_peft(peft_dir: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
     if not pairs:
         raise InvalidInput(f"{weights}: no '<module>.lora_A.weight' tensors")
     ranks = {a.shape[0] for a, _ in pairs.values()}
-    r = int(cfg.get("r", max(ranks)))
-    if ranks != {r}:
-        raise InvalidInput(f"{peft_dir}: adapter_config r = {r} but the tensors have ranks "
+    r, alpha = cfg.get("r", max(ranks)), cfg.get("lora_alpha")
+    if isinstance(r, bool) or not isinstance(r, int) or ranks != {r}:
+        raise InvalidInput(f"{peft_dir}: adapter_config r = {r!r} but the tensors have ranks "
                            f"{sorted(ranks)}")  # fmt: skip
-    alpha = float(cfg.get("lora_alpha", r))
-    return pairs, alpha, r
+    if alpha is None:
+        alpha = r
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+        raise InvalidInput(f"{peft_dir}: adapter_config lora_alpha must be a number")
+    return pairs, float(alpha), r
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """adapter_config.json, its size checked before it is read."""
+    if not path.is_file():
+        return {}
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise InvalidInput(f"{path} is {size} bytes; an adapter config may have at most "
+                           f"{MAX_CONFIG_BYTES}")  # fmt: skip
+    try:
+        cfg = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise InvalidInput(f"{path}: must hold a JSON object")
+    return cfg
 
 
 def _gguf_name(module: str) -> str | None:
@@ -188,21 +209,26 @@ def convert_graph(base_onnx: Path, out_dir: Path, targets: list[str], stacked: b
     return out_dir
 
 
-def resolve_adapter_path(path: Path, base_file: Path, name: str) -> Path:
+def resolve_adapter_path(path: Path, base_file: Path, name: str) -> tuple[Path, Path | None]:
     """The adapter file for a load request: a GGUF LoRA or .onnx_adapter file, an adapter
     version directory, an adapter directory (its newest version) or a PEFT directory
-    (converted for `base_file` into a private temporary directory)."""
+    (converted for `base_file` into a private temporary directory, returned second: the caller
+    owns it; it is removed here if the conversion fails)."""
     if path.is_file():
-        return path
+        return path, None
     if not path.is_dir():
-        raise InvalidInput(f"lora_path {path}: no such file or directory")
+        raise InvalidInput(f"lora_path {path}: not a file or directory")
     if (path / MANIFEST_NAME).is_file():
-        return adapter_file(path)
-    versions = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
+        return adapter_file(path), None
+    versions = sorted(int(p.name) for p in path.iterdir() if p.name.isascii() and p.name.isdigit())
     if versions and (path / str(versions[-1]) / MANIFEST_NAME).is_file():
-        return adapter_file(path / str(versions[-1]))
-    out = Path(tempfile.mkdtemp(prefix=f"edgeinfer-lora-{name}-")) / "adapter"
-    return convert_peft(path, base_file, out)
+        return adapter_file(path / str(versions[-1])), None
+    tmp = Path(tempfile.mkdtemp(prefix=f"edgeinfer-lora-{name}-"))
+    try:
+        return convert_peft(path, base_file, tmp / "adapter"), tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_peft(out_dir: Path, pairs: dict[str, tuple[np.ndarray, np.ndarray]], alpha: float,

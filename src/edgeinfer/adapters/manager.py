@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeinfer.adapters.store import AdapterSpec, check_name, scan
+from edgeinfer.adapters.convert import PEFT_WEIGHTS, resolve_adapter_path
+from edgeinfer.adapters.paths import confine
+from edgeinfer.adapters.store import ADAPTERS_DIR, AdapterSpec, check_name, scan
 from edgeinfer.auth import PermissionDenied
-from edgeinfer.errors import AdapterNotFound, InvalidInput, LoadError
+from edgeinfer.errors import AdapterNotFound, EdgeInferError, InvalidInput, LoadError
 from edgeinfer.hardware import BudgetExceeded, MemoryBudget
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.serving.llm_loop import LlmLoop, LoopAdapter
@@ -97,6 +100,8 @@ class AdapterManager:
         self._hidden: set[tuple[str, str]] = set()  # repository adapters unloaded by the API
         self._live: dict[tuple[str, str], _Adapter] = {}
         self._scans: dict[str, tuple[float, dict[str, AdapterSpec]]] = {}
+        self._converted: dict[tuple[str, str], Path] = {}  # temporary dirs of PEFT conversions
+        self._convert_lock = asyncio.Lock()  # one conversion at a time: each may take a core
 
     # ---- lookup ----------------------------------------------------------------------------
     def _disk(self, model: str) -> dict[str, AdapterSpec]:
@@ -142,11 +147,53 @@ class AdapterManager:
         self._hidden.discard((model, name))
         return spec
 
+    async def load_path(self, model: str, name: str, raw_path: str, base_file: Path,
+                        tenants: list[str] | None, scale: float,
+                        allowed_dirs: Sequence[str | Path]) -> AdapterSpec:  # fmt: skip
+        """Register an adapter from a path the load API was given: confined to the model's
+        adapters folder and `allowed_dirs`, PEFT directories converted off the event loop."""
+        check_name(name)
+        if name in self.specs(model):
+            raise InvalidInput(f"The lora adapter '{model}:{name}' has already been loaded.")
+        roots = [Path(d) for d in allowed_dirs]
+        if self.root is not None:
+            roots.append(self.root / model / ADAPTERS_DIR)
+        async with self._convert_lock:
+            file, owned = await asyncio.to_thread(self._resolve, model, name, raw_path,
+                                                  base_file, roots)  # fmt: skip
+        try:
+            spec = self.register(model, name, file, tenants, scale)
+        except BaseException:
+            if owned is not None:
+                shutil.rmtree(owned, ignore_errors=True)
+            raise
+        if owned is not None:
+            self._converted[(model, name)] = owned
+        return spec
+
+    def _resolve(self, model: str, name: str, raw_path: str, base_file: Path,
+                 roots: list[Path]) -> tuple[Path, Path | None]:  # fmt: skip
+        """Runs in a worker thread: file system checks and the conversion."""
+        path = confine(raw_path, roots)
+        weights = path / PEFT_WEIGHTS
+        if path.is_dir() and weights.is_file():
+            self._check_fits(model, name, weights.stat().st_size)  # before reading it
+        try:
+            return resolve_adapter_path(path, base_file, name)
+        except (EdgeInferError, MemoryError):
+            raise
+        except Exception as e:  # a malformed adapter is the request's fault, not the server's
+            log.warning("adapter %s:%s from %s: %r", model, name, path, e, exc_info=True)
+            raise InvalidInput(f"lora_path {path}: not a usable adapter: {e}") from None
+
     def unregister(self, model: str, name: str) -> None:
         """New requests get 404 at once; running ones finish; then the memory is freed."""
         if name not in self.specs(model):
             raise AdapterNotFound(f"The lora adapter '{model}:{name}' cannot be found.")
         self._api.pop((model, name), None)
+        owned = self._converted.pop((model, name), None)
+        if owned is not None:  # loaded forms live in memory; the converted file is not needed
+            shutil.rmtree(owned, ignore_errors=True)
         self._hidden.add((model, name))
         with self._lock:
             a = self._live.get((model, name))

@@ -64,7 +64,8 @@ class AdapterCollector:
         resident = GaugeMetricFamily("edgeinfer_adapter_resident", "Adapters resident in memory")
         resident.add_metric([], len(self._manager.resident()))
         yield resident
-        reqs = CounterMetricFamily("edgeinfer_tenant_requests", "Requests by tenant ('' = none)",
+        reqs = CounterMetricFamily("edgeinfer_tenant_requests", "Requests by tenant ('' = none, or a "
+                                   "name neither a key nor --tenants gives)",
                                    labels=["tenant", "model"])  # fmt: skip
         for (t, m), n in sorted(st.tenant_requests.items()):
             reqs.add_metric([t, m], n)

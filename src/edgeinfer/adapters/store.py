@@ -94,7 +94,8 @@ def scan(model_dir: Path) -> dict[str, AdapterSpec]:
         if not adir.is_dir() or adir.name.startswith("."):
             continue
         versions = sorted(int(p.name) for p in adir.iterdir()
-                          if p.name.isdigit() and (p / MANIFEST_NAME).is_file())  # fmt: skip
+                          if p.name.isascii() and p.name.isdigit()
+                          and (p / MANIFEST_NAME).is_file())  # fmt: skip
         if versions:
             try:
                 out[adir.name] = spec_of(model_dir.name, adir.name, adir / str(versions[-1]),

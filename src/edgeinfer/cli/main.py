@@ -42,7 +42,7 @@ def _add_serve(sub: Any) -> None:
     src.add_argument("--demo", action="store_true",
                      help="serve the built-in demo repository (built on first use)")  # fmt: skip
     for f in fields(ServerSettings):
-        if f.name in ("repository", "load_models", "overrides"):
+        if f.name in _TUPLE_SETTINGS:
             continue
         flag = "--" + f.name.replace("_", "-")
         if str(f.type) == "bool":
@@ -64,7 +64,16 @@ def _add_serve(sub: Any) -> None:
                    help="override a model's config.toml, e.g. digits.max_batch_size=16 or "
                    "digits.dynamic_batching.max_queue_delay_us=500 (repeatable; env "
                    "EDGEINFER_SET, space-separated)")  # fmt: skip
+    p.add_argument("--adapter-dir", action="append", dest="adapter_dirs", metavar="DIR",
+                   default=[d for d in os.environ.get("EDGEINFER_ADAPTER_DIRS", "")
+                            .split(os.pathsep) if d] or None,
+                   help="a directory the LoRA load API may read adapters from, besides each "
+                   "model's adapters/ folder (repeatable; env EDGEINFER_ADAPTER_DIRS, "
+                   f"'{os.pathsep}'-separated)")  # fmt: skip
     p.set_defaults(func=cmd_serve)
+
+
+_TUPLE_SETTINGS = ("repository", "load_models", "overrides", "adapter_dirs")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -79,13 +88,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         raise CliError("give --repository DIR or --demo")
     kwargs = {f.name: getattr(args, f.name) for f in fields(ServerSettings)
-              if f.name not in ("repository", "load_models", "overrides")}  # fmt: skip
+              if f.name not in _TUPLE_SETTINGS}  # fmt: skip
     if kwargs["model_control"] is None:
         kwargs["model_control"] = "poll" if args.demo else ServerSettings.model_control
     settings = ServerSettings(
         repository=root,
         load_models=tuple(args.load_models or ("*",)),
         overrides=tuple(args.overrides or ()),
+        adapter_dirs=tuple(args.adapter_dirs or ()),
         **kwargs,
     )
     logging.basicConfig(

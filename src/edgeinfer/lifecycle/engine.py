@@ -13,6 +13,7 @@ import numpy as np
 
 from edgeinfer.adapters import AdapterManager, Lease
 from edgeinfer.adapters.metrics import AdapterCollector, LoraLoopSample
+from edgeinfer.auth import TENANT_IDENTITY
 from edgeinfer.config import ModelConfig, ServerSettings
 from edgeinfer.errors import (
     BackendError,
@@ -363,7 +364,7 @@ class Engine:
             raise Unavailable("server is shutting down")
         start = time.perf_counter_ns()
         model, adapter = self.split_model(request.model, request.parameters.get("adapter"))
-        tenant = request.metadata.get("tenant")
+        tenant = request.metadata.get(TENANT_IDENTITY)
         h = self.handle(model, request.version, request.parameters, request.metadata)
         if h.llm is not None:
             raise InvalidInput(f"model '{request.model}' generates text: use /v1/completions, "
@@ -413,7 +414,7 @@ class Engine:
         if self._closing:
             raise Unavailable("server is shutting down")
         model_name, adapter = self.split_model(request.model, request.parameters.get("adapter"))
-        tenant = request.metadata.get("tenant")
+        tenant = request.metadata.get(TENANT_IDENTITY)
         h = self.handle(model_name, request.version, request.parameters, request.metadata)
         if h.llm is None:
             raise InvalidInput(f"model '{model_name}' is not a text generation model")
@@ -466,14 +467,11 @@ class Engine:
         models = [n for n, _, _ in self.ready_models()]
         return [f"{s.model}:{s.name}" for s in self.adapters.visible(models, tenant)]
 
-    def load_adapter(self, name: str, path: str, tenants: list[str] | None = None,
-                     scale: float = 1.0) -> str:  # fmt: skip
+    async def load_adapter(self, name: str, path: str, tenants: list[str] | None = None,
+                           scale: float = 1.0) -> str:  # fmt: skip
         """Register an adapter (`base:adapter`) from a GGUF LoRA / .onnx_adapter file, an
-        adapter version directory or a PEFT directory (converted for the base model)."""
-        from pathlib import Path
-
-        from edgeinfer.adapters.convert import resolve_adapter_path
-
+        adapter version directory or a PEFT directory (converted for the base model), found
+        under the base model's own adapters or a directory allowed by --adapter-dir."""
         base, adapter = self.split_model(name)
         if adapter is None:
             raise InvalidInput("'lora_name' must be 'base_model:adapter_name'")
@@ -481,8 +479,8 @@ class Engine:
         h = self.handle(base)
         vdir = self.repository.root / base / str(h.version)
         base_file = vdir / ("model.gguf" if h.llm is not None else "model.onnx")
-        file = resolve_adapter_path(Path(path), base_file, adapter)
-        self.adapters.register(base, adapter, file, tenants, scale)
+        await self.adapters.load_path(base, adapter, path, base_file, tenants, scale,
+                                      self.settings.adapter_dirs)  # fmt: skip
         return f"{base}:{adapter}"
 
     def unload_adapter(self, name: str) -> str:

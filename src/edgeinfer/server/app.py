@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -70,7 +71,9 @@ def build_app(
         lifespan=lifespan,
         middleware=[
             Middleware(
-                AuthMiddleware, auth=auth or Authenticator(None), open_metrics=settings.open_metrics
+                AuthMiddleware,
+                auth=auth or Authenticator(None, tenants=settings.tenant_names),
+                open_metrics=settings.open_metrics,
             )
         ],
     )
@@ -82,6 +85,24 @@ def build_metrics_app(engine: Engine, settings: ServerSettings, auth: Authentica
         routes=metrics_http.routes(engine),
         middleware=[Middleware(AuthMiddleware, auth=auth, open_metrics=settings.open_metrics)],
     )
+
+
+def connection_options(settings: ServerSettings) -> dict[str, Any]:
+    """uvicorn settings for every HTTP listener: the guarded protocol (header deadline,
+    connection cap, header size), the keep-alive idle timeout, and proxy headers only from
+    --forwarded-allow-ips (uvicorn's default trusts X-Forwarded-For from 127.0.0.1, so any
+    local process could pose as any address to the failure limiter)."""
+    from edgeinfer.server.connections import guarded_protocol  # imports uvicorn
+
+    proxies = settings.forwarded_networks
+    return {
+        "http": guarded_protocol(
+            settings.header_timeout_s, settings.max_connections, settings.max_header_bytes
+        ),
+        "timeout_keep_alive": settings.keep_alive_s,
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": proxies or None,
+    }
 
 
 class _SideServer:
@@ -104,7 +125,7 @@ class _SideServer:
         self._server = Quiet(uvicorn.Config(
             app, ssl_certfile=settings.tls_cert or None, ssl_keyfile=settings.tls_key or None,
             log_level=settings.log_level.lower(), access_log=False, lifespan="off", loop="none",
-            http="httptools",
+            **connection_options(settings),
         ))  # fmt: skip
         self._task: asyncio.Task[None] | None = None
 
@@ -123,7 +144,8 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
 
     from edgeinfer.telemetry.tracing import from_endpoint
 
-    auth = Authenticator(KeyStore.load(Path(settings.api_keys)) if settings.api_keys else None)
+    auth = Authenticator(KeyStore.load(Path(settings.api_keys)) if settings.api_keys else None,
+                         tenants=settings.tenant_names)  # fmt: skip
     if not auth.enabled:
         log.warning("no API keys configured: anyone who can reach %s may use every route "
                     "(see --api-keys)", settings.host)  # fmt: skip
@@ -187,8 +209,8 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
         access_log=False,
         lifespan="on",
         loop="none",
-        http="httptools",
         timeout_graceful_shutdown=10,
+        **connection_options(settings),
     )
     log.info(
         "edgeinfer serving %s on %s://%s:%d%s%s%s",

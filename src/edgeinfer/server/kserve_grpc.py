@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from edgeinfer import __version__
-from edgeinfer.auth import Authenticator, Principal, bearer
+from edgeinfer.auth import TENANT_IDENTITY, Authenticator, Principal, bearer
 from edgeinfer.config import ConfigError, Limits, ServerSettings
 from edgeinfer.errors import InvalidInput
 from edgeinfer.server.errors import status_of
@@ -279,6 +279,10 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         principal = _principal.get()
         if principal is not None and principal.tenant is not None:
             metadata["tenant"] = principal.tenant  # the key decides, not the client
+        metadata.pop(TENANT_IDENTITY, None)  # set here only, from the key or --tenants
+        tenant = self.auth.tenant(principal, metadata.get("tenant"))
+        if tenant is not None:
+            metadata[TENANT_IDENTITY] = tenant
         tracer = self.engine.tracer
         if tracer is None:
             req = decode_infer(request, self.limits)
@@ -401,6 +405,11 @@ async def start_grpc(
         options=[
             ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),
+            # A connection that never completes the HTTP/2 preface is closed like a slow HTTP
+            # head (grpc's own default waits 120 s). Idle ones close (GOAWAY) after a minute,
+            # or --keep-alive-s if longer: clients keep channels open between calls.
+            ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
+            ("grpc.max_connection_idle_ms", int(max(settings.keep_alive_s, 60) * 1000)),
         ]
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(

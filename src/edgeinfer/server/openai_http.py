@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from edgeinfer.auth import TENANT_IDENTITY
 from edgeinfer.errors import EdgeInferError, InvalidInput
 from edgeinfer.lifecycle import Engine
 from edgeinfer.server.errors import status_of
@@ -47,7 +48,7 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
         # Adapters as `base:adapter` (vLLM lists them with `parent`); a tenant sees its own.
         data += [{"id": ident, "object": "model", "created": created, "owned_by": "edgeinfer",
                   "parent": ident.partition(":")[0], "root": ident}
-                 for ident in engine.adapter_listing(request.headers.get("tenant"))]  # fmt: skip
+                 for ident in engine.adapter_listing(request.headers.get(TENANT_IDENTITY))]  # fmt: skip
         return json_response({"object": "list", "data": data})
 
     async def embeddings(request: Request) -> Response:

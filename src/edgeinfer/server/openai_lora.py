@@ -41,7 +41,7 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
             scale = doc.get("scale", 1.0)
             if isinstance(scale, bool) or not isinstance(scale, int | float):
                 raise InvalidInput("'scale' must be a number")
-            name = engine.load_adapter(doc["lora_name"], path, tenants, float(scale))
+            name = await engine.load_adapter(doc["lora_name"], path, tenants, float(scale))
         except orjson.JSONDecodeError as e:
             return openai_error(InvalidInput(f"body is not valid JSON: {e}"))
         except EdgeInferError as e:
