@@ -26,7 +26,7 @@ import numpy as np
 
 from edgeinfer.adapters.store import adapter_file
 from edgeinfer.errors import InvalidInput
-from edgeinfer.repository.manifest import MANIFEST_NAME
+from edgeinfer.repository.manifest import MANIFEST_NAME, version_number
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
@@ -220,7 +220,7 @@ def resolve_adapter_path(path: Path, base_file: Path, name: str) -> tuple[Path, 
         raise InvalidInput(f"lora_path {path}: not a file or directory")
     if (path / MANIFEST_NAME).is_file():
         return adapter_file(path), None
-    versions = sorted(int(p.name) for p in path.iterdir() if p.name.isascii() and p.name.isdigit())
+    versions = sorted(n for p in path.iterdir() if (n := version_number(p.name)) is not None)
     if versions and (path / str(versions[-1]) / MANIFEST_NAME).is_file():
         return adapter_file(path / str(versions[-1])), None
     tmp = Path(tempfile.mkdtemp(prefix=f"edgeinfer-lora-{name}-"))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeinfer.errors import InvalidInput, RepositoryError
-from edgeinfer.repository.manifest import MANIFEST_NAME, add_version
+from edgeinfer.repository.manifest import MANIFEST_NAME, add_version, version_number
 
 ADAPTERS_DIR = "adapters"
 ADAPTER_TOML = "adapter.toml"
@@ -93,9 +93,11 @@ def scan(model_dir: Path) -> dict[str, AdapterSpec]:
     for adir in sorted(root.iterdir()):
         if not adir.is_dir() or adir.name.startswith("."):
             continue
-        versions = sorted(int(p.name) for p in adir.iterdir()
-                          if p.name.isascii() and p.name.isdigit()
-                          and (p / MANIFEST_NAME).is_file())  # fmt: skip
+        versions = sorted(
+            n
+            for p in adir.iterdir()
+            if (n := version_number(p.name)) is not None and (p / MANIFEST_NAME).is_file()
+        )
         if versions:
             try:
                 out[adir.name] = spec_of(model_dir.name, adir.name, adir / str(versions[-1]),

@@ -15,7 +15,7 @@ from typing import Any
 
 from edgeinfer.config import ConfigError, ModelConfig
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.repository.manifest import MANIFEST_NAME, add_version
+from edgeinfer.repository.manifest import MANIFEST_NAME, add_version, version_number
 from edgeinfer.types import TensorSpec
 
 REPORT_JSON = "report.json"
@@ -86,7 +86,7 @@ def resolve_source(arg: str | Path) -> ModelSource:
     """`model.onnx` or a repository version directory `REPO/MODEL/N`."""
     path = Path(arg)
     if path.is_dir():
-        if not path.name.isdigit() or not (path / "model.onnx").is_file():
+        if version_number(path.name) is None or not (path / "model.onnx").is_file():
             raise OptimizeError(
                 f"{path}: not a repository version (expected REPO/MODEL/N with a model.onnx)"
             )

@@ -5,6 +5,7 @@ from edgeinfer.repository.manifest import (
     MANIFEST_NAME,
     add_version,
     verify_manifest,
+    version_number,
     write_manifest,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "VersionEntry",
     "add_version",
     "verify_manifest",
+    "version_number",
     "write_manifest",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 
 from edgeinfer.config import ConfigError, ModelConfig
 from edgeinfer.errors import ModelNotFound, RepositoryError
-from edgeinfer.repository.manifest import MANIFEST_NAME
+from edgeinfer.repository.manifest import MANIFEST_NAME, version_number
 
 CONFIG_NAME = "config.toml"
 
@@ -56,12 +56,13 @@ class Repository:
             config = ModelConfig.from_toml(path / CONFIG_NAME, name, self.overrides.get(name))
         except ConfigError as e:
             raise RepositoryError(str(e)) from e
+        # A version is published once its manifest exists (written last): half-copied
+        # versions are invisible.
+        numbered = ((version_number(p.name), p) for p in path.iterdir())
         versions = tuple(
-            VersionEntry(name, int(p.name), p)
-            for p in sorted(path.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else 0)
-            # A version is published once its manifest exists (written last): half-copied
-            # versions are invisible.
-            if p.is_dir() and p.name.isdigit() and int(p.name) > 0 and (p / MANIFEST_NAME).is_file()
+            VersionEntry(name, n, p)
+            for n, p in sorted((n, p) for n, p in numbered if n)
+            if p.is_dir() and (p / MANIFEST_NAME).is_file()
         )
         return ModelEntry(name=name, path=path, config=config, versions=versions)
 

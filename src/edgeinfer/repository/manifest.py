@@ -16,6 +16,13 @@ MANIFEST_NAME = "manifest.json"
 _CHUNK = 1 << 20
 
 
+def version_number(name: str) -> int | None:
+    """A version folder's number: ASCII digits only ('²' and '٣' are digits to str.isdigit)."""
+    if not (name.isascii() and name.isdigit()) or len(name) > 18:
+        return None
+    return int(name)
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -96,7 +103,7 @@ def add_version(
     the next number after the highest existing one is used.
     """
     model_dir.mkdir(parents=True, exist_ok=True)
-    existing = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    existing = [n for p in model_dir.iterdir() if p.is_dir() and (n := version_number(p.name))]
     if version is None:
         version = max(existing, default=0) + 1
     if version < 1:
@@ -126,7 +133,7 @@ def _remove_abandoned(model_dir: Path) -> None:
     """Delete temp dirs left by adds that were killed: `.v<N>.<pid>.*` whose process is gone."""
     for p in model_dir.glob(".v*.*.*"):
         parts = p.name.split(".")
-        if not (p.is_dir() and len(parts) >= 4 and parts[2].isdigit()):
+        if not (p.is_dir() and len(parts) >= 4 and version_number(parts[2]) is not None):
             continue
         try:
             os.kill(int(parts[2]), 0)

@@ -83,3 +83,14 @@ def test_repository_scan(tmp_path: Path) -> None:
 def test_missing_repository_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError, match="does not exist"):
         Repository(tmp_path / "nope")
+
+
+def test_folders_named_with_non_ascii_digits_are_not_versions(tmp_path: Path) -> None:
+    model_dir = tmp_path / "repo" / "a"
+    add_version(model_dir, {"model.onnx": _src(tmp_path, "a", b"1")})
+    (model_dir / "config.toml").write_text("")
+    for odd in ("²", "٣", "1²"):  # str.isdigit() says yes to each; int() fails on the first two
+        (model_dir / odd).mkdir()
+        (model_dir / odd / MANIFEST_NAME).write_text("{}")
+    assert [v.version for v in Repository(tmp_path / "repo").model("a").versions] == [1]
+    assert add_version(model_dir, {"model.onnx": _src(tmp_path, "b", b"2")}).name == "2"
