@@ -19,6 +19,7 @@ from edgeinfer.repository import MANIFEST_NAME, VersionEntry, verify_manifest
 from edgeinfer.runtime import Backend, Model, close_all, load_instances, resolve
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.serving.batcher import BatchPolicy
+from edgeinfer.serving.classification import read_labels
 from edgeinfer.serving.llm_loop import LlmBackend, LlmLoop, LoopLimits
 from edgeinfer.serving.runner import Runner
 from edgeinfer.serving.scheduler import Scheduler
@@ -51,6 +52,7 @@ class LoadedVersion:
     # Created on the event loop by start(): a Scheduler (tensor) or an LlmLoop (llm) by kind.
     queue: Scheduler | LlmLoop | None = None
     loaded_at: float = field(default_factory=time.time)
+    labels: dict[str, list[str]] = field(default_factory=dict)  # output -> class labels
 
     @property
     def model(self) -> Model:
@@ -131,28 +133,16 @@ def load_version(entry: VersionEntry, config: ModelConfig) -> LoadedVersion:
     except RepositoryError as e:
         raise VerifyError(e.message, "checksum") from e
     check_report(entry.path)
+    try:
+        labels = read_labels(entry.path, config)
+    except EdgeInferError as e:
+        raise VerifyError(f"{entry.model} v{entry.version}: {e.message}", "load") from e
     backend, model_file = _resolve(entry.path, config)
-    instances: list[Model] = []
     try:
         instances = load_instances(entry.path, config)
     except EdgeInferError as e:
         raise VerifyError(e.message, "load") from e
-    try:
-        if config.warmup:
-            for model in instances:
-                model.warmup()
-    except EdgeInferError as e:
-        close_all(instances)
-        raise VerifyError(f"{entry.model} v{entry.version}: warm-up failed: {e.message}",
-                          "warmup") from e  # fmt: skip
-    try:
-        check_golden(instances[0], entry.path, config.lifecycle.golden_rtol,
-                     config.lifecycle.golden_atol)  # fmt: skip
-    except EdgeInferError as e:
-        close_all(instances)
-        if isinstance(e, VerifyError):
-            raise
-        raise VerifyError(e.message, "load") from e
+    _verify(entry, config, instances)
     release_free_memory()  # loading leaves large temporaries behind in the heap
     measured = max(0, _rss() - rss_before)
     log.info(
@@ -169,7 +159,28 @@ def load_version(entry: VersionEntry, config: ModelConfig) -> LoadedVersion:
         stats=VersionStats(entry.model, str(entry.version)),
         backend=backend,
         model_file=model_file,
+        labels=labels,
     )
+
+
+def _verify(entry: VersionEntry, config: ModelConfig, instances: list[Model]) -> None:
+    """Warm up every instance and check the golden cases; on failure release them all."""
+    try:
+        if config.warmup:
+            for model in instances:
+                model.warmup()
+    except EdgeInferError as e:
+        close_all(instances)
+        raise VerifyError(f"{entry.model} v{entry.version}: warm-up failed: {e.message}",
+                          "warmup") from e  # fmt: skip
+    try:
+        check_golden(instances[0], entry.path, config.lifecycle.golden_rtol,
+                     config.lifecycle.golden_atol)  # fmt: skip
+    except EdgeInferError as e:
+        close_all(instances)
+        if isinstance(e, VerifyError):
+            raise
+        raise VerifyError(e.message, "load") from e
 
 
 def _resolve(version_dir: Path, config: ModelConfig) -> tuple[Backend, Path]:

@@ -116,15 +116,26 @@ def load_instances(version_dir: Path, config: ModelConfig) -> list[Model]:
     except ImportError as e:  # a broken or partial install
         raise missing from e
     instances: list[Model] = module.load_instances(path, config)
-    if backend.kind == "tensor" and config.text is not None:
+    if backend.kind != "tensor":
+        return instances
+    try:
+        return [_wrap(m, version_dir, config) for m in instances]
+    except BaseException:
+        close_all(instances)
+        raise
+
+
+def _wrap(model: Model, version_dir: Path, config: ModelConfig) -> Model:
+    """Inputs decoded in the server before any tensor backend runs: images, text."""
+    if config.image is not None:
+        from edgeinfer.runtime.images import ImageModel
+
+        return ImageModel(model, version_dir, config.image, config.preprocess)
+    if config.text is not None:
         from edgeinfer.runtime.text import TextModel
 
-        try:
-            return [TextModel(m, version_dir, config.text) for m in instances]
-        except BaseException:
-            close_all(instances)
-            raise
-    return instances
+        return TextModel(model, version_dir, config.text)
+    return model
 
 
 def repeat(load_one: Callable[[], Model], count: int) -> list[Model]:
