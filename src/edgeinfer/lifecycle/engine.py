@@ -443,7 +443,8 @@ class Engine:
 
         try:
             stream = h.llm.submit(tokens, request.params,
-                                  lease.loop_adapter if lease else None, done)  # fmt: skip
+                                  lease.loop_adapter if lease else None, done,
+                                  cache_prompt=request.cache_prompt)  # fmt: skip
         except BaseException:
             if lease is not None:
                 lease.release()

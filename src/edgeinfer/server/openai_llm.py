@@ -150,9 +150,18 @@ def _chat_logprobs(lps: list[TokenLogprob]) -> dict[str, Any]:
     ]}  # fmt: skip
 
 
-def _usage(c: GenChunk) -> dict[str, int]:
+def _usage(c: GenChunk) -> dict[str, Any]:
     return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-            "total_tokens": c.prompt_tokens + c.completion_tokens}  # fmt: skip
+            "total_tokens": c.prompt_tokens + c.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": c.cached_tokens}}  # fmt: skip
+
+
+def _cache_prompt(doc: dict[str, Any]) -> bool:
+    """llama-server's `cache_prompt` (default true): false prefills the whole prompt."""
+    value = doc.get("cache_prompt", True)
+    if not isinstance(value, bool):
+        raise InvalidInput("'cache_prompt' must be true or false")
+    return value
 
 
 async def _sse(events: AsyncIterator[Any], done: bool = True) -> AsyncIterator[bytes]:
@@ -256,7 +265,7 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
                                                     options.get("include_usage")))  # fmt: skip
             stream = await engine.generate(GenerateRequest(
                 doc["model"], params, prompt=prompt, messages=messages,
-                metadata=dict(request.headers)))  # fmt: skip
+                metadata=dict(request.headers), cache_prompt=_cache_prompt(doc)))  # fmt: skip
         except orjson.JSONDecodeError as e:
             return _error(InvalidInput(f"body is not valid JSON: {e}"))
         except EdgeInferError as e:
@@ -313,7 +322,7 @@ def _generate_routes(engine: Engine, max_request_bytes: int) -> list[Route]:
         stream = await engine.generate(GenerateRequest(
             model, sampling, prompt=doc["text_input"],
             version=request.path_params.get("version"), parameters=params,
-            metadata=dict(request.headers)))  # fmt: skip
+            metadata=dict(request.headers), cache_prompt=_cache_prompt(params)))  # fmt: skip
         prefix = doc["text_input"] if params.get("exclude_input_in_output") is False else ""
         head = {"model_name": model, "model_version": stream.version}
         if isinstance(doc.get("id"), str):
