@@ -37,6 +37,7 @@ from edgeinfer.lifecycle.manager import ModelManager
 from edgeinfer.lifecycle.models import LoadedVersion, State
 from edgeinfer.lifecycle.triton_config import triton_model_config
 from edgeinfer.repository import Repository
+from edgeinfer.serving.constrain import constraint_for
 from edgeinfer.serving.llm_loop import GenerateRequest, GenerationStream
 from edgeinfer.serving.runner import Runner
 from edgeinfer.serving.validation import validate_request
@@ -431,6 +432,12 @@ class Engine:
             tokens = list(request.prompt or [])
         if not tokens:
             tokens = [model.bos]
+        constraint = None
+        if request.constraint is not None:
+            spec = request.constraint
+            constraint = await asyncio.to_thread(
+                lambda: constraint_for(model.grammar_tokenizer(), spec, model.n_vocab)
+            )
         lease: Lease | None = None
         if adapter:
             lease = await self.adapters.acquire(model_name, adapter, tenant, model, h.llm)
@@ -442,8 +449,8 @@ class Engine:
                 lease.release()
 
         try:
-            stream = h.llm.submit(tokens, request.params,
-                                  lease.loop_adapter if lease else None, done,
+            stream = h.llm.submit(tokens, request.params, lease.loop_adapter if lease else None,
+                                  done, constraint,
                                   cache_prompt=request.cache_prompt)  # fmt: skip
         except BaseException:
             if lease is not None:

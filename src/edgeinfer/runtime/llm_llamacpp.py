@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -109,6 +110,8 @@ class LlamaCppModel:
         self._ctx = None
         self._adapters: set[int] = set()  # live LoRA handles; the model frees them with itself
         self._compiled: Any = None  # the chat template, compiled on first use
+        self._grammar_tokenizer: Any = None  # llguidance's view of the vocabulary, on first use
+        self._grammar_lock = threading.Lock()
         try:
             self._vocab = lib.llama_model_get_vocab(model)
             self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
@@ -208,6 +211,19 @@ class LlamaCppModel:
             buf = (ctypes.c_int32 * cap)()
             n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
         return list(buf[:n])
+
+    def grammar_tokenizer(self) -> Any:
+        """llguidance's tokenizer for this vocabulary (for constrained decoding), built on first
+        use (about a second at 262k tokens: call it off the event loop) and kept."""
+        with self._grammar_lock:
+            if self._grammar_tokenizer is None:
+                try:
+                    from llguidance.llamacpp import lltokenizer_from_vocab
+                except ImportError as e:
+                    raise LoadError("constrained decoding needs llguidance: "
+                                    "pip install -e '.[llm]'") from e  # fmt: skip
+                self._grammar_tokenizer = lltokenizer_from_vocab(self._vocab)
+            return self._grammar_tokenizer
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         """The prompt text for a chat, from the model's Jinja chat template (as transformers

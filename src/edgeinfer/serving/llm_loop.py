@@ -67,6 +67,7 @@ import numpy as np
 from edgeinfer.errors import BackendError, EdgeInferError, InvalidInput, QueueFull, Unavailable
 from edgeinfer.runtime.llm_llamacpp import BatchItem
 from edgeinfer.runtime.memory import release_free_memory
+from edgeinfer.serving.constrain import JsonConstraint, TokenConstraint
 from edgeinfer.serving.prefix_cache import SlotCache
 from edgeinfer.serving.sampling import Sampler, SamplingParams, TextStream, TokenLogprob
 from edgeinfer.telemetry.metrics import LlmStats
@@ -124,6 +125,7 @@ class GenerateRequest:
     version: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)  # routing keys
     metadata: Mapping[str, str] = field(default_factory=dict)
+    constraint: JsonConstraint | None = None  # structured output (serving/constrain.py)
     cache_prompt: bool = True  # False: prefill the whole prompt even if a slot holds a prefix
 
 
@@ -163,6 +165,7 @@ class _Request:
     last_token_at: float = 0.0
     adapter: LoopAdapter | None = None
     on_done: Callable[[int, int], None] | None = None  # (prompt, generated) once retired
+    constraint: TokenConstraint | None = None  # a grammar mask applied before sampling
     cache_prompt: bool = True  # may reuse a cached prefix (llama-server's name)
     cached: int = 0  # prompt tokens found in the slot's KV cells
     kv: int = 0  # positions of (prompt + generated) held in the slot's KV cells
@@ -253,9 +256,11 @@ class LlmLoop:
     def submit(self, prompt: list[int], params: SamplingParams,
                adapter: LoopAdapter | None = None,
                on_done: Callable[[int, int], None] | None = None,
+               constraint: TokenConstraint | None = None,
                cache_prompt: bool = True) -> GenerationStream:  # fmt: skip
         """Queue a generation; raises at once when it cannot be served. `on_done` is called
-        once the request is retired (it may run on the engine thread). `cache_prompt=False`
+        once the request is retired (it may run on the engine thread). `constraint` masks the
+        sequence's logits before each token is sampled (structured output). `cache_prompt=False`
         prefills the whole prompt even when a slot holds a prefix of it."""
         if not self._accepting:
             raise Unavailable("model version is unloading")
@@ -271,9 +276,12 @@ class LlmLoop:
             )
         if any(not 0 <= t < self.backend.n_vocab for t in prompt):
             raise InvalidInput(f"prompt token ids must be in [0, {self.backend.n_vocab})")
+        if any(not 0 <= t < self.backend.n_vocab for t, _ in params.logit_bias):
+            raise InvalidInput(f"logit_bias token ids must be in [0, {self.backend.n_vocab})")
         req = _Request(prompt, params, max_tokens, Sampler(params, prompt, self.backend.n_vocab),
                        TextStream(params.stop), self._clock(), adapter=adapter,
-                       on_done=on_done, cache_prompt=cache_prompt)  # fmt: skip
+                       on_done=on_done, constraint=constraint,
+                       cache_prompt=cache_prompt)  # fmt: skip
         with self._lock:
             if self.limits.max_waiting and len(self.waiting) >= self.limits.max_waiting:
                 wait = self._avg_e2e * (len(self.waiting) + 1) / self.limits.slots
@@ -510,6 +518,8 @@ class LlmLoop:
             self._emit(req, scores, now)
 
     def _emit(self, req: _Request, scores: np.ndarray, now: float) -> None:
+        if req.constraint is not None:
+            req.constraint.mask(scores)
         token, logprob = req.sampler.sample(scores)
         req.generated.append(token)
         self.stats.generation_tokens += 1
@@ -522,21 +532,37 @@ class LlmLoop:
         if logprob is not None:
             logprob.piece = self.backend.piece(token)
             logprob.top_pieces = [self.backend.piece(t) for t, _ in logprob.top]
-        p = req.params
-        reason: str | None = None
-        if token in p.stop_token_ids or (token in self.backend.eog and not p.ignore_eos):
-            text, reason = req.text.flush(), "stop"
-        else:
-            text, stopped = req.text.push(self.backend.piece(token))
-            if stopped:
-                reason = "stop"
-            elif len(req.generated) >= req.max_tokens:
-                text, reason = text + req.text.flush(), "length"
+        reason, text = self._ending(req, token)
+        if reason == "error":
+            assert req.constraint is not None
+            self._finish(req, "abort", error=BackendError(
+                f"constrained decoding failed: {req.constraint.error}"))  # fmt: skip
+            return
         self._outbox.append((req, GenChunk(text, [token], [logprob] if logprob else None, reason,
                                            len(req.prompt), len(req.generated),
                                            req.cached)))  # fmt: skip
         if reason is not None:
             self._finish(req, reason)
+
+    def _ending(self, req: _Request, token: int) -> tuple[str | None, str]:
+        """(finish reason or None, the text to send) after `token`. A constrained sequence
+        ends with "stop" as soon as its grammar is complete."""
+        p = req.params
+        if token in p.stop_token_ids or (token in self.backend.eog and not p.ignore_eos):
+            return "stop", req.text.flush()
+        complete = False
+        if req.constraint is not None:
+            complete = req.constraint.accept(token)
+            if req.constraint.error:
+                return "error", ""
+        text, stopped = req.text.push(self.backend.piece(token))
+        if stopped:
+            return "stop", text
+        if complete:
+            return "stop", text + req.text.flush()
+        if len(req.generated) >= req.max_tokens:
+            return "length", text + req.text.flush()
+        return None, text
 
     def _finish(self, req: _Request, reason: str, error: BaseException | None = None) -> None:
         """Retire a request: free its slot and KV cells, count it, fail its stream on error."""
