@@ -39,6 +39,12 @@ A model's `config.toml`:
     input = "text"
     tokenizer = "tokenizer.json"   # file in the version directory
     max_length = 256
+    [image]                        # optional: the image input also takes encoded images (BYTES)
+    input = "image"                # default: the model's only 4-D input
+    max_pixels = 50_000_000        # checked from the header, before decoding
+    [preprocess]                   # size, resize, scale, mean, std, layout: runtime/images.py
+    [outputs.logits]               # Triton's classification extension: labels of the classes
+    label_filename = "labels.txt"  # in the version directory (or the model directory)
     [llm]                          # backend = "llama.cpp": model.gguf in the version directory
     context_length = 2048          # prompt + completion tokens per request (longer: 400)
     slots = 4                      # sequences decoded together (continuous batching)
@@ -155,6 +161,25 @@ class TextOptions:
     def __post_init__(self) -> None:
         if self.max_length < 1:
             raise ConfigError("text.max_length must be >= 1")
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """An image input that also takes encoded images (JPEG, PNG, WebP), decoded in the server
+    as `[preprocess]` says. `draft`: decode large JPEGs at a reduced scale (DCT domain)."""
+
+    input: str = ""
+    max_pixels: int = 50_000_000
+    draft: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1:
+            raise ConfigError("image.max_pixels must be >= 1")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    label_filename: str = ""  # one label per line, line i for class index i
 
 
 @dataclass(frozen=True)
@@ -298,6 +323,8 @@ class ModelConfig:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     onnxruntime: OrtOptions = field(default_factory=OrtOptions)
     text: TextOptions | None = None
+    image: ImageOptions | None = None
+    outputs: dict[str, OutputOptions] = field(default_factory=dict)
     llm: LlmOptions = field(default_factory=LlmOptions)
     warmup: bool = True
     instance_count: int = 1
@@ -351,6 +378,12 @@ class ModelConfig:
             ort = OrtOptions(**raw.pop("onnxruntime", {}))
             text_raw = raw.pop("text", None)
             text = TextOptions(**text_raw) if text_raw is not None else None
+            image_raw = raw.pop("image", None)
+            image = ImageOptions(**image_raw) if image_raw is not None else None
+            outputs_raw = raw.pop("outputs", {})
+            if not isinstance(outputs_raw, dict):
+                raise ConfigError("[outputs.NAME] tables expected, e.g. [outputs.logits]")
+            outputs = {k: OutputOptions(**v) for k, v in outputs_raw.items()}
             db_raw = raw.pop("dynamic_batching", None)
             batching = DynamicBatching(**db_raw) if db_raw is not None else None
             queue = QueueOptions(**raw.pop("queue", {}))
@@ -359,7 +392,7 @@ class ModelConfig:
             canary = CanaryOptions(**canary_raw) if canary_raw is not None else None
             llm = LlmOptions(**raw.pop("llm", {}))
             return cls(name=name, version_policy=policy, onnxruntime=ort, text=text,
-                       dynamic_batching=batching, queue=queue, lifecycle=lifecycle,
+                       image=image, outputs=outputs, dynamic_batching=batching, queue=queue, lifecycle=lifecycle,
                        canary=canary, llm=llm, **raw)  # fmt: skip
         except ConfigError as e:
             if str(e).startswith(where):
@@ -415,6 +448,12 @@ class Limits:
     max_rank: int = 16
     max_elements: int = 1 << 28  # per tensor: 1 GiB of FP32
     max_string_bytes: int = 1 << 20  # per BYTES element
+    max_image_bytes: int = 32 << 20  # per encoded image (a BYTES element of an [image] input)
+
+    @property
+    def max_element_bytes(self) -> int:
+        """The longest BYTES element a decoder accepts before it knows the model."""
+        return max(self.max_string_bytes, self.max_image_bytes)
 
 
 def edgeinfer_home() -> Path:
@@ -545,6 +584,10 @@ class ServerSettings:
     max_string_bytes: int = field(
         default=1 << 20, metadata={"help": "longest BYTES element / string accepted"}
     )
+    max_image_bytes: int = field(
+        default=32 << 20,
+        metadata={"help": "longest encoded image accepted by a model's [image] input"},
+    )
     registry: str = field(
         default="",
         metadata={"help": "desired state for a fleet: etcd://HOST:2379/PREFIX[?ttl=10]; empty: "
@@ -634,7 +677,13 @@ class ServerSettings:
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_tensors, self.max_rank, self.max_elements, self.max_string_bytes)
+        return Limits(
+            self.max_tensors,
+            self.max_rank,
+            self.max_elements,
+            self.max_string_bytes,
+            self.max_image_bytes,
+        )
 
     @classmethod
     def env_defaults(cls) -> dict[str, str]:
