@@ -64,6 +64,7 @@ A model's `config.toml`:
     extra_buffer_types = "auto"    # AMX/repacked weights: "auto" (probed once per CPU) | true | false
     lora_steps_per_switch = 8      # steps one LoRA adapter's streams decode before the next's turn
     max_loras = 0                  # adapters whose sequences run at once (0: any)
+    prefix_cache = true            # reuse a slot's KV cells for a prompt with the same prefix
 """
 
 from __future__ import annotations
@@ -324,6 +325,9 @@ class LlmOptions:
     # passes it any more (vLLM's max_loras).
     max_loras: int = 0
     max_lora_wait: float = 1.0
+    # Keep each slot's KV cells after its request; a new request that starts with the same
+    # tokens (the next turn of a chat, a shared system prompt) prefills only the rest.
+    prefix_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.max_loras < 0 or self.max_lora_wait < 0:
@@ -347,6 +351,8 @@ class LlmOptions:
         if not isinstance(self.extra_buffer_types, bool) and self.extra_buffer_types != "auto":
             raise ConfigError("llm.extra_buffer_types must be \"auto\" (probe this CPU once), "
                               f"true or false; got {self.extra_buffer_types!r}")  # fmt: skip
+        if not isinstance(self.prefix_cache, bool):
+            raise ConfigError("llm.prefix_cache must be true or false")
         if self.lora_steps_per_switch < 1:
             raise ConfigError("llm.lora_steps_per_switch must be >= 1 (1: switch adapters every "
                               "step; more: fewer switches, longer waits for other adapters)")  # fmt: skip

@@ -453,7 +453,8 @@ class Engine:
 
         try:
             stream = h.llm.submit(tokens, request.params, lease.loop_adapter if lease else None,
-                                  done, constraint)  # fmt: skip
+                                  done, constraint,
+                                  cache_prompt=request.cache_prompt)  # fmt: skip
         except BaseException:
             if lease is not None:
                 lease.release()

@@ -79,10 +79,9 @@ class LoadedVersion:
             limits = LoopLimits(o.slots, o.context_length, o.kv_cells, o.prefill_chunk,
                                 self.config.queue.max_queue_size,
                                 max_loras=o.max_loras, max_lora_wait=o.max_lora_wait,
-                                steps_per_switch=o.lora_steps_per_switch)  # fmt: skip
-            backend = cast(
-                LlmBackend, self.model
-            )  # kind "llm": the backend's models are LlmBackends
+                                steps_per_switch=o.lora_steps_per_switch,
+                                prefix_cache=o.prefix_cache)  # fmt: skip
+            backend = cast(LlmBackend, self.model)  # kind "llm": its models are LlmBackends
             self.queue = LlmLoop(backend, limits, LlmStats(self.name), self.stats)
             return
         self.queue = Scheduler(
