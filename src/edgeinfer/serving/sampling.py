@@ -21,6 +21,7 @@ from edgeinfer.errors import InvalidInput
 # relative to it; dropping them before sorting makes top-p O(candidates) instead of O(vocab).
 _CUTOFF = 30.0
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +39,12 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; N: the chosen token's and the top N
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, -100..100) added to its logit
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        object.__setattr__(self, "logit_bias", tuple(self.logit_bias))
         checks = (
             (self.max_tokens is None or self.max_tokens >= 1, "max_tokens must be >= 1"),
             (0.0 <= self.temperature <= 100.0, "temperature must be between 0 and 100"),
@@ -55,6 +58,10 @@ class SamplingParams:
             (len(self.stop) <= 16, "at most 16 stop strings"),
             (self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
              f"logprobs must be between 0 and {MAX_LOGPROBS}"),
+            (len(self.logit_bias) <= MAX_LOGIT_BIAS,
+             f"logit_bias may hold at most {MAX_LOGIT_BIAS} tokens"),
+            (all(-100.0 <= b <= 100.0 for _, b in self.logit_bias),
+             "logit_bias values must be between -100 and 100"),
         )  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -84,6 +91,8 @@ class Sampler:
         self._counts = np.zeros(n_vocab, np.int32)  # output only
         prompt_ids = np.fromiter(prompt, np.int64)
         self._seen[prompt_ids[(prompt_ids >= 0) & (prompt_ids < n_vocab)]] = True
+        self._bias = (np.array([t for t, _ in params.logit_bias], np.int64),
+                      np.array([b for _, b in params.logit_bias], np.float32))  # fmt: skip
 
     def accept(self, token: int) -> None:
         if 0 <= token < len(self._counts):
@@ -99,6 +108,9 @@ class Sampler:
                                  out[seen] * p.repetition_penalty)  # fmt: skip
         if p.presence_penalty or p.frequency_penalty:
             out -= p.presence_penalty * (self._counts > 0) + p.frequency_penalty * self._counts
+        if p.logit_bias:
+            ids, bias = self._bias
+            out[ids] += bias
         return out
 
     def sample(self, logits: np.ndarray) -> tuple[int, TokenLogprob | None]:
