@@ -71,9 +71,15 @@ class LoadedVersion:
     def generates(self) -> bool:
         return self.backend.kind == "llm"
 
+    @property
+    def healthy(self) -> bool:
+        """False while a worker of this version is down (crashed, waiting for its restart)."""
+        return self.scheduler is None or self.scheduler.healthy
+
     def start(
-        self, runner: Runner, capacity: Callable[[], tuple[float, str]] | None = None
-    ) -> None:
+        self, runner: Runner, capacity: Callable[[], tuple[float, str]] | None = None,
+        on_restart: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
         if self.generates:
             o = self.config.llm
             limits = LoopLimits(o.slots, o.context_length, o.kv_cells, o.prefill_chunk,
@@ -92,6 +98,7 @@ class LoadedVersion:
             dynamic=self.config.dynamic_batching is not None,
             batch_axis=self.config.max_batch_size > 0,
             capacity=capacity,
+            on_restart=on_restart,
         )
 
     async def close(self, drain: bool = True) -> None:

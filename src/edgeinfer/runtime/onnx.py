@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,10 @@ class OnnxModel:
         if not path.is_file():
             raise LoadError(f"{version_dir}: no model.onnx")
         opts = config.onnxruntime
+        if opts.intra_op_threads == 0 and config.instance_count > 1:
+            # Instances run batches at once: share the usable CPUs instead of oversubscribing.
+            share = max(1, placement(opts)[0] // config.instance_count)
+            opts = replace(opts, intra_op_threads=share)
         # ORT starts the session's intra-op threads now; they inherit the creating thread's nice.
         session = in_niced_thread(opts.nice, lambda: new_session(path, opts))
         return cls(session, path, placement(opts)[1], opts.nice)
