@@ -220,7 +220,7 @@ def parse_reply(text: str, finish_reason: str | None,
     try:
         doc = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return text, None, finish_reason
+        return _partial_response(text), None, finish_reason
     if isinstance(doc, dict) and isinstance(doc.get("tool_calls"), list):
         calls = [{"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
                   "function": {"name": c["name"], "arguments": orjson.dumps(c["arguments"]).decode()}}
@@ -231,3 +231,21 @@ def parse_reply(text: str, finish_reason: str | None,
         return (answer if isinstance(answer, str) else orjson.dumps(answer).decode(), None,
                 finish_reason)  # fmt: skip
     return text, None, finish_reason
+
+
+_RESPONSE_HEAD = '{"response": "'
+
+
+def _partial_response(text: str) -> str:
+    """The answer so far of a reply cut inside `{"response": "...`; other cut replies as they
+    are (a cut tool call cannot be run)."""
+    if not text.startswith(_RESPONSE_HEAD):
+        return text
+    body = text[len(_RESPONSE_HEAD) :]
+    for cut in range(min(6, len(body)) + 1):  # drop an escape sequence cut in the middle
+        try:
+            answer = orjson.loads('"' + body[: len(body) - cut] + '"')
+        except orjson.JSONDecodeError:
+            continue
+        return str(answer)
+    return text
