@@ -143,8 +143,16 @@ def _prompt(raw: Any) -> str | list[int]:
     raise InvalidInput("'prompt' must be a string or a list of token ids (one prompt)")
 
 
-def _usage(c: GenChunk) -> dict[str, int]:
-    return usage(c.prompt_tokens, c.completion_tokens)
+def _usage(c: GenChunk) -> dict[str, Any]:
+    return usage(c.prompt_tokens, c.completion_tokens, c.cached_tokens)
+
+
+def _cache_prompt(doc: dict[str, Any]) -> bool:
+    """llama-server's `cache_prompt` (default true): false prefills the whole prompt."""
+    value = doc.get("cache_prompt", True)
+    if not isinstance(value, bool):
+        raise InvalidInput("'cache_prompt' must be true or false")
+    return value
 
 
 async def _sse(events: AsyncIterator[Any], done: bool = True) -> AsyncIterator[bytes]:
@@ -215,7 +223,8 @@ def _openai_request(doc: dict[str, Any], chat: bool, headers: dict[str, str],
     reply = Reply(chat, doc["model"], bool(doc.get("stream") and options.get("include_usage")),
                   choices(doc), tools is not None and tools.envelope, logprobs is not None)  # fmt: skip
     req = GenerateRequest(doc["model"], params, prompt=prompt, messages=messages,
-                          metadata=headers, constraint=fmt)  # fmt: skip
+                          metadata=headers, constraint=fmt,
+                          cache_prompt=_cache_prompt(doc))  # fmt: skip
     return req, reply
 
 
@@ -282,7 +291,8 @@ def _generate_routes(engine: Engine, max_request_bytes: int) -> list[Route]:
         stream = await engine.generate(GenerateRequest(
             model, sampling, prompt=doc["text_input"],
             version=request.path_params.get("version"), parameters=params,
-            metadata=dict(request.headers), constraint=response_format(params)))  # fmt: skip
+            metadata=dict(request.headers), constraint=response_format(params),
+            cache_prompt=_cache_prompt(params)))  # fmt: skip
         prefix = doc["text_input"] if params.get("exclude_input_in_output") is False else ""
         head = {"model_name": model, "model_version": stream.version}
         if isinstance(doc.get("id"), str):

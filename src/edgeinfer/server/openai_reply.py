@@ -49,9 +49,11 @@ def chat_logprobs(lps: list[TokenLogprob]) -> dict[str, Any]:
     ]}  # fmt: skip
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage; `cached_tokens`: prompt tokens served from the prefix cache."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}  # fmt: skip
 
 
 async def merged(streams: Sequence[GenerationStream]) -> AsyncIterator[tuple[int, GenChunk]]:
@@ -116,10 +118,10 @@ class Reply:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                 "system_fingerprint": None}  # fmt: skip
 
-    def _usage(self, lasts: Sequence[GenChunk | None]) -> dict[str, int]:
+    def _usage(self, lasts: Sequence[GenChunk | None]) -> dict[str, Any]:
         done = [c for c in lasts if c is not None]
-        prompt = done[0].prompt_tokens if done else 0
-        return usage(prompt, sum(c.completion_tokens for c in done))
+        prompt, cached = (done[0].prompt_tokens, done[0].cached_tokens) if done else (0, 0)
+        return usage(prompt, sum(c.completion_tokens for c in done), cached)
 
     def _message(self, text: str, finish: str | None) -> tuple[dict[str, Any], str | None]:
         if not self.tools:

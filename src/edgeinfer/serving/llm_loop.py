@@ -68,6 +68,7 @@ from edgeinfer.errors import BackendError, EdgeInferError, InvalidInput, QueueFu
 from edgeinfer.runtime.llm_llamacpp import BatchItem
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.serving.constrain import JsonConstraint, TokenConstraint
+from edgeinfer.serving.prefix_cache import SlotCache
 from edgeinfer.serving.sampling import Sampler, SamplingParams, TextStream, TokenLogprob
 from edgeinfer.telemetry.metrics import LlmStats
 from edgeinfer.telemetry.stats import VersionStats
@@ -100,6 +101,7 @@ class LoopLimits:
     max_loras: int = 0  # adapter groups running at once (the base model counts); 0: unbounded
     max_lora_wait: float = 1.0  # seconds a request may be passed by requests of other adapters
     steps_per_switch: int = 8  # steps an adapter group keeps the context while others wait
+    prefix_cache: bool = False  # reuse the KV cells of a slot's last request (prefix_cache.py)
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,6 +126,7 @@ class GenerateRequest:
     parameters: dict[str, Any] = field(default_factory=dict)  # routing keys
     metadata: Mapping[str, str] = field(default_factory=dict)
     constraint: JsonConstraint | None = None  # structured output (serving/constrain.py)
+    cache_prompt: bool = True  # False: prefill the whole prompt even if a slot holds a prefix
 
 
 @dataclass(slots=True)
@@ -136,6 +139,7 @@ class GenChunk:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV cells were reused, not prefilled
 
 
 _ids = itertools.count(1)
@@ -162,6 +166,9 @@ class _Request:
     adapter: LoopAdapter | None = None
     on_done: Callable[[int, int], None] | None = None  # (prompt, generated) once retired
     constraint: TokenConstraint | None = None  # a grammar mask applied before sampling
+    cache_prompt: bool = True  # may reuse a cached prefix (llama-server's name)
+    cached: int = 0  # prompt tokens found in the slot's KV cells
+    kv: int = 0  # positions of (prompt + generated) held in the slot's KV cells
 
     @property
     def adapter_key(self) -> str | None:
@@ -225,7 +232,7 @@ class LlmLoop:
         self.waiting: deque[_Request] = deque()
         self.running: list[_Request] = []
         self.steps = 0
-        self._free_slots = list(range(limits.slots - 1, -1, -1))
+        self._slots = SlotCache(backend, limits.slots, limits.prefix_cache)  # type: ignore[arg-type]
         self._reserved = 0  # KV cells promised to running requests
         self._clock = clock
         self._work = threading.Event()  # set when there may be something to schedule
@@ -250,10 +257,11 @@ class LlmLoop:
                adapter: LoopAdapter | None = None,
                on_done: Callable[[int, int], None] | None = None,
                constraint: TokenConstraint | None = None,
-               ) -> GenerationStream:  # fmt: skip
+               cache_prompt: bool = True) -> GenerationStream:  # fmt: skip
         """Queue a generation; raises at once when it cannot be served. `on_done` is called
         once the request is retired (it may run on the engine thread). `constraint` masks the
-        sequence's logits before each token is sampled (structured output)."""
+        sequence's logits before each token is sampled (structured output). `cache_prompt=False`
+        prefills the whole prompt even when a slot holds a prefix of it."""
         if not self._accepting:
             raise Unavailable("model version is unloading")
         limit, n = self.limits.context_length, len(prompt)
@@ -272,7 +280,8 @@ class LlmLoop:
             raise InvalidInput(f"logit_bias token ids must be in [0, {self.backend.n_vocab})")
         req = _Request(prompt, params, max_tokens, Sampler(params, prompt, self.backend.n_vocab),
                        TextStream(params.stop), self._clock(), adapter=adapter,
-                       on_done=on_done, constraint=constraint)  # fmt: skip
+                       on_done=on_done, constraint=constraint,
+                       cache_prompt=cache_prompt)  # fmt: skip
         with self._lock:
             if self.limits.max_waiting and len(self.waiting) >= self.limits.max_waiting:
                 wait = self._avg_e2e * (len(self.waiting) + 1) / self.limits.slots
@@ -420,9 +429,15 @@ class LlmLoop:
         for req in gone:
             self._finish(req, "abort")
         for req in admitted:
-            req.seq = self._free_slots.pop()
+            req.seq, req.cached = self._slots.take(req.prompt, req.adapter, req.cache_prompt)
+            req.prefilled = req.kv = req.cached
             req.admitted_at = self._clock()
             self.running.append(req)
+            if self._slots.enabled:
+                self.stats.prefix_cache_queries += len(req.prompt)
+                self.stats.prefix_cache_hits += req.cached
+        if admitted:  # idle slots' cached prefixes give way to the new reservations
+            self._slots.fit(self.limits.kv_cells - self._reserved)
         turn = self._turn()
         plan = [(r, BatchItem(r.seq, [r.generated[-1]], len(r.prompt) + len(r.generated) - 1,
                               True)) for r in turn if r.decoding]  # fmt: skip
@@ -465,7 +480,7 @@ class LlmLoop:
         active = {r.adapter_key for r in self.running}
         now = self._clock()
         i = 0
-        while (i < len(self.waiting) and len(admitted) < len(self._free_slots)
+        while (i < len(self.waiting) and len(admitted) < self._slots.idle
                and self._reserved + self.waiting[i].need <= self.limits.kv_cells):  # fmt: skip
             req = self.waiting[i]
             if max_loras and req.adapter_key not in active and len(active) >= max_loras:
@@ -489,6 +504,7 @@ class LlmLoop:
         now = self._clock()
         row = 0
         for req, item in plan:
+            req.kv = item.pos + len(item.tokens)
             if not item.logits:
                 req.prefilled += len(item.tokens)
                 continue
@@ -523,7 +539,8 @@ class LlmLoop:
                 f"constrained decoding failed: {req.constraint.error}"))  # fmt: skip
             return
         self._outbox.append((req, GenChunk(text, [token], [logprob] if logprob else None, reason,
-                                           len(req.prompt), len(req.generated))))  # fmt: skip
+                                           len(req.prompt), len(req.generated),
+                                           req.cached)))  # fmt: skip
         if reason is not None:
             self._finish(req, reason)
 
@@ -556,8 +573,9 @@ class LlmLoop:
             req.on_done(len(req.prompt), len(req.generated))
         if req.seq >= 0:
             self.running.remove(req)
-            self.backend.free(req.seq)
-            self._free_slots.append(req.seq)
+            # After a failed decode nobody knows what the cells hold: they are dropped.
+            held = None if error is not None else (req.prompt + req.generated)[: req.kv]
+            self._slots.give_back(req.seq, held, req.adapter)
             self._reserved -= req.need
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
         e2e = self._clock() - req.arrival
