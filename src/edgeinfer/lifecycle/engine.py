@@ -20,6 +20,7 @@ from edgeinfer.errors import (
     DeadlineExceeded,
     EdgeInferError,
     InvalidInput,
+    InvalidParameter,
     ModelNotFound,
     ModelNotReady,
     QueueFull,
@@ -128,6 +129,14 @@ class Engine:
             await m.drained()
         self.runner.shutdown()
 
+    def end_generations(self) -> None:
+        """The server is stopping: every text generation ends now with an error (a stream
+        gets a last error event) instead of holding the shutdown until it completes."""
+        for m in list(self._models.values()):
+            for h in m.versions.values():
+                if h.llm is not None:
+                    h.llm.shutdown()
+
     def live(self) -> bool:
         return not self._closing
 
@@ -135,7 +144,9 @@ class Engine:
         if self._closing or not all(gate() for gate in self._ready_gates):
             return False
         models = self._models
-        return all(n in models and models[n].status == State.READY for n in self._expected)
+        return all(n in models and models[n].status == State.READY
+                   and all(h.healthy for h in list(models[n].versions.values()))
+                   for n in self._expected)  # fmt: skip
 
     def add_ready_gate(self, gate: Callable[[], bool]) -> None:
         """Readiness also waits for `gate()` (e.g. the fleet's first convergence)."""
@@ -219,9 +230,13 @@ class Engine:
         }  # fmt: skip
 
     async def _monitor(self) -> None:
-        """Once a second: automatic rollback of regressed new versions."""
+        """Once a second: automatic rollback of regressed new versions; restart of dead LLM
+        engine threads."""
         while True:
             await asyncio.sleep(1.0)
+            for h in [h for m in list(self._models.values()) for h in m.versions.values()]:
+                if h.llm is not None:
+                    h.llm.revive()
             for m in list(self._models.values()):
                 try:
                     await m.check_health(time.monotonic())
@@ -236,8 +251,7 @@ class Engine:
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         try:
-            self.handle(name, version)
-            return True
+            return self.handle(name, version).healthy
         except EdgeInferError:
             return False
 
@@ -422,15 +436,7 @@ class Engine:
 
         model = h.model
         assert isinstance(model, LlamaCppModel)
-        if request.messages is not None:
-            # The template writes any BOS itself; special tokens in it are parsed.
-            tokens = model.tokenize(model.render_chat(request.messages), add_special=False)
-        elif isinstance(request.prompt, str):
-            tokens = model.tokenize(request.prompt)
-        else:
-            tokens = list(request.prompt or [])
-        if not tokens:
-            tokens = [model.bos]
+        tokens = await _prompt_tokens(model, request, h.config.llm.context_length)
         lease: Lease | None = None
         if adapter:
             lease = await self.adapters.acquire(model_name, adapter, tenant, model, h.llm)
@@ -514,6 +520,38 @@ class Engine:
             for h in m.versions.values()
             if h.llm is not None
         ]
+
+
+# Prompts up to this many characters are tokenized on the event loop: a thread handoff costs
+# more than their tokenizing (a few microseconds per kilobyte).
+_INLINE_PROMPT_CHARS = 4096
+
+
+async def _prompt_tokens(model: Any, request: GenerateRequest, context_length: int) -> list[int]:
+    """The request's prompt tokens. No token stands for more than `model.max_token_bytes`
+    bytes, so text longer than context_length times that cannot fit: it is refused before it
+    is rendered or tokenized (counted in characters, each at least one byte, so no encoding
+    is needed to tell; the tokenizing that passes is bounded by 4 bytes a character)."""
+    limit = context_length * model.max_token_bytes
+    if request.messages is not None:
+        param, size = "messages", sum(_text_chars(m) for m in request.messages)
+    elif isinstance(request.prompt, str):
+        param, size = "prompt", len(request.prompt)
+    else:
+        return list(request.prompt or []) or [model.bos]
+    if size > limit:
+        raise InvalidParameter(param, f"the {param} is too long: this model's context holds "
+                               f"{context_length} tokens, at most {limit} bytes of text")  # fmt: skip
+    if request.messages is not None:
+        work = functools.partial(model.chat_tokens, request.messages)
+    else:
+        work = functools.partial(model.tokenize, request.prompt)
+    tokens = work() if size <= _INLINE_PROMPT_CHARS else await asyncio.to_thread(work)
+    return tokens or [model.bos]
+
+
+def _text_chars(message: Mapping[str, Any]) -> int:
+    return sum(len(v) for v in message.values() if isinstance(v, str))
 
 
 def _queue_params(params: dict[str, Any]) -> tuple[int, int]:

@@ -54,6 +54,11 @@ class LoadedVersion:
         """The first instance: all instances share inputs, outputs and behaviour."""
         return self.instances[0]
 
+    @property
+    def healthy(self) -> bool:
+        """False while the version's engine thread is dead (restarted by the engine monitor)."""
+        return self.llm is None or self.llm.healthy
+
     def start(
         self, runner: Runner, capacity: Callable[[], tuple[float, str]] | None = None
     ) -> None:

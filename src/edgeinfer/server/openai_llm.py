@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from edgeinfer.errors import EdgeInferError, InvalidInput
+from edgeinfer.errors import EdgeInferError, InvalidInput, InvalidParameter
 from edgeinfer.lifecycle import Engine
 from edgeinfer.server.errors import retry_after, status_of
 from edgeinfer.server.http_common import (
@@ -51,7 +51,7 @@ def _int(doc: dict[str, Any], key: str, default: int | None) -> int | None:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"'{key}' must be an integer")
+        raise InvalidParameter(key, f"'{key}' must be an integer")
     return value
 
 
@@ -60,8 +60,11 @@ def _float(doc: dict[str, Any], key: str, default: float) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(f"'{key}' must be a number")
-    return float(value)
+        raise InvalidParameter(key, f"'{key}' must be a number")
+    try:
+        return float(value)
+    except OverflowError:  # an integer too large for a float: out of every range
+        raise InvalidParameter(key, f"'{key}' is out of range") from None
 
 
 def sampling_params(doc: dict[str, Any], max_tokens: int | None, logprobs: int | None,

@@ -242,6 +242,7 @@ class LlmStats:
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
     e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
+    engine_restarts: int = 0  # times a dead engine thread was restarted
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,8 @@ class LlmCollector:
             ("vllm:prompt_tokens", "Prefill tokens processed", lambda s: s.stats.prompt_tokens),
             ("vllm:generation_tokens", "Generation tokens processed",
              lambda s: s.stats.generation_tokens),
+            ("edgeinfer_llm_engine_restarts", "Engine threads restarted after they died",
+             lambda s: s.stats.engine_restarts),
         )  # fmt: skip
         for name, doc, get in counters:
             c = CounterMetricFamily(name, doc, labels=label)  # exposed as name + "_total"
