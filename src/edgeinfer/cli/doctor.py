@@ -111,6 +111,7 @@ def collect(root: str | Path = "/", with_runtimes: bool = True) -> dict[str, Any
             "model": cpuinfo.model,
             "board": cpuinfo.board,
             "arch": cpuinfo.arch or (platform.machine() if str(root) == "/" else ""),
+            "emulated": cpuinfo.emulated,
             "online": allowance.online,
             "online_cpus": list(topology.online),
             "physical_cores": topology.physical_cores(),
@@ -311,7 +312,9 @@ def _sections(r: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
                              if bufts["enabled"] else f"off: {bufts['reason']}"))  # fmt: skip
     return [
         ("CPU", [("model", c["model"] or "unknown"), ("board", c["board"] or "-"),
-                 ("architecture", c["arch"] or "unknown"), ("cores", _cores_line(c)),
+                 ("architecture", (c["arch"] or "unknown") + (" (user-mode emulation: "
+                  "features from HWCAP, /proc/cpuinfo is the host's)" if c["emulated"] else "")),
+                 ("cores", _cores_line(c)),
                  ("usable CPUs", _usable_line(c)),
                  ("SIMD", " ".join(c["simd"]) or "unknown"),
                  ("INT8 dot", c["int8_dot"] or "none")]),

@@ -38,9 +38,11 @@ from edgeinfer.lifecycle.manager import ModelManager
 from edgeinfer.lifecycle.models import LoadedVersion, State
 from edgeinfer.lifecycle.triton_config import triton_model_config
 from edgeinfer.repository import Repository
+from edgeinfer.serving.classification import class_counts, classify
+from edgeinfer.serving.constrain import constraint_for
+from edgeinfer.serving.inputs import prepare_feeds
 from edgeinfer.serving.llm_loop import GenerateRequest, GenerationStream
 from edgeinfer.serving.runner import Runner
-from edgeinfer.serving.validation import validate_request
 from edgeinfer.telemetry.metrics import (
     DeviceSample,
     LifecycleSample,
@@ -387,9 +389,9 @@ class Engine:
         if trace is not None:
             trace.set("edgeinfer.model.version", str(h.version))
         try:
-            feeds, names = validate_request(
-                request, h.model.inputs, h.model.outputs, h.config.max_batch_size
-            )
+            counts = class_counts(request.outputs, h.model.outputs)
+            feeds, names = await prepare_feeds(request, h.model, h.config.max_batch_size,
+                                               self.runner, self.settings.limits)  # fmt: skip
             priority, timeout_us = _queue_params(request.parameters)
             self.adapters.record(tenant, model, request=True)
             lease = (await self.adapters.acquire(model, adapter, tenant, h.model)
@@ -413,7 +415,9 @@ class Engine:
         except EdgeInferError as e:
             h.stats.record_failure(time.perf_counter_ns() - start, _failure_reason(e))
             raise
-        outputs = [Tensor(n, results[n]) for n in (names or results)]
+        batched = h.config.max_batch_size > 0
+        outputs = [Tensor(n, classify(results[n], counts[n], h.labels.get(n, []), batched)
+                          if n in counts else results[n]) for n in (names or results)]  # fmt: skip
         h.stats.record_success(
             time.perf_counter_ns() - start, t.queue_ns, t.input_ns, t.infer_ns, t.output_ns
         )
@@ -437,6 +441,12 @@ class Engine:
         model = h.model
         assert isinstance(model, LlamaCppModel)
         tokens = await _prompt_tokens(model, request, h.config.llm.context_length)
+        constraint = None
+        if request.constraint is not None:
+            spec = request.constraint
+            constraint = await asyncio.to_thread(
+                lambda: constraint_for(model.grammar_tokenizer(), spec, model.n_vocab)
+            )
         lease: Lease | None = None
         if adapter:
             lease = await self.adapters.acquire(model_name, adapter, tenant, model, h.llm)
@@ -448,8 +458,9 @@ class Engine:
                 lease.release()
 
         try:
-            stream = h.llm.submit(tokens, request.params,
-                                  lease.loop_adapter if lease else None, done)  # fmt: skip
+            stream = h.llm.submit(tokens, request.params, lease.loop_adapter if lease else None,
+                                  done, constraint,
+                                  cache_prompt=request.cache_prompt)  # fmt: skip
         except BaseException:
             if lease is not None:
                 lease.release()

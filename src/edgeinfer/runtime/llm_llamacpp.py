@@ -107,10 +107,13 @@ class LlamaCppModel:
         self._adapters: set[int] = set()  # live LoRA handles; the model frees them with itself
         self._chat: ChatTemplate | None = None  # compiled on first use
         self._chat_lock = threading.Lock()
+        self._grammar_tokenizer: Any = None  # llguidance's view of the vocabulary, on first use
+        self._grammar_lock = threading.Lock()
         try:
             self._vocab = lib.llama_model_get_vocab(model)
             self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
             self.n_ctx_train = int(lib.llama_model_n_ctx_train(model))
+            self.n_swa = int(lib.llama_model_n_swa(model))  # 0: no sliding-window layers
             self.bos = int(lib.llama_vocab_bos(self._vocab))
             self.eos = int(lib.llama_vocab_eos(self._vocab))
             self.add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
@@ -212,6 +215,19 @@ class LlamaCppModel:
             n = tok(self._vocab, data, len(data), buf, cap, add_special, parse_special)
         return list(buf[:n])
 
+    def grammar_tokenizer(self) -> Any:
+        """llguidance's tokenizer for this vocabulary (for constrained decoding), built on first
+        use (about a second at 262k tokens: call it off the event loop) and kept."""
+        with self._grammar_lock:
+            if self._grammar_tokenizer is None:
+                try:
+                    from llguidance.llamacpp import lltokenizer_from_vocab
+                except ImportError as e:
+                    raise LoadError("constrained decoding needs llguidance: "
+                                    "pip install -e '.[llm]'") from e  # fmt: skip
+                self._grammar_tokenizer = lltokenizer_from_vocab(self._vocab)
+            return self._grammar_tokenizer
+
     def chat_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
         """Prompt tokens of a chat, from the model's chat template; text the client sent is
         never parsed for special tokens (runtime/chat_template.py)."""
@@ -283,6 +299,19 @@ class LlamaCppModel:
     def free(self, seq: int) -> None:
         """Drop every KV cell of `seq`; its slot can start a new sequence at position 0."""
         self._lib.llama_memory_seq_rm(self._mem, seq, -1, -1)
+
+    def keep(self, seq: int, n: int) -> int:
+        """Keep the KV cells of positions [0, n) of `seq` and drop the rest, so the sequence
+        continues at position n; returns n, or 0 (every cell dropped) when the cells the next
+        token attends to are not all there: sliding-window layers let other sequences take
+        cells outside a sequence's window (the check is llama-server's)."""
+        lib, mem = self._lib, self._mem
+        lo, hi = lib.llama_memory_seq_pos_min(mem, seq), lib.llama_memory_seq_pos_max(mem, seq)
+        if n <= 0 or lo < 0 or hi < n - 1 or lo > max(0, n - self.n_swa if self.n_swa else 0):
+            self.free(seq)
+            return 0
+        lib.llama_memory_seq_rm(mem, seq, n, -1)
+        return n
 
     # ---- LoRA adapters: llama.cpp applies them per context; call from the engine thread ----
     def load_adapter(self, path: Path) -> Any:

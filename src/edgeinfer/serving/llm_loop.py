@@ -13,48 +13,27 @@ Each step is schedule -> execute -> deliver:
   call_soon_threadsafe per step) where each request's queue feeds its stream, retire finished
   sequences and free their cells.
 
-The steps run back to back on one engine thread per model version, not as `asyncio.to_thread`
-calls from the event loop: on a shared 2-core CPU every thread handoff waits for a core, and the
-two handoffs per step cost 2-3 ms (measured: 2.1-3.0 ms per token against 0.3 ms for the same
-loop with the decode inline; ~15-20% of a 336M model's decode step). The engine thread never
-waits for the event loop; the event loop only receives chunks, so HTTP handling and other models
-keep running during decodes. State shared with the event loop is a deque (`waiting`, appended by
-`submit`), per-request flags (`cancelled`) and counters read at scrape time.
+The steps run back to back on one engine thread per model version (serving/engine_thread.py
+says why). State shared with the event loop is a deque (`waiting`, appended by `submit`),
+per-request flags (`cancelled`) and counters read at scrape time.
 
-LoRA adapters: llama.cpp applies adapters per context, and every change of the context's
-adapter makes it rebuild its compute graph before the next decode (measured on the tests' tiny
-Llama: a switch costs more than a decode of two sequences). So the running sequences are
-grouped by adapter (the base model is a group too) and the groups time-slice the context:
-- one adapter state per step: a step decodes one group, never a mix;
-- a step starts with the group whose adapter is already set, if it has work: no switch;
-- that group keeps the context for up to `steps_per_switch` (K) steps in a row, then the next
-  group with work gets it, round-robin (the group that has waited longest goes first), so a
-  group waits at most (groups - 1) * K steps: none starves;
-- with one group (or no adapters) every running sequence decodes every step, as without LoRA.
-The trade: one switch per K steps instead of one per group every step buys aggregate tokens/s
-(8 streams on 4 adapters, bench/results/lora.json: 0.29x of one adapter's with a switch per
-decode, 0.53x with K = 8; llama.cpp alone, in-process: 0.33x against 0.69x), paid in burstier
-streams when several adapters are busy: a group's sequences get K tokens in quick succession,
-then wait while the others take their turns (a (groups - 1) * K step gap), and a new adapter's
-first token may wait as long. K = 1 switches every step.
-
-Admission stays in arrival order; with `max_loras` a request whose adapter would be one group
-too many waits while later requests of running adapters go ahead of it, but only for
-`max_lora_wait` seconds: after that nothing passes it, the running groups drain and its adapter
-gets in. That trades the first-token latency of a new adapter for fewer groups sharing the
-context, hence a shorter wait between turns. Adapter loads and frees run on the engine thread
-between steps (`call`).
+LoRA adapters (measurements in docs/lora.md): llama.cpp rebuilds its compute graph whenever the
+context's adapter changes, so running sequences are grouped by adapter (the base model is a
+group too) and the groups time-slice the context: a step decodes one group, never a mix; the
+group whose adapter is set keeps the context for up to `steps_per_switch` (K) steps in a row,
+then the group that has waited longest gets it, so none waits more than (groups - 1) * K steps;
+with one group every running sequence decodes every step. Admission stays in arrival order;
+with `max_loras` a request whose adapter would be one group too many lets later requests of
+running adapters pass, for at most `max_lora_wait` seconds. Adapter loads and frees run on the
+engine thread between steps (`call`).
 
 A cancelled request (client disconnect, `aclose`) is retired at the next step and its slot and
 cells are freed. Requests over the context length are refused before any work (InvalidInput);
 a full waiting queue refuses with QueueFull.
 
-Supervision (serving/engine_thread.py runs the threads): an exception while sampling one
-sequence fails that sequence alone (500); one from the decode fails the step's sequences; one
-from anywhere else in a step fails every request the loop holds. The loop goes on in every case.
-If the engine thread dies anyway, `healthy` is False (the model is not ready) until it is
-revived, and the new thread first fails the requests the dead one held. `shutdown()` ends every
-stream at the next step (server shutdown); `close` waits for the engine thread with a deadline.
+Supervision: an exception while sampling one sequence fails that sequence alone (500); one from
+the decode fails the step's sequences; one from elsewhere in a step fails every request the loop
+holds; the loop goes on. A dead engine thread makes `healthy` False until it is revived.
 """
 
 from __future__ import annotations
@@ -72,6 +51,7 @@ import numpy as np
 from edgeinfer.errors import BackendError, EdgeInferError, InvalidInput, QueueFull, Unavailable
 from edgeinfer.runtime.llm_llamacpp import BatchItem
 from edgeinfer.runtime.memory import release_free_memory
+from edgeinfer.serving.constrain import TokenConstraint
 from edgeinfer.serving.engine_thread import Delivery, EngineThread
 from edgeinfer.serving.llm_request import (
     GenChunk,
@@ -82,6 +62,7 @@ from edgeinfer.serving.llm_request import (
     LoopLimits,
 )
 from edgeinfer.serving.llm_request import Request as _Request
+from edgeinfer.serving.prefix_cache import SlotCache
 from edgeinfer.serving.sampling import Sampler, SamplingParams, TextStream
 from edgeinfer.telemetry.metrics import LlmStats
 from edgeinfer.telemetry.stats import VersionStats
@@ -111,7 +92,7 @@ class LlmLoop:
         self.waiting: deque[_Request] = deque()
         self.running: list[_Request] = []
         self.steps = 0
-        self._free_slots = list(range(limits.slots - 1, -1, -1))
+        self._slots = SlotCache(backend, limits.slots, limits.prefix_cache)  # type: ignore[arg-type]
         self._reserved = 0  # KV cells promised to running requests
         self._clock = clock
         self._lock = threading.Lock()  # guards `waiting` between submit and the engine thread
@@ -120,7 +101,7 @@ class LlmLoop:
                                     _publish)  # fmt: skip
         self._calls = self._engine.calls  # run on the engine thread between steps
         self._accepting = True
-        self._ending: EdgeInferError | None = None  # set by shutdown(): fail everything
+        self._shutdown_error: EdgeInferError | None = None  # set by shutdown(): fail all
         self._avg_e2e = 0.0
         self._current: LoopAdapter | None = None  # the adapter set on the backend
         self._holder: LoopAdapter | None = None  # the group with the context (its adapter)
@@ -132,9 +113,12 @@ class LlmLoop:
     def submit(self, prompt: list[int], params: SamplingParams,
                adapter: LoopAdapter | None = None,
                on_done: Callable[[int, int], None] | None = None,
-               ) -> GenerationStream:  # fmt: skip
+               constraint: TokenConstraint | None = None,
+               cache_prompt: bool = True) -> GenerationStream:  # fmt: skip
         """Queue a generation; raises at once when it cannot be served. `on_done` is called
-        once the request is retired (it may run on the engine thread)."""
+        once the request is retired (it may run on the engine thread). `constraint` masks the
+        sequence's logits before each token is sampled (structured output). `cache_prompt=False`
+        prefills the whole prompt even when a slot holds a prefix of it."""
         if not self._accepting:
             raise Unavailable("model version is unloading")
         limit, n = self.limits.context_length, len(prompt)
@@ -151,7 +135,8 @@ class LlmLoop:
             raise InvalidInput(f"prompt token ids must be in [0, {self.backend.n_vocab})")
         req = _Request(prompt, params, max_tokens, Sampler(params, prompt, self.backend.n_vocab),
                        TextStream(params.stop), self._clock(), adapter=adapter,
-                       on_done=on_done)  # fmt: skip
+                       on_done=on_done, constraint=constraint,
+                       cache_prompt=cache_prompt)  # fmt: skip
         with self._lock:
             if self.limits.max_waiting and len(self.waiting) >= self.limits.max_waiting:
                 wait = self._avg_e2e * (len(self.waiting) + 1) / self.limits.slots
@@ -190,7 +175,7 @@ class LlmLoop:
         """Server shutdown: refuse new requests and end every stream at the next step (waiting
         and running requests get Unavailable), without waiting for anything."""
         self._accepting = False
-        self._ending = Unavailable("the server is shutting down")
+        self._shutdown_error = Unavailable("the server is shutting down")
         if self._engine.started:
             self._wake()
 
@@ -222,8 +207,8 @@ class LlmLoop:
 
     # ---- the step (engine thread) ----------------------------------------------------------
     def _engine_step(self) -> bool:
-        if self._ending is not None:
-            self._fail_all(self._ending)
+        if self._shutdown_error is not None:
+            self._fail_all(self._shutdown_error)
         return self.step()
 
     def step(self) -> bool:
@@ -281,9 +266,15 @@ class LlmLoop:
         for req in gone:
             self._finish(req, "abort")
         for req in admitted:
-            req.seq = self._free_slots.pop()
+            req.seq, req.cached = self._slots.take(req.prompt, req.adapter, req.cache_prompt)
+            req.prefilled = req.kv = req.cached
             req.admitted_at = self._clock()
             self.running.append(req)
+            if self._slots.enabled:
+                self.stats.prefix_cache_queries += len(req.prompt)
+                self.stats.prefix_cache_hits += req.cached
+        if admitted:  # idle slots' cached prefixes give way to the new reservations
+            self._slots.fit(self.limits.kv_cells - self._reserved)
         turn = self._turn()
         plan = [(r, BatchItem(r.seq, [r.generated[-1]], len(r.prompt) + len(r.generated) - 1,
                               True)) for r in turn if r.decoding]  # fmt: skip
@@ -326,7 +317,7 @@ class LlmLoop:
         active = {r.adapter_key for r in self.running}
         now = self._clock()
         i = 0
-        while (i < len(self.waiting) and len(admitted) < len(self._free_slots)
+        while (i < len(self.waiting) and len(admitted) < self._slots.idle
                and self._reserved + self.waiting[i].need <= self.limits.kv_cells):  # fmt: skip
             req = self.waiting[i]
             if max_loras and req.adapter_key not in active and len(active) >= max_loras:
@@ -350,6 +341,7 @@ class LlmLoop:
         now = self._clock()
         row = 0
         for req, item in plan:
+            req.kv = item.pos + len(item.tokens)
             if not item.logits:
                 req.prefilled += len(item.tokens)
                 continue
@@ -368,6 +360,8 @@ class LlmLoop:
                     f"internal error while sampling the next token ({type(e).__name__})"))  # fmt: skip
 
     def _emit(self, req: _Request, scores: np.ndarray, now: float) -> None:
+        if req.constraint is not None:
+            req.constraint.mask(scores)
         token, logprob = req.sampler.sample(scores)
         req.generated.append(token)
         self.stats.generation_tokens += 1
@@ -380,20 +374,37 @@ class LlmLoop:
         if logprob is not None:
             logprob.piece = self.backend.piece(token)
             logprob.top_pieces = [self.backend.piece(t) for t, _ in logprob.top]
-        p = req.params
-        reason: str | None = None
-        if token in p.stop_token_ids or (token in self.backend.eog and not p.ignore_eos):
-            text, reason = req.text.flush(), "stop"
-        else:
-            text, stopped = req.text.push(self.backend.piece(token))
-            if stopped:
-                reason = "stop"
-            elif len(req.generated) >= req.max_tokens:
-                text, reason = text + req.text.flush(), "length"
+        reason, text = self._ending(req, token)
+        if reason == "error":
+            assert req.constraint is not None
+            self._finish(req, "abort", error=BackendError(
+                f"constrained decoding failed: {req.constraint.error}"))  # fmt: skip
+            return
         self._outbox.append((req, GenChunk(text, [token], [logprob] if logprob else None, reason,
-                                           len(req.prompt), len(req.generated))))  # fmt: skip
+                                           len(req.prompt), len(req.generated),
+                                           req.cached)))  # fmt: skip
         if reason is not None:
             self._finish(req, reason)
+
+    def _ending(self, req: _Request, token: int) -> tuple[str | None, str]:
+        """(finish reason or None, the text to send) after `token`. A constrained sequence
+        ends with "stop" as soon as its grammar is complete."""
+        p = req.params
+        if token in p.stop_token_ids or (token in self.backend.eog and not p.ignore_eos):
+            return "stop", req.text.flush()
+        complete = False
+        if req.constraint is not None:
+            complete = req.constraint.accept(token)
+            if req.constraint.error:
+                return "error", ""
+        text, stopped = req.text.push(self.backend.piece(token))
+        if stopped:
+            return "stop", text
+        if complete:
+            return "stop", text + req.text.flush()
+        if len(req.generated) >= req.max_tokens:
+            return "length", text + req.text.flush()
+        return None, text
 
     def _finish(self, req: _Request, reason: str, error: BaseException | None = None) -> None:
         """Retire a request: free its slot and KV cells, count it, fail its stream on error."""
@@ -408,12 +419,12 @@ class LlmLoop:
         if req.seq >= 0:
             self.running.remove(req)
             self._reserved -= req.need
+            # After a failed decode nobody knows what the cells hold: they are dropped.
+            held = None if error is not None else (req.prompt + req.generated)[: req.kv]
             try:
-                self.backend.free(req.seq)
+                self._slots.give_back(req.seq, held, req.adapter)
             except Exception:  # its cells may hold stale tokens: never reuse the slot
                 log.exception("freeing slot %d failed; the slot is retired", req.seq)
-            else:
-                self._free_slots.append(req.seq)
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
         e2e = self._clock() - req.arrival
         self.stats.e2e.observe(e2e)
@@ -467,20 +478,15 @@ class LlmLoop:
         while (drain and (self.waiting or self.running) and self.healthy
                and time.monotonic() < end):  # fmt: skip
             await asyncio.sleep(0.01)
+        gone = Unavailable("model version was unloaded before the request finished")
         if not await self._engine.stop(max(1.0, end - time.monotonic())):
             log.error("the engine thread is still inside a step: its requests are failed and "
                       "the model's memory is left allocated")  # fmt: skip
-            gone = Unavailable("model version was unloaded before the request finished")
             _publish([(req, gone) for req in [*self.waiting, *self.running]])
             return
         self._engine.run_calls()
+        self._fail_all(gone)
         self._engine.drain_ready()
-        gone = Unavailable("model version was unloaded before the request finished")
-        for req in [*self.waiting, *self.running]:
-            self._finish(req, "abort", error=gone)
-        self.waiting.clear()
-        batch, self._outbox = self._outbox, []
-        _publish(batch)
         self._engine.run_calls()  # adapter frees queued by the retirements above
         self.backend.close()
 

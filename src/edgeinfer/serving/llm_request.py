@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from edgeinfer.runtime.llm_llamacpp import BatchItem
+from edgeinfer.serving.constrain import JsonConstraint, TokenConstraint
 from edgeinfer.serving.sampling import Sampler, SamplingParams, TextStream, TokenLogprob
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class LoopLimits:
     max_loras: int = 0  # adapter groups running at once (the base model counts); 0: unbounded
     max_lora_wait: float = 1.0  # seconds a request may be passed by requests of other adapters
     steps_per_switch: int = 8  # steps an adapter group keeps the context while others wait
+    prefix_cache: bool = False  # reuse the KV cells of a slot's last request (prefix_cache.py)
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,6 +67,8 @@ class GenerateRequest:
     version: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)  # routing keys
     metadata: Mapping[str, str] = field(default_factory=dict)
+    constraint: JsonConstraint | None = None  # structured output (serving/constrain.py)
+    cache_prompt: bool = True  # False: prefill the whole prompt even if a slot holds a prefix
 
 
 @dataclass(slots=True)
@@ -77,6 +81,7 @@ class GenChunk:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV cells were reused, not prefilled
 
 
 _ids = itertools.count(1)
@@ -104,6 +109,10 @@ class Request:
     last_token_at: float = 0.0
     adapter: LoopAdapter | None = None
     on_done: Callable[[int, int], None] | None = None  # (prompt, generated) once retired
+    constraint: TokenConstraint | None = None  # a grammar mask applied before sampling
+    cache_prompt: bool = True  # may reuse a cached prefix (llama-server's name)
+    cached: int = 0  # prompt tokens found in the slot's KV cells
+    kv: int = 0  # positions of (prompt + generated) held in the slot's KV cells
     delivered_error: bool = False  # event loop only: nothing follows an error
 
     @property

@@ -33,6 +33,7 @@ GREEDY_BELOW = 1e-5
 _TOP = float(np.finfo(np.float64).max)  # +inf logits become this: they tie at the top
 MIN_LOGPROB = -9999.0  # what -inf log-probabilities are reported as (JSON has no -inf; vLLM)
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 1024
 MAX_STOP_CHARS = 256  # a stop string longer than this would make every token's check slow
 _SEEDS = 2**64
 
@@ -52,10 +53,12 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; N: the chosen token's and the top N
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, -100..100) added to its logit
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        object.__setattr__(self, "logit_bias", tuple(self.logit_bias))
         if self.seed == -1:
             object.__setattr__(self, "seed", None)
         # NaN fails every comparison below, so it is refused with the range.
@@ -80,6 +83,10 @@ class SamplingParams:
             ("stop", len(self.stop) <= 16, "at most 16 stop strings"),
             ("logprobs", self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
              f"logprobs must be between 0 and {MAX_LOGPROBS}"),
+            ("logit_bias", len(self.logit_bias) <= MAX_LOGIT_BIAS,
+             f"logit_bias may hold at most {MAX_LOGIT_BIAS} tokens"),
+            ("logit_bias", all(-100.0 <= b <= 100.0 for _, b in self.logit_bias),
+             "logit_bias values must be between -100 and 100"),
         )  # fmt: skip
         for param, ok, message in checks:
             if not ok:
@@ -109,6 +116,10 @@ class Sampler:
         self._counts = np.zeros(n_vocab, np.int32)  # output only
         prompt_ids = np.fromiter(prompt, np.int64)
         self._seen[prompt_ids[(prompt_ids >= 0) & (prompt_ids < n_vocab)]] = True
+        if any(not 0 <= t < n_vocab for t, _ in params.logit_bias):
+            raise InvalidParameter("logit_bias", f"logit_bias token ids must be in [0, {n_vocab})")
+        self._bias = (np.array([t for t, _ in params.logit_bias], np.int64),
+                      np.array([b for _, b in params.logit_bias], np.float32))  # fmt: skip
 
     def accept(self, token: int) -> None:
         if 0 <= token < len(self._counts):
@@ -118,10 +129,12 @@ class Sampler:
     @property
     def _penalizes(self) -> bool:
         p = self.params
-        return p.repetition_penalty != 1.0 or bool(p.presence_penalty or p.frequency_penalty)
+        return (p.repetition_penalty != 1.0 or bool(p.presence_penalty or p.frequency_penalty)
+                or bool(p.logit_bias))  # fmt: skip
 
     def penalized(self, logits: np.ndarray) -> np.ndarray:
-        """The row after penalties, as float64 with NaN -> -inf and +inf -> the largest float."""
+        """The row after penalties and logit_bias, as float64 with NaN -> -inf and +inf -> the
+        largest float."""
         p = self.params
         out = np.array(logits, np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -131,6 +144,9 @@ class Sampler:
                                            seen * p.repetition_penalty)  # fmt: skip
             if p.presence_penalty or p.frequency_penalty:
                 out -= p.presence_penalty * (self._counts > 0) + p.frequency_penalty * self._counts
+            if p.logit_bias:
+                ids, bias = self._bias
+                out[ids] += bias
         return _clean(out)
 
     def sample(self, logits: np.ndarray) -> tuple[int, TokenLogprob | None]:

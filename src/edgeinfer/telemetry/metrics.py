@@ -238,6 +238,8 @@ class LlmStats:
     model_name: str
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int = 0  # of those, tokens found (their prefill was skipped)
     finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FINISH_REASONS, 0))
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
@@ -279,6 +281,10 @@ class LlmCollector:
             ("vllm:prompt_tokens", "Prefill tokens processed", lambda s: s.stats.prompt_tokens),
             ("vllm:generation_tokens", "Generation tokens processed",
              lambda s: s.stats.generation_tokens),
+            ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+             lambda s: s.stats.prefix_cache_queries),
+            ("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache",
+             lambda s: s.stats.prefix_cache_hits),
             ("edgeinfer_llm_engine_restarts", "Engine threads restarted after they died",
              lambda s: s.stats.engine_restarts),
         )  # fmt: skip
