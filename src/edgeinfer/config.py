@@ -7,7 +7,7 @@ A model's `config.toml`:
     [version_policy]               # one of: latest = N | specific = [1, 3] | all = true
     latest = 1
     [onnxruntime]
-    intra_op_threads = 1           # 0: from the cgroup CPU quota / big cores, not cpu_count()
+    intra_op_threads = 0           # 0 (default): usable CPUs / instance_count; see OrtOptions
     inter_op_threads = 1
     cpus = [4, 5, 6, 7]            # pin the model's threads (default: big cores on big.LITTLE)
     nice = 5                       # inference threads yield to the event loop (0 = off)
@@ -122,7 +122,9 @@ class VersionPolicy:
 
 @dataclass(frozen=True)
 class OrtOptions:
-    intra_op_threads: int = 1
+    # 0: the usable CPUs (cgroup quota, big cores, physical cores) divided among the model's
+    # instances; a model alone on the device then uses every core (docs/tune.md).
+    intra_op_threads: int = 0
     inter_op_threads: int = 1
     execution_mode: str = "sequential"
     graph_optimization_level: str = "all"

@@ -97,6 +97,24 @@ class CountersCollector:
         yield family
 
 
+class RestartCounts:
+    """Crashed worker tasks that were restarted, by model ("" for server-wide tasks) and task
+    (scheduler, watcher, monitor, fleet): `edgeinfer_worker_restarts_total{model,task}`."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def add(self, model: str, task: str) -> None:
+        self.counts[(model, task)] = self.counts.get((model, task), 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("edgeinfer_worker_restarts", "Worker tasks restarted after "
+                                     "they crashed", labels=["model", "task"])  # fmt: skip
+        for (model, task), n in sorted(self.counts.items()):
+            family.add_metric([model, task], n)
+        yield family
+
+
 class LifecycleCollector:
     def __init__(self, source: Callable[[], LifecycleSample]) -> None:
         self._source = source
