@@ -7,7 +7,8 @@ import json
 import jsonschema
 import pytest
 
-from edgeinfer.server.openai_tools import ParamError, parse_reply, plan
+from edgeinfer.errors import InvalidParameter
+from edgeinfer.server.openai_tools import parse_reply, plan
 
 TOOLS = [{"type": "function", "function": {"name": "read", "parameters": {
     "type": "object", "properties": {"s": {"enum": ["t", "h"]}}, "required": ["s"]}}},
@@ -82,6 +83,6 @@ def test_replies_become_tool_calls_or_content() -> None:
     ({"function_call": "auto"}, "function_call"),
 ])  # fmt: skip
 def test_bad_tool_parameters_name_the_parameter(doc: dict[str, object], param: str) -> None:
-    with pytest.raises(ParamError) as e:
+    with pytest.raises(InvalidParameter) as e:
         plan(doc, USER, None)
     assert e.value.param == param
