@@ -73,8 +73,10 @@ class LoadedVersion:
 
     @property
     def healthy(self) -> bool:
-        """False while a worker of this version is down (crashed, waiting for its restart)."""
-        return self.scheduler is None or self.scheduler.healthy
+        """False while a worker of this version (or its LLM engine thread) is down (crashed,
+        waiting for its restart)."""
+        return ((self.scheduler is None or self.scheduler.healthy)
+                and (self.llm is None or self.llm.healthy))  # fmt: skip
 
     def start(
         self, runner: Runner, capacity: Callable[[], tuple[float, str]] | None = None,
