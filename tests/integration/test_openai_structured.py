@@ -219,7 +219,7 @@ def test_n_returns_independent_choices(client: openai.OpenAI) -> None:
     ({"n": 9}, "n", "'n'"),
     ({"n": 0}, "n", "'n'"),
     ({"logit_bias": {"x": 1}}, "logit_bias", "logit_bias"),
-    ({"logit_bias": {"5": 101}}, None, "logit_bias"),
+    ({"logit_bias": {"5": 101}}, "logit_bias", "logit_bias"),
     ({"response_format": {"type": "xml"}}, "response_format", "response_format"),
     ({"response_format": _json_schema({"not": {"type": "string"}})}, None, '"not"'),
     ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools", "bad name"),

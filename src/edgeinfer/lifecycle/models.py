@@ -56,9 +56,17 @@ class LoadedVersion:
         """The first instance: all instances share inputs, outputs and behaviour."""
         return self.instances[0]
 
+    @property
+    def healthy(self) -> bool:
+        """False while a worker of this version (or its LLM engine thread) is down (crashed,
+        waiting for its restart)."""
+        return ((self.scheduler is None or self.scheduler.healthy)
+                and (self.llm is None or self.llm.healthy))  # fmt: skip
+
     def start(
-        self, runner: Runner, capacity: Callable[[], tuple[float, str]] | None = None
-    ) -> None:
+        self, runner: Runner, capacity: Callable[[], tuple[float, str]] | None = None,
+        on_restart: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
         if self.config.backend == "llama.cpp":
             from edgeinfer.runtime.llm_llamacpp import LlamaCppModel
 
@@ -79,6 +87,7 @@ class LoadedVersion:
             dynamic=self.config.dynamic_batching is not None,
             batch_axis=self.config.max_batch_size > 0,
             capacity=capacity,
+            on_restart=on_restart,
         )
 
     async def close(self, drain: bool = True) -> None:

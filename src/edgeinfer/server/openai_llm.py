@@ -62,7 +62,10 @@ def _float(doc: dict[str, Any], key: str, default: float) -> float:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ParamError(key, f"'{key}' must be a number")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer too large for a float: out of every range
+        raise ParamError(key, f"'{key}' is out of range") from None
 
 
 def _logit_bias(raw: Any) -> tuple[tuple[int, float], ...]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from edgeinfer.errors import InvalidInput
+from edgeinfer.errors import InvalidParameter
 from edgeinfer.serving.constrain import JsonConstraint
 
 MAX_TOOLS = 64
@@ -32,12 +32,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NO_ARGUMENTS = {"type": "object", "properties": {}}
 
 
-class ParamError(InvalidInput):
-    """A bad request parameter; the OpenAI error names it in `param`."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
+# A bad request parameter; the OpenAI error names it in `param` (sampling raises it too).
+ParamError = InvalidParameter
 
 
 def response_format(doc: dict[str, Any]) -> JsonConstraint | None:

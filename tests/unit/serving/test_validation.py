@@ -43,3 +43,13 @@ def test_invalid_requests(tensors: tuple[Tensor, ...], needle: str) -> None:
 def test_unknown_output() -> None:
     with pytest.raises(InvalidInput, match="unknown output 'w'"):
         validate_request(req(x(), x(dtype=np.int64, name="m"), outputs=["w"]), INPUTS, OUTPUTS, 8)
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (2, 0), (0, 0)])
+def test_a_dimension_of_size_zero_is_refused_with_the_shape_named(shape: tuple[int, int]) -> None:
+    empty = Tensor("x", np.zeros(shape, np.float32))
+    m = Tensor("m", np.zeros((shape[0], 4), np.int64))
+    with pytest.raises(
+        InvalidInput, match=rf"shape \[{shape[0]}, {shape[1]}\] has a dimension of size 0"
+    ):
+        validate_request(req(empty, m), INPUTS, OUTPUTS, 8)
