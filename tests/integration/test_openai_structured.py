@@ -53,8 +53,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
     root = tmp_path_factory.mktemp("llm-repo")
     build_llm_demo(root / MODEL, tmp_path_factory.mktemp("scratch"))
-    config = root / MODEL / "config.toml"  # tool prompts need more than the demo's 512 tokens
-    config.write_text(config.read_text().replace("context_length = 512", "context_length = 1024"))
     s = start_server(root, tmp_path_factory.mktemp("logs") / "server.log")
     yield s
     s.stop()
