@@ -48,7 +48,9 @@ A model's `config.toml`:
     [llm]                          # backend = "llama.cpp": model.gguf in the version directory
     context_length = 2048          # prompt + completion tokens per request (longer: 400)
     slots = 4                      # sequences decoded together (continuous batching)
-    n_threads = 1                  # see LlmOptions for why 1
+    n_threads = 0                  # 0: the usable physical (big) cores
+    n_threads_batch = 0            # threads for prompt batches; 0: as n_threads
+    adaptive_threads = true        # 1 thread while other processes keep the CPUs busy (PSI)
     kv_cache_type = "f16"          # f32 | f16 | q8_0
     extra_buffer_types = "auto"    # AMX/repacked weights: "auto" (probed once per CPU) | true | false
     lora_steps_per_switch = 8      # steps one LoRA adapter's streams decode before the next's turn
@@ -260,8 +262,12 @@ class LlmOptions:
     context_length: int = 2048  # prompt + completion tokens one request may use
     slots: int = 4  # sequences decoded together in one batch
     kv_tokens: int = 0  # KV-cache cells shared by all slots; 0: slots * context_length
-    # 1 thread: 2 OpenMP threads collapse (~10-30x) when another process shares 2 cores (measured).
-    n_threads: int = 1
+    # 0: the usable physical (big) cores (hardware.default_threads). With adaptive_threads,
+    # llama.cpp drops to 1 thread while the kernel's CPU pressure says other processes want the
+    # cores: 2 OpenMP threads collapse ~30x beside a busy neighbour (hardware/contention.py).
+    n_threads: int = 0
+    n_threads_batch: int = 0  # prompt batches (and multi-sequence steps); 0: as n_threads
+    adaptive_threads: bool = True
     n_batch: int = 512  # most tokens in one llama_decode call
     prefill_chunk: int = 256  # prompt tokens per step, so long prompts do not stall streams
     kv_cache_type: str = "f16"  # f32 | f16 | q8_0 (q8_0 needs flash_attn)
@@ -293,8 +299,13 @@ class LlmOptions:
         if self.kv_tokens and self.kv_tokens < self.context_length:
             raise ConfigError("llm.kv_tokens must be 0 (automatic) or >= llm.context_length, "
                               "or no request of full length could ever start")  # fmt: skip
-        if self.n_threads < 0 or self.n_batch < 1 or self.prefill_chunk < 1:
-            raise ConfigError("llm.n_threads must be >= 0 (0: the usable CPUs), n_batch and "
+        if (
+            min(self.n_threads, self.n_threads_batch) < 0
+            or self.n_batch < 1
+            or self.prefill_chunk < 1
+        ):
+            raise ConfigError("llm.n_threads and n_threads_batch must be >= 0 (0: the usable "
+                              "cores), n_batch and "
                               "prefill_chunk >= 1")  # fmt: skip
         if self.prefill_chunk + self.slots > self.n_batch:
             raise ConfigError("llm.n_batch must hold a prefill chunk plus one token per slot "
@@ -306,8 +317,8 @@ class LlmOptions:
         if not isinstance(self.extra_buffer_types, bool) and self.extra_buffer_types != "auto":
             raise ConfigError("llm.extra_buffer_types must be \"auto\" (probe this CPU once), "
                               f"true or false; got {self.extra_buffer_types!r}")  # fmt: skip
-        if not isinstance(self.prefix_cache, bool):
-            raise ConfigError("llm.prefix_cache must be true or false")
+        if not isinstance(self.prefix_cache, bool) or not isinstance(self.adaptive_threads, bool):
+            raise ConfigError("llm.prefix_cache and llm.adaptive_threads must be true or false")
         if self.lora_steps_per_switch < 1:
             raise ConfigError("llm.lora_steps_per_switch must be >= 1 (1: switch adapters every "
                               "step; more: fewer switches, longer waits for other adapters)")  # fmt: skip
