@@ -248,7 +248,7 @@ class ModelManager:
 
     def _retire(self, handles: Iterable[LoadedVersion]) -> None:
         for h in handles:
-            if h.scheduler is not None or h.llm is not None:
+            if h.queue is not None:
                 task = asyncio.create_task(self._close(h))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)

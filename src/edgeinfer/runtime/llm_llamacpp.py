@@ -386,3 +386,12 @@ class LlamaCppModel:
             self._adapters.clear()  # llama_model_free frees them: never free them again
             lib.llama_model_free(self._model)
             self._model = None
+
+
+def load_instances(path: Path, config: ModelConfig) -> list[LlamaCppModel]:
+    """The backend entry point (runtime.BACKENDS): one model, one context with `slots`
+    sequences; concurrency comes from the slots, not from instances."""
+    if config.instance_count != 1:
+        raise LoadError(f"model {config.name}: llama.cpp models run one context; use [llm] "
+                        "slots for concurrency and leave instance_count at 1")  # fmt: skip
+    return [LlamaCppModel.load(path.parent, config)]

@@ -12,6 +12,7 @@ from typing import Any
 
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.repository import Repository
+from edgeinfer.runtime import backend_of
 from edgeinfer.tune import report
 from edgeinfer.tune.apply import apply, config_text
 from edgeinfer.tune.measure import Measurer, Plan
@@ -131,7 +132,7 @@ def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
     chosen = versions.get(args.version or entry.versions[-1].version)
     if chosen is None:
         raise TuneError(f"model {args.model} has no version {args.version}")
-    if entry.config.backend == "llama.cpp":
+    if backend_of(chosen.path, entry.config).kind == "llm":
         raise TuneError(
             "tuning GGUF models is not supported yet: see docs/tune.md for the "
             "llama.cpp settings ([llm] n_threads, slots) to try by hand"

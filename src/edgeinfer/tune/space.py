@@ -12,11 +12,11 @@ import importlib.util
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-# Backend -> (module that must be importable, model files it can serve).
+from edgeinfer.runtime import BACKENDS
+
+# Tensor backend -> (module that must be importable, model files it can serve).
 BACKEND_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "onnxruntime": ("onnxruntime", ("model.onnx",)),
-    "openvino": ("openvino", ("model.xml", "model.onnx")),
-    "litert": ("ai_edge_litert", ("model.tflite",)),
+    b.name: (b.imports, b.files) for b in BACKENDS.values() if b.kind == "tensor"
 }
 PRECISIONS = ("fp32", "int8-dynamic", "int8-static")
 MAX_BATCH = 64  # refinement stays within these
@@ -100,14 +100,8 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
 
 
 def serves(backend: str) -> bool:
-    """Whether a model config may name `backend`."""
-    from edgeinfer.config import ConfigError, ModelConfig
-
-    try:
-        ModelConfig(name="probe", backend=backend)
-    except ConfigError:
-        return False
-    return True
+    """Whether a model config may name `backend` (runtime.BACKENDS)."""
+    return backend in BACKENDS
 
 
 def installed(module: str) -> bool:
