@@ -429,7 +429,8 @@ class Engine:
                     feeds = {**feeds, "adapter_index": np.full(rows, lease.index, np.int64)}
                 results, t = await h.scheduler.submit(feeds, priority, timeout_us, trace,
                                                       adapter=run_adapter,
-                                                      received_ns=request.received_ns)  # fmt: skip
+                                                      received_ns=request.received_ns,
+                                                      outputs=tuple(names) if names else None)  # fmt: skip
             finally:
                 if lease is not None:
                     lease.release()

@@ -232,16 +232,39 @@ def parse_reply(text: str, finish_reason: str | None,
 _RESPONSE_HEAD = '{"response": "'
 
 
+class AnswerStream:
+    """The answer of a reply in the generic format as it streams: text in, the newly decoded
+    part of `{"response": "...` out (nothing for a tool call). Each piece is decoded once, so
+    streaming a long answer costs time proportional to its length."""
+
+    def __init__(self) -> None:
+        self._raw = ""
+        self._pos = 0  # start of the raw text not yet decoded; -1: not an answer
+
+    def push(self, text: str) -> str:
+        self._raw += text
+        if self._pos == 0:
+            if not self._raw.startswith(_RESPONSE_HEAD[: len(self._raw)]):
+                self._pos = -1
+            elif len(self._raw) >= len(_RESPONSE_HEAD):
+                self._pos = len(_RESPONSE_HEAD)
+        if self._pos <= 0:
+            return ""
+        body = self._raw[self._pos :]
+        for cut in range(min(6, len(body)) + 1):  # an escape sequence may be cut in the middle
+            piece = body[: len(body) - cut]
+            try:
+                answer = orjson.loads('"' + piece + '"')
+            except orjson.JSONDecodeError:
+                continue
+            self._pos += len(piece)
+            return str(answer)
+        return ""
+
+
 def _partial_response(text: str) -> str:
     """The answer so far of a reply cut inside `{"response": "...`; other cut replies as they
     are (a cut tool call cannot be run)."""
     if not text.startswith(_RESPONSE_HEAD):
         return text
-    body = text[len(_RESPONSE_HEAD) :]
-    for cut in range(min(6, len(body)) + 1):  # drop an escape sequence cut in the middle
-        try:
-            answer = orjson.loads('"' + body[: len(body) - cut] + '"')
-        except orjson.JSONDecodeError:
-            continue
-        return str(answer)
-    return text
+    return AnswerStream().push(text)
