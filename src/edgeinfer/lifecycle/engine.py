@@ -33,6 +33,7 @@ from edgeinfer.hardware import (
     read_readings,
 )
 from edgeinfer.lifecycle.budget import BudgetGate
+from edgeinfer.lifecycle.llm_prompt import prompt_tokens
 from edgeinfer.lifecycle.manager import ModelManager
 from edgeinfer.lifecycle.models import LoadedVersion, State
 from edgeinfer.lifecycle.triton_config import triton_model_config
@@ -143,6 +144,14 @@ class Engine:
         drained = await within(timeout, "draining the models", *(m.drained() for m in managers))
         self.runner.shutdown(wait=drained)
 
+    def end_generations(self) -> None:
+        """The server is stopping: every text generation ends now with an error (a stream
+        gets a last error event) instead of holding the shutdown until it completes."""
+        for m in list(self._models.values()):
+            for h in m.versions.values():
+                if h.llm is not None:
+                    h.llm.shutdown()
+
     def live(self) -> bool:
         return not self._closing
 
@@ -243,9 +252,13 @@ class Engine:
         }  # fmt: skip
 
     async def _monitor(self) -> None:
-        """Once a second: automatic rollback of regressed new versions."""
+        """Once a second: automatic rollback of regressed new versions; restart of dead LLM
+        engine threads."""
         while True:
             await asyncio.sleep(1.0)
+            for h in [h for m in list(self._models.values()) for h in m.versions.values()]:
+                if h.llm is not None:
+                    h.llm.revive()
             for m in list(self._models.values()):
                 try:
                     await m.check_health(time.monotonic())
@@ -282,7 +295,7 @@ class Engine:
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
         h = self.handle(name, version)
-        return triton_model_config(h.config, h.model)
+        return triton_model_config(h.config, h.model, h.backend.name)
 
     def statistics(
         self, name: str | None = None, version: str | None = None
@@ -416,7 +429,8 @@ class Engine:
                     feeds = {**feeds, "adapter_index": np.full(rows, lease.index, np.int64)}
                 results, t = await h.scheduler.submit(feeds, priority, timeout_us, trace,
                                                       adapter=run_adapter,
-                                                      received_ns=request.received_ns)  # fmt: skip
+                                                      received_ns=request.received_ns,
+                                                      outputs=tuple(names) if names else None)  # fmt: skip
             finally:
                 if lease is not None:
                     lease.release()
@@ -451,15 +465,7 @@ class Engine:
 
         model = h.model
         assert isinstance(model, LlamaCppModel)
-        if request.messages is not None:
-            # The template writes any BOS itself; special tokens in it are parsed.
-            tokens = model.tokenize(model.render_chat(request.messages), add_special=False)
-        elif isinstance(request.prompt, str):
-            tokens = model.tokenize(request.prompt)
-        else:
-            tokens = list(request.prompt or [])
-        if not tokens:
-            tokens = [model.bos]
+        tokens = await prompt_tokens(model, request, h.config.llm.context_length)
         constraint = None
         if request.constraint is not None:
             spec = request.constraint
@@ -513,9 +519,7 @@ class Engine:
             raise InvalidInput("'lora_name' must be 'base_model:adapter_name'")
         self._manager(base)  # ModelNotFound for unknown bases
         h = self.handle(base)
-        vdir = self.repository.root / base / str(h.version)
-        base_file = vdir / ("model.gguf" if h.llm is not None else "model.onnx")
-        await self.adapters.load_path(base, adapter, path, base_file, tenants, scale,
+        await self.adapters.load_path(base, adapter, path, h.model_file, tenants, scale,
                                       self.settings.adapter_dirs)  # fmt: skip
         return f"{base}:{adapter}"
 

@@ -262,6 +262,7 @@ class LlmStats:
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
     e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
+    engine_restarts: int = 0  # times a dead engine thread was restarted
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,8 @@ class LlmCollector:
              lambda s: s.stats.prefix_cache_queries),
             ("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache",
              lambda s: s.stats.prefix_cache_hits),
+            ("edgeinfer_llm_engine_restarts", "Engine threads restarted after they died",
+             lambda s: s.stats.engine_restarts),
         )  # fmt: skip
         for name, doc, get in counters:
             c = CounterMetricFamily(name, doc, labels=label)  # exposed as name + "_total"

@@ -32,13 +32,16 @@ def frontier(trials: list[Trial], concurrency: int) -> list[Trial]:
 
 
 def decide(trials: dict[str, Trial], objective: Objective) -> dict[str, Any]:
-    """The winner, or why the default stays: a gain within the noise changes nothing."""
+    """The winner, or why the default stays: a gain within the noise changes nothing. Once a
+    confirmation round ran, only the configurations it measured again can win."""
     default = trials.get(DEFAULT_KEY)
     base = objective.score(default) if default else None
-    scored = [(s, t) for t in trials.values() if (s := objective.score(t)) is not None]
+    pool = [t for t in trials.values() if t.confirmed] or list(trials.values())
+    scored = [(s, t) for t in pool if (s := objective.score(t)) is not None]
     if base is None or default is None:
         return {"changed": False, "why": "the default configuration could not be measured"}
     s, best = max(scored, key=lambda st: st[0])
+    # The spread between runs at the concurrency the score came from, of both configurations.
     spreads = [lv["spread"] for t in (default, best) for lv in t.levels]
     noise = max([MIN_GAIN, *spreads])
     # latency: how many times lower the p99; throughput: how many times more requests

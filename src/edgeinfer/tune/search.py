@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from edgeinfer.tune.space import Candidate
 
 DEFAULT_KEY = "default"  # the model's current configuration, measured in the same run
@@ -27,6 +29,33 @@ class Trial:
     accuracy: dict[str, Any] | None = None
     error: str = ""
     seconds: float = 0.0
+    runs: list[list[dict[str, Any]]] = field(default_factory=list)  # levels of every run
+    confirmed: bool = False
+
+    def add_run(self, levels: list[dict[str, Any]]) -> None:
+        """Fold another measurement of the same configuration into `levels`: the median
+        throughput and p99 per concurrency, and the spread between runs."""
+        if not self.runs:
+            self.runs.append(self.levels)
+        self.runs.append(levels)
+        merged = []
+        for lv in self.runs[0]:
+            same = [x for run in self.runs for x in run if x["concurrency"] == lv["concurrency"]]
+            tput = sorted(x["throughput"] for x in same)
+            mid = float(np.median(tput))
+            merged.append(
+                {
+                    **lv,
+                    "throughput": mid,
+                    "p50_ms": float(np.median([x["p50_ms"] for x in same])),
+                    "p99_ms": float(np.median([x["p99_ms"] for x in same])),
+                    "spread": max(
+                        max(x["spread"] for x in same), (tput[-1] - tput[0]) / max(mid, 1e-9)
+                    ),
+                    "requests": sum(x["requests"] for x in same),
+                }
+            )
+        self.levels = merged
 
     def level(self, concurrency: int) -> dict[str, Any] | None:
         return next((lv for lv in self.levels if lv["concurrency"] == concurrency), None)
@@ -126,7 +155,35 @@ class Search:
                 plan = list(dict.fromkeys(f for f in fresh if f.key not in self.checkpoint.trials))
                 if stage < len(self.stages) - 1 or not plan:
                     stage += 1
+        self.confirm()
         return self.checkpoint.trials
+
+    def confirm(self, top: int = 2, rounds: int = 2) -> None:
+        """Measure the default and the `top` best again, interleaved, `rounds` times each, and
+        keep the medians: one lucky or unlucky trial on a busy device does not pick the winner.
+        Runs after the search's budget."""
+        scored = sorted(
+            (
+                (s, t.key)
+                for t in self.checkpoint.trials.values()
+                if t.key != DEFAULT_KEY and (s := self.objective.score(t)) is not None
+            ),
+            reverse=True,
+        )
+        keys = [DEFAULT_KEY, *(k for _, k in scored[:top])]
+        chosen = [self.checkpoint.trials[k] for k in keys if k in self.checkpoint.trials]
+        if len(chosen) < 2 or all(t.confirmed for t in chosen):
+            return
+        for _ in range(rounds):
+            for t in chosen:
+                if t.confirmed:
+                    continue
+                again = self.measure(None if t.candidate is None else Candidate(**t.candidate))
+                if again.status == "ok":
+                    t.add_run(again.levels)
+        for t in chosen:
+            t.confirmed = True
+            self.checkpoint.add(t)
 
     def best(self) -> Trial | None:
         scored = [
