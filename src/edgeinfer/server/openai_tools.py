@@ -243,7 +243,8 @@ def _complete_calls(text: str) -> list[dict[str, Any]]:
     """The calls that are complete in a reply cut inside its `tool_calls` list."""
     if not text.startswith(_CALLS_HEAD):
         return []
-    decoder, pos, out = json.JSONDecoder(), len(_CALLS_HEAD), []
+    decoder, pos = json.JSONDecoder(), len(_CALLS_HEAD)
+    out: list[dict[str, Any]] = []
     while True:
         try:
             call, pos = decoder.raw_decode(text, pos)
