@@ -39,6 +39,8 @@ A model's `config.toml`:
     input = "text"
     tokenizer = "tokenizer.json"   # file in the version directory
     max_length = 256
+    max_bytes = 0                  # longest string in UTF-8 bytes (0: 64 x max_length); 400 above
+    max_strings = 2048             # most strings in one request; 400 above
     [llm]                          # backend = "llama.cpp": model.gguf in the version directory
     context_length = 2048          # prompt + completion tokens per request (longer: 400)
     slots = 4                      # sequences decoded together (continuous batching)
@@ -150,10 +152,22 @@ class TextOptions:
     input: str = "text"
     tokenizer: str = "tokenizer.json"
     max_length: int = 256
+    # Checked before tokenizing (a 16 MB string takes ~40 s to tokenize, then gets truncated to
+    # max_length tokens anyway). 0: 64 bytes per token of max_length, ample for any language.
+    max_bytes: int = 0
+    max_strings: int = 2048
 
     def __post_init__(self) -> None:
         if self.max_length < 1:
             raise ConfigError("text.max_length must be >= 1")
+        if self.max_bytes < 0 or self.max_strings < 1:
+            raise ConfigError("text.max_bytes must be >= 0 (0: 64 x max_length) and "
+                              "text.max_strings >= 1")  # fmt: skip
+
+    @property
+    def string_bytes(self) -> int:
+        """The longest string accepted, in UTF-8 bytes."""
+        return self.max_bytes or 64 * self.max_length
 
 
 @dataclass(frozen=True)
@@ -409,6 +423,7 @@ class Limits:
     max_rank: int = 16
     max_elements: int = 1 << 28  # per tensor: 1 GiB of FP32
     max_string_bytes: int = 1 << 20  # per BYTES element
+    max_json_bytes: int = 2 << 20  # a JSON body or binary-extension header (parsed holding the GIL)
 
 
 def edgeinfer_home() -> Path:
@@ -539,6 +554,12 @@ class ServerSettings:
     max_string_bytes: int = field(
         default=1 << 20, metadata={"help": "longest BYTES element / string accepted"}
     )
+    max_json_bytes: int = field(
+        default=Limits.max_json_bytes,
+        metadata={"help": "largest JSON body (or binary-extension JSON header); parsing holds "
+                  "the GIL, so this bounds the stall one request can cause (413 above); "
+                  "binary tensors may use all of --max-request-bytes"},
+    )  # fmt: skip
     registry: str = field(
         default="",
         metadata={"help": "desired state for a fleet: etcd://HOST:2379/PREFIX[?ttl=10]; empty: "
@@ -573,8 +594,8 @@ class ServerSettings:
             raise ConfigError("--metrics-port must differ from --http-port and --grpc-port")
         if self.model_control not in ("none", "explicit", "poll"):
             raise ConfigError("--model-control must be 'none', 'explicit' or 'poll'")
-        if self.max_request_bytes < 1024:
-            raise ConfigError("--max-request-bytes must be at least 1024")
+        if self.max_request_bytes < 1024 or self.max_json_bytes < 1024:
+            raise ConfigError("--max-request-bytes and --max-json-bytes must be at least 1024")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         if not self.api_keys and not self.insecure and self.host not in _LOOPBACK:
@@ -628,7 +649,8 @@ class ServerSettings:
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_tensors, self.max_rank, self.max_elements, self.max_string_bytes)
+        return Limits(self.max_tensors, self.max_rank, self.max_elements, self.max_string_bytes,
+                      self.max_json_bytes)  # fmt: skip
 
     @classmethod
     def env_defaults(cls) -> dict[str, str]:

@@ -25,7 +25,7 @@ from edgeinfer.server.errors import retry_after, status_of
 from edgeinfer.server.http_common import (
     ClientDisconnected,
     json_response,
-    read_body,
+    read_json,
     unless_disconnected,
 )
 from edgeinfer.server.openai_http import openai_error
@@ -234,7 +234,7 @@ class _Reply:
 def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
     async def openai(request: Request, chat: bool) -> Response:
         try:
-            doc = orjson.loads(await read_body(request, max_request_bytes))
+            doc = await read_json(request, max_request_bytes)
             if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
                 raise InvalidInput("body must be a JSON object with a string 'model'")
             if chat:
@@ -299,7 +299,7 @@ def _generate_routes(engine: Engine, max_request_bytes: int) -> list[Route]:
         return json_response({"error": message}, status, headers)
 
     async def start(request: Request) -> tuple[dict[str, Any], str, GenerationStream, str]:
-        doc = orjson.loads(await read_body(request, max_request_bytes))
+        doc = await read_json(request, max_request_bytes)
         if not isinstance(doc, dict) or not isinstance(doc.get("text_input"), str):
             raise InvalidInput("body must be a JSON object with a string 'text_input'")
         params = {k: v for k, v in doc.items() if k not in ("id", "text_input", "parameters")}
