@@ -7,7 +7,7 @@ A model's `config.toml`:
     [version_policy]               # one of: latest = N | specific = [1, 3] | all = true
     latest = 1
     [onnxruntime]
-    intra_op_threads = 1           # 0: from the cgroup CPU quota / big cores, not cpu_count()
+    intra_op_threads = 0           # 0 (default): usable CPUs / instance_count; see OrtOptions
     inter_op_threads = 1
     cpus = [4, 5, 6, 7]            # pin the model's threads (default: big cores on big.LITTLE)
     nice = 5                       # inference threads yield to the event loop (0 = off)
@@ -41,6 +41,12 @@ A model's `config.toml`:
     max_length = 256
     max_bytes = 0                  # longest string in UTF-8 bytes (0: 64 x max_length); 400 above
     max_strings = 2048             # most strings in one request; 400 above
+    [image]                        # optional: the image input also takes encoded images (BYTES)
+    input = "image"                # default: the model's only 4-D input
+    max_pixels = 50_000_000        # checked from the header, before decoding
+    [preprocess]                   # size, resize, scale, mean, std, layout: runtime/images.py
+    [outputs.logits]               # Triton's classification extension: labels of the classes
+    label_filename = "labels.txt"  # in the version directory (or the model directory)
     [llm]                          # backend = "llama.cpp": model.gguf in the version directory
     context_length = 2048          # prompt + completion tokens per request (longer: 400)
     slots = 4                      # sequences decoded together (continuous batching)
@@ -49,6 +55,7 @@ A model's `config.toml`:
     extra_buffer_types = "auto"    # AMX/repacked weights: "auto" (probed once per CPU) | true | false
     lora_steps_per_switch = 8      # steps one LoRA adapter's streams decode before the next's turn
     max_loras = 0                  # adapters whose sequences run at once (0: any)
+    prefix_cache = true            # reuse a slot's KV cells for a prompt with the same prefix
 """
 
 from __future__ import annotations
@@ -117,7 +124,9 @@ class VersionPolicy:
 
 @dataclass(frozen=True)
 class OrtOptions:
-    intra_op_threads: int = 1
+    # 0: the usable CPUs (cgroup quota, big cores, physical cores) divided among the model's
+    # instances; a model alone on the device then uses every core (docs/tune.md).
+    intra_op_threads: int = 0
     inter_op_threads: int = 1
     execution_mode: str = "sequential"
     graph_optimization_level: str = "all"
@@ -168,6 +177,25 @@ class TextOptions:
     def string_bytes(self) -> int:
         """The longest string accepted, in UTF-8 bytes."""
         return self.max_bytes or 64 * self.max_length
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """An image input that also takes encoded images (JPEG, PNG, WebP), decoded in the server
+    as `[preprocess]` says. `draft`: decode large JPEGs at a reduced scale (DCT domain)."""
+
+    input: str = ""
+    max_pixels: int = 50_000_000
+    draft: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1:
+            raise ConfigError("image.max_pixels must be >= 1")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    label_filename: str = ""  # one label per line, line i for class index i
 
 
 @dataclass(frozen=True)
@@ -266,6 +294,9 @@ class LlmOptions:
     # passes it any more (vLLM's max_loras).
     max_loras: int = 0
     max_lora_wait: float = 1.0
+    # Keep each slot's KV cells after its request; a new request that starts with the same
+    # tokens (the next turn of a chat, a shared system prompt) prefills only the rest.
+    prefix_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.max_loras < 0 or self.max_lora_wait < 0:
@@ -289,6 +320,8 @@ class LlmOptions:
         if not isinstance(self.extra_buffer_types, bool) and self.extra_buffer_types != "auto":
             raise ConfigError("llm.extra_buffer_types must be \"auto\" (probe this CPU once), "
                               f"true or false; got {self.extra_buffer_types!r}")  # fmt: skip
+        if not isinstance(self.prefix_cache, bool):
+            raise ConfigError("llm.prefix_cache must be true or false")
         if self.lora_steps_per_switch < 1:
             raise ConfigError("llm.lora_steps_per_switch must be >= 1 (1: switch adapters every "
                               "step; more: fewer switches, longer waits for other adapters)")  # fmt: skip
@@ -306,6 +339,8 @@ class ModelConfig:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     onnxruntime: OrtOptions = field(default_factory=OrtOptions)
     text: TextOptions | None = None
+    image: ImageOptions | None = None
+    outputs: dict[str, OutputOptions] = field(default_factory=dict)
     llm: LlmOptions = field(default_factory=LlmOptions)
     warmup: bool = True
     instance_count: int = 1
@@ -359,6 +394,12 @@ class ModelConfig:
             ort = OrtOptions(**raw.pop("onnxruntime", {}))
             text_raw = raw.pop("text", None)
             text = TextOptions(**text_raw) if text_raw is not None else None
+            image_raw = raw.pop("image", None)
+            image = ImageOptions(**image_raw) if image_raw is not None else None
+            outputs_raw = raw.pop("outputs", {})
+            if not isinstance(outputs_raw, dict):
+                raise ConfigError("[outputs.NAME] tables expected, e.g. [outputs.logits]")
+            outputs = {k: OutputOptions(**v) for k, v in outputs_raw.items()}
             db_raw = raw.pop("dynamic_batching", None)
             batching = DynamicBatching(**db_raw) if db_raw is not None else None
             queue = QueueOptions(**raw.pop("queue", {}))
@@ -367,7 +408,7 @@ class ModelConfig:
             canary = CanaryOptions(**canary_raw) if canary_raw is not None else None
             llm = LlmOptions(**raw.pop("llm", {}))
             return cls(name=name, version_policy=policy, onnxruntime=ort, text=text,
-                       dynamic_batching=batching, queue=queue, lifecycle=lifecycle,
+                       image=image, outputs=outputs, dynamic_batching=batching, queue=queue, lifecycle=lifecycle,
                        canary=canary, llm=llm, **raw)  # fmt: skip
         except ConfigError as e:
             if str(e).startswith(where):
@@ -423,7 +464,13 @@ class Limits:
     max_rank: int = 16
     max_elements: int = 1 << 28  # per tensor: 1 GiB of FP32
     max_string_bytes: int = 1 << 20  # per BYTES element
+    max_image_bytes: int = 32 << 20  # per encoded image (a BYTES element of an [image] input)
     max_json_bytes: int = 2 << 20  # a JSON body or binary-extension header (parsed holding the GIL)
+
+    @property
+    def max_element_bytes(self) -> int:
+        """The longest BYTES element a decoder accepts before it knows the model."""
+        return max(self.max_string_bytes, self.max_image_bytes)
 
 
 def edgeinfer_home() -> Path:
@@ -554,6 +601,10 @@ class ServerSettings:
     max_string_bytes: int = field(
         default=1 << 20, metadata={"help": "longest BYTES element / string accepted"}
     )
+    max_image_bytes: int = field(
+        default=32 << 20,
+        metadata={"help": "longest encoded image accepted by a model's [image] input"},
+    )
     max_json_bytes: int = field(
         default=Limits.max_json_bytes,
         metadata={"help": "largest JSON body (or binary-extension JSON header); parsing holds "
@@ -649,8 +700,14 @@ class ServerSettings:
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_tensors, self.max_rank, self.max_elements, self.max_string_bytes,
-                      self.max_json_bytes)  # fmt: skip
+        return Limits(
+            self.max_tensors,
+            self.max_rank,
+            self.max_elements,
+            self.max_string_bytes,
+            self.max_image_bytes,
+            self.max_json_bytes,
+        )
 
     @classmethod
     def env_defaults(cls) -> dict[str, str]:

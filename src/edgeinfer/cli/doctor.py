@@ -91,10 +91,25 @@ def runtimes() -> dict[str, Any]:
 def _extra_buffer_types() -> dict[str, Any]:
     """The cached verdict on llama.cpp's AMX/repacked kernels (probed now if there is none):
     what `[llm] extra_buffer_types = "auto"` uses on this machine."""
+    from edgeinfer.runtime import llm_kernels
     from edgeinfer.runtime.llm_probe import verdict
 
     v = verdict()
-    return {"enabled": v.enabled, "reason": v.reason, "cache": v.path}
+    features = llm_kernels.cpu_features()
+    return {"enabled": v.enabled, "reason": v.reason, "cache": v.path,
+            "kernels": list(v.kernels), "disabled": list(v.disabled),
+            "cpu_backend": sorted(k for k, on in features.items() if on == "1")}  # fmt: skip
+
+
+def _kernels_line(bufts: dict[str, Any]) -> str:
+    """llama.cpp's extra buffer types in use, the ones turned off and why; the build's ISA."""
+    isa = f"; CPU backend built for {' '.join(bufts.get('cpu_backend') or ['?'])}"
+    if not bufts["enabled"]:
+        return f"no extra buffer types: {bufts['reason']}{isa}"
+    kernels = ", ".join(bufts.get("kernels") or []) or "extra buffer types"
+    off = bufts.get("disabled") or []
+    why = f" ({', '.join(off)} off: {bufts['reason']})" if off else " (probed: they ran here)"
+    return f"{kernels}{why}{isa}"
 
 
 def collect(root: str | Path = "/", with_runtimes: bool = True) -> dict[str, Any]:
@@ -111,6 +126,7 @@ def collect(root: str | Path = "/", with_runtimes: bool = True) -> dict[str, Any
             "model": cpuinfo.model,
             "board": cpuinfo.board,
             "arch": cpuinfo.arch or (platform.machine() if str(root) == "/" else ""),
+            "emulated": cpuinfo.emulated,
             "online": allowance.online,
             "online_cpus": list(topology.online),
             "physical_cores": topology.physical_cores(),
@@ -307,11 +323,12 @@ def _sections(r: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
                     ("llama_cpp", llama["version"] if llama else "not installed")]  # fmt: skip
     bufts = (llama or {}).get("extra_buffer_types")
     if bufts:
-        runtime_rows.append(("GGUF AMX/repack", "on (llama.cpp's extra buffer types ran here)"
-                             if bufts["enabled"] else f"off: {bufts['reason']}"))  # fmt: skip
+        runtime_rows.append(("GGUF kernels", _kernels_line(bufts)))
     return [
         ("CPU", [("model", c["model"] or "unknown"), ("board", c["board"] or "-"),
-                 ("architecture", c["arch"] or "unknown"), ("cores", _cores_line(c)),
+                 ("architecture", (c["arch"] or "unknown") + (" (user-mode emulation: "
+                  "features from HWCAP, /proc/cpuinfo is the host's)" if c["emulated"] else "")),
+                 ("cores", _cores_line(c)),
                  ("usable CPUs", _usable_line(c)),
                  ("SIMD", " ".join(c["simd"]) or "unknown"),
                  ("INT8 dot", c["int8_dot"] or "none")]),

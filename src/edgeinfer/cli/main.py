@@ -17,6 +17,7 @@ from edgeinfer.cli.chat import add_chat  # stdlib-only at import
 from edgeinfer.cli.doctor import add_doctor  # stdlib-only at import
 from edgeinfer.cli.fleet import add_fleet
 from edgeinfer.cli.quantize import add_optimize, add_quantize
+from edgeinfer.cli.tune import add_tune
 from edgeinfer.config import ConfigError, ServerSettings, parse_overrides
 from edgeinfer.errors import EdgeInferError
 
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_chat(sub)
     add_quantize(sub)
     add_optimize(sub)
+    add_tune(sub)
     add_fleet(sub)
     add_adapters(sub)
     _add_keys(sub)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import platform
+import struct
 from dataclasses import dataclass, field
 
 from edgeinfer.hardware._read import read_text, under
@@ -89,6 +91,37 @@ _ARM_PARTS = {
 }
 
 
+# arm64 HWCAP / HWCAP2 bits (arch/arm64/include/uapi/asm/hwcap.h), named as /proc/cpuinfo
+# prints them. Under user-mode emulation (qemu-aarch64 on an x86 host) /proc/cpuinfo is the
+# host's, but the auxiliary vector the emulator gives the process describes the emulated CPU.
+_HWCAP = ("fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp",
+          "asimdhp", "cpuid", "asimdrdm", "jscvt", "fcma", "lrcpc", "dcpop", "sha3", "sm3", "sm4",
+          "asimddp", "sha512", "sve", "asimdfhm", "dit", "uscat", "ilrcpc", "flagm", "ssbs", "sb",
+          "paca", "pacg")  # fmt: skip
+_HWCAP2 = ("dcpodp", "sve2", "sveaes", "svepmull", "svebitperm", "svesha3", "svesm4", "flagm2",
+           "frint", "svei8mm", "svef32mm", "svef64mm", "svebf16", "i8mm", "bf16", "dgh", "rng",
+           "bti", "mte", "ecv", "afp", "rpres", "mte3", "sme")  # fmt: skip
+_AT_HWCAP, _AT_HWCAP2 = 16, 26
+_ARM64_MACHINES = frozenset({"aarch64", "arm64"})
+
+
+def read_auxv_hwcaps(root: Root = "/") -> frozenset[str]:
+    """arm64 feature names from `/proc/self/auxv` (64-bit little-endian (type, value) pairs)."""
+    try:
+        with open(under(root, "/proc/self/auxv"), "rb") as f:
+            data = f.read(4096)  # a few dozen entries
+    except (OSError, ValueError):
+        return frozenset()
+    values: dict[int, int] = {}
+    for key, value in struct.iter_unpack("<QQ", data[: len(data) // 16 * 16]):
+        if key == 0:  # AT_NULL ends the vector
+            break
+        values[key] = value
+    names = [n for bit, n in enumerate(_HWCAP) if values.get(_AT_HWCAP, 0) >> bit & 1]
+    names += [n for bit, n in enumerate(_HWCAP2) if values.get(_AT_HWCAP2, 0) >> bit & 1]
+    return frozenset(names)
+
+
 @dataclass(frozen=True)
 class CpuInfo:
     model: str = ""  # "AMD EPYC 7B13", "Cortex-A76", "Cortex-A55 + Cortex-A76"
@@ -98,6 +131,9 @@ class CpuInfo:
     simd: tuple[str, ...] = ()  # normalized names from _SIMD, in its order
     mhz: float | None = None  # x86 "cpu MHz" of the first CPU: a clock hint where cpufreq is hidden
     processors: int = 0  # "processor" entries: a CPU count when sysfs is not visible
+    # An arm64 process whose /proc/cpuinfo describes another architecture (qemu-user on x86):
+    # the features come from HWCAP; model, clock and the host's DMI name are not reported.
+    emulated: bool = False
 
     @property
     def int8_dot(self) -> str:
@@ -135,21 +171,39 @@ def _arm_model(parts: list[tuple[str, str]]) -> str:
     return " + ".join(names)
 
 
-def _board(root: Root, fields: dict[str, str]) -> str:
-    for key in ("Model", "Hardware"):  # Raspberry Pi OS; older 32-bit kernels
-        if fields.get(key):
-            return fields[key]
-    for path in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model",
-                 "/sys/class/dmi/id/product_name"):  # fmt: skip
+def _board(root: Root, fields: dict[str, str], emulated: bool = False) -> str:
+    """The board's name: Raspberry Pi OS's `Model` line, else the device tree's model (a Pi on
+    a mainline kernel, any other ARM board), else cpuinfo's `Hardware` (only a SoC name such as
+    "BCM2835" on older 32-bit kernels), else DMI (x86; under emulation that is the host's)."""
+    if fields.get("Model"):
+        return fields["Model"]
+    for path in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):
         text = read_text(under(root, path))
         if text:
             return text
-    return ""
+    if fields.get("Hardware"):
+        return fields["Hardware"]
+    dmi = None if emulated else read_text(under(root, "/sys/class/dmi/id/product_name"))
+    return dmi or ""
 
 
-def read_cpuinfo(root: Root = "/") -> CpuInfo:
+def _machine(root: Root, machine: str | None) -> str:
+    if machine is not None:
+        return machine.lower()
+    return platform.machine().lower() if os.path.realpath(root) == "/" else ""
+
+
+def read_cpuinfo(root: Root = "/", machine: str | None = None) -> CpuInfo:
+    """CPU identity and features. `machine` is the process's architecture (default: this
+    process's for the real root, unknown for another tree): for an arm64 process whose
+    /proc/cpuinfo has no arm64 `Features`, the features come from `/proc/self/auxv`."""
     fields, parts, processors = _cpuinfo_fields(read_text(under(root, "/proc/cpuinfo")) or "")
-    if "flags" in fields:
+    from_auxv = _machine(root, machine) in _ARM64_MACHINES and "Features" not in fields
+    emulated = from_auxv and bool(fields)  # a cpuinfo, but of another architecture
+    if from_auxv:
+        fields, parts = {}, []
+        arch, flags = "arm", read_auxv_hwcaps(root)
+    elif "flags" in fields:
         arch, flags = "x86", frozenset(fields["flags"].split())
     elif "Features" in fields:
         arch, flags = "arm", frozenset(fields["Features"].split())
@@ -163,4 +217,5 @@ def read_cpuinfo(root: Root = "/") -> CpuInfo:
         mhz: float | None = float(fields["cpu MHz"])
     except (KeyError, ValueError):
         mhz = None
-    return CpuInfo(model, _board(root, fields), arch, flags, simd, mhz, processors)
+    board = _board(root, fields, emulated)
+    return CpuInfo(model, board, arch, flags, simd, mhz, processors, emulated)

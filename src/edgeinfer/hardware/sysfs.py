@@ -196,8 +196,12 @@ class Core:
     cpu: int
     capacity: int | None = None  # cpu_capacity (arm64: 1024 = the fastest core)
     max_khz: int | None = None
-    core_id: int | None = None
+    core_id: int | None = None  # arm64: numbered within its cluster, not unique on the chip
     package_id: int | None = None
+    # The hardware threads of this CPU's core (core_cpus_list, or thread_siblings_list on
+    # kernels before 5.3): the one source that names a physical core on every architecture.
+    siblings: tuple[int, ...] | None = None
+    cluster_id: int | None = None  # arm64 kernels >= 5.16
 
 
 @dataclass(frozen=True)
@@ -212,11 +216,20 @@ class Topology:
         return bool(self.little)
 
     def physical_cores(self, cpus: tuple[int, ...] | None = None) -> int | None:
-        """Distinct (package, core) among `cpus` (default: online); None if sysfs hides it."""
-        wanted = set(self.online if cpus is None else cpus)
-        ids = {(c.package_id, c.core_id) for c in self.cores if c.cpu in wanted}
-        known = all(c.core_id is not None for c in self.cores if c.cpu in wanted)
-        return len(ids) if ids and known else None
+        """Physical cores among `cpus` (default: online); None if sysfs hides it.
+
+        Counted by sibling sets; without them by (package, cluster, core) ids. core_id alone
+        repeats across arm64 clusters: an RK3588 numbers its A55s 0-3 and each pair of A76s 0-1,
+        all in package 0, so (package, core) would count its 4 big cores as 2.
+        """
+        wanted = [c for c in self.cores if c.cpu in set(self.online if cpus is None else cpus)]
+        if not wanted:
+            return None
+        if all(c.siblings for c in wanted):
+            return len({c.siblings for c in wanted})
+        if all(c.core_id is not None for c in wanted):
+            return len({(c.package_id, c.cluster_id, c.core_id) for c in wanted})
+        return None
 
 
 def read_online_cpus(root: Root = "/") -> tuple[int, ...]:
@@ -237,20 +250,26 @@ def _speed_classes(values: dict[int, int]) -> tuple[tuple[int, ...], tuple[int, 
     return big, little
 
 
+def _core(cpu: int, d: Path) -> Core:
+    topo = d / "topology"
+    siblings = parse_cpu_list(read_text(topo / "core_cpus_list"))
+    if not siblings:
+        siblings = parse_cpu_list(read_text(topo / "thread_siblings_list"))
+    return Core(
+        cpu,
+        read_int(d / "cpu_capacity"),
+        read_int(d / "cpufreq" / "cpuinfo_max_freq"),
+        read_int(topo / "core_id"),
+        read_int(topo / "physical_package_id"),
+        siblings or None,
+        read_int(topo / "cluster_id"),
+    )
+
+
 def read_topology(root: Root = "/") -> Topology:
     online = read_online_cpus(root)
     dirs = cpu_dirs(root)
-    cores = tuple(
-        Core(
-            cpu,
-            read_int(dirs[cpu] / "cpu_capacity"),
-            read_int(dirs[cpu] / "cpufreq" / "cpuinfo_max_freq"),
-            read_int(dirs[cpu] / "topology" / "core_id"),
-            read_int(dirs[cpu] / "topology" / "physical_package_id"),
-        )
-        for cpu in online
-        if cpu in dirs
-    )
+    cores = tuple(_core(cpu, dirs[cpu]) for cpu in online if cpu in dirs)
     capacity = {c.cpu: c.capacity for c in cores if c.capacity}
     max_khz = {c.cpu: c.max_khz for c in cores if c.max_khz}
     # Prefer cpu_capacity: it is what the scheduler uses and it is set even when cpufreq is not.

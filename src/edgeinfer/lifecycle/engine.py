@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,18 +33,23 @@ from edgeinfer.hardware import (
     read_readings,
 )
 from edgeinfer.lifecycle.budget import BudgetGate
+from edgeinfer.lifecycle.llm_prompt import prompt_tokens
 from edgeinfer.lifecycle.manager import ModelManager
 from edgeinfer.lifecycle.models import LoadedVersion, State
 from edgeinfer.lifecycle.triton_config import triton_model_config
 from edgeinfer.repository import Repository
+from edgeinfer.serving.classification import class_counts, classify
+from edgeinfer.serving.constrain import constraint_for
+from edgeinfer.serving.inputs import prepare_feeds
 from edgeinfer.serving.llm_loop import GenerateRequest, GenerationStream
 from edgeinfer.serving.runner import Runner
-from edgeinfer.serving.validation import validate_request
+from edgeinfer.serving.supervisor import supervise, within
 from edgeinfer.telemetry.metrics import (
     DeviceSample,
     LifecycleSample,
     LlmCollector,
     LlmSample,
+    RestartCounts,
     VersionSample,
     build_registry,
     exposition,
@@ -89,6 +94,8 @@ class Engine:
             self._metric_samples, self._lifecycle_samples, self._device_sample
         )
         self._metrics.register(LlmCollector(self._llm_samples))
+        self.restarts = RestartCounts()  # crashed workers and tasks restarted
+        self._metrics.register(self.restarts)
         adapter_budget = (MemoryBudget(settings.adapter_budget_mb * 2**20)
                           if settings.adapter_budget_mb else self.gate.budget if self.gate
                           else None)  # fmt: skip
@@ -110,32 +117,51 @@ class Engine:
                 await self.load(name, _internal=True)
             except EdgeInferError as e:
                 log.warning("model %s failed to load: %s", name, e.message)
-        self._tasks.append(asyncio.create_task(self._monitor()))
+        self.supervise("automatic rollback monitor", "monitor", self._monitor)
         if self.settings.model_control == "poll":
             from edgeinfer.lifecycle.watcher import watch_repository
 
-            self._tasks.append(asyncio.create_task(watch_repository(self)))
+            self.supervise("repository watcher", "watcher",
+                           functools.partial(watch_repository, self))  # fmt: skip
 
-    async def close(self) -> None:
+    def supervise(self, what: str, task: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a server-wide loop as a supervised task (restarted if it crashes, counted in
+        edgeinfer_worker_restarts_total{task}), cancelled by close()."""
+        self._tasks.append(asyncio.create_task(
+            supervise(what, run, on_restart=functools.partial(self.restarts.add, "", task))))  # fmt: skip
+
+    async def close(self, timeout: float = 40.0) -> None:
+        """Stop the loops, let queued requests finish (each scheduler drains for up to 30 s)
+        and release the models. Nothing here waits longer than `timeout`: a stuck step is left
+        behind with a warning, so the process still exits."""
         self._closing = True
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await within(5.0, "stopping the engine's tasks", *self._tasks)
         managers, self._models = list(self._models.values()), {}
         for m in managers:
             await m.unload()
-        for m in managers:
-            await m.drained()
-        self.runner.shutdown()
+        drained = await within(timeout, "draining the models", *(m.drained() for m in managers))
+        self.runner.shutdown(wait=drained)
+
+    def end_generations(self) -> None:
+        """The server is stopping: every text generation ends now with an error (a stream
+        gets a last error event) instead of holding the shutdown until it completes."""
+        for m in list(self._models.values()):
+            for h in m.versions.values():
+                if h.llm is not None:
+                    h.llm.shutdown()
 
     def live(self) -> bool:
         return not self._closing
 
     def ready(self) -> bool:
+        """Every model that should serve (loaded successfully and not unloaded since) serves:
+        loaded, and none of its workers down."""
         if self._closing or not all(gate() for gate in self._ready_gates):
             return False
         models = self._models
-        return all(n in models and models[n].status == State.READY for n in self._expected)
+        return all(n in models and models[n].ready for n in self._expected)
 
     def add_ready_gate(self, gate: Callable[[], bool]) -> None:
         """Readiness also waits for `gate()` (e.g. the fleet's first convergence)."""
@@ -158,6 +184,7 @@ class Engine:
             m = self._models[name] = ModelManager(
                 name, self.repository, self.runner, self._record_failure, self.gate,
                 self.governor.capacity, record_stats=self.settings.metrics,
+                restarts=self.restarts,
             )  # fmt: skip
         return m
 
@@ -178,8 +205,14 @@ class Engine:
         swapped in; a failure leaves what was live in place."""
         if not _internal:
             self._check_control()
-        self._expected.add(name)
-        await self._manager(name, create=True).reconcile(force=force)
+        manager = self._manager(name, create=True)  # ModelNotFound before anything changes
+        try:
+            await manager.reconcile(force=force)
+        finally:
+            # Readiness waits for a model only once it served: a failed first load of a broken
+            # model leaves the server's readiness as it was (the model itself is not ready).
+            if manager.status == State.READY:
+                self._expected.add(name)
 
     async def unload(self, name: str) -> None:
         self._check_control()
@@ -219,14 +252,20 @@ class Engine:
         }  # fmt: skip
 
     async def _monitor(self) -> None:
-        """Once a second: automatic rollback of regressed new versions."""
+        """Once a second: automatic rollback of regressed new versions; restart of dead LLM
+        engine threads."""
         while True:
             await asyncio.sleep(1.0)
+            for h in [h for m in list(self._models.values()) for h in m.versions.values()]:
+                if h.llm is not None:
+                    h.llm.revive()
             for m in list(self._models.values()):
                 try:
                     await m.check_health(time.monotonic())
                 except EdgeInferError as e:
                     log.warning("automatic rollback of %s failed: %s", m.name, e.message)
+                except Exception:  # one model's fault must not stop the checks of the others
+                    log.exception("automatic rollback check of %s crashed", m.name)
 
     # ---- lookups ---------------------------------------------------------------------------
     def handle(self, name: str, version: str | None = None,
@@ -235,11 +274,12 @@ class Engine:
         return self._manager(name).handle(version, params or {}, metadata or {})
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Loaded and serving: False also while one of its workers is down."""
         try:
-            self.handle(name, version)
-            return True
+            h = self.handle(name, version)
         except EdgeInferError:
             return False
+        return h.healthy if version else self._models[name].ready
 
     def metadata(self, name: str, version: str | None = None) -> ModelMetadata:
         h = self.handle(name, version)
@@ -375,9 +415,9 @@ class Engine:
         if trace is not None:
             trace.set("edgeinfer.model.version", str(h.version))
         try:
-            feeds, names = validate_request(
-                request, h.model.inputs, h.model.outputs, h.config.max_batch_size
-            )
+            counts = class_counts(request.outputs, h.model.outputs)
+            feeds, names = await prepare_feeds(request, h.model, h.config.max_batch_size,
+                                               self.runner, self.settings.limits)  # fmt: skip
             priority, timeout_us = _queue_params(request.parameters)
             self.adapters.record(tenant, model, request=True)
             lease = (await self.adapters.acquire(model, adapter, tenant, h.model)
@@ -401,7 +441,9 @@ class Engine:
         except EdgeInferError as e:
             h.stats.record_failure(time.perf_counter_ns() - start, _failure_reason(e))
             raise
-        outputs = [Tensor(n, results[n]) for n in (names or results)]
+        batched = h.config.max_batch_size > 0
+        outputs = [Tensor(n, classify(results[n], counts[n], h.labels.get(n, []), batched)
+                          if n in counts else results[n]) for n in (names or results)]  # fmt: skip
         h.stats.record_success(
             time.perf_counter_ns() - start, t.queue_ns, t.input_ns, t.infer_ns, t.output_ns
         )
@@ -424,15 +466,13 @@ class Engine:
 
         model = h.model
         assert isinstance(model, LlamaCppModel)
-        if request.messages is not None:
-            # The template writes any BOS itself; special tokens in it are parsed.
-            tokens = model.tokenize(model.render_chat(request.messages), add_special=False)
-        elif isinstance(request.prompt, str):
-            tokens = model.tokenize(request.prompt)
-        else:
-            tokens = list(request.prompt or [])
-        if not tokens:
-            tokens = [model.bos]
+        tokens = await prompt_tokens(model, request, h.config.llm.context_length)
+        constraint = None
+        if request.constraint is not None:
+            spec = request.constraint
+            constraint = await asyncio.to_thread(
+                lambda: constraint_for(model.grammar_tokenizer(), spec, model.n_vocab)
+            )
         lease: Lease | None = None
         if adapter:
             lease = await self.adapters.acquire(model_name, adapter, tenant, model, h.llm)
@@ -444,8 +484,9 @@ class Engine:
                 lease.release()
 
         try:
-            stream = h.llm.submit(tokens, request.params,
-                                  lease.loop_adapter if lease else None, done)  # fmt: skip
+            stream = h.llm.submit(tokens, request.params, lease.loop_adapter if lease else None,
+                                  done, constraint,
+                                  cache_prompt=request.cache_prompt)  # fmt: skip
         except BaseException:
             if lease is not None:
                 lease.release()

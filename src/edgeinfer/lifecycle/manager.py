@@ -27,6 +27,7 @@ from edgeinfer.repository.layout import ModelEntry, VersionEntry
 from edgeinfer.repository.state import Canary, ModelState, load_state, save_state
 from edgeinfer.serving.router import Route
 from edgeinfer.serving.runner import Runner
+from edgeinfer.telemetry.metrics import RestartCounts
 
 log = logging.getLogger("edgeinfer.lifecycle")
 
@@ -54,8 +55,10 @@ class ModelManager:
         gate: BudgetGate | None = None,
         capacity: Callable[[], tuple[float, str]] | None = None,
         record_stats: bool = True,
+        restarts: RestartCounts | None = None,
     ) -> None:
         self.name = name
+        self._restarts = restarts  # counts this model's crashed and restarted workers
         self._record_stats = record_stats  # off: versions' stats record nothing (--no-metrics)
         self.repository = repository
         self.config: ModelConfig | None = None
@@ -75,6 +78,11 @@ class ModelManager:
         self._lock = asyncio.Lock()
         self._rng = random.Random()
         self._retiring: set[asyncio.Task[None]] = set()
+
+    @property
+    def ready(self) -> bool:
+        """Loaded, and no worker of a resident version is down."""
+        return self.status == State.READY and all(h.healthy for h in self.versions.values())
 
     # ---- request path ----------------------------------------------------------------------
     def handle(
@@ -144,8 +152,9 @@ class ModelManager:
         else:
             live = max(loaded, default=None)
         if live is None:
-            self.status = State.UNAVAILABLE if not self.versions else self.status
             reasons = "; ".join(msg for _, _, msg in self.failures.values())
+            if not self.versions:
+                self.status, self.reason = State.UNAVAILABLE, f"failed to load: {reasons}"
             raise LoadError(f"model '{self.name}' failed to load: {reasons}")
         if canary is not None and canary.version not in loaded:
             canary = None
@@ -214,10 +223,14 @@ class ModelManager:
                 continue
             self.failures.pop(ventry.version, None)
             h.stats.enabled = self._record_stats
-            h.start(self._runner, self._capacity)
+            h.start(self._runner, self._capacity, self._worker_restarted)
             self.loads[ventry.version] = self.loads.get(ventry.version, 0) + 1
             loaded[ventry.version] = h
         return loaded
+
+    def _worker_restarted(self) -> None:
+        if self._restarts is not None:
+            self._restarts.add(self.name, "scheduler")
 
     def _swap(self, config: ModelConfig, loaded: dict[int, LoadedVersion], live: int,
               canary: Canary | None) -> None:  # fmt: skip

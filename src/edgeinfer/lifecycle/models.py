@@ -18,6 +18,7 @@ from edgeinfer.repository import MANIFEST_NAME, VersionEntry, verify_manifest
 from edgeinfer.runtime import Model, load
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.serving.batcher import BatchPolicy
+from edgeinfer.serving.classification import read_labels
 from edgeinfer.serving.llm_loop import LlmLoop, LoopLimits
 from edgeinfer.serving.runner import Runner
 from edgeinfer.serving.scheduler import Scheduler
@@ -48,15 +49,24 @@ class LoadedVersion:
     scheduler: Scheduler | None = None  # created on the event loop by the engine
     llm: LlmLoop | None = None  # instead of a scheduler for backend = "llama.cpp"
     loaded_at: float = field(default_factory=time.time)
+    labels: dict[str, list[str]] = field(default_factory=dict)  # output -> class labels
 
     @property
     def model(self) -> Model:
         """The first instance: all instances share inputs, outputs and behaviour."""
         return self.instances[0]
 
+    @property
+    def healthy(self) -> bool:
+        """False while a worker of this version (or its LLM engine thread) is down (crashed,
+        waiting for its restart)."""
+        return ((self.scheduler is None or self.scheduler.healthy)
+                and (self.llm is None or self.llm.healthy))  # fmt: skip
+
     def start(
-        self, runner: Runner, capacity: Callable[[], tuple[float, str]] | None = None
-    ) -> None:
+        self, runner: Runner, capacity: Callable[[], tuple[float, str]] | None = None,
+        on_restart: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
         if self.config.backend == "llama.cpp":
             from edgeinfer.runtime.llm_llamacpp import LlamaCppModel
 
@@ -65,7 +75,8 @@ class LoadedVersion:
             limits = LoopLimits(o.slots, o.context_length, o.kv_cells, o.prefill_chunk,
                                 self.config.queue.max_queue_size,
                                 max_loras=o.max_loras, max_lora_wait=o.max_lora_wait,
-                                steps_per_switch=o.lora_steps_per_switch)  # fmt: skip
+                                steps_per_switch=o.lora_steps_per_switch,
+                                prefix_cache=o.prefix_cache)  # fmt: skip
             self.llm = LlmLoop(self.model, limits, LlmStats(self.name), self.stats)
             return
         self.scheduler = Scheduler(
@@ -76,6 +87,7 @@ class LoadedVersion:
             dynamic=self.config.dynamic_batching is not None,
             batch_axis=self.config.max_batch_size > 0,
             capacity=capacity,
+            on_restart=on_restart,
         )
 
     async def close(self, drain: bool = True) -> None:
@@ -118,6 +130,10 @@ def load_version(entry: VersionEntry, config: ModelConfig) -> LoadedVersion:
     except RepositoryError as e:
         raise VerifyError(e.message, "checksum") from e
     check_report(entry.path)
+    try:
+        labels = read_labels(entry.path, config)
+    except EdgeInferError as e:
+        raise VerifyError(f"{entry.model} v{entry.version}: {e.message}", "load") from e
     instances: list[Model] = []
     stage = "load"
     try:
@@ -153,6 +169,7 @@ def load_version(entry: VersionEntry, config: ModelConfig) -> LoadedVersion:
         digest=digest,
         measured_bytes=measured,
         stats=VersionStats(entry.model, str(entry.version)),
+        labels=labels,
     )
 
 

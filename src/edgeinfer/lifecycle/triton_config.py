@@ -27,6 +27,15 @@ def _io(specs: tuple[TensorSpec, ...], batched: bool) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def _outputs(config: ModelConfig, model: Model, batched: bool) -> list[dict[str, Any]]:
+    out = _io(model.outputs, batched)
+    for o in out:
+        opts = config.outputs.get(o["name"])
+        if opts is not None and opts.label_filename:
+            o["label_filename"] = opts.label_filename  # the classification extension's labels
+    return out
+
+
 def triton_model_config(config: ModelConfig, model: Model) -> dict[str, Any]:
     policy = config.version_policy
     if policy.kind == "all":
@@ -43,7 +52,7 @@ def triton_model_config(config: ModelConfig, model: Model) -> dict[str, Any]:
         "version_policy": version_policy,
         "max_batch_size": config.max_batch_size,
         "input": _io(model.inputs, batched),
-        "output": _io(model.outputs, batched),
+        "output": _outputs(config, model, batched),
         "instance_group": [{"name": f"{config.name}_0", "kind": "KIND_CPU", "count": 1}],
         "parameters": {},
     }

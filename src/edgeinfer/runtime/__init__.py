@@ -38,6 +38,10 @@ def load(version_dir: Path, config: ModelConfig) -> Model:
         spec = LoraSpec.read(version_dir)
         assert spec is not None
         return LoraOnnxModel(onnx_model, spec)
+    if config.image is not None:
+        from edgeinfer.runtime.images import ImageModel
+
+        return ImageModel(onnx_model, version_dir, config.image, config.preprocess)
     if config.text is None:
         return onnx_model
     from edgeinfer.runtime.text import TextModel

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,10 @@ class OnnxModel:
         if not path.is_file():
             raise LoadError(f"{version_dir}: no model.onnx")
         opts = config.onnxruntime
+        if opts.intra_op_threads == 0 and config.instance_count > 1:
+            # Instances run batches at once: share the usable CPUs instead of oversubscribing.
+            share = max(1, placement(opts)[0] // config.instance_count)
+            opts = replace(opts, intra_op_threads=share)
         try:
             # Loading from a path lets ORT mmap external data instead of copying bytes. ORT
             # starts the session's intra-op threads now; they inherit the creating thread's nice.

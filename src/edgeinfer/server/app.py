@@ -223,7 +223,16 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
         f", metrics on port {settings.metrics_port}" if side else "",
         f"; traces to {settings.otlp_endpoint}" if tracer else "",
     )
-    await uvicorn.Server(config).serve()
+    loop = asyncio.get_running_loop()
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Open LLM streams would hold uvicorn's drain for timeout_graceful_shutdown. This
+            # may run in a signal handler: the work is queued, never done here.
+            loop.call_soon_threadsafe(engine.end_generations)
+            super().handle_exit(sig, frame)
+
+    await Server(config).serve()
 
 
 def _freeze_startup_heap() -> None:

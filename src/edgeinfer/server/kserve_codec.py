@@ -57,7 +57,7 @@ def _shape(raw: Any, name: str) -> tuple[int, ...]:
 
 
 def decode_bytes_elements(
-    buf: memoryview, count: int, name: str, max_string_bytes: int = DEFAULT_LIMITS.max_string_bytes
+    buf: memoryview, count: int, name: str, max_string_bytes: int = DEFAULT_LIMITS.max_element_bytes
 ) -> np.ndarray:
     """Parse `count` length-prefixed BYTES elements that must fill `buf` exactly."""
     if count * 4 > len(buf):  # every element has a 4-byte length: refuse before allocating
@@ -76,7 +76,7 @@ def decode_bytes_elements(
         pos += 4
         if n > max_string_bytes:
             raise InvalidInput(f"input '{name}': BYTES element {i} has {n} bytes; the limit is "
-                               f"{max_string_bytes} (--max-string-bytes)")  # fmt: skip
+                               f"{max_string_bytes} (--max-string-bytes, --max-image-bytes)")  # fmt: skip
         if pos + n > end:
             raise InvalidInput(f"input '{name}': BYTES element {i} runs past the end of its data")
         out[i] = bytes(buf[pos : pos + n])
@@ -114,9 +114,10 @@ def _json_array(
             if not isinstance(v, str):
                 raise InvalidInput(f"input '{name}': BYTES elements must be strings in JSON")
             out[i] = v.encode()
-            if len(out[i]) > limits.max_string_bytes:
+            if len(out[i]) > limits.max_element_bytes:
                 raise InvalidInput(f"input '{name}': string {i} is longer than "
-                                   f"{limits.max_string_bytes} bytes (--max-string-bytes)")  # fmt: skip
+                                   f"{limits.max_element_bytes} bytes (--max-string-bytes, "
+                                   "--max-image-bytes)")  # fmt: skip
         return out.reshape(shape)
     try:
         arr = np.asarray(data, dtype=DTYPE_TO_NUMPY[datatype])
@@ -208,7 +209,7 @@ def decode_request(
             chunk = binary[offset : offset + size]
             offset += size
             if datatype == "BYTES":
-                data = decode_bytes_elements(chunk, count, name, limits.max_string_bytes).reshape(
+                data = decode_bytes_elements(chunk, count, name, limits.max_element_bytes).reshape(
                     shape
                 )
             else:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from edgeinfer.lifecycle import Engine
 
 # binary_tensor_data is the HTTP extension; gRPC always carries raw bytes.
-EXTENSIONS = ("model_repository", "statistics", "model_configuration")
+EXTENSIONS = ("classification", "model_repository", "statistics", "model_configuration")
 # Responses are bounded by the model's outputs, not by a client's choice: no practical limit.
 MAX_SEND_BYTES = 2**31 - 1
 
@@ -99,9 +99,9 @@ def _from_raw(
 ) -> np.ndarray:
     count = math.prod(shape)
     if datatype == "BYTES":
-        return decode_bytes_elements(memoryview(raw), count, name, limits.max_string_bytes).reshape(
-            shape
-        )
+        return decode_bytes_elements(
+            memoryview(raw), count, name, limits.max_element_bytes
+        ).reshape(shape)
     dtype = DTYPE_TO_NUMPY[datatype]
     if len(raw) != count * dtype.itemsize:
         raise InvalidInput(
@@ -148,10 +148,11 @@ def _tensor(inp: Any, raw: bytes | None, limits: Limits) -> Tensor:
                 "raw_input_contents"
             )
         if inp.datatype == "BYTES" and any(
-            len(b) > limits.max_string_bytes for b in inp.contents.bytes_contents
+            len(b) > limits.max_element_bytes for b in inp.contents.bytes_contents
         ):
             raise InvalidInput(f"input '{inp.name}': a BYTES element is longer than "
-                               f"{limits.max_string_bytes} bytes (--max-string-bytes)")  # fmt: skip
+                               f"{limits.max_element_bytes} bytes (--max-string-bytes, "
+                               "--max-image-bytes)")  # fmt: skip
         return Tensor(inp.name, _from_contents(inp.contents, inp.datatype, shape, inp.name))
     if inp.HasField("contents"):
         raise InvalidInput(f"input '{inp.name}' has both contents and raw_input_contents")

@@ -35,7 +35,13 @@ from edgeinfer.types import TensorSpec
 
 log = logging.getLogger("edgeinfer.http")
 
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "model_configuration"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "model_repository",
+    "statistics",
+    "model_configuration",
+]
 
 
 def _spec(s: TensorSpec) -> dict[str, Any]:

@@ -28,6 +28,7 @@ _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "inva
 
 def openai_error(exc: BaseException, param: str | None = None) -> Response:
     status, _, message = status_of(exc)
+    param = getattr(exc, "param", None) or param  # InvalidParameter names its own
     body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"),
                       "param": param, "code": status}}  # fmt: skip
     return json_response(body, status)

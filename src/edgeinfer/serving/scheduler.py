@@ -9,6 +9,8 @@ removed from the queue; if its batch already started, its slice of the result is
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -17,13 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from edgeinfer.errors import DeadlineExceeded, EdgeInferError, QueueFull, Unavailable
+from edgeinfer.errors import BackendError, DeadlineExceeded, EdgeInferError, QueueFull, Unavailable
 from edgeinfer.hardware.governor import scaled_batch, scaled_concurrency
 from edgeinfer.runtime import Model
 from edgeinfer.serving.batcher import BatchPolicy, BatchQueue, Decision, Entry
 from edgeinfer.serving.runner import Runner, RunTimer
+from edgeinfer.serving.supervisor import supervise
 from edgeinfer.telemetry.stats import VersionStats
 from edgeinfer.telemetry.tracing import RequestTrace, record_batch
+
+log = logging.getLogger("edgeinfer.scheduler")
 
 
 @dataclass(slots=True)
@@ -60,10 +65,10 @@ class ServiceRate:
         self.spread = 0.0
 
     def add(self, rows: int, seconds: float) -> None:
-        if seconds <= 0:
+        if rows <= 0 or seconds <= 0:  # an empty run says nothing about the rate
             return
         predicted = self.seconds_for(rows)
-        if predicted is not None:
+        if predicted:
             self.spread += 0.25 * (abs(seconds / predicted - 1.0) - self.spread)
         self.samples += 1
         alpha = 1.0 / min(self.samples, 16)
@@ -93,9 +98,11 @@ class Scheduler:
         batch_axis: bool,
         clock: Callable[[], float] = time.monotonic,
         capacity: Callable[[], tuple[float, str]] | None = None,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
         """`capacity` returns (factor in (0, 1], reason) from the device governor: below 1 the
-        scheduler forms smaller batches, keeps fewer instances busy and queues fewer requests."""
+        scheduler forms smaller batches, keeps fewer instances busy and queues fewer requests.
+        `on_restart` is called each time a crashed worker is restarted (a metric counts it)."""
         self.queue = BatchQueue(policy)
         self.policy = policy
         self.instances = list(instances)
@@ -112,16 +119,36 @@ class Scheduler:
         self._workers: list[asyncio.Task[None]] = []
         self._closed = False
         self._capacity = capacity
+        self._on_restart = on_restart
+        self.down: set[int] = set()  # workers that crashed and wait for their restart
         self.rejections: dict[str, int] = {}  # admission rejections by reason
 
     @property
     def pending(self) -> int:
         return len(self.queue)
 
+    @property
+    def healthy(self) -> bool:
+        """False while a worker is down (crashed, not restarted yet)."""
+        return not self.down
+
     def _start(self) -> asyncio.Event:
         self._wakeup = asyncio.Event()
-        self._workers = [asyncio.create_task(self._work(i)) for i in range(len(self.instances))]
+        self._workers = [self._worker(i) for i in range(len(self.instances))]
         return self._wakeup
+
+    def _worker(self, index: int) -> asyncio.Task[None]:
+        """Worker `index`, restarted if it ever crashes (it is down meanwhile)."""
+        what = f"model '{self._stats.name}' version {self._stats.version}: worker {index}"
+        loop = supervise(what, functools.partial(self._work, index),
+                         on_crash=functools.partial(self.down.add, index),
+                         on_restart=functools.partial(self._restarted, index))  # fmt: skip
+        return asyncio.create_task(loop, name=what)
+
+    def _restarted(self, index: int) -> None:
+        self.down.discard(index)
+        if self._on_restart is not None:
+            self._on_restart()
 
     def _reject(self, reason: str, exc: Exception) -> Exception:
         self.rejections[reason] = self.rejections.get(reason, 0) + 1
@@ -225,6 +252,8 @@ class Scheduler:
                 self.running_rows += rows
                 try:
                     await self._execute(index, decision.batch, gap)
+                except Exception as exc:  # the batch fails, the worker goes on
+                    self._batch_failed(decision.batch, exc)
                 finally:
                     self.running -= 1
                     self.running_rows -= rows
@@ -260,11 +289,9 @@ class Scheduler:
                 (lambda: model.run(feeds)) if adapter is None
                 else (lambda: model.run(feeds, adapter=adapter)),  # type: ignore[call-arg]
             )  # fmt: skip
-        except EdgeInferError as exc:
+        except Exception as exc:
             self._trace(live, start, t0, time.perf_counter_ns(), rows, index, exc)
-            for e in live:
-                _fail(e, exc)
-            return
+            raise
         t2 = time.perf_counter_ns()
         self._trace(live, start, t0, t2, rows, index)
         offset = 0
@@ -280,6 +307,22 @@ class Scheduler:
                 timing = Timing(int((start - e.enqueued) * 1e9), t1 - t0, infer_ns,
                                 time.perf_counter_ns() - t2, rows)  # fmt: skip
                 fut.set_result((part, timing))
+
+    def _batch_failed(self, batch: list[Entry], exc: Exception) -> None:
+        """Every request of a failed batch gets an error. A domain error is the client's to see
+        as it is; anything else is a bug or a backend fault: logged once with its traceback, and
+        each request gets a 500 / INTERNAL naming it."""
+        if isinstance(exc, EdgeInferError):
+            for e in batch:
+                _fail(e, exc)
+            return
+        s = self._stats
+        log.error("model '%s' version %s: a batch of %d request(s) failed", s.name, s.version,
+                  len(batch), exc_info=exc)  # fmt: skip
+        what = f"{type(exc).__name__}: {str(exc)[:200]}".rstrip(": ")
+        for e in batch:
+            _fail(e, BackendError(f"model '{s.name}' version {s.version} failed while running "
+                                  f"the request's batch ({what}); see the server log"))  # fmt: skip
 
     def _trace(self, live: list[Entry], start: float, t0: int, t1: int, rows: int, index: int,
                error: BaseException | None = None) -> None:  # fmt: skip

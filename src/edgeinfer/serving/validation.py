@@ -60,6 +60,13 @@ def validate_request(
                 f"input '{tensor.name}': datatype {tensor.datatype} does not match "
                 f"the model's {spec.datatype}"
             )
+        if 0 in tensor.shape:
+            # Triton refuses these too; an empty batch would also reach the model as a run of
+            # nothing, which backends answer with errors of their own or not at all.
+            raise InvalidInput(
+                f"input '{tensor.name}': shape {list(tensor.shape)} has a dimension of size 0; "
+                "every dimension must be at least 1"
+            )
         if not _shape_ok(spec, tensor.shape):
             raise InvalidInput(
                 f"input '{tensor.name}': shape {list(tensor.shape)} does not match the model's "

@@ -181,3 +181,25 @@ def failing(path: Path, limit: int = 4) -> Path:
         [_init("table", table)],
     )  # fmt: skip
     return _save(graph, path)
+
+
+def colours(path: Path, side: int = 16, layout: str = "NCHW") -> Path:
+    """A classifier that knows colours: `image` FP32 [N,3,side,side] (or [N,side,side,3] for
+    NHWC) -> `scores` FP32 [N,3], each channel's mean minus the mean of the other two. A red
+    photo's top class is 0, a green one's 1, a blue one's 2."""
+    from onnx import TensorProto, helper
+
+    axes = [2, 3] if layout == "NCHW" else [1, 2]
+    shape: list[str | int] = ["N", 3, side, side] if layout == "NCHW" else ["N", side, side, 3]
+    w = np.full((3, 3), -0.5, np.float32) + 1.5 * np.eye(3, dtype=np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["m"], axes=axes, keepdims=0),
+        helper.make_node("MatMul", ["m", "w"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "colours",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])],
+        [_init("w", w)],
+    )  # fmt: skip
+    return _save(graph, path)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from edgeinfer.config import OrtOptions
 from edgeinfer.runtime.onnx import placement
-from tests.unit.hardware.trees import big_little, container_v2, raspberry_pi
+from tests.unit.hardware.trees import container_v2, raspberry_pi, rk3588
 
 
 def test_threads_follow_the_cgroup_quota_not_the_host(tmp_path: Path) -> None:
@@ -14,8 +14,8 @@ def test_threads_follow_the_cgroup_quota_not_the_host(tmp_path: Path) -> None:
     assert placement(OrtOptions(intra_op_threads=0), root) == (2, ())
 
 
-def test_big_cores_are_preferred_on_big_little(tmp_path: Path) -> None:
-    root = str(big_little(tmp_path / "bl"))
+def test_big_cores_are_preferred_on_rk3588(tmp_path: Path) -> None:
+    root = str(rk3588(tmp_path / "bl"))
     threads, cpus = placement(OrtOptions(intra_op_threads=0), root)
     assert cpus == (4, 5, 6, 7) and threads == 4
 

@@ -176,11 +176,13 @@ def test_cgroup_v1_unlimited(tmp_path: Path) -> None:
     assert (cg.memory_limit_bytes, cg.cpu_quota, cg.memory_usage_bytes) == (None, None, 2443096064)
 
 
-def test_big_little_by_capacity(tmp_path: Path) -> None:
-    root = trees.big_little(tmp_path)
+def test_rk3588_big_little_by_capacity(tmp_path: Path) -> None:
+    root = trees.rk3588(tmp_path)
     topo = read_topology(root)
     assert topo.heterogeneous
     assert (topo.big, topo.little) == ((4, 5, 6, 7), (0, 1, 2, 3))
+    # core_id repeats across its three clusters (0-3, 0-1, 0-1): still 8 cores, 4 of them big.
+    assert topo.physical_cores() == 8 and topo.physical_cores(topo.big) == 4
     cpu = read_cpuinfo(root)
     assert cpu.model == "Cortex-A55 + Cortex-A76"
     assert cpu.board == "Radxa ROCK 5B"
@@ -218,10 +220,81 @@ def test_big_little_by_max_frequency_without_capacity(tmp_path: Path) -> None:
 def test_smt_siblings_count_once_for_threads(tmp_path: Path) -> None:
     files = {"sys/devices/system/cpu/online": "0-7\n", **trees.cpus(8)}
     for cpu in range(8):  # cpuN and cpuN+4 are hyperthreads of one core
-        files[f"sys/devices/system/cpu/cpu{cpu}/topology/core_id"] = f"{cpu % 4}\n"
+        topology = f"sys/devices/system/cpu/cpu{cpu}/topology"
+        files[f"{topology}/core_id"] = f"{cpu % 4}\n"
+        files[f"{topology}/core_cpus_list"] = f"{cpu % 4},{cpu % 4 + 4}\n"
     root = trees.write(tmp_path, files)
     assert read_topology(root).physical_cores() == 4
     assert (usable_cpus(root), default_threads(root)) == (8, 4)
+    for cpu in range(8):  # a kernel before 5.3: thread_siblings_list, core ids
+        (root / f"sys/devices/system/cpu/cpu{cpu}/topology/core_cpus_list").unlink()
+        (root / f"sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").unlink()
+    assert read_topology(root).physical_cores() == 4
+
+
+def test_arm64_cluster_ids_without_sibling_lists(tmp_path: Path) -> None:
+    # An RK3588 on a kernel whose sysfs has cluster_id but no core_cpus_list.
+    root = trees.rk3588(tmp_path)
+    for cpu in range(8):
+        (root / f"sys/devices/system/cpu/cpu{cpu}/topology/core_cpus_list").unlink()
+        (root / f"sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").unlink()
+    assert read_topology(root).physical_cores() == 8
+    assert default_threads(root) == 4
+
+
+def test_board_from_the_device_tree_before_the_soc_name(tmp_path: Path) -> None:
+    root = trees.write(tmp_path, {
+        "proc/cpuinfo": trees.PI3_ARMV7_CPUINFO,
+        "proc/device-tree/model": "Raspberry Pi 3 Model B Rev 1.2\x00",
+    })  # fmt: skip
+    cpu = read_cpuinfo(root)
+    assert (cpu.board, cpu.model, cpu.arch) == (
+        "Raspberry Pi 3 Model B Rev 1.2",
+        "Cortex-A53",
+        "arm",
+    )
+    (root / "proc/device-tree/model").unlink()
+    assert read_cpuinfo(root).board == "BCM2835"  # nothing better to say
+
+
+def test_raspberry_pi_on_a_distribution_kernel(tmp_path: Path) -> None:
+    # Debian/Ubuntu kernels print no Model line: the device tree names the board.
+    root = trees.raspberry_pi(tmp_path)
+    cpuinfo = root / "proc/cpuinfo"
+    cpuinfo.write_text(cpuinfo.read_text().split("Revision")[0])
+    assert read_cpuinfo(root).board == "Raspberry Pi 5 Model B Rev 1.0"
+
+
+def test_arm64_process_under_emulation_reads_hwcap(tmp_path: Path) -> None:
+    # qemu-aarch64 on an x86 host: /proc/cpuinfo is the host's, the auxiliary vector is ours.
+    root = trees.write(tmp_path, {
+        "proc/cpuinfo": trees.XEON_CPUINFO,
+        "proc/self/auxv": trees.auxv(*trees.QEMU_MAX_HWCAP),
+        "sys/class/dmi/id/product_name": "Google Compute Engine\n",
+    })  # fmt: skip
+    cpu = read_cpuinfo(root, machine="aarch64")
+    assert (cpu.arch, cpu.emulated) == ("arm", True)
+    assert {"neon", "fp16", "dotprod", "i8mm", "sve", "sve2", "bf16"} <= set(cpu.simd)
+    assert not {"avx2", "avx512_vnni"} & set(cpu.simd)
+    assert cpu.int8_dot == "i8mm"
+    assert (cpu.model, cpu.board, cpu.mhz) == ("", "", None)  # the host's, not ours
+    # An x86 process reads the same tree as before.
+    x86 = read_cpuinfo(root, machine="x86_64")
+    assert (x86.arch, x86.int8_dot, x86.emulated) == ("x86", "avx512_vnni", False)
+    assert x86.board == "Google Compute Engine"
+
+
+def test_arm64_process_on_an_arm64_kernel_keeps_cpuinfo(tmp_path: Path) -> None:
+    root = trees.raspberry_pi(tmp_path)
+    trees.write(root, {"proc/self/auxv": trees.auxv(*trees.QEMU_MAX_HWCAP)})
+    cpu = read_cpuinfo(root, machine="aarch64")
+    assert (cpu.model, cpu.emulated, cpu.int8_dot) == ("Cortex-A76", False, "dotprod")
+    pi5 = trees.auxv(0x119FFF)  # fp..asimdrdm, lrcpc, dcpop, asimddp: a Cortex-A76
+    (root / "proc/cpuinfo").unlink()  # a container that hides /proc/cpuinfo
+    trees.write(root, {"proc/self/auxv": pi5})
+    hidden = read_cpuinfo(root, machine="aarch64")
+    assert (hidden.arch, hidden.int8_dot, hidden.emulated) == ("arm", "dotprod", False)
+    assert "i8mm" not in hidden.simd
 
 
 def test_bare_vm_reports_unknown_without_crashing(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ The contents follow what the kernel prints on those devices (trimmed to the fiel
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 PI5_CPUINFO = "".join(
@@ -33,6 +34,21 @@ VM_CPUINFO = "".join(
     for n in range(2)
 )
 
+# A Raspberry Pi 3 on a 32-bit kernel of 2018: `Hardware` is the SoC family, not the board.
+PI3_ARMV7_CPUINFO = (
+    "".join(
+        f"processor\t: {n}\nmodel name\t: ARMv7 Processor rev 4 (v7l)\nBogoMIPS\t: 38.40\n"
+        "Features\t: half thumb fastmult vfp edsp neon vfpv3 tls vfpv4 idiva idivt vfpd32 lpae "
+        "evtstrm crc32\nCPU implementer\t: 0x41\nCPU architecture: 7\nCPU part\t: 0xd03\n\n"
+        for n in range(4)
+    )
+    + "Hardware\t: BCM2835\nRevision\t: a02082\nSerial\t\t: 00000000c2b2b9a1\n"
+)
+
+# HWCAP / HWCAP2 that qemu-aarch64 7.2 (Debian 12's qemu-user-static, default CPU "max") gives
+# a process, as `LD_SHOW_AUXV=1 /bin/true` printed them in an arm64 root on an x86 host.
+QEMU_MAX_HWCAP = (0xECFFFFFB, 0x7F877FFF)
+
 RK3588_CPUINFO = "".join(
     f"processor\t: {n}\nBogoMIPS\t: 48.00\n"
     "Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid "
@@ -50,21 +66,39 @@ def meminfo(total_kb: int, available_kb: int) -> str:
     )
 
 
-def write(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
+def write(root: Path, files: dict[str, str | bytes]) -> Path:
+    for rel, content in files.items():
         path = root / rel.lstrip("/")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
     return root
 
 
+def auxv(hwcap: int, hwcap2: int = 0) -> bytes:
+    """/proc/self/auxv of a 64-bit process: (type, value) pairs, AT_PAGESZ, AT_HWCAP,
+    AT_HWCAP2, then AT_NULL."""
+    pairs = [(6, 4096), (16, hwcap), (26, hwcap2), (0, 0)]
+    return b"".join(struct.pack("<QQ", key, value) for key, value in pairs)
+
+
 def cpus(n: int, cur_khz: int | None = None, max_khz: int | None = None,
-         capacity: int | None = None, first: int = 0) -> dict[str, str]:  # fmt: skip
-    files: dict[str, str] = {}
+         capacity: int | None = None, first: int = 0, cluster: int | None = None,
+         ) -> dict[str, str | bytes]:  # fmt: skip
+    """CPUs first..first+n-1 as sysfs shows them. Without `cluster`, one core per CPU numbered
+    by CPU (x86 style); with it, an arm64 DT cluster: core_id counts from 0 in each cluster and
+    physical_package_id is 0 for the whole chip (kernels >= 5.16)."""
+    files: dict[str, str | bytes] = {}
     for cpu in range(first, first + n):
         d = f"sys/devices/system/cpu/cpu{cpu}"
-        files[f"{d}/topology/core_id"] = f"{cpu}\n"
+        files[f"{d}/topology/core_id"] = f"{cpu if cluster is None else cpu - first}\n"
         files[f"{d}/topology/physical_package_id"] = "0\n"
+        files[f"{d}/topology/core_cpus_list"] = f"{cpu}\n"
+        files[f"{d}/topology/thread_siblings_list"] = f"{cpu}\n"
+        if cluster is not None:
+            files[f"{d}/topology/cluster_id"] = f"{cluster}\n"
         if cur_khz is not None:
             files[f"{d}/cpufreq/scaling_cur_freq"] = f"{cur_khz}\n"
         if max_khz is not None:
@@ -81,8 +115,9 @@ def raspberry_pi(root: Path, temp_millideg: int = 61234, throttled: str | None =
         "sys/class/thermal/thermal_zone0/type": "cpu-thermal\n",
         "sys/class/thermal/thermal_zone0/temp": f"{temp_millideg}\n",
         "sys/devices/system/cpu/online": "0-3\n",
-        **cpus(4, cur_khz=1500000, max_khz=2400000, capacity=1024),
+        **cpus(4, cur_khz=1500000, max_khz=2400000, capacity=1024, cluster=0),
         "proc/cpuinfo": PI5_CPUINFO,
+        "proc/device-tree/model": "Raspberry Pi 5 Model B Rev 1.0\x00",
         "proc/meminfo": meminfo(8_245_000, 7_100_000),
         "proc/self/cgroup": "0::/user.slice/user-1000.slice/session-3.scope\n",
         "sys/fs/cgroup/cgroup.controllers": "cpuset cpu io memory pids\n",
@@ -114,12 +149,15 @@ def container_v2(root: Path, cores: int = 64) -> Path:
     })  # fmt: skip
 
 
-def big_little(root: Path) -> Path:
-    """RK3588 (Orange Pi 5 / Rock 5B): 4x Cortex-A55 (cpu0-3) + 4x Cortex-A76 (cpu4-7)."""
+def rk3588(root: Path) -> Path:
+    """RK3588 (Orange Pi 5 / Rock 5B): 4x Cortex-A55 (cpu0-3) + 4x Cortex-A76 (cpu4-7). Its
+    device tree's cpu-map has three clusters (cpu0-3, cpu4-5, cpu6-7), so core_id runs 0-3, 0-1,
+    0-1 and every CPU is in package 0; each CPU is its own core (no SMT)."""
     return write(root, {
         "sys/devices/system/cpu/online": "0-7\n",
-        **cpus(4, cur_khz=1800000, max_khz=1800000, capacity=446),
-        **cpus(4, cur_khz=2256000, max_khz=2256000, capacity=1024, first=4),
+        **cpus(4, cur_khz=1800000, max_khz=1800000, capacity=446, cluster=0),
+        **cpus(2, cur_khz=2256000, max_khz=2256000, capacity=1024, first=4, cluster=1),
+        **cpus(2, cur_khz=2256000, max_khz=2256000, capacity=1024, first=6, cluster=2),
         "sys/class/thermal/thermal_zone0/type": "soc-thermal\n",
         "sys/class/thermal/thermal_zone0/temp": "48000\n",
         "sys/class/thermal/thermal_zone1/type": "bigcore0-thermal\n",

@@ -68,3 +68,13 @@ def test_text_inputs_are_bounded_before_the_model_sees_them(tensor: Tensor, need
 def test_text_inputs_within_bounds_pass() -> None:
     feeds, _ = validate_request(req(strings(b"", b"12345678", b"x")), TEXT, OUTPUTS, 0)
     assert list(feeds["text"]) == [b"", b"12345678", b"x"]
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (2, 0), (0, 0)])
+def test_a_dimension_of_size_zero_is_refused_with_the_shape_named(shape: tuple[int, int]) -> None:
+    empty = Tensor("x", np.zeros(shape, np.float32))
+    m = Tensor("m", np.zeros((shape[0], 4), np.int64))
+    with pytest.raises(
+        InvalidInput, match=rf"shape \[{shape[0]}, {shape[1]}\] has a dimension of size 0"
+    ):
+        validate_request(req(empty, m), INPUTS, OUTPUTS, 8)
