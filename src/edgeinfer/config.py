@@ -2,7 +2,8 @@
 
 A model's `config.toml`:
 
-    backend = "onnxruntime"        # the only backend so far
+    backend = "onnxruntime"        # onnxruntime | openvino | litert | llama.cpp; omitted: the
+                                   # version's file decides (model.onnx, .xml, .tflite, .gguf)
     max_batch_size = 64            # 0: the model has no batch axis
     [version_policy]               # one of: latest = N | specific = [1, 3] | all = true
     latest = 1
@@ -41,6 +42,16 @@ A model's `config.toml`:
     max_length = 256
     max_bytes = 0                  # longest string in UTF-8 bytes (0: 64 x max_length); 400 above
     max_strings = 2048             # most strings in one request; 400 above
+    [openvino]                     # backend = "openvino": model.xml + model.bin, or model.onnx
+    hint = "latency"               # latency | throughput
+    num_streams = 0                # 0: from the hint
+    inference_precision = ""       # "": the CPU's default (bf16 where it has it) | f32 | bf16 | f16
+    intra_op_threads = 1           # 0: usable cores
+    cache_dir = ""                 # compiled-model cache; "": $EDGEINFER_HOME/openvino; "off"
+    [litert]                       # backend = "litert": model.tflite
+    intra_op_threads = 1           # 0: usable cores (LiteRT's own default is 1 whatever it says)
+    dequantize_outputs = false     # int8/uint8 outputs as FP32 (scale, zero point applied)
+    signature = ""                 # which signature to serve ("": the first)
     [image]                        # optional: the image input also takes encoded images (BYTES)
     input = "image"                # default: the model's only 4-D input
     max_pixels = 50_000_000        # checked from the header, before decoding
@@ -50,7 +61,9 @@ A model's `config.toml`:
     [llm]                          # backend = "llama.cpp": model.gguf in the version directory
     context_length = 2048          # prompt + completion tokens per request (longer: 400)
     slots = 4                      # sequences decoded together (continuous batching)
-    n_threads = 1                  # see LlmOptions for why 1
+    n_threads = 0                  # 0: the usable physical (big) cores
+    n_threads_batch = 0            # threads for prompt batches; 0: as n_threads
+    adaptive_threads = true        # 1 thread while other processes keep the CPUs busy (PSI)
     kv_cache_type = "f16"          # f32 | f16 | q8_0
     extra_buffer_types = "auto"    # AMX/repacked weights: "auto" (probed once per CPU) | true | false
     lora_steps_per_switch = 8      # steps one LoRA adapter's streams decode before the next's turn
@@ -264,6 +277,42 @@ class CanaryOptions:
             raise ConfigError("canary needs version >= 1 and 0 <= weight <= 1")
 
 
+_OV_HINTS = ("latency", "throughput")
+_OV_PRECISIONS = ("", "f32", "bf16", "f16")
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    """`[openvino]`: one compiled model per version; instances are its infer requests."""
+
+    hint: str = "latency"
+    num_streams: int = 0  # 0: what the hint chooses
+    inference_precision: str = ""  # "": the device's default (bf16 on CPUs that have it)
+    intra_op_threads: int = 1  # 0: the usable cores (cgroup quota, big cores)
+    cache_dir: str = ""  # "": $EDGEINFER_HOME/openvino; "off": compile at every load
+
+    def __post_init__(self) -> None:
+        if self.hint not in _OV_HINTS:
+            raise ConfigError(f"openvino.hint must be one of {_OV_HINTS}")
+        if self.inference_precision not in _OV_PRECISIONS:
+            raise ConfigError(f"openvino.inference_precision must be one of {_OV_PRECISIONS}")
+        if self.num_streams < 0 or self.intra_op_threads < 0:
+            raise ConfigError("openvino.num_streams and intra_op_threads must be >= 0 (0: auto)")
+
+
+@dataclass(frozen=True)
+class LiteRtOptions:
+    """`[litert]`: a .tflite model, one Interpreter per instance."""
+
+    intra_op_threads: int = 1  # 0: the usable cores; LiteRT itself defaults to 1
+    dequantize_outputs: bool = False  # int8/uint8 outputs returned as FP32
+    signature: str = ""  # the signature to serve; "": the model's first
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads < 0:
+            raise ConfigError("litert.intra_op_threads must be >= 0 (0: the usable cores)")
+
+
 _KV_TYPES = ("f32", "f16", "q8_0")
 
 
@@ -274,8 +323,12 @@ class LlmOptions:
     context_length: int = 2048  # prompt + completion tokens one request may use
     slots: int = 4  # sequences decoded together in one batch
     kv_tokens: int = 0  # KV-cache cells shared by all slots; 0: slots * context_length
-    # 1 thread: 2 OpenMP threads collapse (~10-30x) when another process shares 2 cores (measured).
-    n_threads: int = 1
+    # 0: the usable physical (big) cores (hardware.default_threads). With adaptive_threads,
+    # llama.cpp drops to 1 thread while the kernel's CPU pressure says other processes want the
+    # cores: 2 OpenMP threads collapse ~30x beside a busy neighbour (hardware/contention.py).
+    n_threads: int = 0
+    n_threads_batch: int = 0  # prompt batches (and multi-sequence steps); 0: as n_threads
+    adaptive_threads: bool = True
     n_batch: int = 512  # most tokens in one llama_decode call
     prefill_chunk: int = 256  # prompt tokens per step, so long prompts do not stall streams
     kv_cache_type: str = "f16"  # f32 | f16 | q8_0 (q8_0 needs flash_attn)
@@ -307,8 +360,13 @@ class LlmOptions:
         if self.kv_tokens and self.kv_tokens < self.context_length:
             raise ConfigError("llm.kv_tokens must be 0 (automatic) or >= llm.context_length, "
                               "or no request of full length could ever start")  # fmt: skip
-        if self.n_threads < 0 or self.n_batch < 1 or self.prefill_chunk < 1:
-            raise ConfigError("llm.n_threads must be >= 0 (0: the usable CPUs), n_batch and "
+        if (
+            min(self.n_threads, self.n_threads_batch) < 0
+            or self.n_batch < 1
+            or self.prefill_chunk < 1
+        ):
+            raise ConfigError("llm.n_threads and n_threads_batch must be >= 0 (0: the usable "
+                              "cores), n_batch and "
                               "prefill_chunk >= 1")  # fmt: skip
         if self.prefill_chunk + self.slots > self.n_batch:
             raise ConfigError("llm.n_batch must hold a prefill chunk plus one token per slot "
@@ -320,8 +378,8 @@ class LlmOptions:
         if not isinstance(self.extra_buffer_types, bool) and self.extra_buffer_types != "auto":
             raise ConfigError("llm.extra_buffer_types must be \"auto\" (probe this CPU once), "
                               f"true or false; got {self.extra_buffer_types!r}")  # fmt: skip
-        if not isinstance(self.prefix_cache, bool):
-            raise ConfigError("llm.prefix_cache must be true or false")
+        if not isinstance(self.prefix_cache, bool) or not isinstance(self.adaptive_threads, bool):
+            raise ConfigError("llm.prefix_cache and llm.adaptive_threads must be true or false")
         if self.lora_steps_per_switch < 1:
             raise ConfigError("llm.lora_steps_per_switch must be >= 1 (1: switch adapters every "
                               "step; more: fewer switches, longer waits for other adapters)")  # fmt: skip
@@ -334,7 +392,7 @@ class LlmOptions:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    backend: str = "onnxruntime"
+    backend: str = ""  # "": the version's model file decides (runtime.BACKENDS)
     max_batch_size: int = 64
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     onnxruntime: OrtOptions = field(default_factory=OrtOptions)
@@ -342,6 +400,8 @@ class ModelConfig:
     image: ImageOptions | None = None
     outputs: dict[str, OutputOptions] = field(default_factory=dict)
     llm: LlmOptions = field(default_factory=LlmOptions)
+    openvino: OpenVinoOptions = field(default_factory=OpenVinoOptions)
+    litert: LiteRtOptions = field(default_factory=LiteRtOptions)
     warmup: bool = True
     instance_count: int = 1
     dynamic_batching: DynamicBatching | None = None
@@ -352,9 +412,8 @@ class ModelConfig:
     preprocess: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.backend not in ("onnxruntime", "llama.cpp"):
-            raise ConfigError(f"model {self.name}: unknown backend {self.backend!r}; "
-                              "use 'onnxruntime' or 'llama.cpp'")  # fmt: skip
+        if not isinstance(self.backend, str):
+            raise ConfigError(f"model {self.name}: backend must be a name such as 'onnxruntime'")
         if self.backend == "llama.cpp" and self.instance_count != 1:
             raise ConfigError(f"model {self.name}: llama.cpp models run one context; use "
                               "[llm] slots for concurrency and leave instance_count at 1")  # fmt: skip
@@ -407,9 +466,12 @@ class ModelConfig:
             canary_raw = raw.pop("canary", None)
             canary = CanaryOptions(**canary_raw) if canary_raw is not None else None
             llm = LlmOptions(**raw.pop("llm", {}))
+            ov = OpenVinoOptions(**raw.pop("openvino", {}))
+            litert = LiteRtOptions(**raw.pop("litert", {}))
             return cls(name=name, version_policy=policy, onnxruntime=ort, text=text,
-                       image=image, outputs=outputs, dynamic_batching=batching, queue=queue, lifecycle=lifecycle,
-                       canary=canary, llm=llm, **raw)  # fmt: skip
+                       image=image, outputs=outputs, dynamic_batching=batching, queue=queue,
+                       lifecycle=lifecycle, canary=canary, llm=llm, openvino=ov, litert=litert,
+                       **raw)  # fmt: skip
         except ConfigError as e:
             if str(e).startswith(where):
                 raise

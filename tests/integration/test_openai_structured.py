@@ -250,3 +250,17 @@ def test_triton_generate_takes_response_format(server: ServerProcess, tmp_path: 
                                                "response_format": json.dumps(_json_schema(schema))}})  # fmt: skip
     assert r.status_code == 200, r.text
     jsonschema.validate(json.loads(r.json()["text_output"]), schema)
+
+
+def test_an_answer_beside_tools_streams_as_it_comes(client: openai.OpenAI) -> None:
+    kw = {"model": MODEL, "messages": USER, "tools": TOOLS, "max_tokens": 60, "temperature": 0}
+    whole = client.chat.completions.create(**kw)  # type: ignore[call-overload]
+    chunks = list(client.chat.completions.create(stream=True, **kw))  # type: ignore[call-overload]
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    if whole.choices[0].message.tool_calls:
+        pytest.fail("llm-demo answered with a call: pick another prompt for this test")
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert len(pieces) > 5  # token by token, not in one piece at the end
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason

@@ -7,7 +7,7 @@ from edgeinfer.config import ConfigError, ModelConfig, ServerSettings, VersionPo
 
 def test_defaults_from_empty_config(tmp_path: Path) -> None:
     cfg = ModelConfig.from_toml(tmp_path / "missing.toml", "m")
-    assert cfg.backend == "onnxruntime"
+    assert cfg.backend == ""  # the version's model file decides
     assert cfg.version_policy.select([1, 2, 3]) == [3]
     assert cfg.onnxruntime.allow_spinning is False
 
@@ -23,7 +23,8 @@ def test_version_policies(raw: dict, available: list[int], expected: list[int]) 
 
 @pytest.mark.parametrize(("text", "needle"), [
     ("max_batch_size = -1", "max_batch_size"),
-    ("backend = 'tensorflow'", "unknown backend"),
+    ("[openvino]\nhint = 'fast'", "openvino.hint"),
+    ("[litert]\nintra_op_threads = -1", "litert.intra_op_threads"),
     ("colour = 'red'", "unknown keys"),
     ("[version_policy]\nlatest = 0", "latest"),
     ("[version_policy]\nlatest = 1\nall = true", "exactly one"),

@@ -295,7 +295,7 @@ class Engine:
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
         h = self.handle(name, version)
-        return triton_model_config(h.config, h.model)
+        return triton_model_config(h.config, h.model, h.backend.name)
 
     def statistics(
         self, name: str | None = None, version: str | None = None
@@ -431,7 +431,8 @@ class Engine:
                     feeds = {**feeds, "adapter_index": np.full(rows, lease.index, np.int64)}
                 results, t = await h.scheduler.submit(feeds, priority, timeout_us, trace,
                                                       adapter=run_adapter,
-                                                      received_ns=request.received_ns)  # fmt: skip
+                                                      received_ns=request.received_ns,
+                                                      outputs=tuple(names) if names else None)  # fmt: skip
             finally:
                 if lease is not None:
                     lease.release()
@@ -520,9 +521,7 @@ class Engine:
             raise InvalidInput("'lora_name' must be 'base_model:adapter_name'")
         self._manager(base)  # ModelNotFound for unknown bases
         h = self.handle(base)
-        vdir = self.repository.root / base / str(h.version)
-        base_file = vdir / ("model.gguf" if h.llm is not None else "model.onnx")
-        await self.adapters.load_path(base, adapter, path, base_file, tenants, scale,
+        await self.adapters.load_path(base, adapter, path, h.model_file, tenants, scale,
                                       self.settings.adapter_dirs)  # fmt: skip
         return f"{base}:{adapter}"
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from edgeinfer.config import LlmOptions, ModelConfig
 from edgeinfer.errors import BackendError, InvalidInput, LoadError
+from edgeinfer.hardware.contention import ThreadGovernor
 from edgeinfer.runtime.chat_template import FALLBACK_TEMPLATE, ChatTemplate, Vocab
 from edgeinfer.runtime.llm_probe import extra_buffer_types
 from edgeinfer.types import TensorSpec
@@ -90,10 +91,16 @@ class LlamaCppModel:
     inputs: tuple[TensorSpec, ...] = (TensorSpec("text_input", "BYTES", (1,)),)
     outputs: tuple[TensorSpec, ...] = (TensorSpec("text_output", "BYTES", (1,)),)
 
-    def __init__(self, path: Path, options: LlmOptions, threads: int) -> None:
+    def __init__(self, path: Path, options: LlmOptions, threads: int,
+                 threads_batch: int = 0) -> None:  # fmt: skip
         lib = self._lib = _llama()
         self.options = options
         self.threads = threads
+        self.threads_batch = threads_batch or threads
+        self._governor: ThreadGovernor | None = None
+        if options.adaptive_threads and max(threads, self.threads_batch) > 1:
+            self._governor = ThreadGovernor(max(threads, self.threads_batch))
+        self._n_threads = (self.threads, self.threads_batch)  # set on the context
         mparams = lib.llama_model_default_params()
         mparams.load_mode = lib.LLAMA_LOAD_MODE_MMAP  # not "auto", which may pick direct I/O
         mparams.n_gpu_layers = 0
@@ -143,12 +150,14 @@ class LlamaCppModel:
         path = version_dir / MODEL_FILE
         if not path.is_file():
             raise LoadError(f"{version_dir}: no {MODEL_FILE}")
-        threads = config.llm.n_threads
-        if threads == 0:
+        o = config.llm
+        auto = 0
+        if 0 in (o.n_threads, o.n_threads_batch):
             from edgeinfer.hardware import default_threads
 
-            threads = default_threads()
-        return cls(path, config.llm, threads)
+            auto = default_threads()
+        threads = o.n_threads or auto
+        return cls(path, o, threads, o.n_threads_batch or threads)
 
     def _new_context(self) -> Any:
         lib, o = self._lib, self.options
@@ -156,7 +165,7 @@ class LlamaCppModel:
         p.n_ctx = o.kv_cells
         p.n_batch = p.n_ubatch = o.n_batch
         p.n_seq_max = o.slots
-        p.n_threads = p.n_threads_batch = self.threads
+        p.n_threads, p.n_threads_batch = self._n_threads
         p.type_k = p.type_v = _KV_TYPES[o.kv_cache_type]
         p.flash_attn_type = 1 if o.flash_attn else 0
         p.kv_unified = True  # one pool of cells: any mix of prefill and decode in one ubatch
@@ -286,6 +295,8 @@ class LlamaCppModel:
                 rows.append(i + k - 1)
             i += k
         self._batch.n_tokens = n
+        if self._governor is not None:
+            self._fit_threads(self._governor.threads())
         rc = self._lib.llama_decode(self._ctx, self._batch)
         if rc != 0:
             raise BackendError(f"llama_decode failed with code {rc}"
@@ -295,6 +306,20 @@ class LlamaCppModel:
             ptr = self._lib.llama_get_logits_ith(self._ctx, j)  # index in the batch, not row
             out[r] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
         return out
+
+    def _fit_threads(self, allowed: int) -> None:
+        """Use at most `allowed` threads (the governor's answer to CPU contention)."""
+        want = (min(self.threads, allowed), min(self.threads_batch, allowed))
+        if want != self._n_threads:
+            self._lib.llama_set_n_threads(self._ctx, *want)
+            log.info("llama.cpp threads %s -> %s (CPU pressure %s%%)", self._n_threads, want,
+                     self._governor.pressure if self._governor else None)  # fmt: skip
+            self._n_threads = want
+
+    @property
+    def n_threads(self) -> tuple[int, int]:
+        """(threads, batch threads) the context uses now."""
+        return self._n_threads
 
     def free(self, seq: int) -> None:
         """Drop every KV cell of `seq`; its slot can start a new sequence at position 0."""
@@ -361,3 +386,12 @@ class LlamaCppModel:
             self._adapters.clear()  # llama_model_free frees them: never free them again
             lib.llama_model_free(self._model)
             self._model = None
+
+
+def load_instances(path: Path, config: ModelConfig) -> list[LlamaCppModel]:
+    """The backend entry point (runtime.BACKENDS): one model, one context with `slots`
+    sequences; concurrency comes from the slots, not from instances."""
+    if config.instance_count != 1:
+        raise LoadError(f"model {config.name}: llama.cpp models run one context; use [llm] "
+                        "slots for concurrency and leave instance_count at 1")  # fmt: skip
+    return [LlamaCppModel.load(path.parent, config)]

@@ -12,12 +12,12 @@ from typing import Any
 
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.repository import Repository
+from edgeinfer.runtime import backend_of
 from edgeinfer.tune import report
 from edgeinfer.tune.apply import apply, config_text
 from edgeinfer.tune.measure import Measurer, Plan
 from edgeinfer.tune.search import Checkpoint, Objective, Search, Stage, Trial
 from edgeinfer.tune.space import (
-    BACKEND_FILES,
     Candidate,
     Device,
     ModelFacts,
@@ -25,6 +25,7 @@ from edgeinfer.tune.space import (
     everything,
     refine,
     serving_grid,
+    tensor_backends,
 )
 
 
@@ -131,7 +132,7 @@ def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
     chosen = versions.get(args.version or entry.versions[-1].version)
     if chosen is None:
         raise TuneError(f"model {args.model} has no version {args.version}")
-    if entry.config.backend == "llama.cpp":
+    if backend_of(chosen.path, entry.config).kind == "llm":
         raise TuneError(
             "tuning GGUF models is not supported yet: see docs/tune.md for the "
             "llama.cpp settings ([llm] n_threads, slots) to try by hand"
@@ -139,7 +140,7 @@ def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
     device = device or device_now()
     can_calibrate = args.calibration is not None or args.eval is not None
     facts = facts_of(chosen.path, can_calibrate)
-    backends = list(args.backends or BACKEND_FILES)
+    backends = list(args.backends or tensor_backends())
     precisions = list(
         args.precisions or (["fp32", "int8-dynamic"] + (["int8-static"] if can_calibrate else []))
     )

@@ -7,7 +7,8 @@ import json
 import jsonschema
 import pytest
 
-from edgeinfer.server.openai_tools import ParamError, parse_reply, plan
+from edgeinfer.errors import InvalidParameter
+from edgeinfer.server.openai_tools import parse_reply, plan
 
 TOOLS = [{"type": "function", "function": {"name": "read", "parameters": {
     "type": "object", "properties": {"s": {"enum": ["t", "h"]}}, "required": ["s"]}}},
@@ -82,6 +83,18 @@ def test_replies_become_tool_calls_or_content() -> None:
     ({"function_call": "auto"}, "function_call"),
 ])  # fmt: skip
 def test_bad_tool_parameters_name_the_parameter(doc: dict[str, object], param: str) -> None:
-    with pytest.raises(ParamError) as e:
+    with pytest.raises(InvalidParameter) as e:
         plan(doc, USER, None)
     assert e.value.param == param
+
+
+@pytest.mark.parametrize("answer", ["plain", 'quote " and \\ back', "tab\tnew\nline", "é 😀 \x01"])
+def test_an_answer_streams_piece_by_piece_whatever_the_cuts(answer: str) -> None:
+    from edgeinfer.server.openai_tools import AnswerStream
+
+    reply = json.dumps({"response": answer})  # escapes: \", \\, \n, \u00e9, surrogate pairs
+    for size in (1, 2, 3, 7):
+        stream = AnswerStream()
+        out = "".join(stream.push(reply[k : k + size]) for k in range(0, len(reply), size))
+        assert out == answer
+    assert AnswerStream().push('{"tool_calls": [{"name": "x"') == ""
