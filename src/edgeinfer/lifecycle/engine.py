@@ -39,7 +39,7 @@ from edgeinfer.lifecycle.models import LoadedVersion, State
 from edgeinfer.lifecycle.triton_config import triton_model_config
 from edgeinfer.repository import Repository
 from edgeinfer.serving.classification import class_counts, classify
-from edgeinfer.serving.constrain import constraint_for
+from edgeinfer.serving.constrain import Constraints
 from edgeinfer.serving.inputs import prepare_feeds
 from edgeinfer.serving.llm_loop import GenerateRequest, GenerationStream
 from edgeinfer.serving.runner import Runner
@@ -73,6 +73,7 @@ class Engine:
         self.repository = repository
         self.settings = settings
         self.tracer = tracer  # None: tracing off; handlers start request spans on it
+        self._constraints = Constraints()  # structured outputs: grammars per request
         self.runner = Runner()
         self._models: dict[str, ModelManager] = {}
         self._expected: set[str] = set()  # models that should be loaded for readiness
@@ -470,10 +471,7 @@ class Engine:
         tokens = await prompt_tokens(model, request, h.config.llm.context_length)
         constraint = None
         if request.constraint is not None:
-            spec = request.constraint
-            constraint = await asyncio.to_thread(
-                lambda: constraint_for(model.grammar_tokenizer(), spec, model.n_vocab)
-            )
+            constraint = await self._constraints.compile(model, request.constraint)
         lease: Lease | None = None
         if adapter:
             lease = await self.adapters.acquire(model_name, adapter, tenant, model, h.llm)
