@@ -18,7 +18,6 @@ from edgeinfer.tune.apply import apply, config_text
 from edgeinfer.tune.measure import Measurer, Plan
 from edgeinfer.tune.search import Checkpoint, Objective, Search, Stage, Trial
 from edgeinfer.tune.space import (
-    BACKEND_FILES,
     Candidate,
     Device,
     ModelFacts,
@@ -26,6 +25,7 @@ from edgeinfer.tune.space import (
     everything,
     refine,
     serving_grid,
+    tensor_backends,
 )
 
 
@@ -140,7 +140,7 @@ def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
     device = device or device_now()
     can_calibrate = args.calibration is not None or args.eval is not None
     facts = facts_of(chosen.path, can_calibrate)
-    backends = list(args.backends or BACKEND_FILES)
+    backends = list(args.backends or tensor_backends())
     precisions = list(
         args.precisions or (["fp32", "int8-dynamic"] + (["int8-static"] if can_calibrate else []))
     )
