@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from edgeinfer.errors import InvalidInput
@@ -73,3 +75,14 @@ def validate_request(
                 )
             names.append(out.name)
     return feeds, names
+
+
+def queue_params(params: dict[str, Any]) -> tuple[int, int]:
+    """The request's priority and timeout (µs) from KServe/Triton request parameters."""
+    out = []
+    for key in ("priority", "timeout"):
+        value = params.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidInput(f"parameter '{key}' must be a non-negative integer, got {value!r}")
+        out.append(value)
+    return out[0], out[1]
