@@ -257,14 +257,14 @@ def cnn(path: Path, image: int = 8, channels: int = 8, classes: int = 10, seed: 
 
 
 def fixed_batch(path: Path, n_in: int = 4) -> Path:
-    """`x` FP32 [1, n_in] -> `y` FP32 [n_in]: a Reshape with a hard-coded shape, so the batch
-    axis cannot be resized (max_batch_size = 0 semantics)."""
+    """`x` FP32 [1, n_in] -> `y` FP32 [1, n_in] (the same values): a Reshape with a hard-coded
+    shape, so the batch axis cannot be resized."""
     fb = _fb()
     f32 = fb.TensorType.FLOAT32
     g = _Graph(_empty_buffers(), [])
     x = g.tensor("x", (1, n_in), f32)
-    shape = g.tensor("shape", (1,), fb.TensorType.INT32, np.array([n_in], np.int32))
-    y = g.tensor("y", (n_in,), f32)
+    shape = g.tensor("shape", (2,), fb.TensorType.INT32, np.array([1, n_in], np.int32))
+    y = g.tensor("y", (1, n_in), f32)
     g.op(fb.BuiltinOperator.RESHAPE, [x, shape], [y])
     return _write(path, g.codes, g.buffers, [g.subgraph("main", [x], [y])])
 
