@@ -40,6 +40,8 @@ A model's `config.toml`:
     input = "text"
     tokenizer = "tokenizer.json"   # file in the version directory
     max_length = 256
+    max_bytes = 0                  # longest string in UTF-8 bytes (0: 64 x max_length); 400 above
+    max_strings = 2048             # most strings in one request; 400 above
     [openvino]                     # backend = "openvino": model.xml + model.bin, or model.onnx
     hint = "latency"               # latency | throughput
     num_streams = 0                # 0: from the hint
@@ -67,6 +69,7 @@ A model's `config.toml`:
     lora_steps_per_switch = 8      # steps one LoRA adapter's streams decode before the next's turn
     max_loras = 0                  # adapters whose sequences run at once (0: any)
     prefix_cache = true            # reuse a slot's KV cells for a prompt with the same prefix
+    chat_template = ""             # "": the GGUF's; "plain": User:/Assistant: for base models
 """
 
 from __future__ import annotations
@@ -172,10 +175,22 @@ class TextOptions:
     input: str = "text"
     tokenizer: str = "tokenizer.json"
     max_length: int = 256
+    # Checked before tokenizing (a 16 MB string takes ~40 s to tokenize, then gets truncated to
+    # max_length tokens anyway). 0: 64 bytes per token of max_length, ample for any language.
+    max_bytes: int = 0
+    max_strings: int = 2048
 
     def __post_init__(self) -> None:
         if self.max_length < 1:
             raise ConfigError("text.max_length must be >= 1")
+        if self.max_bytes < 0 or self.max_strings < 1:
+            raise ConfigError("text.max_bytes must be >= 0 (0: 64 x max_length) and "
+                              "text.max_strings >= 1")  # fmt: skip
+
+    @property
+    def string_bytes(self) -> int:
+        """The longest string accepted, in UTF-8 bytes."""
+        return self.max_bytes or 64 * self.max_length
 
 
 @dataclass(frozen=True)
@@ -319,7 +334,9 @@ class LlmOptions:
     prefill_chunk: int = 256  # prompt tokens per step, so long prompts do not stall streams
     kv_cache_type: str = "f16"  # f32 | f16 | q8_0 (q8_0 needs flash_attn)
     flash_attn: bool = False
-    chat_template: str = ""  # Jinja source; empty: the GGUF's tokenizer.chat_template
+    # "": the GGUF's tokenizer.chat_template (none: "plain"); "plain": a User:/Assistant:
+    # transcript for base models (runtime/chat_format.py); else Jinja source
+    chat_template: str = ""
     # llama.cpp's extra buffer types: AMX tiles and weights repacked for AVX2/AVX-512/NEON
     # (Q4_0 runs faster). "auto": on unless a one-time probe in a child process crashed on
     # this CPU (runtime/llm_probe.py); true/false: force.
@@ -513,6 +530,7 @@ class Limits:
     max_elements: int = 1 << 28  # per tensor: 1 GiB of FP32
     max_string_bytes: int = 1 << 20  # per BYTES element
     max_image_bytes: int = 32 << 20  # per encoded image (a BYTES element of an [image] input)
+    max_json_bytes: int = 2 << 20  # a JSON body or binary-extension header (parsed holding the GIL)
 
     @property
     def max_element_bytes(self) -> int:
@@ -652,6 +670,12 @@ class ServerSettings:
         default=32 << 20,
         metadata={"help": "longest encoded image accepted by a model's [image] input"},
     )
+    max_json_bytes: int = field(
+        default=Limits.max_json_bytes,
+        metadata={"help": "largest JSON body (or binary-extension JSON header); parsing holds "
+                  "the GIL, so this bounds the stall one request can cause (413 above); "
+                  "binary tensors may use all of --max-request-bytes"},
+    )  # fmt: skip
     registry: str = field(
         default="",
         metadata={"help": "desired state for a fleet: etcd://HOST:2379/PREFIX[?ttl=10]; empty: "
@@ -686,8 +710,8 @@ class ServerSettings:
             raise ConfigError("--metrics-port must differ from --http-port and --grpc-port")
         if self.model_control not in ("none", "explicit", "poll"):
             raise ConfigError("--model-control must be 'none', 'explicit' or 'poll'")
-        if self.max_request_bytes < 1024:
-            raise ConfigError("--max-request-bytes must be at least 1024")
+        if self.max_request_bytes < 1024 or self.max_json_bytes < 1024:
+            raise ConfigError("--max-request-bytes and --max-json-bytes must be at least 1024")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         if not self.api_keys and not self.insecure and self.host not in _LOOPBACK:
@@ -747,6 +771,7 @@ class ServerSettings:
             self.max_elements,
             self.max_string_bytes,
             self.max_image_bytes,
+            self.max_json_bytes,
         )
 
     @classmethod
