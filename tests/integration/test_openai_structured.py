@@ -53,8 +53,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
     root = tmp_path_factory.mktemp("llm-repo")
     build_llm_demo(root / MODEL, tmp_path_factory.mktemp("scratch"))
-    config = root / MODEL / "config.toml"  # tool prompts need more than the demo's 512 tokens
-    config.write_text(config.read_text().replace("context_length = 512", "context_length = 1024"))
     s = start_server(root, tmp_path_factory.mktemp("logs") / "server.log")
     yield s
     s.stop()
@@ -219,7 +217,7 @@ def test_n_returns_independent_choices(client: openai.OpenAI) -> None:
     ({"n": 9}, "n", "'n'"),
     ({"n": 0}, "n", "'n'"),
     ({"logit_bias": {"x": 1}}, "logit_bias", "logit_bias"),
-    ({"logit_bias": {"5": 101}}, None, "logit_bias"),
+    ({"logit_bias": {"5": 101}}, "logit_bias", "logit_bias"),
     ({"response_format": {"type": "xml"}}, "response_format", "response_format"),
     ({"response_format": _json_schema({"not": {"type": "string"}})}, None, '"not"'),
     ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools", "bad name"),
@@ -252,3 +250,36 @@ def test_triton_generate_takes_response_format(server: ServerProcess, tmp_path: 
                                                "response_format": json.dumps(_json_schema(schema))}})  # fmt: skip
     assert r.status_code == 200, r.text
     jsonschema.validate(json.loads(r.json()["text_output"]), schema)
+
+
+def test_an_answer_beside_tools_streams_as_it_comes(client: openai.OpenAI) -> None:
+    kw = {"model": MODEL, "messages": USER, "tools": TOOLS, "max_tokens": 60, "temperature": 0}
+    whole = client.chat.completions.create(**kw)  # type: ignore[call-overload]
+    chunks = list(client.chat.completions.create(stream=True, **kw))  # type: ignore[call-overload]
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    if whole.choices[0].message.tool_calls:
+        pytest.fail("llm-demo answered with a call: pick another prompt for this test")
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert len(pieces) > 5  # token by token, not in one piece at the end
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_the_clients_stream_helper_assembles_calls_and_parsed_replies(
+    client: openai.OpenAI,
+) -> None:
+    class Relay(pydantic.BaseModel):
+        relay: int = pydantic.Field(ge=1, le=4)
+        on: bool
+
+    with client.chat.completions.stream(model=MODEL, messages=USER, max_tokens=40, seed=3,
+                                        response_format=Relay) as stream:  # type: ignore[arg-type]  # fmt: skip
+        final = stream.get_final_completion()
+    assert isinstance(final.choices[0].message.parsed, Relay)
+    named = {"type": "function", "function": {"name": "read_sensor"}}
+    with client.chat.completions.stream(model=MODEL, messages=USER, tools=TOOLS, seed=0,
+                                        tool_choice=named, max_tokens=120) as stream:  # type: ignore[arg-type]  # fmt: skip
+        final = stream.get_final_completion()
+    assert final.choices[0].finish_reason == "tool_calls"
+    check_calls(final.choices[0].message.tool_calls or [], {"read_sensor"})

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from edgeinfer.hardware import (
     read_readings,
 )
 from edgeinfer.lifecycle.budget import BudgetGate
+from edgeinfer.lifecycle.llm_prompt import prompt_tokens, reply_params
 from edgeinfer.lifecycle.manager import ModelManager
 from edgeinfer.lifecycle.models import LoadedVersion, State
 from edgeinfer.lifecycle.triton_config import triton_model_config
@@ -42,11 +43,13 @@ from edgeinfer.serving.constrain import constraint_for
 from edgeinfer.serving.inputs import prepare_feeds
 from edgeinfer.serving.llm_loop import GenerateRequest, GenerationStream
 from edgeinfer.serving.runner import Runner
+from edgeinfer.serving.supervisor import supervise, within
 from edgeinfer.telemetry.metrics import (
     DeviceSample,
     LifecycleSample,
     LlmCollector,
     LlmSample,
+    RestartCounts,
     VersionSample,
     build_registry,
     exposition,
@@ -91,6 +94,8 @@ class Engine:
             self._metric_samples, self._lifecycle_samples, self._device_sample
         )
         self._metrics.register(LlmCollector(self._llm_samples))
+        self.restarts = RestartCounts()  # crashed workers and tasks restarted
+        self._metrics.register(self.restarts)
         adapter_budget = (MemoryBudget(settings.adapter_budget_mb * 2**20)
                           if settings.adapter_budget_mb else self.gate.budget if self.gate
                           else None)  # fmt: skip
@@ -112,32 +117,51 @@ class Engine:
                 await self.load(name, _internal=True)
             except EdgeInferError as e:
                 log.warning("model %s failed to load: %s", name, e.message)
-        self._tasks.append(asyncio.create_task(self._monitor()))
+        self.supervise("automatic rollback monitor", "monitor", self._monitor)
         if self.settings.model_control == "poll":
             from edgeinfer.lifecycle.watcher import watch_repository
 
-            self._tasks.append(asyncio.create_task(watch_repository(self)))
+            self.supervise("repository watcher", "watcher",
+                           functools.partial(watch_repository, self))  # fmt: skip
 
-    async def close(self) -> None:
+    def supervise(self, what: str, task: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a server-wide loop as a supervised task (restarted if it crashes, counted in
+        edgeinfer_worker_restarts_total{task}), cancelled by close()."""
+        self._tasks.append(asyncio.create_task(
+            supervise(what, run, on_restart=functools.partial(self.restarts.add, "", task))))  # fmt: skip
+
+    async def close(self, timeout: float = 40.0) -> None:
+        """Stop the loops, let queued requests finish (each scheduler drains for up to 30 s)
+        and release the models. Nothing here waits longer than `timeout`: a stuck step is left
+        behind with a warning, so the process still exits."""
         self._closing = True
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await within(5.0, "stopping the engine's tasks", *self._tasks)
         managers, self._models = list(self._models.values()), {}
         for m in managers:
             await m.unload()
-        for m in managers:
-            await m.drained()
-        self.runner.shutdown()
+        drained = await within(timeout, "draining the models", *(m.drained() for m in managers))
+        self.runner.shutdown(wait=drained)
+
+    def end_generations(self) -> None:
+        """The server is stopping: every text generation ends now with an error (a stream
+        gets a last error event) instead of holding the shutdown until it completes."""
+        for m in list(self._models.values()):
+            for h in m.versions.values():
+                if h.llm is not None:
+                    h.llm.shutdown()
 
     def live(self) -> bool:
         return not self._closing
 
     def ready(self) -> bool:
+        """Every model that should serve (loaded successfully and not unloaded since) serves:
+        loaded, and none of its workers down."""
         if self._closing or not all(gate() for gate in self._ready_gates):
             return False
         models = self._models
-        return all(n in models and models[n].status == State.READY for n in self._expected)
+        return all(n in models and models[n].ready for n in self._expected)
 
     def add_ready_gate(self, gate: Callable[[], bool]) -> None:
         """Readiness also waits for `gate()` (e.g. the fleet's first convergence)."""
@@ -160,6 +184,7 @@ class Engine:
             m = self._models[name] = ModelManager(
                 name, self.repository, self.runner, self._record_failure, self.gate,
                 self.governor.capacity, record_stats=self.settings.metrics,
+                restarts=self.restarts,
             )  # fmt: skip
         return m
 
@@ -180,8 +205,14 @@ class Engine:
         swapped in; a failure leaves what was live in place."""
         if not _internal:
             self._check_control()
-        self._expected.add(name)
-        await self._manager(name, create=True).reconcile(force=force)
+        manager = self._manager(name, create=True)  # ModelNotFound before anything changes
+        try:
+            await manager.reconcile(force=force)
+        finally:
+            # Readiness waits for a model only once it served: a failed first load of a broken
+            # model leaves the server's readiness as it was (the model itself is not ready).
+            if manager.status == State.READY:
+                self._expected.add(name)
 
     async def unload(self, name: str) -> None:
         self._check_control()
@@ -221,14 +252,20 @@ class Engine:
         }  # fmt: skip
 
     async def _monitor(self) -> None:
-        """Once a second: automatic rollback of regressed new versions."""
+        """Once a second: automatic rollback of regressed new versions; restart of dead LLM
+        engine threads."""
         while True:
             await asyncio.sleep(1.0)
+            for h in [h for m in list(self._models.values()) for h in m.versions.values()]:
+                if h.llm is not None:
+                    h.llm.revive()
             for m in list(self._models.values()):
                 try:
                     await m.check_health(time.monotonic())
                 except EdgeInferError as e:
                     log.warning("automatic rollback of %s failed: %s", m.name, e.message)
+                except Exception:  # one model's fault must not stop the checks of the others
+                    log.exception("automatic rollback check of %s crashed", m.name)
 
     # ---- lookups ---------------------------------------------------------------------------
     def handle(self, name: str, version: str | None = None,
@@ -237,11 +274,12 @@ class Engine:
         return self._manager(name).handle(version, params or {}, metadata or {})
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Loaded and serving: False also while one of its workers is down."""
         try:
-            self.handle(name, version)
-            return True
+            h = self.handle(name, version)
         except EdgeInferError:
             return False
+        return h.healthy if version else self._models[name].ready
 
     def metadata(self, name: str, version: str | None = None) -> ModelMetadata:
         h = self.handle(name, version)
@@ -257,7 +295,7 @@ class Engine:
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
         h = self.handle(name, version)
-        return triton_model_config(h.config, h.model)
+        return triton_model_config(h.config, h.model, h.backend.name)
 
     def statistics(
         self, name: str | None = None, version: str | None = None
@@ -350,12 +388,14 @@ class Engine:
         """Prometheus text exposition of every metric."""
         return exposition(self._metrics)
 
-    def count_tokens(self, name: str, texts: list[str]) -> int:
-        """Tokens the model's tokenizer makes of `texts` (0 for models without one)."""
+    async def count_tokens(self, name: str, texts: list[str]) -> int:
+        """Tokens the model's tokenizer makes of `texts` (0 for models without one), counted
+        in a worker thread: tokenizing is proportional to the text."""
         tokenize = getattr(self.handle(name).model, "tokenize", None)
         if tokenize is None:
             return 0
-        return int(tokenize(texts)["attention_mask"].sum())
+        feeds = await asyncio.to_thread(tokenize, texts)
+        return int(feeds["attention_mask"].sum())
 
     # ---- inference -------------------------------------------------------------------------
     async def infer(
@@ -391,7 +431,8 @@ class Engine:
                     feeds = {**feeds, "adapter_index": np.full(rows, lease.index, np.int64)}
                 results, t = await h.scheduler.submit(feeds, priority, timeout_us, trace,
                                                       adapter=run_adapter,
-                                                      received_ns=request.received_ns)  # fmt: skip
+                                                      received_ns=request.received_ns,
+                                                      outputs=tuple(names) if names else None)  # fmt: skip
             finally:
                 if lease is not None:
                     lease.release()
@@ -426,15 +467,7 @@ class Engine:
 
         model = h.model
         assert isinstance(model, LlamaCppModel)
-        if request.messages is not None:
-            # The template writes any BOS itself; special tokens in it are parsed.
-            tokens = model.tokenize(model.render_chat(request.messages), add_special=False)
-        elif isinstance(request.prompt, str):
-            tokens = model.tokenize(request.prompt)
-        else:
-            tokens = list(request.prompt or [])
-        if not tokens:
-            tokens = [model.bos]
+        tokens = await prompt_tokens(model, request, h.config.llm.context_length)
         constraint = None
         if request.constraint is not None:
             spec = request.constraint
@@ -452,8 +485,10 @@ class Engine:
                 lease.release()
 
         try:
-            stream = h.llm.submit(tokens, request.params, lease.loop_adapter if lease else None,
-                                  done, constraint)  # fmt: skip
+            stream = h.llm.submit(tokens, reply_params(model, request),
+                                  lease.loop_adapter if lease else None,
+                                  done, constraint,
+                                  cache_prompt=request.cache_prompt)  # fmt: skip
         except BaseException:
             if lease is not None:
                 lease.release()
@@ -487,9 +522,7 @@ class Engine:
             raise InvalidInput("'lora_name' must be 'base_model:adapter_name'")
         self._manager(base)  # ModelNotFound for unknown bases
         h = self.handle(base)
-        vdir = self.repository.root / base / str(h.version)
-        base_file = vdir / ("model.gguf" if h.llm is not None else "model.onnx")
-        await self.adapters.load_path(base, adapter, path, base_file, tenants, scale,
+        await self.adapters.load_path(base, adapter, path, h.model_file, tenants, scale,
                                       self.settings.adapter_dirs)  # fmt: skip
         return f"{base}:{adapter}"
 

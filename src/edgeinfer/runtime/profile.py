@@ -86,18 +86,14 @@ def profile_model(
 
 def _run_profiled(path: Path, config: ModelConfig, batch: int, runs: int,
                   tmp: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], float]:  # fmt: skip
-    import onnxruntime as ort
+    from edgeinfer.runtime.onnx import new_session  # the live sessions' exact options
 
-    from edgeinfer.runtime.onnx import session_options  # the live sessions' exact options
+    def profiling(so: Any) -> None:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(tmp / "profile")
 
-    so = session_options(config.onnxruntime)
-    so.enable_profiling = True
-    so.profile_file_prefix = str(tmp / "profile")
     start = time.perf_counter()
-    try:
-        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT raises several unrelated exception types
-        raise LoadError(f"{path}: ONNX Runtime could not load the model: {e}") from e
+    session = new_session(path, config.onnxruntime, profiling)
     feeds = example_feeds(session.get_inputs(), batch, config, path.parent)
     try:
         for _ in range(WARMUP_RUNS + runs):

@@ -18,18 +18,19 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from edgeinfer.errors import EdgeInferError, InvalidInput
+from edgeinfer.errors import EdgeInferError, InvalidInput, InvalidParameter
 from edgeinfer.lifecycle import Engine
 from edgeinfer.server.errors import retry_after, status_of
 from edgeinfer.server.http_common import (
     ClientDisconnected,
     json_response,
-    read_body,
+    read_json,
     unless_disconnected,
 )
 from edgeinfer.server.openai_http import openai_error
 from edgeinfer.server.openai_reply import Reply, merged, usage
-from edgeinfer.server.openai_tools import ParamError, plan, response_format
+from edgeinfer.server.openai_tools import plan, response_format
+from edgeinfer.server.parse import parse_int
 from edgeinfer.serving.llm_loop import GenChunk, GenerateRequest, GenerationStream
 from edgeinfer.serving.sampling import SamplingParams, TokenLogprob
 
@@ -52,7 +53,7 @@ def _int(doc: dict[str, Any], key: str, default: int | None) -> int | None:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ParamError(key, f"'{key}' must be an integer")
+        raise InvalidParameter(key, f"'{key}' must be an integer")
     return value
 
 
@@ -61,23 +62,28 @@ def _float(doc: dict[str, Any], key: str, default: float) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ParamError(key, f"'{key}' must be a number")
-    return float(value)
+        raise InvalidParameter(key, f"'{key}' must be a number")
+    try:
+        return float(value)
+    except OverflowError:  # an integer too large for a float: out of every range
+        raise InvalidParameter(key, f"'{key}' is out of range") from None
 
 
 def _logit_bias(raw: Any) -> tuple[tuple[int, float], ...]:
     if raw is None:
         return ()
     if not isinstance(raw, dict):
-        raise ParamError("logit_bias", "'logit_bias' must map token ids to numbers")
+        raise InvalidParameter("logit_bias", "'logit_bias' must map token ids to numbers")
     out = []
     for key, value in raw.items():
         try:
-            token = int(key)
-        except ValueError:
-            raise ParamError("logit_bias", f"logit_bias key {key!r} is not a token id") from None
+            token = parse_int(key, "logit_bias key")  # ASCII digits: int() takes '٣' and '1_0'
+        except InvalidInput:
+            raise InvalidParameter(
+                "logit_bias", f"logit_bias key {key!r} is not a token id"
+            ) from None
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ParamError("logit_bias", f"logit_bias[{key!r}] must be a number")
+            raise InvalidParameter("logit_bias", f"logit_bias[{key!r}] must be a number")
         out.append((token, float(value)))
     return tuple(out)
 
@@ -87,10 +93,10 @@ def choices(doc: dict[str, Any]) -> int:
     n = _int(doc, "n", 1)
     assert n is not None
     if not 1 <= n <= MAX_CHOICES:
-        raise ParamError("n", f"'n' must be between 1 and {MAX_CHOICES}")
+        raise InvalidParameter("n", f"'n' must be between 1 and {MAX_CHOICES}")
     best_of = _int(doc, "best_of", None)
     if best_of not in (None, 1, n):
-        raise ParamError("best_of", "'best_of' must equal 'n' (no reranking is done)")
+        raise InvalidParameter("best_of", "'best_of' must equal 'n' (no reranking is done)")
     return n
 
 
@@ -99,14 +105,14 @@ def sampling_params(doc: dict[str, Any], max_tokens: int | None, logprobs: int |
     """The sampling fields OpenAI and vLLM clients send (top_k, min_p, repetition_penalty,
     stop_token_ids and ignore_eos are vLLM's extensions)."""
     if doc.get("suffix"):
-        raise ParamError("suffix", "'suffix' is not supported")
+        raise InvalidParameter("suffix", "'suffix' is not supported")
     stop = doc.get("stop") or ()
     stop = (stop,) if isinstance(stop, str) else stop
     if not isinstance(stop, list | tuple) or not all(isinstance(s, str) for s in stop):
-        raise ParamError("stop", "'stop' must be a string or a list of strings")
+        raise InvalidParameter("stop", "'stop' must be a string or a list of strings")
     ids = doc.get("stop_token_ids") or ()
     if not isinstance(ids, list | tuple) or not all(type(t) is int for t in ids):
-        raise ParamError("stop_token_ids", "'stop_token_ids' must be a list of integers")
+        raise InvalidParameter("stop_token_ids", "'stop_token_ids' must be a list of integers")
     return SamplingParams(
         max_tokens=max_tokens, top_k=_int(doc, "top_k", 0) or 0, seed=_int(doc, "seed", None),
         stop=tuple(stop), stop_token_ids=tuple(ids), ignore_eos=bool(doc.get("ignore_eos")),
@@ -143,8 +149,16 @@ def _prompt(raw: Any) -> str | list[int]:
     raise InvalidInput("'prompt' must be a string or a list of token ids (one prompt)")
 
 
-def _usage(c: GenChunk) -> dict[str, int]:
-    return usage(c.prompt_tokens, c.completion_tokens)
+def _usage(c: GenChunk) -> dict[str, Any]:
+    return usage(c.prompt_tokens, c.completion_tokens, c.cached_tokens)
+
+
+def _cache_prompt(doc: dict[str, Any]) -> bool:
+    """llama-server's `cache_prompt` (default true): false prefills the whole prompt."""
+    value = doc.get("cache_prompt", True)
+    if not isinstance(value, bool):
+        raise InvalidInput("'cache_prompt' must be true or false")
+    return value
 
 
 async def _sse(events: AsyncIterator[Any], done: bool = True) -> AsyncIterator[bytes]:
@@ -203,26 +217,27 @@ def _openai_request(doc: dict[str, Any], chat: bool, headers: dict[str, str],
     else:
         messages, prompt = None, _prompt(doc.get("prompt"))
         if doc.get("echo"):
-            raise ParamError("echo", "'echo' is not supported")
+            raise InvalidParameter("echo", "'echo' is not supported")
         if doc.get("tools") is not None:
-            raise ParamError("tools", "'tools' needs /v1/chat/completions")
+            raise InvalidParameter("tools", "'tools' needs /v1/chat/completions")
         max_tokens = _int(doc, "max_tokens", 16)
         logprobs = _int(doc, "logprobs", None)
     params = sampling_params(doc, max_tokens, logprobs)
     options = doc.get("stream_options") or {}
     if not isinstance(options, dict):
-        raise ParamError("stream_options", "'stream_options' must be an object")
+        raise InvalidParameter("stream_options", "'stream_options' must be an object")
     reply = Reply(chat, doc["model"], bool(doc.get("stream") and options.get("include_usage")),
                   choices(doc), tools is not None and tools.envelope, logprobs is not None)  # fmt: skip
     req = GenerateRequest(doc["model"], params, prompt=prompt, messages=messages,
-                          metadata=headers, constraint=fmt)  # fmt: skip
+                          metadata=headers, constraint=fmt,
+                          cache_prompt=_cache_prompt(doc))  # fmt: skip
     return req, reply
 
 
 def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
     async def openai(request: Request, chat: bool) -> Response:
         try:
-            doc = orjson.loads(await read_body(request, max_request_bytes))
+            doc = await read_json(request, max_request_bytes)
             req, reply = _openai_request(doc, chat, dict(request.headers))
             streams = await _start(engine, req, reply.n)
         except orjson.JSONDecodeError as e:
@@ -266,7 +281,7 @@ def _generate_routes(engine: Engine, max_request_bytes: int) -> list[Route]:
         return json_response({"error": message}, status, headers)
 
     async def start(request: Request) -> tuple[dict[str, Any], str, GenerationStream, str]:
-        doc = orjson.loads(await read_body(request, max_request_bytes))
+        doc = await read_json(request, max_request_bytes)
         if not isinstance(doc, dict) or not isinstance(doc.get("text_input"), str):
             raise InvalidInput("body must be a JSON object with a string 'text_input'")
         params = {k: v for k, v in doc.items() if k not in ("id", "text_input", "parameters")}
@@ -282,7 +297,8 @@ def _generate_routes(engine: Engine, max_request_bytes: int) -> list[Route]:
         stream = await engine.generate(GenerateRequest(
             model, sampling, prompt=doc["text_input"],
             version=request.path_params.get("version"), parameters=params,
-            metadata=dict(request.headers), constraint=response_format(params)))  # fmt: skip
+            metadata=dict(request.headers), constraint=response_format(params),
+            cache_prompt=_cache_prompt(params)))  # fmt: skip
         prefix = doc["text_input"] if params.get("exclude_input_in_output") is False else ""
         head = {"model_name": model, "model_version": stream.version}
         if isinstance(doc.get("id"), str):

@@ -16,6 +16,7 @@ assistant). The reply becomes `tool_calls` (ids, arguments as a JSON string) wit
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -23,21 +24,13 @@ from typing import Any
 
 import orjson
 
-from edgeinfer.errors import InvalidInput
+from edgeinfer.errors import InvalidParameter
 from edgeinfer.serving.constrain import JsonConstraint
 
 MAX_TOOLS = 64
 MAX_PARALLEL_CALLS = 8
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NO_ARGUMENTS = {"type": "object", "properties": {}}
-
-
-class ParamError(InvalidInput):
-    """A bad request parameter; the OpenAI error names it in `param`."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 def response_format(doc: dict[str, Any]) -> JsonConstraint | None:
@@ -51,15 +44,15 @@ def response_format(doc: dict[str, Any]) -> JsonConstraint | None:
     if kind == "json_object":
         return JsonConstraint({"type": "object"})
     if kind != "json_schema":
-        raise ParamError("response_format", "'response_format.type' must be 'text', "
+        raise InvalidParameter("response_format", "'response_format.type' must be 'text', "
                          "'json_object' or 'json_schema'")  # fmt: skip
     spec = fmt.get("json_schema")
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise ParamError("response_format", "'response_format.json_schema' must be an object "
+        raise InvalidParameter("response_format", "'response_format.json_schema' must be an object "
                          "with a string 'name' and a 'schema'")  # fmt: skip
     schema = spec.get("schema", {})
     if not isinstance(schema, dict):
-        raise ParamError("response_format", "'response_format.json_schema.schema' must be an "
+        raise InvalidParameter("response_format", "'response_format.json_schema.schema' must be an "
                          "object (a JSON schema)")  # fmt: skip
     return JsonConstraint(schema, "response_format")
 
@@ -84,22 +77,24 @@ def _tools(raw: Any) -> list[Tool]:
     if raw is None:
         return []
     if not isinstance(raw, list) or len(raw) > MAX_TOOLS:
-        raise ParamError("tools", f"'tools' must be a list of at most {MAX_TOOLS} functions")
+        raise InvalidParameter("tools", f"'tools' must be a list of at most {MAX_TOOLS} functions")
     out = []
     for t in raw:
         fn = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise ParamError("tools", "each tool must be {'type': 'function', 'function': "
+            raise InvalidParameter("tools", "each tool must be {'type': 'function', 'function': "
                              "{'name': ..., 'parameters': {...}}}")  # fmt: skip
         if not _NAME.match(fn["name"]):
-            raise ParamError("tools", f"tool name {fn['name']!r} must be 1-64 letters, digits, "
+            raise InvalidParameter("tools", f"tool name {fn['name']!r} must be 1-64 letters, digits, "
                              "'_' or '-'")  # fmt: skip
         params = fn.get("parameters") or _NO_ARGUMENTS
         if not isinstance(params, dict):
-            raise ParamError("tools", f"tool {fn['name']!r}: 'parameters' must be a JSON schema")
+            raise InvalidParameter(
+                "tools", f"tool {fn['name']!r}: 'parameters' must be a JSON schema"
+            )
         out.append(Tool(fn["name"], str(fn.get("description") or ""), params))
     if len({t.name for t in out}) != len(out):
-        raise ParamError("tools", "tool names must be unique")
+        raise InvalidParameter("tools", "tool names must be unique")
     return out
 
 
@@ -109,15 +104,17 @@ def _choice(raw: Any, tools: list[Tool]) -> str:
         return "auto" if tools else "none"
     if raw in ("none", "auto", "required"):
         if raw != "none" and not tools:
-            raise ParamError("tool_choice", f"tool_choice {raw!r} needs 'tools'")
+            raise InvalidParameter("tool_choice", f"tool_choice {raw!r} needs 'tools'")
         return str(raw)
     fn = raw.get("function") if isinstance(raw, dict) else None
     name = fn.get("name") if isinstance(fn, dict) else None
     if not isinstance(name, str):
-        raise ParamError("tool_choice", "'tool_choice' must be 'none', 'auto', 'required' or "
+        raise InvalidParameter("tool_choice", "'tool_choice' must be 'none', 'auto', 'required' or "
                          "{'type': 'function', 'function': {'name': ...}}")  # fmt: skip
     if name not in {t.name for t in tools}:
-        raise ParamError("tool_choice", f"tool_choice names {name!r}, which is not in 'tools'")
+        raise InvalidParameter(
+            "tool_choice", f"tool_choice names {name!r}, which is not in 'tools'"
+        )
     return name
 
 
@@ -166,7 +163,7 @@ def _history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             m = {"role": "assistant", "content": content}
         elif role == "tool":
             if not isinstance(m.get("tool_call_id"), str):
-                raise ParamError("messages", "a 'tool' message needs a string 'tool_call_id'")
+                raise InvalidParameter("messages", "a 'tool' message needs a string 'tool_call_id'")
             result = {"tool_call_id": m["tool_call_id"], "content": content}
             m = {"role": "user", "content": orjson.dumps({"tool_response": result}).decode()}
         if out and m["role"] == "user" and out[-1]["role"] == "user":
@@ -179,12 +176,12 @@ def _history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _past_call(call: Any) -> dict[str, Any]:
     fn = call.get("function") if isinstance(call, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        raise ParamError("messages", "an assistant 'tool_calls' entry needs 'function.name'")
+        raise InvalidParameter("messages", "an assistant 'tool_calls' entry needs 'function.name'")
     args = fn.get("arguments") or "{}"
     try:
         parsed = orjson.loads(args) if isinstance(args, str) else args
     except orjson.JSONDecodeError as e:
-        raise ParamError("messages", f"tool call arguments are not JSON: {e}") from e
+        raise InvalidParameter("messages", f"tool call arguments are not JSON: {e}") from e
     return {"name": fn["name"], "arguments": parsed}
 
 
@@ -193,12 +190,12 @@ def plan(doc: dict[str, Any], messages: list[dict[str, Any]],
     """Validate `tools`, `tool_choice` and `parallel_tool_calls` and shape the request."""
     for old in ("functions", "function_call"):
         if doc.get(old) is not None:
-            raise ParamError(old, f"'{old}' is deprecated: use 'tools' and 'tool_choice'")
+            raise InvalidParameter(old, f"'{old}' is deprecated: use 'tools' and 'tool_choice'")
     tools = _tools(doc.get("tools"))
     choice = _choice(doc.get("tool_choice"), tools)
     parallel = doc.get("parallel_tool_calls", True)
     if not isinstance(parallel, bool):
-        raise ParamError("parallel_tool_calls", "'parallel_tool_calls' must be a boolean")
+        raise InvalidParameter("parallel_tool_calls", "'parallel_tool_calls' must be a boolean")
     if any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
         messages = _history(messages)
     if choice == "none":
@@ -215,19 +212,88 @@ def plan(doc: dict[str, Any], messages: list[dict[str, Any]],
 
 def parse_reply(text: str, finish_reason: str | None,
                 ) -> tuple[str | None, list[dict[str, Any]] | None, str | None]:  # fmt: skip
-    """(content, tool_calls, finish_reason) of a reply in the generic format. A reply cut
-    before its JSON is complete (max_tokens) is returned as content."""
+    """(content, tool_calls, finish_reason) of a reply in the generic format. A reply cut by
+    max_tokens keeps what is complete: the calls before the cut (finish_reason stays "length")
+    or the answer so far."""
     try:
         doc = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return text, None, finish_reason
+        if calls := _complete_calls(text):
+            return None, calls, finish_reason
+        return _partial_response(text), None, finish_reason
     if isinstance(doc, dict) and isinstance(doc.get("tool_calls"), list):
-        calls = [{"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
-                  "function": {"name": c["name"], "arguments": orjson.dumps(c["arguments"]).decode()}}
-                 for c in doc["tool_calls"]]  # fmt: skip
+        calls = [_call(c) for c in doc["tool_calls"]]
         return None, calls, "tool_calls" if finish_reason == "stop" else finish_reason
     if isinstance(doc, dict) and "response" in doc:
         answer = doc["response"]
         return (answer if isinstance(answer, str) else orjson.dumps(answer).decode(), None,
                 finish_reason)  # fmt: skip
     return text, None, finish_reason
+
+
+def _call(c: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+            "function": {"name": c["name"], "arguments": orjson.dumps(c["arguments"]).decode()}}  # fmt: skip
+
+
+_CALLS_HEAD = '{"tool_calls": ['
+
+
+def _complete_calls(text: str) -> list[dict[str, Any]]:
+    """The calls that are complete in a reply cut inside its `tool_calls` list."""
+    if not text.startswith(_CALLS_HEAD):
+        return []
+    decoder, pos = json.JSONDecoder(), len(_CALLS_HEAD)
+    out: list[dict[str, Any]] = []
+    while True:
+        try:
+            call, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            return out
+        if not isinstance(call, dict) or "name" not in call or "arguments" not in call:
+            return out
+        out.append(_call(call))
+        if not text.startswith(", ", pos):
+            return out
+        pos += 2
+
+
+_RESPONSE_HEAD = '{"response": "'
+
+
+class AnswerStream:
+    """The answer of a reply in the generic format as it streams: text in, the newly decoded
+    part of `{"response": "...` out (nothing for a tool call). Each piece is decoded once, so
+    streaming a long answer costs time proportional to its length."""
+
+    def __init__(self) -> None:
+        self._raw = ""
+        self._pos = 0  # start of the raw text not yet decoded; -1: not an answer
+
+    def push(self, text: str) -> str:
+        self._raw += text
+        if self._pos == 0:
+            if not self._raw.startswith(_RESPONSE_HEAD[: len(self._raw)]):
+                self._pos = -1
+            elif len(self._raw) >= len(_RESPONSE_HEAD):
+                self._pos = len(_RESPONSE_HEAD)
+        if self._pos <= 0:
+            return ""
+        body = self._raw[self._pos :]
+        for cut in range(min(6, len(body)) + 1):  # an escape sequence may be cut in the middle
+            piece = body[: len(body) - cut]
+            try:
+                answer = orjson.loads('"' + piece + '"')
+            except orjson.JSONDecodeError:
+                continue
+            self._pos += len(piece)
+            return str(answer)
+        return ""
+
+
+def _partial_response(text: str) -> str:
+    """The answer so far of a reply cut inside `{"response": "...`; other cut replies as they
+    are (a cut tool call cannot be run)."""
+    if not text.startswith(_RESPONSE_HEAD):
+        return text
+    return AnswerStream().push(text)

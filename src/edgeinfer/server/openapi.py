@@ -174,13 +174,15 @@ _DATA = {"type": "array", "description": "Row-major tensor elements, flat or nes
          "items": {"type": ["number", "boolean", "string", "array"]}}  # fmt: skip
 _FINISH = {"type": ["string", "null"], "enum": ["stop", "length", "tool_calls", "abort", None]}
 _USAGE = _obj(("prompt_tokens", "completion_tokens", "total_tokens"), prompt_tokens=_NAT,
-              completion_tokens=_NAT, total_tokens=_NAT)  # fmt: skip
+              completion_tokens=_NAT, total_tokens=_NAT,
+              prompt_tokens_details=_obj(cached_tokens=_NAT))  # fmt: skip
 _SAMPLING: Doc = {
     "max_tokens": {"type": ["integer", "null"], "minimum": 0}, "temperature": _NUM, "top_p": _NUM,
     "top_k": _INT, "min_p": _NUM, "seed": {"type": ["integer", "null"]},
     "repetition_penalty": _NUM, "presence_penalty": _NUM, "frequency_penalty": _NUM,
     "stop": {"oneOf": [_STR, _STRS, {"type": "null"}]}, "stop_token_ids": {"type": "array", "items": _INT},
     "ignore_eos": _BOOL, "n": {"type": "integer", "minimum": 1, "maximum": 8}, "stream": _BOOL,
+    "cache_prompt": _BOOL,
     "stream_options": _obj(include_usage=_BOOL),
     "logit_bias": {"type": "object", "description": "Token id -> bias added to its logit.",
                    "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}},

@@ -11,6 +11,7 @@ One `TokenConstraint` per sequence: the loop masks the sequence's logits row bef
 (`mask`) and feeds it the chosen token (`accept`), so constrained and free sequences share one
 decode step. Whitespace between JSON tokens is fixed (`", "`, `": "`), so a sampler that favours
 spaces (random weights do) cannot loop on it; a long string or array is cut by max_tokens.
+Objects that list properties take no others unless the schema says `additionalProperties`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,33 @@ def _llguidance() -> Any:
     return llguidance
 
 
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_ONE = ("items", "additionalProperties", "contains", "propertyNames", "if", "then", "else",
+               "unevaluatedProperties", "unevaluatedItems")  # fmt: skip
+
+
+def closed(schema: Any) -> Any:
+    """`schema` with every object that lists `properties` but says nothing about
+    `additionalProperties` closed to other keys (as llama.cpp's converter and OpenAI's strict
+    mode do): otherwise a model may invent keys. `"additionalProperties": true` keeps one open."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if "properties" in out and "additionalProperties" not in out and "patternProperties" not in out:
+        out["additionalProperties"] = False
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {k: closed(v) for k, v in out[key].items()}
+    for key in _SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [closed(v) for v in out[key]]
+    for key in _SCHEMA_ONE:
+        if key in out:
+            out[key] = closed(out[key])
+    return out
+
+
 def grammar_of(spec: JsonConstraint) -> str:
     """llguidance's grammar for `spec`; InvalidInput when it is not a schema it supports."""
     import orjson
@@ -52,7 +80,8 @@ def grammar_of(spec: JsonConstraint) -> str:
         raise InvalidInput(f"{spec.name}: the schema is larger than {MAX_SCHEMA_BYTES} bytes")
     llg = _llguidance()
     try:
-        grammar: str = llg.LLMatcher.grammar_from_json_schema(spec.schema, defaults=_JSON_OPTIONS)
+        grammar: str = llg.LLMatcher.grammar_from_json_schema(closed(spec.schema),
+                                                              defaults=_JSON_OPTIONS)  # fmt: skip
     except ValueError as e:
         raise InvalidInput(f"{spec.name}: not a valid JSON schema: {e}") from e
     error = llg.LLMatcher.validate_grammar(grammar, None)

@@ -56,9 +56,10 @@ class Runner:
         timer.add(ns)
         return result, ns
 
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self.prep_pool.shutdown(wait=True, cancel_futures=True)
+    def shutdown(self, wait: bool = True) -> None:
+        """Release the threads; `wait=False` when a run may be stuck (the process is leaving)."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+        self.prep_pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def _timed(fn: Callable[[], T]) -> tuple[T, int]:

@@ -172,3 +172,25 @@ def test_constrained_and_free_sequences_share_decode_steps(tokenizer: Any) -> No
     assert free[-1].finish_reason == "length" and free[-1].completion_tokens == 40
     both = sum(len(call) == 2 for call in backend.calls)
     assert both >= min(constrained[-1].completion_tokens, 40) - 1  # one decode step for both
+
+
+def test_objects_without_additional_properties_take_no_other_keys(tokenizer: Any) -> None:
+    from edgeinfer.serving.constrain import closed
+
+    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {
+        "b": {"type": "integer"}}}, "properties": {"type": "string"}},
+        "$defs": {"x": {"properties": {}}}, "anyOf": [{"properties": {}}]}  # fmt: skip
+    out = closed(schema)
+    assert out["additionalProperties"] is False
+    assert out["properties"]["a"]["additionalProperties"] is False
+    assert "additionalProperties" not in out["properties"]  # a property named "properties"
+    assert out["$defs"]["x"]["additionalProperties"] is False
+    assert out["anyOf"][0]["additionalProperties"] is False
+    assert closed({"properties": {}, "additionalProperties": True})["additionalProperties"] is True
+    c = constraint_for(tokenizer, JsonConstraint({"type": "object", "properties": {
+        "on": {"type": "boolean"}}}), VOCAB)  # fmt: skip
+    for token in b'{"on": true':
+        c.accept(token)
+    scores = np.zeros(VOCAB, np.float32)
+    c.mask(scores)
+    assert {bytes([t]) for t in np.flatnonzero(np.isfinite(scores))} == {b"}"}
