@@ -2,12 +2,13 @@
 
 A model's `config.toml`:
 
-    backend = "onnxruntime"        # the only backend so far
+    backend = "onnxruntime"        # onnxruntime | openvino | litert | llama.cpp; omitted: the
+                                   # version's file decides (model.onnx, .xml, .tflite, .gguf)
     max_batch_size = 64            # 0: the model has no batch axis
     [version_policy]               # one of: latest = N | specific = [1, 3] | all = true
     latest = 1
     [onnxruntime]
-    intra_op_threads = 1           # 0: from the cgroup CPU quota / big cores, not cpu_count()
+    intra_op_threads = 0           # 0 (default): usable CPUs / instance_count; see OrtOptions
     inter_op_threads = 1
     cpus = [4, 5, 6, 7]            # pin the model's threads (default: big cores on big.LITTLE)
     nice = 5                       # inference threads yield to the event loop (0 = off)
@@ -39,14 +40,36 @@ A model's `config.toml`:
     input = "text"
     tokenizer = "tokenizer.json"   # file in the version directory
     max_length = 256
+    max_bytes = 0                  # longest string in UTF-8 bytes (0: 64 x max_length); 400 above
+    max_strings = 2048             # most strings in one request; 400 above
+    [openvino]                     # backend = "openvino": model.xml + model.bin, or model.onnx
+    hint = "latency"               # latency | throughput
+    num_streams = 0                # 0: from the hint
+    inference_precision = ""       # "": the CPU's default (bf16 where it has it) | f32 | bf16 | f16
+    intra_op_threads = 1           # 0: usable cores
+    cache_dir = ""                 # compiled-model cache; "": $EDGEINFER_HOME/openvino; "off"
+    [litert]                       # backend = "litert": model.tflite
+    intra_op_threads = 1           # 0: usable cores (LiteRT's own default is 1 whatever it says)
+    dequantize_outputs = false     # int8/uint8 outputs as FP32 (scale, zero point applied)
+    signature = ""                 # which signature to serve ("": the first)
+    [image]                        # optional: the image input also takes encoded images (BYTES)
+    input = "image"                # default: the model's only 4-D input
+    max_pixels = 50_000_000        # checked from the header, before decoding
+    [preprocess]                   # size, resize, scale, mean, std, layout: runtime/images.py
+    [outputs.logits]               # Triton's classification extension: labels of the classes
+    label_filename = "labels.txt"  # in the version directory (or the model directory)
     [llm]                          # backend = "llama.cpp": model.gguf in the version directory
     context_length = 2048          # prompt + completion tokens per request (longer: 400)
     slots = 4                      # sequences decoded together (continuous batching)
-    n_threads = 1                  # see LlmOptions for why 1
+    n_threads = 0                  # 0: the usable physical (big) cores
+    n_threads_batch = 0            # threads for prompt batches; 0: as n_threads
+    adaptive_threads = true        # 1 thread while other processes keep the CPUs busy (PSI)
     kv_cache_type = "f16"          # f32 | f16 | q8_0
     extra_buffer_types = "auto"    # AMX/repacked weights: "auto" (probed once per CPU) | true | false
     lora_steps_per_switch = 8      # steps one LoRA adapter's streams decode before the next's turn
     max_loras = 0                  # adapters whose sequences run at once (0: any)
+    prefix_cache = true            # reuse a slot's KV cells for a prompt with the same prefix
+    chat_template = ""             # "": the GGUF's; "plain": User:/Assistant: for base models
 """
 
 from __future__ import annotations
@@ -115,7 +138,9 @@ class VersionPolicy:
 
 @dataclass(frozen=True)
 class OrtOptions:
-    intra_op_threads: int = 1
+    # 0: the usable CPUs (cgroup quota, big cores, physical cores) divided among the model's
+    # instances; a model alone on the device then uses every core (docs/tune.md).
+    intra_op_threads: int = 0
     inter_op_threads: int = 1
     execution_mode: str = "sequential"
     graph_optimization_level: str = "all"
@@ -150,10 +175,41 @@ class TextOptions:
     input: str = "text"
     tokenizer: str = "tokenizer.json"
     max_length: int = 256
+    # Checked before tokenizing (a 16 MB string takes ~40 s to tokenize, then gets truncated to
+    # max_length tokens anyway). 0: 64 bytes per token of max_length, ample for any language.
+    max_bytes: int = 0
+    max_strings: int = 2048
 
     def __post_init__(self) -> None:
         if self.max_length < 1:
             raise ConfigError("text.max_length must be >= 1")
+        if self.max_bytes < 0 or self.max_strings < 1:
+            raise ConfigError("text.max_bytes must be >= 0 (0: 64 x max_length) and "
+                              "text.max_strings >= 1")  # fmt: skip
+
+    @property
+    def string_bytes(self) -> int:
+        """The longest string accepted, in UTF-8 bytes."""
+        return self.max_bytes or 64 * self.max_length
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """An image input that also takes encoded images (JPEG, PNG, WebP), decoded in the server
+    as `[preprocess]` says. `draft`: decode large JPEGs at a reduced scale (DCT domain)."""
+
+    input: str = ""
+    max_pixels: int = 50_000_000
+    draft: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1:
+            raise ConfigError("image.max_pixels must be >= 1")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    label_filename: str = ""  # one label per line, line i for class index i
 
 
 @dataclass(frozen=True)
@@ -222,6 +278,42 @@ class CanaryOptions:
             raise ConfigError("canary needs version >= 1 and 0 <= weight <= 1")
 
 
+_OV_HINTS = ("latency", "throughput")
+_OV_PRECISIONS = ("", "f32", "bf16", "f16")
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    """`[openvino]`: one compiled model per version; instances are its infer requests."""
+
+    hint: str = "latency"
+    num_streams: int = 0  # 0: what the hint chooses
+    inference_precision: str = ""  # "": the device's default (bf16 on CPUs that have it)
+    intra_op_threads: int = 1  # 0: the usable cores (cgroup quota, big cores)
+    cache_dir: str = ""  # "": $EDGEINFER_HOME/openvino; "off": compile at every load
+
+    def __post_init__(self) -> None:
+        if self.hint not in _OV_HINTS:
+            raise ConfigError(f"openvino.hint must be one of {_OV_HINTS}")
+        if self.inference_precision not in _OV_PRECISIONS:
+            raise ConfigError(f"openvino.inference_precision must be one of {_OV_PRECISIONS}")
+        if self.num_streams < 0 or self.intra_op_threads < 0:
+            raise ConfigError("openvino.num_streams and intra_op_threads must be >= 0 (0: auto)")
+
+
+@dataclass(frozen=True)
+class LiteRtOptions:
+    """`[litert]`: a .tflite model, one Interpreter per instance."""
+
+    intra_op_threads: int = 1  # 0: the usable cores; LiteRT itself defaults to 1
+    dequantize_outputs: bool = False  # int8/uint8 outputs returned as FP32
+    signature: str = ""  # the signature to serve; "": the model's first
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads < 0:
+            raise ConfigError("litert.intra_op_threads must be >= 0 (0: the usable cores)")
+
+
 _KV_TYPES = ("f32", "f16", "q8_0")
 
 
@@ -232,13 +324,19 @@ class LlmOptions:
     context_length: int = 2048  # prompt + completion tokens one request may use
     slots: int = 4  # sequences decoded together in one batch
     kv_tokens: int = 0  # KV-cache cells shared by all slots; 0: slots * context_length
-    # 1 thread: 2 OpenMP threads collapse (~10-30x) when another process shares 2 cores (measured).
-    n_threads: int = 1
+    # 0: the usable physical (big) cores (hardware.default_threads). With adaptive_threads,
+    # llama.cpp drops to 1 thread while the kernel's CPU pressure says other processes want the
+    # cores: 2 OpenMP threads collapse ~30x beside a busy neighbour (hardware/contention.py).
+    n_threads: int = 0
+    n_threads_batch: int = 0  # prompt batches (and multi-sequence steps); 0: as n_threads
+    adaptive_threads: bool = True
     n_batch: int = 512  # most tokens in one llama_decode call
     prefill_chunk: int = 256  # prompt tokens per step, so long prompts do not stall streams
     kv_cache_type: str = "f16"  # f32 | f16 | q8_0 (q8_0 needs flash_attn)
     flash_attn: bool = False
-    chat_template: str = ""  # Jinja source; empty: the GGUF's tokenizer.chat_template
+    # "": the GGUF's tokenizer.chat_template (none: "plain"); "plain": a User:/Assistant:
+    # transcript for base models (runtime/chat_format.py); else Jinja source
+    chat_template: str = ""
     # llama.cpp's extra buffer types: AMX tiles and weights repacked for AVX2/AVX-512/NEON
     # (Q4_0 runs faster). "auto": on unless a one-time probe in a child process crashed on
     # this CPU (runtime/llm_probe.py); true/false: force.
@@ -252,6 +350,9 @@ class LlmOptions:
     # passes it any more (vLLM's max_loras).
     max_loras: int = 0
     max_lora_wait: float = 1.0
+    # Keep each slot's KV cells after its request; a new request that starts with the same
+    # tokens (the next turn of a chat, a shared system prompt) prefills only the rest.
+    prefix_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.max_loras < 0 or self.max_lora_wait < 0:
@@ -262,8 +363,13 @@ class LlmOptions:
         if self.kv_tokens and self.kv_tokens < self.context_length:
             raise ConfigError("llm.kv_tokens must be 0 (automatic) or >= llm.context_length, "
                               "or no request of full length could ever start")  # fmt: skip
-        if self.n_threads < 0 or self.n_batch < 1 or self.prefill_chunk < 1:
-            raise ConfigError("llm.n_threads must be >= 0 (0: the usable CPUs), n_batch and "
+        if (
+            min(self.n_threads, self.n_threads_batch) < 0
+            or self.n_batch < 1
+            or self.prefill_chunk < 1
+        ):
+            raise ConfigError("llm.n_threads and n_threads_batch must be >= 0 (0: the usable "
+                              "cores), n_batch and "
                               "prefill_chunk >= 1")  # fmt: skip
         if self.prefill_chunk + self.slots > self.n_batch:
             raise ConfigError("llm.n_batch must hold a prefill chunk plus one token per slot "
@@ -275,6 +381,8 @@ class LlmOptions:
         if not isinstance(self.extra_buffer_types, bool) and self.extra_buffer_types != "auto":
             raise ConfigError("llm.extra_buffer_types must be \"auto\" (probe this CPU once), "
                               f"true or false; got {self.extra_buffer_types!r}")  # fmt: skip
+        if not isinstance(self.prefix_cache, bool) or not isinstance(self.adaptive_threads, bool):
+            raise ConfigError("llm.prefix_cache and llm.adaptive_threads must be true or false")
         if self.lora_steps_per_switch < 1:
             raise ConfigError("llm.lora_steps_per_switch must be >= 1 (1: switch adapters every "
                               "step; more: fewer switches, longer waits for other adapters)")  # fmt: skip
@@ -287,12 +395,16 @@ class LlmOptions:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    backend: str = "onnxruntime"
+    backend: str = ""  # "": the version's model file decides (runtime.BACKENDS)
     max_batch_size: int = 64
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     onnxruntime: OrtOptions = field(default_factory=OrtOptions)
     text: TextOptions | None = None
+    image: ImageOptions | None = None
+    outputs: dict[str, OutputOptions] = field(default_factory=dict)
     llm: LlmOptions = field(default_factory=LlmOptions)
+    openvino: OpenVinoOptions = field(default_factory=OpenVinoOptions)
+    litert: LiteRtOptions = field(default_factory=LiteRtOptions)
     warmup: bool = True
     instance_count: int = 1
     dynamic_batching: DynamicBatching | None = None
@@ -303,9 +415,8 @@ class ModelConfig:
     preprocess: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.backend not in ("onnxruntime", "llama.cpp"):
-            raise ConfigError(f"model {self.name}: unknown backend {self.backend!r}; "
-                              "use 'onnxruntime' or 'llama.cpp'")  # fmt: skip
+        if not isinstance(self.backend, str):
+            raise ConfigError(f"model {self.name}: backend must be a name such as 'onnxruntime'")
         if self.backend == "llama.cpp" and self.instance_count != 1:
             raise ConfigError(f"model {self.name}: llama.cpp models run one context; use "
                               "[llm] slots for concurrency and leave instance_count at 1")  # fmt: skip
@@ -345,6 +456,12 @@ class ModelConfig:
             ort = OrtOptions(**raw.pop("onnxruntime", {}))
             text_raw = raw.pop("text", None)
             text = TextOptions(**text_raw) if text_raw is not None else None
+            image_raw = raw.pop("image", None)
+            image = ImageOptions(**image_raw) if image_raw is not None else None
+            outputs_raw = raw.pop("outputs", {})
+            if not isinstance(outputs_raw, dict):
+                raise ConfigError("[outputs.NAME] tables expected, e.g. [outputs.logits]")
+            outputs = {k: OutputOptions(**v) for k, v in outputs_raw.items()}
             db_raw = raw.pop("dynamic_batching", None)
             batching = DynamicBatching(**db_raw) if db_raw is not None else None
             queue = QueueOptions(**raw.pop("queue", {}))
@@ -352,9 +469,12 @@ class ModelConfig:
             canary_raw = raw.pop("canary", None)
             canary = CanaryOptions(**canary_raw) if canary_raw is not None else None
             llm = LlmOptions(**raw.pop("llm", {}))
+            ov = OpenVinoOptions(**raw.pop("openvino", {}))
+            litert = LiteRtOptions(**raw.pop("litert", {}))
             return cls(name=name, version_policy=policy, onnxruntime=ort, text=text,
-                       dynamic_batching=batching, queue=queue, lifecycle=lifecycle,
-                       canary=canary, llm=llm, **raw)  # fmt: skip
+                       image=image, outputs=outputs, dynamic_batching=batching, queue=queue,
+                       lifecycle=lifecycle, canary=canary, llm=llm, openvino=ov, litert=litert,
+                       **raw)  # fmt: skip
         except ConfigError as e:
             if str(e).startswith(where):
                 raise
@@ -409,6 +529,13 @@ class Limits:
     max_rank: int = 16
     max_elements: int = 1 << 28  # per tensor: 1 GiB of FP32
     max_string_bytes: int = 1 << 20  # per BYTES element
+    max_image_bytes: int = 32 << 20  # per encoded image (a BYTES element of an [image] input)
+    max_json_bytes: int = 2 << 20  # a JSON body or binary-extension header (parsed holding the GIL)
+
+    @property
+    def max_element_bytes(self) -> int:
+        """The longest BYTES element a decoder accepts before it knows the model."""
+        return max(self.max_string_bytes, self.max_image_bytes)
 
 
 def edgeinfer_home() -> Path:
@@ -539,6 +666,16 @@ class ServerSettings:
     max_string_bytes: int = field(
         default=1 << 20, metadata={"help": "longest BYTES element / string accepted"}
     )
+    max_image_bytes: int = field(
+        default=32 << 20,
+        metadata={"help": "longest encoded image accepted by a model's [image] input"},
+    )
+    max_json_bytes: int = field(
+        default=Limits.max_json_bytes,
+        metadata={"help": "largest JSON body (or binary-extension JSON header); parsing holds "
+                  "the GIL, so this bounds the stall one request can cause (413 above); "
+                  "binary tensors may use all of --max-request-bytes"},
+    )  # fmt: skip
     registry: str = field(
         default="",
         metadata={"help": "desired state for a fleet: etcd://HOST:2379/PREFIX[?ttl=10]; empty: "
@@ -573,8 +710,8 @@ class ServerSettings:
             raise ConfigError("--metrics-port must differ from --http-port and --grpc-port")
         if self.model_control not in ("none", "explicit", "poll"):
             raise ConfigError("--model-control must be 'none', 'explicit' or 'poll'")
-        if self.max_request_bytes < 1024:
-            raise ConfigError("--max-request-bytes must be at least 1024")
+        if self.max_request_bytes < 1024 or self.max_json_bytes < 1024:
+            raise ConfigError("--max-request-bytes and --max-json-bytes must be at least 1024")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         if not self.api_keys and not self.insecure and self.host not in _LOOPBACK:
@@ -628,7 +765,14 @@ class ServerSettings:
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_tensors, self.max_rank, self.max_elements, self.max_string_bytes)
+        return Limits(
+            self.max_tensors,
+            self.max_rank,
+            self.max_elements,
+            self.max_string_bytes,
+            self.max_image_bytes,
+            self.max_json_bytes,
+        )
 
     @classmethod
     def env_defaults(cls) -> dict[str, str]:

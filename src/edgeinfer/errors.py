@@ -21,6 +21,14 @@ class InvalidInput(EdgeInferError):
     """The request is malformed or does not match the model's declared inputs."""
 
 
+class InvalidParameter(InvalidInput):
+    """One named request parameter is out of range or of the wrong type (OpenAI's `param`)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class PayloadTooLarge(EdgeInferError):
     """The request body exceeds the configured limit."""
 

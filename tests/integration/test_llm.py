@@ -14,12 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import llama_cpp
+import openai
 import pytest
 
 from tests.conftest import ServerProcess, start_server
-
-openai = pytest.importorskip("openai")
-llama_cpp = pytest.importorskip("llama_cpp")
 
 MODEL = "llm-demo"
 SLOW = "llm-small"  # ~10 ms per token: generations that last long enough to interrupt
@@ -171,8 +170,8 @@ def test_logprobs(client: openai.OpenAI) -> None:
 
 
 def test_context_overflow_is_400(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError, match="maximum context length is 512") as e:
-        complete(client, "Hello", 600)
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 1024") as e:
+        complete(client, "Hello", 1100)
     assert e.value.status_code == 400
     assert e.value.body["type"] == "invalid_request_error"  # type: ignore[index]
 
@@ -246,7 +245,7 @@ def test_generate_extension(server: ServerProcess, client: openai.OpenAI) -> Non
     assert "".join(d["text_output"] for d in docs) == expected
     assert docs[-1]["finish_reason"] == "length"
     r = httpx.post(f"{server.url}/v2/models/{MODEL}/generate", json={"text_input": "x",
-                                                                      "max_tokens": 999})  # fmt: skip
+                                                                      "max_tokens": 1999})  # fmt: skip
     assert r.status_code == 400 and "maximum context length" in r.json()["error"]
 
 

@@ -28,6 +28,13 @@ def add_chat(sub: Any) -> None:
     p.add_argument("--max-tokens", type=int, default=256, help="per reply (default: 256)")
     p.add_argument("--temperature", type=float, default=0.7, help="(default: 0.7; 0 = greedy)")
     p.add_argument("--seed", type=int, help="seed for repeatable sampling")
+    p.add_argument("--json-schema", metavar="FILE",
+                   help="a JSON schema file: every reply is JSON that validates against it")  # fmt: skip
+    p.add_argument("--tools", metavar="FILE",
+                   help="a JSON file with OpenAI 'tools' (a list of functions): the model may "
+                   "call them; calls are shown as [tool call] name {arguments}")  # fmt: skip
+    p.add_argument("--tool-choice", default="auto", metavar="CHOICE",
+                   help="with --tools: auto (default), required, none, or a function's name")  # fmt: skip
     p.add_argument("--api-key", default=os.environ.get("EDGEINFER_API_KEY"),
                    help="bearer token when the server requires one (env EDGEINFER_API_KEY)")  # fmt: skip
     p.set_defaults(func=cmd_chat)
@@ -44,9 +51,12 @@ def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         yield json.loads(data)
 
 
-def stream_reply(client: Any, url: str, body: dict[str, Any], out: TextIO) -> str:
-    """Send one chat request, print the reply as it streams, return it."""
+def stream_reply(client: Any, url: str, body: dict[str, Any], out: TextIO,
+                 calls: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
+    """Send one chat request, print the reply as it streams, return it. Tool calls are
+    printed as they complete and appended to `calls`."""
     parts: list[str] = []
+    calls = [] if calls is None else calls
     with client.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
         if resp.status_code != 200:
             resp.read()
@@ -59,12 +69,40 @@ def stream_reply(client: Any, url: str, body: dict[str, Any], out: TextIO) -> st
             if "error" in event:
                 raise ChatError(f"generation failed: {event['error'].get('message')}")
             for choice in event.get("choices", []):
-                text = choice.get("delta", {}).get("content") or ""
+                delta = choice.get("delta", {})
+                _tool_deltas(delta.get("tool_calls") or [], calls, out)
+                text = delta.get("content") or ""
                 parts.append(text)
                 out.write(text)
                 out.flush()
     out.write("\n")
     return "".join(parts)
+
+
+def _tool_deltas(deltas: list[dict[str, Any]], calls: list[dict[str, Any]], out: TextIO) -> None:
+    """Accumulate streamed tool calls (an id and name, then argument pieces); print each call
+    once its arguments are complete JSON."""
+    for d in deltas:
+        fn = d.get("function") or {}
+        if d.get("id"):
+            calls.append({"id": d["id"], "type": "function",
+                          "function": {"name": fn.get("name", ""), "arguments": ""}})  # fmt: skip
+        elif calls:
+            calls[-1]["function"]["arguments"] += fn.get("arguments") or ""
+            call = calls[-1]["function"]
+            try:
+                json.loads(call["arguments"])
+            except ValueError:
+                continue
+            out.write(f"[tool call] {call['name']} {call['arguments']}\n")
+
+
+def _json_file(path: str, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ChatError(f"{what} {path}: {e}") from e
 
 
 class ChatError(Exception):
@@ -74,7 +112,21 @@ class ChatError(Exception):
 def cmd_chat(args: argparse.Namespace) -> int:
     import httpx
 
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    try:
+        if args.json_schema:
+            schema = _json_file(args.json_schema, "--json-schema")
+            extra["response_format"] = {"type": "json_schema",
+                                        "json_schema": {"name": "reply", "schema": schema}}  # fmt: skip
+        if args.tools:
+            extra["tools"] = _json_file(args.tools, "--tools")
+            choice = args.tool_choice
+            extra["tool_choice"] = (choice if choice in ("auto", "required", "none") else
+                                    {"type": "function", "function": {"name": choice}})  # fmt: skip
+    except ChatError as e:
+        print(f"edgeinfer: error: {e}", file=sys.stderr)
+        return 2
     if args.system:
         messages.append({"role": "system", "content": args.system})
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
@@ -89,11 +141,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 return 0
             messages.append({"role": "user", "content": line.rstrip("\n")})
             body = {"model": args.model, "messages": messages, "stream": True,
-                    "max_tokens": args.max_tokens, "temperature": args.temperature}  # fmt: skip
+                    "max_tokens": args.max_tokens, "temperature": args.temperature, **extra}  # fmt: skip
             if args.seed is not None:
                 body["seed"] = args.seed
+            calls: list[dict[str, Any]] = []
             try:
-                reply = stream_reply(client, args.url, body, sys.stdout)
+                reply = stream_reply(client, args.url, body, sys.stdout, calls)
             except httpx.HTTPError as e:
                 print(f"edgeinfer: error: cannot reach the server at {args.url}: {e}",
                       file=sys.stderr)  # fmt: skip
@@ -101,4 +154,5 @@ def cmd_chat(args: argparse.Namespace) -> int:
             except ChatError as e:
                 print(f"edgeinfer: error: {e}", file=sys.stderr)
                 return 1
-            messages.append({"role": "assistant", "content": reply})
+            messages.append({"role": "assistant", "content": reply or None,
+                             **({"tool_calls": calls} if calls else {})})  # fmt: skip

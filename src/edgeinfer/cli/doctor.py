@@ -85,16 +85,57 @@ def runtimes() -> dict[str, Any]:
         }
     except (ImportError, OSError, AttributeError):
         pass
+    out["backends"] = backends(platform.machine())
     return out
+
+
+# Which CPUs each backend's wheels and kernels are built for (runtime.BACKENDS names).
+_SUITS = {
+    "openvino": {"x86_64": "yes (Intel/AMD; bf16/INT8 kernels where the CPU has them)",
+                 "aarch64": "yes (ARM Compute Library; INT8 partly runs in fp16)"},
+    "litert": {"x86_64": "yes (XNNPACK)", "aarch64": "yes (XNNPACK)"},
+}  # fmt: skip
+
+
+def backends(machine: str) -> list[dict[str, Any]]:
+    """Every backend in the table: installed or not (and how to install it), its version,
+    the files it serves and whether it suits this CPU."""
+    from edgeinfer.runtime import BACKENDS
+
+    rows = []
+    for b in BACKENDS.values():
+        installed = b.installed()
+        rows.append({
+            "name": b.name, "installed": installed, "version": b.version() if installed else None,
+            "files": list(b.files), "install": f"pip install 'edgeinfer[{b.extra}]'",
+            "suits_cpu": _SUITS.get(b.name, {}).get(machine, "yes" if b.name != "openvino"
+                                                    else f"no wheel for {machine}"),
+        })  # fmt: skip
+    return rows
 
 
 def _extra_buffer_types() -> dict[str, Any]:
     """The cached verdict on llama.cpp's AMX/repacked kernels (probed now if there is none):
     what `[llm] extra_buffer_types = "auto"` uses on this machine."""
+    from edgeinfer.runtime import llm_kernels
     from edgeinfer.runtime.llm_probe import verdict
 
     v = verdict()
-    return {"enabled": v.enabled, "reason": v.reason, "cache": v.path}
+    features = llm_kernels.cpu_features()
+    return {"enabled": v.enabled, "reason": v.reason, "cache": v.path,
+            "kernels": list(v.kernels), "disabled": list(v.disabled),
+            "cpu_backend": sorted(k for k, on in features.items() if on == "1")}  # fmt: skip
+
+
+def _kernels_line(bufts: dict[str, Any]) -> str:
+    """llama.cpp's extra buffer types in use, the ones turned off and why; the build's ISA."""
+    isa = f"; CPU backend built for {' '.join(bufts.get('cpu_backend') or ['?'])}"
+    if not bufts["enabled"]:
+        return f"no extra buffer types: {bufts['reason']}{isa}"
+    kernels = ", ".join(bufts.get("kernels") or []) or "extra buffer types"
+    off = bufts.get("disabled") or []
+    why = f" ({', '.join(off)} off: {bufts['reason']})" if off else " (probed: they ran here)"
+    return f"{kernels}{why}{isa}"
 
 
 def collect(root: str | Path = "/", with_runtimes: bool = True) -> dict[str, Any]:
@@ -302,14 +343,16 @@ def _sections(r: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
             cg += f", OOM kills {m['oom_kills']}"
     ort = rt.get("onnxruntime")
     llama = rt.get("llama_cpp")
-    runtime_rows = [("python", rt.get("python", "")), ("numpy", rt.get("numpy") or "not installed"),
-                    ("onnxruntime", f"{ort['version']} ({', '.join(ort['providers'])})"
-                     if ort else "not installed"),
-                    ("llama_cpp", llama["version"] if llama else "not installed")]  # fmt: skip
+    runtime_rows = [("python", rt.get("python", "")), ("numpy", rt.get("numpy") or "not installed")]
+    for b in rt.get("backends", []):
+        state = b["version"] if b["installed"] else f"not installed: {b['install']}"
+        if b["name"] == "onnxruntime" and ort:
+            state += f" ({', '.join(ort['providers'])})"
+        runtime_rows.append((b["name"], f"{state}; serves {', '.join(b['files'])}; "
+                                        f"suits this CPU: {b['suits_cpu']}"))  # fmt: skip
     bufts = (llama or {}).get("extra_buffer_types")
     if bufts:
-        runtime_rows.append(("GGUF AMX/repack", "on (llama.cpp's extra buffer types ran here)"
-                             if bufts["enabled"] else f"off: {bufts['reason']}"))  # fmt: skip
+        runtime_rows.append(("GGUF kernels", _kernels_line(bufts)))
     return [
         ("CPU", [("model", c["model"] or "unknown"), ("board", c["board"] or "-"),
                  ("architecture", (c["arch"] or "unknown") + (" (user-mode emulation: "

@@ -13,7 +13,7 @@ LLM_DEMO_CONFIG = """\
 backend = "llama.cpp"
 
 [llm]
-context_length = 512
+context_length = 1024  # its trained context; tool prompts need room
 slots = 4
 n_threads = 1
 n_batch = 256

@@ -6,23 +6,20 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from edgeinfer.adapters import AdapterManager, Lease
-from edgeinfer.adapters.metrics import AdapterCollector, LoraLoopSample
+from edgeinfer.adapters.metrics import AdapterCollector
 from edgeinfer.auth import TENANT_IDENTITY
 from edgeinfer.config import ModelConfig, ServerSettings
 from edgeinfer.errors import (
-    BackendError,
-    DeadlineExceeded,
     EdgeInferError,
     InvalidInput,
     ModelNotFound,
     ModelNotReady,
-    QueueFull,
     Unavailable,
 )
 from edgeinfer.hardware import (
@@ -32,23 +29,29 @@ from edgeinfer.hardware import (
     default_budget_bytes,
     read_readings,
 )
+from edgeinfer.lifecycle import samples
 from edgeinfer.lifecycle.budget import BudgetGate
+from edgeinfer.lifecycle.llm_prompt import prompt_tokens, reply_params
 from edgeinfer.lifecycle.manager import ModelManager
 from edgeinfer.lifecycle.models import LoadedVersion, State
 from edgeinfer.lifecycle.triton_config import triton_model_config
 from edgeinfer.repository import Repository
+from edgeinfer.serving.classification import class_counts, classify
+from edgeinfer.serving.constrain import Constraints
+from edgeinfer.serving.inputs import prepare_feeds
 from edgeinfer.serving.llm_loop import GenerateRequest, GenerationStream
 from edgeinfer.serving.runner import Runner
-from edgeinfer.serving.validation import validate_request
+from edgeinfer.serving.supervisor import supervise, within
+from edgeinfer.serving.validation import queue_params
 from edgeinfer.telemetry.metrics import (
-    DeviceSample,
-    LifecycleSample,
     LlmCollector,
     LlmSample,
+    RestartCounts,
     VersionSample,
     build_registry,
     exposition,
 )
+from edgeinfer.telemetry.stats import failure_reason
 from edgeinfer.telemetry.tracing import RequestTrace, Tracer
 from edgeinfer.types import (
     InferRequest,
@@ -68,6 +71,7 @@ class Engine:
         self.repository = repository
         self.settings = settings
         self.tracer = tracer  # None: tracing off; handlers start request spans on it
+        self._constraints = Constraints()  # structured outputs: grammars per request
         self.runner = Runner()
         self._models: dict[str, ModelManager] = {}
         self._expected: set[str] = set()  # models that should be loaded for readiness
@@ -85,16 +89,21 @@ class Engine:
         limit = (settings.memory_budget_mb * 2**20 if settings.memory_budget_mb
                  else default_budget_bytes(read_readings(root)))  # fmt: skip
         self.gate = BudgetGate(MemoryBudget(limit), self._evict) if limit else None
+        models = self._managers
         self._metrics = build_registry(
-            self._metric_samples, self._lifecycle_samples, self._device_sample
+            self.version_samples,
+            lambda: samples.lifecycle(models(), self.load_failures),
+            lambda: samples.device(models(), self.governor, self.gate),
         )
-        self._metrics.register(LlmCollector(self._llm_samples))
+        self._metrics.register(LlmCollector(self.llm_samples))
+        self.restarts = RestartCounts()  # crashed workers and tasks restarted
+        self._metrics.register(self.restarts)
         adapter_budget = (MemoryBudget(settings.adapter_budget_mb * 2**20)
                           if settings.adapter_budget_mb else self.gate.budget if self.gate
                           else None)  # fmt: skip
         self.adapters = AdapterManager(repository.root, adapter_budget)
         self.adapters.stats.per_request = settings.metrics
-        self._metrics.register(AdapterCollector(self.adapters, self._lora_samples))
+        self._metrics.register(AdapterCollector(self.adapters, lambda: samples.loras(models())))
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -110,32 +119,50 @@ class Engine:
                 await self.load(name, _internal=True)
             except EdgeInferError as e:
                 log.warning("model %s failed to load: %s", name, e.message)
-        self._tasks.append(asyncio.create_task(self._monitor()))
+        self.supervise("automatic rollback monitor", "monitor", self._monitor)
         if self.settings.model_control == "poll":
             from edgeinfer.lifecycle.watcher import watch_repository
 
-            self._tasks.append(asyncio.create_task(watch_repository(self)))
+            self.supervise("repository watcher", "watcher",
+                           functools.partial(watch_repository, self))  # fmt: skip
 
-    async def close(self) -> None:
+    def supervise(self, what: str, task: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a server-wide loop, restarted if it crashes (counted), cancelled by close()."""
+        self._tasks.append(asyncio.create_task(
+            supervise(what, run, on_restart=functools.partial(self.restarts.add, "", task))))  # fmt: skip
+
+    async def close(self, timeout: float = 40.0) -> None:
+        """Stop the loops, let queued requests finish (each scheduler drains for up to 30 s)
+        and release the models. Nothing here waits longer than `timeout`: a stuck step is left
+        behind with a warning, so the process still exits."""
         self._closing = True
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await within(5.0, "stopping the engine's tasks", *self._tasks)
         managers, self._models = list(self._models.values()), {}
         for m in managers:
             await m.unload()
-        for m in managers:
-            await m.drained()
-        self.runner.shutdown()
+        drained = await within(timeout, "draining the models", *(m.drained() for m in managers))
+        self.runner.shutdown(wait=drained)
+
+    def end_generations(self) -> None:
+        """The server is stopping: every text generation ends now with an error (a stream
+        gets a last error event) instead of holding the shutdown until it completes."""
+        for m in list(self._models.values()):
+            for h in m.versions.values():
+                if h.llm is not None:
+                    h.llm.shutdown()
 
     def live(self) -> bool:
         return not self._closing
 
     def ready(self) -> bool:
+        """Every model that should serve (loaded successfully and not unloaded since) serves:
+        loaded, and none of its workers down."""
         if self._closing or not all(gate() for gate in self._ready_gates):
             return False
         models = self._models
-        return all(n in models and models[n].status == State.READY for n in self._expected)
+        return all(n in models and models[n].ready for n in self._expected)
 
     def add_ready_gate(self, gate: Callable[[], bool]) -> None:
         """Readiness also waits for `gate()` (e.g. the fleet's first convergence)."""
@@ -158,6 +185,7 @@ class Engine:
             m = self._models[name] = ModelManager(
                 name, self.repository, self.runner, self._record_failure, self.gate,
                 self.governor.capacity, record_stats=self.settings.metrics,
+                restarts=self.restarts,
             )  # fmt: skip
         return m
 
@@ -178,8 +206,14 @@ class Engine:
         swapped in; a failure leaves what was live in place."""
         if not _internal:
             self._check_control()
-        self._expected.add(name)
-        await self._manager(name, create=True).reconcile(force=force)
+        manager = self._manager(name, create=True)  # ModelNotFound before anything changes
+        try:
+            await manager.reconcile(force=force)
+        finally:
+            # Readiness waits for a model only once it served: a failed first load of a broken
+            # model leaves the server's readiness as it was (the model itself is not ready).
+            if manager.status == State.READY:
+                self._expected.add(name)
 
     async def unload(self, name: str) -> None:
         self._check_control()
@@ -219,14 +253,20 @@ class Engine:
         }  # fmt: skip
 
     async def _monitor(self) -> None:
-        """Once a second: automatic rollback of regressed new versions."""
+        """Once a second: automatic rollback of regressed new versions; restart of dead LLM
+        engine threads."""
         while True:
             await asyncio.sleep(1.0)
+            for h in [h for m in list(self._models.values()) for h in m.versions.values()]:
+                if h.llm is not None:
+                    h.llm.revive()
             for m in list(self._models.values()):
                 try:
                     await m.check_health(time.monotonic())
                 except EdgeInferError as e:
                     log.warning("automatic rollback of %s failed: %s", m.name, e.message)
+                except Exception:  # one model's fault must not stop the checks of the others
+                    log.exception("automatic rollback check of %s crashed", m.name)
 
     # ---- lookups ---------------------------------------------------------------------------
     def handle(self, name: str, version: str | None = None,
@@ -235,11 +275,12 @@ class Engine:
         return self._manager(name).handle(version, params or {}, metadata or {})
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Loaded and serving: False also while one of its workers is down."""
         try:
-            self.handle(name, version)
-            return True
+            h = self.handle(name, version)
         except EdgeInferError:
             return False
+        return h.healthy if version else self._models[name].ready
 
     def metadata(self, name: str, version: str | None = None) -> ModelMetadata:
         h = self.handle(name, version)
@@ -255,7 +296,7 @@ class Engine:
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
         h = self.handle(name, version)
-        return triton_model_config(h.config, h.model)
+        return triton_model_config(h.config, h.model, h.backend.name)
 
     def statistics(
         self, name: str | None = None, version: str | None = None
@@ -285,9 +326,14 @@ class Engine:
         return [(n, m.config, self.metadata(n)) for n, m in list(self._models.items())
                 if m.versions and m.config is not None]  # fmt: skip
 
+    def _managers(self) -> list[ModelManager]:
+        return list(self._models.values())
+
     def version_samples(self) -> list[VersionSample]:
-        """Stats, queue depth and running batches of every resident version."""
-        return self._metric_samples()
+        return samples.versions(self._managers())
+
+    def llm_samples(self) -> list[LlmSample]:
+        return samples.llms(self._managers())
 
     async def profile(self, name: str, version: str | None = None, batch: int = 1,
                       runs: int = 10) -> dict[str, Any]:  # fmt: skip
@@ -303,43 +349,6 @@ class Engine:
         doc = await asyncio.to_thread(profile_model, path, h.config, batch, runs)
         return {"model": name, "version": str(h.version), **doc}
 
-    def _metric_samples(self) -> list[VersionSample]:
-        return [
-            VersionSample(
-                h.stats,
-                h.scheduler.pending if h.scheduler else 0,
-                h.scheduler.running if h.scheduler else 0,
-            )
-            for m in list(self._models.values())
-            for h in m.versions.values()
-        ]
-
-    def _device_sample(self) -> DeviceSample:
-        snap = self.governor.snapshot()
-        rejections: dict[str, int] = {}
-        for m in list(self._models.values()):
-            for h in m.versions.values():
-                for reason, n in (h.scheduler.rejections if h.scheduler else {}).items():
-                    rejections[reason] = rejections.get(reason, 0) + n
-        budget = self.gate.budget if self.gate else None
-        return DeviceSample(
-            factor=snap.factor, reason=snap.reason, temp_c=snap.temp_c,
-            freq_hz=snap.freq_cur_hz, rejections=rejections,
-            budget_limit=budget.limit_bytes if budget else None,
-            budget_used=budget.used_bytes if budget else None,
-        )  # fmt: skip
-
-    def _lifecycle_samples(self) -> LifecycleSample:
-        models = list(self._models.values())
-        return LifecycleSample(
-            live={m.name: m.route.live for m in models if m.route},
-            canary={(m.name, m.route.canary): m.route.weight for m in models
-                    if m.route and m.route.canary is not None},
-            loads={(m.name, v): n for m in models for v, n in m.loads.items()},
-            load_failures=dict(self.load_failures),
-            rollbacks={(m.name, kind): n for m in models for kind, n in m.rollbacks.items()},
-        )  # fmt: skip
-
     def register_collector(self, collector: Any) -> None:
         """Add a Prometheus collector (e.g. the server's authentication counters)."""
         self._metrics.register(collector)
@@ -348,12 +357,14 @@ class Engine:
         """Prometheus text exposition of every metric."""
         return exposition(self._metrics)
 
-    def count_tokens(self, name: str, texts: list[str]) -> int:
-        """Tokens the model's tokenizer makes of `texts` (0 for models without one)."""
+    async def count_tokens(self, name: str, texts: list[str]) -> int:
+        """Tokens the model's tokenizer makes of `texts` (0 for models without one), counted
+        in a worker thread: tokenizing is proportional to the text."""
         tokenize = getattr(self.handle(name).model, "tokenize", None)
         if tokenize is None:
             return 0
-        return int(tokenize(texts)["attention_mask"].sum())
+        feeds = await asyncio.to_thread(tokenize, texts)
+        return int(feeds["attention_mask"].sum())
 
     # ---- inference -------------------------------------------------------------------------
     async def infer(
@@ -373,10 +384,10 @@ class Engine:
         if trace is not None:
             trace.set("edgeinfer.model.version", str(h.version))
         try:
-            feeds, names = validate_request(
-                request, h.model.inputs, h.model.outputs, h.config.max_batch_size
-            )
-            priority, timeout_us = _queue_params(request.parameters)
+            counts = class_counts(request.outputs, h.model.outputs)
+            feeds, names = await prepare_feeds(request, h.model, h.config.max_batch_size,
+                                               self.runner, self.settings.limits)  # fmt: skip
+            priority, timeout_us = queue_params(request.parameters)
             self.adapters.record(tenant, model, request=True)
             lease = (await self.adapters.acquire(model, adapter, tenant, h.model)
                      if adapter else None)  # fmt: skip
@@ -389,7 +400,8 @@ class Engine:
                     feeds = {**feeds, "adapter_index": np.full(rows, lease.index, np.int64)}
                 results, t = await h.scheduler.submit(feeds, priority, timeout_us, trace,
                                                       adapter=run_adapter,
-                                                      received_ns=request.received_ns)  # fmt: skip
+                                                      received_ns=request.received_ns,
+                                                      outputs=tuple(names) if names else None)  # fmt: skip
             finally:
                 if lease is not None:
                     lease.release()
@@ -397,9 +409,11 @@ class Engine:
             h.stats.record_failure(time.perf_counter_ns() - start, "CANCELED")
             raise
         except EdgeInferError as e:
-            h.stats.record_failure(time.perf_counter_ns() - start, _failure_reason(e))
+            h.stats.record_failure(time.perf_counter_ns() - start, failure_reason(e))
             raise
-        outputs = [Tensor(n, results[n]) for n in (names or results)]
+        batched = h.config.max_batch_size > 0
+        outputs = [Tensor(n, classify(results[n], counts[n], h.labels.get(n, []), batched)
+                          if n in counts else results[n]) for n in (names or results)]  # fmt: skip
         h.stats.record_success(
             time.perf_counter_ns() - start, t.queue_ns, t.input_ns, t.infer_ns, t.output_ns
         )
@@ -422,15 +436,10 @@ class Engine:
 
         model = h.model
         assert isinstance(model, LlamaCppModel)
-        if request.messages is not None:
-            # The template writes any BOS itself; special tokens in it are parsed.
-            tokens = model.tokenize(model.render_chat(request.messages), add_special=False)
-        elif isinstance(request.prompt, str):
-            tokens = model.tokenize(request.prompt)
-        else:
-            tokens = list(request.prompt or [])
-        if not tokens:
-            tokens = [model.bos]
+        tokens = await prompt_tokens(model, request, h.config.llm.context_length)
+        constraint = None
+        if request.constraint is not None:
+            constraint = await self._constraints.compile(model, request.constraint)
         lease: Lease | None = None
         if adapter:
             lease = await self.adapters.acquire(model_name, adapter, tenant, model, h.llm)
@@ -442,8 +451,10 @@ class Engine:
                 lease.release()
 
         try:
-            stream = h.llm.submit(tokens, request.params,
-                                  lease.loop_adapter if lease else None, done)  # fmt: skip
+            stream = h.llm.submit(tokens, reply_params(model, request),
+                                  lease.loop_adapter if lease else None,
+                                  done, constraint,
+                                  cache_prompt=request.cache_prompt)  # fmt: skip
         except BaseException:
             if lease is not None:
                 lease.release()
@@ -477,9 +488,7 @@ class Engine:
             raise InvalidInput("'lora_name' must be 'base_model:adapter_name'")
         self._manager(base)  # ModelNotFound for unknown bases
         h = self.handle(base)
-        vdir = self.repository.root / base / str(h.version)
-        base_file = vdir / ("model.gguf" if h.llm is not None else "model.onnx")
-        await self.adapters.load_path(base, adapter, path, base_file, tenants, scale,
+        await self.adapters.load_path(base, adapter, path, h.model_file, tenants, scale,
                                       self.settings.adapter_dirs)  # fmt: skip
         return f"{base}:{adapter}"
 
@@ -489,48 +498,3 @@ class Engine:
             raise InvalidInput("'lora_name' must be 'base_model:adapter_name'")
         self.adapters.unregister(base, adapter)
         return f"{base}:{adapter}"
-
-    def _lora_samples(self) -> list[LoraLoopSample]:
-        out = []
-        for m in list(self._models.values()):
-            for h in m.versions.values():
-                if h.llm is not None:
-                    running, waiting = (
-                        [k.replace(":adapter:", ":").partition("@")[0] for k in keys]
-                        for keys in h.llm.adapters()
-                    )
-                    out.append(LoraLoopSample(h.llm.limits.max_loras or h.llm.limits.slots,
-                                              running, waiting))  # fmt: skip
-        return out
-
-    def llm_samples(self) -> list[LlmSample]:
-        """Counters of every loaded LLM version (for the dashboard)."""
-        return self._llm_samples()
-
-    def _llm_samples(self) -> list[LlmSample]:
-        return [
-            LlmSample(h.llm.stats, len(h.llm.running), len(h.llm.waiting), h.llm.kv_usage)
-            for m in list(self._models.values())
-            for h in m.versions.values()
-            if h.llm is not None
-        ]
-
-
-def _queue_params(params: dict[str, Any]) -> tuple[int, int]:
-    """The request's priority and timeout (µs) from KServe/Triton request parameters."""
-    out = []
-    for key in ("priority", "timeout"):
-        value = params.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidInput(f"parameter '{key}' must be a non-negative integer, got {value!r}")
-        out.append(value)
-    return out[0], out[1]
-
-
-def _failure_reason(e: EdgeInferError) -> str:
-    """Triton's nv_inference_request_failure reasons."""
-    if isinstance(e, QueueFull | Unavailable | DeadlineExceeded):
-        return "REJECTED"
-    if isinstance(e, BackendError):
-        return "BACKEND"
-    return "OTHER"

@@ -27,7 +27,16 @@ def _io(specs: tuple[TensorSpec, ...], batched: bool) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def triton_model_config(config: ModelConfig, model: Model) -> dict[str, Any]:
+def _outputs(config: ModelConfig, model: Model, batched: bool) -> list[dict[str, Any]]:
+    out = _io(model.outputs, batched)
+    for o in out:
+        opts = config.outputs.get(o["name"])
+        if opts is not None and opts.label_filename:
+            o["label_filename"] = opts.label_filename  # the classification extension's labels
+    return out
+
+
+def triton_model_config(config: ModelConfig, model: Model, backend: str) -> dict[str, Any]:
     policy = config.version_policy
     if policy.kind == "all":
         version_policy: dict[str, Any] = {"all": {}}
@@ -39,11 +48,13 @@ def triton_model_config(config: ModelConfig, model: Model) -> dict[str, Any]:
     return {
         "name": config.name,
         "platform": model.platform,
-        "backend": "onnxruntime",
+        "backend": backend,
         "version_policy": version_policy,
         "max_batch_size": config.max_batch_size,
         "input": _io(model.inputs, batched),
-        "output": _io(model.outputs, batched),
-        "instance_group": [{"name": f"{config.name}_0", "kind": "KIND_CPU", "count": 1}],
-        "parameters": {},
+        "output": _outputs(config, model, batched),
+        "instance_group": [
+            {"name": f"{config.name}_0", "kind": "KIND_CPU", "count": config.instance_count}
+        ],
+        "parameters": {k: {"string_value": v} for k, v in getattr(model, "parameters", {}).items()},
     }

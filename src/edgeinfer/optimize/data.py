@@ -3,9 +3,10 @@
 Three sources, all yielding feeds for the ONNX model's own inputs:
 - `.npz`: one array per model input, first axis = samples; an optional `labels` array (ints).
   Arrays are read row by row from the archive (stored or deflated), never whole.
-- a folder of PNG/JPEG images (needs Pillow): resized and normalized per the model config's
-  `[preprocess]` table (`size = [H, W]`, `scale`, `mean`, `std`, `layout`); images in
-  sub-folders take the sub-folder's index in sorted order as their label.
+- a folder of PNG/JPEG/WebP images: decoded, resized and normalized per the model config's
+  `[preprocess]` table exactly as the server does for an `[image]` input
+  (`runtime/images.py`); images in sub-folders take the sub-folder's index in sorted order as
+  their label.
 - `.txt`: one sentence per line (`#` comments and blank lines skipped) for `[text]` models,
   tokenized exactly as the server does (same tokenizer file, truncation and padding).
 """
@@ -20,13 +21,15 @@ from typing import IO, Any
 
 import numpy as np
 
+from edgeinfer.config import ConfigError
 from edgeinfer.errors import LoadError
 from edgeinfer.optimize.source import ModelSource, OptimizeError
+from edgeinfer.runtime.images import ImageError, Preprocess
 from edgeinfer.runtime.text import encode, load_tokenizer
 from edgeinfer.types import DTYPE_TO_NUMPY, TensorSpec
 
 LABELS = "labels"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -211,13 +214,6 @@ def cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
 class ImageFolder(Dataset):
     def __init__(self, path: Path, inputs: tuple[TensorSpec, ...],
                  preprocess: dict[str, Any]) -> None:  # fmt: skip
-        try:
-            import PIL.Image  # noqa: F401
-        except ImportError:
-            raise OptimizeError(
-                f"{path}: reading image folders needs Pillow (pip install pillow); "
-                "or give the samples as an .npz"
-            ) from None
         self.path = path
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise OptimizeError(
@@ -235,7 +231,7 @@ class ImageFolder(Dataset):
             raise OptimizeError(f"{path}: empty dataset (no {'/'.join(IMAGE_SUFFIXES)} files)")
         self._files = [f for f, _ in files]
         self._labels = np.array([c for _, c in files], np.int64) if classes else None
-        self._prep = _ImagePrep(path, self.spec, preprocess)
+        self._prep = _image_prep(path, self.spec, preprocess)
 
     def __len__(self) -> int:
         return len(self._files)
@@ -245,7 +241,7 @@ class ImageFolder(Dataset):
 
     def _batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         for i in range(0, len(self._files), batch_size):
-            images = [self._prep(f) for f in self._files[i : i + batch_size]]
+            images = [_load_image(self._prep, f) for f in self._files[i : i + batch_size]]
             yield {self.spec.name: cast(np.stack(images), self.spec)}
 
 
@@ -253,42 +249,18 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-class _ImagePrep:
-    """One image file -> one sample: colour mode, resize, `(x * scale - mean) / std`, layout."""
+def _image_prep(where: Path, spec: TensorSpec, table: dict[str, Any]) -> Preprocess:
+    try:
+        return Preprocess.from_table(table, spec)
+    except ConfigError as e:
+        raise OptimizeError(f"{where}: {e}") from e
 
-    def __init__(self, where: Path, spec: TensorSpec, prep: dict[str, Any]) -> None:
-        shape = spec.shape
-        layout = prep.get("layout") or ("NHWC" if shape[3] in (1, 3) and shape[1] not in (1, 3)
-                                         else "NCHW")  # fmt: skip
-        if layout not in ("NCHW", "NHWC"):
-            raise OptimizeError(f"{where}: [preprocess] layout must be 'NCHW' or 'NHWC'")
-        if layout == "NCHW":
-            channels, h, w = shape[1], shape[2], shape[3]
-        else:
-            h, w, channels = shape[1], shape[2], shape[3]
-        size = prep.get("size", [h, w])
-        if channels not in (1, 3) or not all(isinstance(d, int) and d > 0 for d in size):
-            raise OptimizeError(
-                f"{where}: cannot tell the image size/channels from input shape {list(shape)}; "
-                "set [preprocess] size = [H, W] in the model's config.toml"
-            )
-        self.layout, self.mode, self.size = layout, ("L" if channels == 1 else "RGB"), size
-        self.scale = float(prep.get("scale", 1 / 255))
-        self.mean = np.asarray(prep.get("mean", 0.0), np.float32).reshape(-1)
-        self.std = np.asarray(prep.get("std", 1.0), np.float32).reshape(-1)
 
-    def __call__(self, file: Path) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(file) as img:
-                resized = img.convert(self.mode).resize((self.size[1], self.size[0]))
-                x = np.asarray(resized, np.float32)
-        except (OSError, UnidentifiedImageError) as e:
-            raise OptimizeError(f"{file}: cannot read the image: {e}") from e
-        x = x.reshape(self.size[0], self.size[1], -1)  # HWC
-        x = (x * self.scale - self.mean) / self.std
-        return x.transpose(2, 0, 1) if self.layout == "NCHW" else x
+def _load_image(prep: Preprocess, file: Path) -> np.ndarray:
+    try:
+        return prep.load_file(file)
+    except ImageError as e:
+        raise OptimizeError(f"{file}: cannot read the image: {e}") from e
 
 
 # ---- text -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import json
 import logging
 import os
@@ -21,9 +22,9 @@ import random
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
@@ -33,6 +34,7 @@ from edgeinfer.registry.desired import Change, Desired, DesiredError, DesiredMod
 from edgeinfer.registry.fetch import FetchError, ensure_version
 from edgeinfer.registry.rollout import halt_reason
 from edgeinfer.registry.source import Registry, RegistryError, Resync, open_registry
+from edgeinfer.serving.supervisor import supervise, within
 
 if TYPE_CHECKING:
     from edgeinfer.config import ServerSettings
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeinfer.fleet")
 
 STATE_FILE = ".fleet-state.json"
+
+T = TypeVar("T")
 
 
 class FleetAgent:
@@ -59,6 +63,7 @@ class FleetAgent:
         self.registry_error = ""
         ttl = float(getattr(registry, "ttl", 10))
         self.heartbeat_s = max(0.5, min(3.0, ttl / 3))
+        self.call_timeout_s = max(1.0, ttl)  # a registry call not answered by then has failed
         self.resync_s = resync_s
         self._backoff = backoff
         self._base = copy.deepcopy(engine.repository.overrides)  # the user's --set
@@ -102,16 +107,28 @@ class FleetAgent:
     def start(self) -> None:
         self.engine.register_collector(_Collector(self))
         self.engine.add_ready_gate(lambda: self.settled)
-        self._tasks = [asyncio.create_task(self._connection_loop()),
-                       asyncio.create_task(self._apply_loop())]  # fmt: skip
+        restarted = functools.partial(self.engine.restarts.add, "", "fleet")
+        self._tasks = [asyncio.create_task(supervise(f"fleet {what} loop", loop,
+                                                     on_restart=restarted))
+                       for what, loop in (("registry", self._connection_loop),
+                                          ("apply", self._apply_loop))]  # fmt: skip
         log.info("fleet: device %s in group %s, desired state from %s", self.device_id,
                  self.group, self.registry.description)  # fmt: skip
 
     async def close(self) -> None:
+        """Stop both loops and close the registry; neither may hold up a shutdown."""
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.registry.close()
+        await within(5.0, "stopping the fleet agent", *self._tasks)
+        await within(self.call_timeout_s, "closing the registry", self.registry.close())
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        """A registry call with a deadline: an unanswered call is a registry error."""
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                return await call
+        except TimeoutError:
+            raise RegistryError(f"no answer within {self.call_timeout_s:.0f} s") from None
 
     # ---- registry connection ---------------------------------------------------------------
     async def _connection_loop(self) -> None:
@@ -119,7 +136,7 @@ class FleetAgent:
         while True:
             try:
                 if need_snapshot:
-                    self._replace(await self.registry.snapshot(self.group))
+                    self._replace(await self._call(self.registry.snapshot(self.group)))
                     need_snapshot = False
                 await self._session()
             except Resync as e:
@@ -170,25 +187,25 @@ class FleetAgent:
         checked = 0.0
         while True:
             self._report_now.clear()
-            await self.registry.report(self.device_id, self.status())
+            await self._call(self.registry.report(self.device_id, self.status()))
             self._set_connected(True, "")
             if time.monotonic() - checked >= 2 * self.heartbeat_s:
                 checked = time.monotonic()
                 await self._check_canaries()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._report_now.wait(), self.heartbeat_s)
+            await _wait(self._report_now, self.heartbeat_s)
 
     async def _check_canaries(self) -> None:
         active = {n: d for n, d in self.desired.items() if d.model.active_canary}
         if not active:
             return
-        statuses = await self.registry.statuses()
+        statuses = await self._call(self.registry.statuses())
         for name, d in active.items():
             reason = halt_reason(d.model, statuses, self.group, name)
             if reason is None:
                 continue
             halted = d.model.with_changes(halted=reason)
-            if await self.registry.write(self.group, name, halted, expect=d.mod_revision):
+            if await self._call(self.registry.write(self.group, name, halted,
+                                                    expect=d.mod_revision)):  # fmt: skip
                 log.warning("fleet: halted the rollout of %s: %s", name, reason)
 
     # ---- desired state ---------------------------------------------------------------------
@@ -220,8 +237,7 @@ class FleetAgent:
     # ---- applying --------------------------------------------------------------------------
     async def _apply_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self.resync_s)
+            await _wait(self._changed, self.resync_s)
             self._changed.clear()
             after_snapshot = self._snapshot_seen  # this pass applies what the registry said
             for name, d in sorted(self.desired.items()):
@@ -310,6 +326,15 @@ class _Collector:
                                 "registry is reachable", value=int(self._agent.connected))  # fmt: skip
         yield GaugeMetricFamily("edgeinfer_registry_revision", "Registry revision of the "
                                 "desired state this device knows", value=self._agent.revision)  # fmt: skip
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Until `event` is set or `seconds` pass. Not asyncio.wait_for: on Python 3.11 it can
+    swallow a cancellation that arrives as the event is set, and a loop that misses its
+    cancellation runs on and holds up the shutdown for ever."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

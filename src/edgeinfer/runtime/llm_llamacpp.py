@@ -7,13 +7,14 @@ chunks and single decode tokens of different sequences share a batch and the wei
 once per step. Weights are mmapped (never `Llama(lora_path=...)`, which turns mmap off).
 
 Not thread-safe: the loop runs one `decode` at a time and calls `free` only between decodes.
-`tokenize` and `piece` only read the vocabulary and may run beside a decode.
+`tokenize`, `piece` and `chat_tokens` only read the vocabulary and may run beside a decode.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,6 +23,9 @@ import numpy as np
 
 from edgeinfer.config import LlmOptions, ModelConfig
 from edgeinfer.errors import BackendError, InvalidInput, LoadError
+from edgeinfer.hardware.contention import ThreadGovernor
+from edgeinfer.runtime.chat_format import chat_format
+from edgeinfer.runtime.chat_template import ChatTemplate, Vocab
 from edgeinfer.runtime.llm_probe import extra_buffer_types
 from edgeinfer.types import TensorSpec
 
@@ -29,11 +33,6 @@ log = logging.getLogger("edgeinfer.llm")
 
 MODEL_FILE = "model.gguf"
 _KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # GGML_TYPE_*
-# Used when the GGUF has no tokenizer.chat_template and the config gives none.
-FALLBACK_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}"
-)
 
 
 class BatchItem(NamedTuple):
@@ -93,10 +92,16 @@ class LlamaCppModel:
     inputs: tuple[TensorSpec, ...] = (TensorSpec("text_input", "BYTES", (1,)),)
     outputs: tuple[TensorSpec, ...] = (TensorSpec("text_output", "BYTES", (1,)),)
 
-    def __init__(self, path: Path, options: LlmOptions, threads: int) -> None:
+    def __init__(self, path: Path, options: LlmOptions, threads: int,
+                 threads_batch: int = 0) -> None:  # fmt: skip
         lib = self._lib = _llama()
         self.options = options
         self.threads = threads
+        self.threads_batch = threads_batch or threads
+        self._governor: ThreadGovernor | None = None
+        if options.adaptive_threads and max(threads, self.threads_batch) > 1:
+            self._governor = ThreadGovernor(max(threads, self.threads_batch))
+        self._n_threads = (self.threads, self.threads_batch)  # set on the context
         mparams = lib.llama_model_default_params()
         mparams.load_mode = lib.LLAMA_LOAD_MODE_MMAP  # not "auto", which may pick direct I/O
         mparams.n_gpu_layers = 0
@@ -108,21 +113,28 @@ class LlamaCppModel:
         self._model = model
         self._ctx = None
         self._adapters: set[int] = set()  # live LoRA handles; the model frees them with itself
-        self._compiled: Any = None  # the chat template, compiled on first use
+        self._chat: ChatTemplate | None = None  # compiled on first use
+        self._chat_lock = threading.Lock()
+        self._grammar_tokenizer: Any = None  # llguidance's view of the vocabulary, on first use
+        self._grammar_lock = threading.Lock()
         try:
             self._vocab = lib.llama_model_get_vocab(model)
             self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
             self.n_ctx_train = int(lib.llama_model_n_ctx_train(model))
+            self.n_swa = int(lib.llama_model_n_swa(model))  # 0: no sliding-window layers
             self.bos = int(lib.llama_vocab_bos(self._vocab))
             self.eos = int(lib.llama_vocab_eos(self._vocab))
             self.add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
             self.eog = frozenset(t for t in range(self.n_vocab)
                                  if lib.llama_vocab_is_eog(self._vocab, t))  # fmt: skip
-            self.chat_template = options.chat_template or _meta(
-                lib, model, "tokenizer.chat_template"
-            ) or FALLBACK_TEMPLATE  # fmt: skip
+            self.chat_format = chat_format(options.chat_template,
+                                           _meta(lib, model, "tokenizer.chat_template"))  # fmt: skip
+            self.chat_template = self.chat_format.template
             self.name = _meta(lib, model, "general.name") or path.parent.parent.name
             self._pieces = [self._piece(t) for t in range(self.n_vocab)]
+            # No token stands for more bytes: a prompt longer than context_length times this
+            # is refused before it is tokenized.
+            self.max_token_bytes = max(1, max(map(len, self._pieces), default=1))
             self._ctx = self._new_context()
             self.kv_cells = int(lib.llama_n_ctx(self._ctx))
             self._mem = lib.llama_get_memory(self._ctx)
@@ -139,12 +151,14 @@ class LlamaCppModel:
         path = version_dir / MODEL_FILE
         if not path.is_file():
             raise LoadError(f"{version_dir}: no {MODEL_FILE}")
-        threads = config.llm.n_threads
-        if threads == 0:
+        o = config.llm
+        auto = 0
+        if 0 in (o.n_threads, o.n_threads_batch):
             from edgeinfer.hardware import default_threads
 
-            threads = default_threads()
-        return cls(path, config.llm, threads)
+            auto = default_threads()
+        threads = o.n_threads or auto
+        return cls(path, o, threads, o.n_threads_batch or threads)
 
     def _new_context(self) -> Any:
         lib, o = self._lib, self.options
@@ -152,7 +166,7 @@ class LlamaCppModel:
         p.n_ctx = o.kv_cells
         p.n_batch = p.n_ubatch = o.n_batch
         p.n_seq_max = o.slots
-        p.n_threads = p.n_threads_batch = self.threads
+        p.n_threads, p.n_threads_batch = self._n_threads
         p.type_k = p.type_v = _KV_TYPES[o.kv_cache_type]
         p.flash_attn_type = 1 if o.flash_attn else 0
         p.kv_unified = True  # one pool of cells: any mix of prefill and decode in one ubatch
@@ -196,44 +210,71 @@ class LlamaCppModel:
         """The bytes a token stands for (b"" for control tokens)."""
         return self._pieces[token] if 0 <= token < self.n_vocab else b""
 
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        """Token ids of `text`; special tokens written in the text (<|im_start|>) are parsed."""
+    def tokenize(self, text: str, add_special: bool = True,
+                 parse_special: bool = True) -> list[int]:  # fmt: skip
+        """Token ids of `text`; with `parse_special`, special tokens written in the text
+        (<|im_start|>) are parsed (a raw completion prompt may use them; chat content never)."""
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (ctypes.c_int32 * cap)()
-        n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+        tok = self._lib.llama_tokenize
+        n = tok(self._vocab, data, len(data), buf, cap, add_special, parse_special)
         if n < 0:
             cap = -n
             buf = (ctypes.c_int32 * cap)()
-            n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+            n = tok(self._vocab, data, len(data), buf, cap, add_special, parse_special)
         return list(buf[:n])
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        """The prompt text for a chat, from the model's Jinja chat template (as transformers
-        renders it: sandboxed, trim_blocks, lstrip_blocks)."""
-        from jinja2 import TemplateError
+    def grammar_tokenizer(self) -> Any:
+        """llguidance's tokenizer for this vocabulary (for constrained decoding), built on first
+        use (about a second at 262k tokens: call it off the event loop) and kept."""
+        with self._grammar_lock:
+            if self._grammar_tokenizer is None:
+                try:
+                    from llguidance.llamacpp import lltokenizer_from_vocab
+                except ImportError as e:
+                    raise LoadError("constrained decoding needs llguidance: "
+                                    "pip install -e '.[llm]'") from e  # fmt: skip
+                self._grammar_tokenizer = lltokenizer_from_vocab(self._vocab)
+            return self._grammar_tokenizer
 
-        try:
-            return self._template().render(
-                messages=messages, add_generation_prompt=True,
-                bos_token=self.piece(self.bos).decode(errors="replace"),
-                eos_token=self.piece(self.eos).decode(errors="replace"),
-            )  # fmt: skip
-        except TemplateError as e:
-            raise InvalidInput(f"the model's chat template failed on these messages: {e}") from e
+    def chat_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Prompt tokens of a chat, from the model's chat template; text the client sent is
+        never parsed for special tokens (runtime/chat_template.py)."""
+        return self._chat_template().tokens(messages)
 
-    def _template(self) -> Any:
-        if self._compiled is not None:
-            return self._compiled
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    def _chat_template(self) -> ChatTemplate:
+        with self._chat_lock:
+            if self._chat is None:
+                from jinja2 import TemplateError
 
-        def raise_exception(message: str) -> None:
-            raise InvalidInput(f"chat template: {message}")
+                vocab = Vocab(lambda text, special: self.tokenize(text, False, special),
+                              self._control_tokens(), self.bos, self.add_bos,
+                              self.piece_text(self.bos), self.piece_text(self.eos))  # fmt: skip
+                try:
+                    self._chat = ChatTemplate(self.chat_template, vocab)
+                except TemplateError as e:
+                    raise InvalidInput(f"the model's chat template does not compile: {e}") from e
+            return self._chat
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = raise_exception
-        self._compiled = env.from_string(self.chat_template)
-        return self._compiled
+    def _control_tokens(self) -> dict[str, int]:
+        """Text -> id of every control (and unknown) token: the ones only a template writes."""
+        lib = self._lib
+        mask = lib.LLAMA_TOKEN_ATTR_CONTROL | lib.LLAMA_TOKEN_ATTR_UNKNOWN
+        out: dict[str, int] = {}
+        for t in range(self.n_vocab):
+            if lib.llama_vocab_get_attr(self._vocab, t) & mask:
+                text = lib.llama_vocab_get_text(self._vocab, t)
+                if text:
+                    out.setdefault(text.decode("utf-8", errors="replace"), t)
+        return out
+
+    def piece_text(self, token: int) -> str:
+        """A token's text with control tokens spelled out (`<bos>`), for templates."""
+        text = (
+            self._lib.llama_vocab_get_text(self._vocab, token) if 0 <= token < self.n_vocab else b""
+        )
+        return (text or b"").decode("utf-8", errors="replace")
 
     # ---- math ------------------------------------------------------------------------------
     def decode(self, items: Sequence[BatchItem]) -> np.ndarray:
@@ -255,6 +296,8 @@ class LlamaCppModel:
                 rows.append(i + k - 1)
             i += k
         self._batch.n_tokens = n
+        if self._governor is not None:
+            self._fit_threads(self._governor.threads())
         rc = self._lib.llama_decode(self._ctx, self._batch)
         if rc != 0:
             raise BackendError(f"llama_decode failed with code {rc}"
@@ -265,9 +308,36 @@ class LlamaCppModel:
             out[r] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
         return out
 
+    def _fit_threads(self, allowed: int) -> None:
+        """Use at most `allowed` threads (the governor's answer to CPU contention)."""
+        want = (min(self.threads, allowed), min(self.threads_batch, allowed))
+        if want != self._n_threads:
+            self._lib.llama_set_n_threads(self._ctx, *want)
+            log.info("llama.cpp threads %s -> %s (CPU pressure %s%%)", self._n_threads, want,
+                     self._governor.pressure if self._governor else None)  # fmt: skip
+            self._n_threads = want
+
+    @property
+    def n_threads(self) -> tuple[int, int]:
+        """(threads, batch threads) the context uses now."""
+        return self._n_threads
+
     def free(self, seq: int) -> None:
         """Drop every KV cell of `seq`; its slot can start a new sequence at position 0."""
         self._lib.llama_memory_seq_rm(self._mem, seq, -1, -1)
+
+    def keep(self, seq: int, n: int) -> int:
+        """Keep the KV cells of positions [0, n) of `seq` and drop the rest, so the sequence
+        continues at position n; returns n, or 0 (every cell dropped) when the cells the next
+        token attends to are not all there: sliding-window layers let other sequences take
+        cells outside a sequence's window (the check is llama-server's)."""
+        lib, mem = self._lib, self._mem
+        lo, hi = lib.llama_memory_seq_pos_min(mem, seq), lib.llama_memory_seq_pos_max(mem, seq)
+        if n <= 0 or lo < 0 or hi < n - 1 or lo > max(0, n - self.n_swa if self.n_swa else 0):
+            self.free(seq)
+            return 0
+        lib.llama_memory_seq_rm(mem, seq, n, -1)
+        return n
 
     # ---- LoRA adapters: llama.cpp applies them per context; call from the engine thread ----
     def load_adapter(self, path: Path) -> Any:
@@ -317,3 +387,12 @@ class LlamaCppModel:
             self._adapters.clear()  # llama_model_free frees them: never free them again
             lib.llama_model_free(self._model)
             self._model = None
+
+
+def load_instances(path: Path, config: ModelConfig) -> list[LlamaCppModel]:
+    """The backend entry point (runtime.BACKENDS): one model, one context with `slots`
+    sequences; concurrency comes from the slots, not from instances."""
+    if config.instance_count != 1:
+        raise LoadError(f"model {config.name}: llama.cpp models run one context; use [llm] "
+                        "slots for concurrency and leave instance_count at 1")  # fmt: skip
+    return [LlamaCppModel.load(path.parent, config)]

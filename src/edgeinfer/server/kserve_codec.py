@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from edgeinfer.config import Limits
-from edgeinfer.errors import InvalidInput
+from edgeinfer.errors import InvalidInput, PayloadTooLarge
 from edgeinfer.types import (
     DTYPE_TO_NUMPY,
     InferRequest,
@@ -57,7 +57,7 @@ def _shape(raw: Any, name: str) -> tuple[int, ...]:
 
 
 def decode_bytes_elements(
-    buf: memoryview, count: int, name: str, max_string_bytes: int = DEFAULT_LIMITS.max_string_bytes
+    buf: memoryview, count: int, name: str, max_string_bytes: int = DEFAULT_LIMITS.max_element_bytes
 ) -> np.ndarray:
     """Parse `count` length-prefixed BYTES elements that must fill `buf` exactly."""
     if count * 4 > len(buf):  # every element has a 4-byte length: refuse before allocating
@@ -76,7 +76,7 @@ def decode_bytes_elements(
         pos += 4
         if n > max_string_bytes:
             raise InvalidInput(f"input '{name}': BYTES element {i} has {n} bytes; the limit is "
-                               f"{max_string_bytes} (--max-string-bytes)")  # fmt: skip
+                               f"{max_string_bytes} (--max-string-bytes, --max-image-bytes)")  # fmt: skip
         if pos + n > end:
             raise InvalidInput(f"input '{name}': BYTES element {i} runs past the end of its data")
         out[i] = bytes(buf[pos : pos + n])
@@ -114,9 +114,10 @@ def _json_array(
             if not isinstance(v, str):
                 raise InvalidInput(f"input '{name}': BYTES elements must be strings in JSON")
             out[i] = v.encode()
-            if len(out[i]) > limits.max_string_bytes:
+            if len(out[i]) > limits.max_element_bytes:
                 raise InvalidInput(f"input '{name}': string {i} is longer than "
-                                   f"{limits.max_string_bytes} bytes (--max-string-bytes)")  # fmt: skip
+                                   f"{limits.max_element_bytes} bytes (--max-string-bytes, "
+                                   "--max-image-bytes)")  # fmt: skip
         return out.reshape(shape)
     try:
         arr = np.asarray(data, dtype=DTYPE_TO_NUMPY[datatype])
@@ -161,6 +162,10 @@ def decode_request(
         head, binary = body[:header_length], memoryview(body)[header_length:]
     else:
         head, binary = body, memoryview(b"")
+    if len(head) > limits.max_json_bytes:
+        raise PayloadTooLarge(f"JSON of {len(head)} bytes exceeds the limit of "
+                              f"{limits.max_json_bytes} bytes (--max-json-bytes); send large "
+                              "tensors with the binary tensor extension")  # fmt: skip
     try:
         doc = orjson.loads(head)
     except orjson.JSONDecodeError as e:
@@ -204,7 +209,7 @@ def decode_request(
             chunk = binary[offset : offset + size]
             offset += size
             if datatype == "BYTES":
-                data = decode_bytes_elements(chunk, count, name, limits.max_string_bytes).reshape(
+                data = decode_bytes_elements(chunk, count, name, limits.max_element_bytes).reshape(
                     shape
                 )
             else:
@@ -260,6 +265,12 @@ def _json_data(arr: np.ndarray) -> Any:
     if arr.dtype == np.float16:
         arr = arr.astype(np.float32)
     return np.ascontiguousarray(arr.reshape(-1))
+
+
+def output_bytes(response: InferResponse) -> int:
+    """Roughly what encoding `response` works through (BYTES counted by element)."""
+    return sum(t.data.nbytes if t.data.dtype != object else 64 * t.data.size
+               for t in response.outputs)  # fmt: skip
 
 
 def encode_response(request: InferRequest, response: InferResponse) -> tuple[bytes, int | None]:

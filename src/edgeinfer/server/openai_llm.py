@@ -9,8 +9,7 @@ final `error` event, as OpenAI and Triton do.
 
 from __future__ import annotations
 
-import time
-import uuid
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,27 +18,31 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from edgeinfer.errors import EdgeInferError, InvalidInput
+from edgeinfer.errors import EdgeInferError, InvalidInput, InvalidParameter
 from edgeinfer.lifecycle import Engine
 from edgeinfer.server.errors import retry_after, status_of
 from edgeinfer.server.http_common import (
     ClientDisconnected,
     json_response,
-    read_body,
+    read_json,
     unless_disconnected,
 )
+from edgeinfer.server.offload import off_loop
 from edgeinfer.server.openai_http import openai_error
+from edgeinfer.server.openai_reply import Reply, merged, usage
+from edgeinfer.server.openai_tools import plan, response_format
+from edgeinfer.server.parse import parse_int
 from edgeinfer.serving.llm_loop import GenChunk, GenerateRequest, GenerationStream
 from edgeinfer.serving.sampling import SamplingParams, TokenLogprob
 
 SSE = "text/event-stream; charset=utf-8"
 _NUMBERS = {"temperature": 1.0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0,
             "presence_penalty": 0.0, "frequency_penalty": 0.0}  # fmt: skip
-_UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "suffix")
+MAX_CHOICES = 8
 
 
-def _error(exc: BaseException, param: str | None = None) -> Response:
-    resp = openai_error(exc, param)
+def _error(exc: BaseException) -> Response:
+    resp = openai_error(exc, getattr(exc, "param", None))
     ra = retry_after(exc)
     if ra is not None and resp.status_code in (429, 503):
         resp.headers["Retry-After"] = ra
@@ -51,7 +54,7 @@ def _int(doc: dict[str, Any], key: str, default: int | None) -> int | None:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"'{key}' must be an integer")
+        raise InvalidParameter(key, f"'{key}' must be an integer")
     return value
 
 
@@ -60,35 +63,62 @@ def _float(doc: dict[str, Any], key: str, default: float) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(f"'{key}' must be a number")
-    return float(value)
+        raise InvalidParameter(key, f"'{key}' must be a number")
+    try:
+        return float(value)
+    except OverflowError:  # an integer too large for a float: out of every range
+        raise InvalidParameter(key, f"'{key}' is out of range") from None
+
+
+def _logit_bias(raw: Any) -> tuple[tuple[int, float], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise InvalidParameter("logit_bias", "'logit_bias' must map token ids to numbers")
+    out = []
+    for key, value in raw.items():
+        try:
+            token = parse_int(key, "logit_bias key")  # ASCII digits: int() takes '٣' and '1_0'
+        except InvalidInput:
+            raise InvalidParameter(
+                "logit_bias", f"logit_bias key {key!r} is not a token id"
+            ) from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidParameter("logit_bias", f"logit_bias[{key!r}] must be a number")
+        out.append((token, float(value)))
+    return tuple(out)
+
+
+def choices(doc: dict[str, Any]) -> int:
+    """`n`: how many choices to generate (independent sequences on the same prompt)."""
+    n = _int(doc, "n", 1)
+    assert n is not None
+    if not 1 <= n <= MAX_CHOICES:
+        raise InvalidParameter("n", f"'n' must be between 1 and {MAX_CHOICES}")
+    best_of = _int(doc, "best_of", None)
+    if best_of not in (None, 1, n):
+        raise InvalidParameter("best_of", "'best_of' must equal 'n' (no reranking is done)")
+    return n
 
 
 def sampling_params(doc: dict[str, Any], max_tokens: int | None, logprobs: int | None,
                     ) -> SamplingParams:  # fmt: skip
     """The sampling fields OpenAI and vLLM clients send (top_k, min_p, repetition_penalty,
     stop_token_ids and ignore_eos are vLLM's extensions)."""
-    if _int(doc, "n", 1) != 1 or _int(doc, "best_of", 1) != 1:
-        raise InvalidInput("only n = 1 (and best_of = 1) is supported")
-    for key in _UNSUPPORTED:
-        if doc.get(key):
-            raise InvalidInput(f"'{key}' is not supported")
-    if doc.get("logit_bias"):
-        raise InvalidInput("'logit_bias' is not supported")
-    fmt = doc.get("response_format")
-    if fmt and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
-        raise InvalidInput("only response_format {'type': 'text'} is supported")
+    if doc.get("suffix"):
+        raise InvalidParameter("suffix", "'suffix' is not supported")
     stop = doc.get("stop") or ()
     stop = (stop,) if isinstance(stop, str) else stop
     if not isinstance(stop, list | tuple) or not all(isinstance(s, str) for s in stop):
-        raise InvalidInput("'stop' must be a string or a list of strings")
+        raise InvalidParameter("stop", "'stop' must be a string or a list of strings")
     ids = doc.get("stop_token_ids") or ()
     if not isinstance(ids, list | tuple) or not all(type(t) is int for t in ids):
-        raise InvalidInput("'stop_token_ids' must be a list of integers")
+        raise InvalidParameter("stop_token_ids", "'stop_token_ids' must be a list of integers")
     return SamplingParams(
         max_tokens=max_tokens, top_k=_int(doc, "top_k", 0) or 0, seed=_int(doc, "seed", None),
         stop=tuple(stop), stop_token_ids=tuple(ids), ignore_eos=bool(doc.get("ignore_eos")),
-        logprobs=logprobs, **{k: _float(doc, k, v) for k, v in _NUMBERS.items()},
+        logprobs=logprobs, logit_bias=_logit_bias(doc.get("logit_bias")),
+        **{k: _float(doc, k, v) for k, v in _NUMBERS.items()},
     )  # fmt: skip
 
 
@@ -120,39 +150,16 @@ def _prompt(raw: Any) -> str | list[int]:
     raise InvalidInput("'prompt' must be a string or a list of token ids (one prompt)")
 
 
-def _text(piece: bytes) -> str:
-    return piece.decode("utf-8", errors="replace")
+def _usage(c: GenChunk) -> dict[str, Any]:
+    return usage(c.prompt_tokens, c.completion_tokens, c.cached_tokens)
 
 
-def _completion_logprobs(lps: list[TokenLogprob], offset: int) -> dict[str, Any]:
-    tokens, offsets = [], []
-    for lp in lps:
-        offsets.append(offset)
-        tokens.append(_text(lp.piece))
-        offset += len(tokens[-1])
-    return {
-        "tokens": tokens,
-        "token_logprobs": [lp.logprob for lp in lps],
-        "top_logprobs": [{_text(p): v for p, (_, v) in zip(lp.top_pieces, lp.top, strict=True)}
-                         for lp in lps],
-        "text_offset": offsets,
-    }  # fmt: skip
-
-
-def _chat_logprobs(lps: list[TokenLogprob]) -> dict[str, Any]:
-    def entry(piece: bytes, logprob: float) -> dict[str, Any]:
-        return {"token": _text(piece), "logprob": logprob, "bytes": list(piece)}
-
-    return {"content": [
-        {**entry(lp.piece, lp.logprob),
-         "top_logprobs": [entry(p, v) for p, (_, v) in zip(lp.top_pieces, lp.top, strict=True)]}
-        for lp in lps
-    ]}  # fmt: skip
-
-
-def _usage(c: GenChunk) -> dict[str, int]:
-    return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-            "total_tokens": c.prompt_tokens + c.completion_tokens}  # fmt: skip
+def _cache_prompt(doc: dict[str, Any]) -> bool:
+    """llama-server's `cache_prompt` (default true): false prefills the whole prompt."""
+    value = doc.get("cache_prompt", True)
+    if not isinstance(value, bool):
+        raise InvalidInput("'cache_prompt' must be true or false")
+    return value
 
 
 async def _sse(events: AsyncIterator[Any], done: bool = True) -> AsyncIterator[bytes]:
@@ -179,98 +186,76 @@ async def _collect(stream: GenerationStream) -> tuple[str, GenChunk, list[TokenL
     return "".join(parts), last, lps
 
 
-class _Reply:
-    """Shapes one generation as an OpenAI completion or chat completion."""
+async def _start(engine: Engine, req: GenerateRequest, n: int) -> list[GenerationStream]:
+    """`n` generations of one request (seed, seed + 1, ... when seeded); all or none."""
+    streams: list[GenerationStream] = []
+    try:
+        for i in range(n):
+            params = req.params
+            if i and params.seed is not None:
+                params = dataclasses.replace(params, seed=params.seed + i)
+            streams.append(await engine.generate(dataclasses.replace(req, params=params)))
+    except BaseException:
+        for s in streams:
+            s.cancel()
+        raise
+    return streams
 
-    def __init__(self, chat: bool, model: str, include_usage: bool) -> None:
-        self.chat = chat
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        self.model = model
-        self.created = int(time.time())
-        self.include_usage = include_usage
-        self.object = "chat.completion" if chat else "text_completion"
 
-    def _head(self, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "system_fingerprint": None}  # fmt: skip
-
-    def whole(self, text: str, last: GenChunk, lps: list[TokenLogprob] | None) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": last.finish_reason}
-        if self.chat:
-            choice["message"] = {"role": "assistant", "content": text}
-            choice["logprobs"] = _chat_logprobs(lps) if lps is not None else None
-        else:
-            choice["text"] = text
-            choice["logprobs"] = _completion_logprobs(lps, 0) if lps is not None else None
-        return {**self._head(self.object), "choices": [choice], "usage": _usage(last)}
-
-    async def events(self, stream: GenerationStream, logprobs: bool) -> AsyncIterator[Any]:
-        obj = "chat.completion.chunk" if self.chat else "text_completion"
-        extra = {"usage": None} if self.include_usage else {}
-        if self.chat:
-            first = {"index": 0, "delta": {"role": "assistant", "content": ""},
-                     "logprobs": None, "finish_reason": None}  # fmt: skip
-            yield {**self._head(obj), "choices": [first], **extra}
-        offset, last = 0, None
-        async for c in stream:
-            last = c
-            if not (c.text or c.finish_reason or (logprobs and c.logprobs)):
-                continue  # held back (a possible stop string or an incomplete character)
-            lp: Any = None
-            if logprobs and c.logprobs:
-                lp = (_chat_logprobs(c.logprobs) if self.chat
-                      else _completion_logprobs(c.logprobs, offset))  # fmt: skip
-            offset += len(c.text)
-            choice: dict[str, Any] = {"index": 0, "logprobs": lp, "finish_reason": c.finish_reason}
-            if self.chat:
-                choice["delta"] = {"content": c.text} if c.text else {}
-            else:
-                choice["text"] = c.text
-            yield {**self._head(obj), "choices": [choice], **extra}
-        if self.include_usage and last is not None:
-            yield {**self._head(obj), "choices": [], "usage": _usage(last)}
+def _openai_request(doc: dict[str, Any], chat: bool, headers: dict[str, str],
+                    ) -> tuple[GenerateRequest, Reply]:  # fmt: skip
+    if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
+        raise InvalidInput("body must be a JSON object with a string 'model'")
+    fmt = response_format(doc)
+    tools = None
+    if chat:
+        messages, prompt = _messages(doc.get("messages")), None
+        max_tokens = _int(doc, "max_completion_tokens", _int(doc, "max_tokens", None))
+        top = _int(doc, "top_logprobs", 0) or 0
+        logprobs = top if doc.get("logprobs") else None
+        tools = plan(doc, messages, fmt)
+        messages, fmt = tools.messages, tools.constraint
+    else:
+        messages, prompt = None, _prompt(doc.get("prompt"))
+        if doc.get("echo"):
+            raise InvalidParameter("echo", "'echo' is not supported")
+        if doc.get("tools") is not None:
+            raise InvalidParameter("tools", "'tools' needs /v1/chat/completions")
+        max_tokens = _int(doc, "max_tokens", 16)
+        logprobs = _int(doc, "logprobs", None)
+    params = sampling_params(doc, max_tokens, logprobs)
+    options = doc.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise InvalidParameter("stream_options", "'stream_options' must be an object")
+    reply = Reply(chat, doc["model"], bool(doc.get("stream") and options.get("include_usage")),
+                  choices(doc), tools is not None and tools.envelope, logprobs is not None)  # fmt: skip
+    req = GenerateRequest(doc["model"], params, prompt=prompt, messages=messages,
+                          metadata=headers, constraint=fmt,
+                          cache_prompt=_cache_prompt(doc))  # fmt: skip
+    return req, reply
 
 
 def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
     async def openai(request: Request, chat: bool) -> Response:
         try:
-            doc = orjson.loads(await read_body(request, max_request_bytes))
-            if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
-                raise InvalidInput("body must be a JSON object with a string 'model'")
-            if chat:
-                messages, prompt = _messages(doc.get("messages")), None
-                max_tokens = _int(doc, "max_completion_tokens", _int(doc, "max_tokens", None))
-                top = _int(doc, "top_logprobs", 0) or 0
-                logprobs = top if doc.get("logprobs") else None
-            else:
-                messages, prompt = None, _prompt(doc.get("prompt"))
-                if doc.get("echo"):
-                    raise InvalidInput("'echo' is not supported")
-                max_tokens = _int(doc, "max_tokens", 16)
-                logprobs = _int(doc, "logprobs", None)
-            params = sampling_params(doc, max_tokens, logprobs)
-            options = doc.get("stream_options") or {}
-            if not isinstance(options, dict):
-                raise InvalidInput("'stream_options' must be an object")
-            reply = _Reply(chat, doc["model"], bool(doc.get("stream") and
-                                                    options.get("include_usage")))  # fmt: skip
-            stream = await engine.generate(GenerateRequest(
-                doc["model"], params, prompt=prompt, messages=messages,
-                metadata=dict(request.headers)))  # fmt: skip
+            doc = await read_json(request, max_request_bytes)
+            length = request.headers.get("content-length", "")  # tools and schemas: linear work
+            size = int(length) if length.isdigit() else 0
+            req, reply = await off_loop(size, _openai_request, doc, chat, dict(request.headers))
+            streams = await _start(engine, req, reply.n)
         except orjson.JSONDecodeError as e:
             return _error(InvalidInput(f"body is not valid JSON: {e}"))
         except EdgeInferError as e:
             return _error(e)
         if doc.get("stream"):
-            return StreamingResponse(_sse(reply.events(stream, logprobs is not None)),
-                                     media_type=SSE)  # fmt: skip
+            return StreamingResponse(_sse(reply.events(merged(streams))), media_type=SSE)
         try:
-            text, last, lps = await unless_disconnected(request, _collect(stream))
+            body = await unless_disconnected(request, reply.whole(merged(streams)))
         except EdgeInferError as e:
             return _error(e)
         except ClientDisconnected:
             return Response(status_code=499)
-        return json_response(reply.whole(text, last, lps if logprobs is not None else None))
+        return json_response(body)
 
     async def completions(request: Request) -> Response:
         return await openai(request, chat=False)
@@ -299,7 +284,7 @@ def _generate_routes(engine: Engine, max_request_bytes: int) -> list[Route]:
         return json_response({"error": message}, status, headers)
 
     async def start(request: Request) -> tuple[dict[str, Any], str, GenerationStream, str]:
-        doc = orjson.loads(await read_body(request, max_request_bytes))
+        doc = await read_json(request, max_request_bytes)
         if not isinstance(doc, dict) or not isinstance(doc.get("text_input"), str):
             raise InvalidInput("body must be a JSON object with a string 'text_input'")
         params = {k: v for k, v in doc.items() if k not in ("id", "text_input", "parameters")}
@@ -309,11 +294,14 @@ def _generate_routes(engine: Engine, max_request_bytes: int) -> list[Route]:
         params.update(extra)
         sampling = sampling_params(params, _int(params, "max_tokens", 16),
                                    _int(params, "logprobs", None))  # fmt: skip
+        if isinstance(params.get("response_format"), str):  # Triton parameters are scalars
+            params["response_format"] = orjson.loads(params["response_format"])
         model = request.path_params["model"]
         stream = await engine.generate(GenerateRequest(
             model, sampling, prompt=doc["text_input"],
             version=request.path_params.get("version"), parameters=params,
-            metadata=dict(request.headers)))  # fmt: skip
+            metadata=dict(request.headers), constraint=response_format(params),
+            cache_prompt=_cache_prompt(params)))  # fmt: skip
         prefix = doc["text_input"] if params.get("exclude_input_in_output") is False else ""
         head = {"model_name": model, "model_version": stream.version}
         if isinstance(doc.get("id"), str):

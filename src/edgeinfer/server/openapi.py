@@ -172,17 +172,30 @@ _TENSOR_META = _obj(("name", "datatype", "shape"), name=_STR, datatype=_ref("Dat
 _DATA = {"type": "array", "description": "Row-major tensor elements, flat or nested; BYTES "
                                          "elements are strings.",
          "items": {"type": ["number", "boolean", "string", "array"]}}  # fmt: skip
-_FINISH = {"type": ["string", "null"], "enum": ["stop", "length", "abort", None]}
+_FINISH = {"type": ["string", "null"], "enum": ["stop", "length", "tool_calls", "abort", None]}
 _USAGE = _obj(("prompt_tokens", "completion_tokens", "total_tokens"), prompt_tokens=_NAT,
-              completion_tokens=_NAT, total_tokens=_NAT)  # fmt: skip
+              completion_tokens=_NAT, total_tokens=_NAT,
+              prompt_tokens_details=_obj(cached_tokens=_NAT))  # fmt: skip
 _SAMPLING: Doc = {
     "max_tokens": {"type": ["integer", "null"], "minimum": 0}, "temperature": _NUM, "top_p": _NUM,
     "top_k": _INT, "min_p": _NUM, "seed": {"type": ["integer", "null"]},
     "repetition_penalty": _NUM, "presence_penalty": _NUM, "frequency_penalty": _NUM,
     "stop": {"oneOf": [_STR, _STRS, {"type": "null"}]}, "stop_token_ids": {"type": "array", "items": _INT},
-    "ignore_eos": _BOOL, "n": {"const": 1}, "stream": _BOOL,
+    "ignore_eos": _BOOL, "n": {"type": "integer", "minimum": 1, "maximum": 8}, "stream": _BOOL,
+    "cache_prompt": _BOOL,
     "stream_options": _obj(include_usage=_BOOL),
+    "logit_bias": {"type": "object", "description": "Token id -> bias added to its logit.",
+                   "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}},
+    "response_format": {"type": "object", "description": "{'type': 'text' | 'json_object' | "
+                        "'json_schema', 'json_schema': {'name', 'schema', 'strict'}}: decoding "
+                        "is constrained to JSON that validates against the schema."},
 }  # fmt: skip
+_TOOL_CALL = _obj(
+    ("id", "type", "function"),
+    id=_STR,
+    type={"const": "function"},
+    function=_obj(("name", "arguments"), name=_STR, arguments=_STR),
+)
 
 _SCHEMAS: Doc = {
     "Error": _obj(("error",), error={"type": "string", "description": "What was wrong."}),
@@ -274,14 +287,23 @@ _SCHEMAS: Doc = {
         max_completion_tokens={"type": ["integer", "null"], "minimum": 0},
         messages={"type": "array", "minItems": 1, "items": _obj(
             ("role",), role=_STR, content={"oneOf": [_NULL_STR, {"type": "array", "items": _obj(
-                ("type", "text"), type={"const": "text"}, text=_STR)}]})},
+                ("type", "text"), type={"const": "text"}, text=_STR)}]},
+            tool_calls={"type": "array", "items": _TOOL_CALL}, tool_call_id=_STR)},
+        tools={"type": "array", "maxItems": 64, "items": _obj(
+            ("type", "function"), type={"const": "function"}, function=_obj(
+                ("name",), name=_STR, description=_STR, parameters={"type": "object"}))},
+        tool_choice={"oneOf": [{"enum": ["none", "auto", "required"]}, _obj(
+            ("type", "function"), type={"const": "function"},
+            function=_obj(("name",), name=_STR))]},
+        parallel_tool_calls=_BOOL,
         **_SAMPLING),
     "Completion": _obj(("id", "object", "created", "model", "choices"), id=_STR, created=_INT,
                        object={"enum": ["text_completion", "chat.completion"]}, model=_STR,
                        choices={"type": "array", "items": _obj(
                            ("index", "finish_reason"), index=_NAT, finish_reason=_FINISH,
-                           text=_STR, message=_obj(("role", "content"), role=_STR,
-                                                   content=_STR))},
+                           text=_STR, message=_obj(
+                               ("role", "content"), role=_STR, content=_NULL_STR,
+                               tool_calls={"type": "array", "items": _TOOL_CALL}))},
                        usage=_USAGE),
     "GenerateRequest": _obj(("text_input",), text_input=_STR, id=_STR,
                             parameters={"type": "object", "properties": _SAMPLING}),

@@ -13,195 +13,65 @@ Each step is schedule -> execute -> deliver:
   call_soon_threadsafe per step) where each request's queue feeds its stream, retire finished
   sequences and free their cells.
 
-The steps run back to back on one engine thread per model version, not as `asyncio.to_thread`
-calls from the event loop: on a shared 2-core CPU every thread handoff waits for a core, and the
-two handoffs per step cost 2-3 ms (measured: 2.1-3.0 ms per token against 0.3 ms for the same
-loop with the decode inline; ~15-20% of a 336M model's decode step). The engine thread never
-waits for the event loop; the event loop only receives chunks, so HTTP handling and other models
-keep running during decodes. State shared with the event loop is a deque (`waiting`, appended by
-`submit`), per-request flags (`cancelled`) and counters read at scrape time.
+The steps run back to back on one engine thread per model version (serving/engine_thread.py
+says why). State shared with the event loop is a deque (`waiting`, appended by `submit`),
+per-request flags (`cancelled`) and counters read at scrape time.
 
-LoRA adapters: llama.cpp applies adapters per context, and every change of the context's
-adapter makes it rebuild its compute graph before the next decode (measured on the tests' tiny
-Llama: a switch costs more than a decode of two sequences). So the running sequences are
-grouped by adapter (the base model is a group too) and the groups time-slice the context:
-- one adapter state per step: a step decodes one group, never a mix;
-- a step starts with the group whose adapter is already set, if it has work: no switch;
-- that group keeps the context for up to `steps_per_switch` (K) steps in a row, then the next
-  group with work gets it, round-robin (the group that has waited longest goes first), so a
-  group waits at most (groups - 1) * K steps: none starves;
-- with one group (or no adapters) every running sequence decodes every step, as without LoRA.
-The trade: one switch per K steps instead of one per group every step buys aggregate tokens/s
-(8 streams on 4 adapters, bench/results/lora.json: 0.29x of one adapter's with a switch per
-decode, 0.53x with K = 8; llama.cpp alone, in-process: 0.33x against 0.69x), paid in burstier
-streams when several adapters are busy: a group's sequences get K tokens in quick succession,
-then wait while the others take their turns (a (groups - 1) * K step gap), and a new adapter's
-first token may wait as long. K = 1 switches every step.
-
-Admission stays in arrival order; with `max_loras` a request whose adapter would be one group
-too many waits while later requests of running adapters go ahead of it, but only for
-`max_lora_wait` seconds: after that nothing passes it, the running groups drain and its adapter
-gets in. That trades the first-token latency of a new adapter for fewer groups sharing the
-context, hence a shorter wait between turns. Adapter loads and frees run on the engine thread
-between steps (`call`).
+LoRA adapters (measurements in docs/lora.md): llama.cpp rebuilds its compute graph whenever the
+context's adapter changes, so running sequences are grouped by adapter (the base model is a
+group too) and the groups time-slice the context: a step decodes one group, never a mix; the
+group whose adapter is set keeps the context for up to `steps_per_switch` (K) steps in a row,
+then the group that has waited longest gets it, so none waits more than (groups - 1) * K steps;
+with one group every running sequence decodes every step. Admission stays in arrival order;
+with `max_loras` a request whose adapter would be one group too many lets later requests of
+running adapters pass, for at most `max_lora_wait` seconds. Adapter loads and frees run on the
+engine thread between steps (`call`).
 
 A cancelled request (client disconnect, `aclose`) is retired at the next step and its slot and
 cells are freed. Requests over the context length are refused before any work (InvalidInput);
 a full waiting queue refuses with QueueFull.
+
+Supervision: an exception while sampling one sequence fails that sequence alone (500); one from
+the decode fails the step's sequences; one from elsewhere in a step fails every request the loop
+holds; the loop goes on. A dead engine thread makes `healthy` False until it is revived.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from edgeinfer.errors import BackendError, EdgeInferError, InvalidInput, QueueFull, Unavailable
 from edgeinfer.runtime.llm_llamacpp import BatchItem
 from edgeinfer.runtime.memory import release_free_memory
-from edgeinfer.serving.sampling import Sampler, SamplingParams, TextStream, TokenLogprob
+from edgeinfer.serving.constrain import TokenConstraint
+from edgeinfer.serving.engine_thread import Delivery, EngineThread
+from edgeinfer.serving.llm_request import (
+    GenChunk,
+    GenerateRequest,
+    GenerationStream,
+    LlmBackend,
+    LoopAdapter,
+    LoopLimits,
+)
+from edgeinfer.serving.llm_request import Request as _Request
+from edgeinfer.serving.prefix_cache import SlotCache
+from edgeinfer.serving.sampling import Sampler, SamplingParams, TextStream
 from edgeinfer.telemetry.metrics import LlmStats
 from edgeinfer.telemetry.stats import VersionStats
 
+# The request types live in llm_request; importers of this module use them from here too.
+__all__ = ["GenChunk", "GenerateRequest", "GenerationStream", "LlmLoop", "LoopAdapter",
+           "LoopLimits"]  # fmt: skip
+
 log = logging.getLogger("edgeinfer.llm")
-
-
-class LlmBackend(Protocol):
-    """The math the loop needs (runtime/llm_llamacpp.py; a fake in unit tests)."""
-
-    n_vocab: int
-    eog: frozenset[int]
-
-    def decode(self, items: Sequence[BatchItem]) -> np.ndarray: ...
-
-    def free(self, seq: int) -> None: ...
-
-    def piece(self, token: int) -> bytes: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class LoopLimits:
-    slots: int
-    context_length: int  # prompt + completion tokens of one request
-    kv_cells: int  # KV-cache cells shared by all slots
-    prefill_chunk: int  # prompt tokens per step
-    max_waiting: int = 0  # 0: unbounded
-    max_loras: int = 0  # adapter groups running at once (the base model counts); 0: unbounded
-    max_lora_wait: float = 1.0  # seconds a request may be passed by requests of other adapters
-    steps_per_switch: int = 8  # steps an adapter group keeps the context while others wait
-
-
-@dataclass(frozen=True, eq=False)
-class LoopAdapter:
-    """A LoRA adapter resident in this loop's backend: `handle` from `backend.load_adapter`."""
-
-    key: str
-    handle: Any
-    scale: float = 1.0
-
-
-@dataclass(slots=True)
-class GenerateRequest:
-    """One generation, whatever protocol it came in on: a prompt (text or token ids) or chat
-    messages rendered with the model's chat template."""
-
-    model: str
-    params: SamplingParams
-    prompt: str | list[int] | None = None
-    messages: list[dict[str, Any]] | None = None
-    version: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)  # routing keys
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class GenChunk:
-    """A piece of one generation. The last has `finish_reason` set ("stop" or "length")."""
-
-    text: str
-    token_ids: list[int]
-    logprobs: list[TokenLogprob] | None
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-
-
-_ids = itertools.count(1)
-
-
-@dataclass(eq=False)
-class _Request:
-    prompt: list[int]
-    params: SamplingParams
-    max_tokens: int
-    sampler: Sampler
-    text: TextStream
-    arrival: float
-    out: asyncio.Queue[GenChunk | BaseException] = field(default_factory=asyncio.Queue)
-    id: int = field(default_factory=lambda: next(_ids))
-    seq: int = -1  # slot, once admitted
-    prefilled: int = 0
-    generated: list[int] = field(default_factory=list)
-    cancelled: bool = False
-    done: bool = False
-    admitted_at: float = 0.0
-    first_token_at: float = 0.0
-    last_token_at: float = 0.0
-    adapter: LoopAdapter | None = None
-    on_done: Callable[[int, int], None] | None = None  # (prompt, generated) once retired
-
-    @property
-    def adapter_key(self) -> str | None:
-        return self.adapter.key if self.adapter is not None else None
-
-    @property
-    def need(self) -> int:
-        return len(self.prompt) + self.max_tokens
-
-    @property
-    def decoding(self) -> bool:
-        return self.prefilled == len(self.prompt) and bool(self.generated)
-
-
-class GenerationStream:
-    """What `submit` returns: iterate it for chunks. Leaving the iteration early (or being
-    cancelled while waiting for a chunk) cancels the request."""
-
-    def __init__(self, loop: LlmLoop, request: _Request) -> None:
-        self._loop = loop
-        self._request = request
-        self.prompt_tokens = len(request.prompt)
-        self.max_tokens = request.max_tokens
-        self.version = ""  # set by the engine: the model version serving this stream
-
-    def __aiter__(self) -> AsyncIterator[GenChunk]:
-        return self._chunks()
-
-    async def _chunks(self) -> AsyncIterator[GenChunk]:
-        req = self._request
-        try:
-            while True:
-                item = await req.out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            self.cancel()
-
-    def cancel(self) -> None:
-        self._loop.cancel(self._request)
 
 
 class LlmLoop:
@@ -222,20 +92,17 @@ class LlmLoop:
         self.waiting: deque[_Request] = deque()
         self.running: list[_Request] = []
         self.steps = 0
-        self._free_slots = list(range(limits.slots - 1, -1, -1))
+        self._slots = SlotCache(backend, limits.slots, limits.prefix_cache)  # type: ignore[arg-type]
         self._reserved = 0  # KV cells promised to running requests
         self._clock = clock
-        self._work = threading.Event()  # set when there may be something to schedule
         self._lock = threading.Lock()  # guards `waiting` between submit and the engine thread
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._outbox: list[tuple[_Request, GenChunk | BaseException]] = []  # this step's
-        self._ready: deque[list[tuple[_Request, GenChunk | BaseException]]] = deque()
-        self._ready_event = threading.Event()
+        self._outbox: Delivery = []  # this step's (request, chunk or error) pairs
+        self._engine = EngineThread(self._engine_step, self._step_failed, self._recover,
+                                    _publish)  # fmt: skip
+        self._calls = self._engine.calls  # run on the engine thread between steps
         self._accepting = True
-        self._stopping = False
+        self._shutdown_error: EdgeInferError | None = None  # set by shutdown(): fail all
         self._avg_e2e = 0.0
-        self._calls: deque[Callable[[], None]] = deque()  # run on the engine thread
         self._current: LoopAdapter | None = None  # the adapter set on the backend
         self._holder: LoopAdapter | None = None  # the group with the context (its adapter)
         self._held = 0  # steps in a row the holder has decoded
@@ -246,9 +113,12 @@ class LlmLoop:
     def submit(self, prompt: list[int], params: SamplingParams,
                adapter: LoopAdapter | None = None,
                on_done: Callable[[int, int], None] | None = None,
-               ) -> GenerationStream:  # fmt: skip
+               constraint: TokenConstraint | None = None,
+               cache_prompt: bool = True) -> GenerationStream:  # fmt: skip
         """Queue a generation; raises at once when it cannot be served. `on_done` is called
-        once the request is retired (it may run on the engine thread)."""
+        once the request is retired (it may run on the engine thread). `constraint` masks the
+        sequence's logits before each token is sampled (structured output). `cache_prompt=False`
+        prefills the whole prompt even when a slot holds a prefix of it."""
         if not self._accepting:
             raise Unavailable("model version is unloading")
         limit, n = self.limits.context_length, len(prompt)
@@ -265,7 +135,8 @@ class LlmLoop:
             raise InvalidInput(f"prompt token ids must be in [0, {self.backend.n_vocab})")
         req = _Request(prompt, params, max_tokens, Sampler(params, prompt, self.backend.n_vocab),
                        TextStream(params.stop), self._clock(), adapter=adapter,
-                       on_done=on_done)  # fmt: skip
+                       on_done=on_done, constraint=constraint,
+                       cache_prompt=cache_prompt)  # fmt: skip
         with self._lock:
             if self.limits.max_waiting and len(self.waiting) >= self.limits.max_waiting:
                 wait = self._avg_e2e * (len(self.waiting) + 1) / self.limits.slots
@@ -286,28 +157,32 @@ class LlmLoop:
         return min(1.0, used / self.limits.kv_cells)
 
     def _wake(self) -> None:
-        if self._thread is None:
-            self._loop = asyncio.get_running_loop()
-            self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
-            self._thread.start()
-            threading.Thread(target=self._notify, name="llm-notify", daemon=True).start()
-        self._work.set()
+        self._engine.wake()
+        self.stats.engine_restarts = self._engine.restarts
+
+    @property
+    def healthy(self) -> bool:
+        """False while the engine thread is dead: the model is not ready until `revive`."""
+        return self._engine.healthy
+
+    def revive(self) -> None:
+        """Restart a dead engine thread (the engine's monitor calls this every second)."""
+        if self._engine.started:
+            self._engine.revive()
+            self.stats.engine_restarts = self._engine.restarts
+
+    def shutdown(self) -> None:
+        """Server shutdown: refuse new requests and end every stream at the next step (waiting
+        and running requests get Unavailable), without waiting for anything."""
+        self._accepting = False
+        self._shutdown_error = Unavailable("the server is shutting down")
+        if self._engine.started:
+            self._wake()
 
     def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run `fn` on the engine thread between steps (backend calls that must not overlap a
         decode: loading, setting, freeing adapters); await the result."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-
-        def run() -> None:
-            try:
-                result: Any = fn()
-            except BaseException as e:  # handed to the awaiting coroutine
-                loop.call_soon_threadsafe(_settle, fut, None, e)
-            else:
-                loop.call_soon_threadsafe(_settle, fut, result, None)
-
-        self._calls.append(run)
+        fut = self._engine.call(fn)
         self._wake()
         return fut
 
@@ -315,7 +190,7 @@ class LlmLoop:
         """Like `call` from any thread, without waiting: it runs before the next step (or at
         close, before the backend is freed)."""
         self._calls.append(fn)
-        self._work.set()
+        self._engine.poke()
 
     def drop_adapter(self, adapter: LoopAdapter) -> None:
         """Free an adapter no request uses any more, on the engine thread before the next step."""
@@ -330,22 +205,12 @@ class LlmLoop:
 
         self.call_later(drop)
 
-    def _run_calls(self) -> None:
-        while self._calls:
-            fn = self._calls.popleft()
-            try:
-                fn()
-            except Exception:  # a failed free must not stop the engine
-                log.exception("engine-thread call failed")
-
-    def _run(self) -> None:
-        while not self._stopping:
-            self._work.clear()
-            self._run_calls()
-            if not self.step():
-                self._work.wait()
-
     # ---- the step (engine thread) ----------------------------------------------------------
+    def _engine_step(self) -> bool:
+        if self._shutdown_error is not None:
+            self._fail_all(self._shutdown_error)
+        return self.step()
+
     def step(self) -> bool:
         """Schedule, execute, deliver. False when there was nothing to run."""
         plan = self._schedule()
@@ -370,8 +235,12 @@ class LlmLoop:
             wanted = sum(item.logits for _, item in plan)
             if logits.shape[0] != wanted:
                 raise BackendError(f"backend returned {logits.shape[0]} logits rows, not {wanted}")
-        except EdgeInferError as e:
-            log.error("decode step failed: %s", e.message)
+        except Exception as e:
+            if isinstance(e, EdgeInferError):
+                log.error("decode step failed: %s", e.message)
+            else:
+                log.exception("decode step failed")
+                e = BackendError(f"internal error in the model's decode step ({type(e).__name__})")
             for req, _ in plan:
                 self._finish(req, "abort", error=e)
             return
@@ -381,26 +250,10 @@ class LlmLoop:
         self._deliver(plan, logits)
 
     def _flush(self) -> None:
-        """Hand this step's chunks and errors to the notifier thread. Waking the event loop
-        from here would cost the engine thread ~1 ms a step: the woken loop takes the GIL
-        while this thread still needs it. The notifier gets the GIL only once this thread
-        enters the next decode (which releases it), so the loop's work overlaps the decode."""
+        """Hand this step's chunks and errors to the event loop (through the notifier)."""
         if self._outbox:
-            self._ready.append(self._outbox)
+            self._engine.deliver(self._outbox)
             self._outbox = []
-            self._ready_event.set()
-
-    def _notify(self) -> None:
-        while True:
-            self._ready_event.wait()
-            self._ready_event.clear()
-            batch = []
-            while self._ready:
-                batch += self._ready.popleft()
-            if batch and self._loop is not None and not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(_publish, batch)
-            if self._stopping and not self._ready:
-                return
 
     def _schedule(self) -> list[tuple[_Request, BatchItem]]:
         for req in [r for r in self.running if r.cancelled]:
@@ -413,9 +266,15 @@ class LlmLoop:
         for req in gone:
             self._finish(req, "abort")
         for req in admitted:
-            req.seq = self._free_slots.pop()
+            req.seq, req.cached = self._slots.take(req.prompt, req.adapter, req.cache_prompt)
+            req.prefilled = req.kv = req.cached
             req.admitted_at = self._clock()
             self.running.append(req)
+            if self._slots.enabled:
+                self.stats.prefix_cache_queries += len(req.prompt)
+                self.stats.prefix_cache_hits += req.cached
+        if admitted:  # idle slots' cached prefixes give way to the new reservations
+            self._slots.fit(self.limits.kv_cells - self._reserved)
         turn = self._turn()
         plan = [(r, BatchItem(r.seq, [r.generated[-1]], len(r.prompt) + len(r.generated) - 1,
                               True)) for r in turn if r.decoding]  # fmt: skip
@@ -458,7 +317,7 @@ class LlmLoop:
         active = {r.adapter_key for r in self.running}
         now = self._clock()
         i = 0
-        while (i < len(self.waiting) and len(admitted) < len(self._free_slots)
+        while (i < len(self.waiting) and len(admitted) < self._slots.idle
                and self._reserved + self.waiting[i].need <= self.limits.kv_cells):  # fmt: skip
             req = self.waiting[i]
             if max_loras and req.adapter_key not in active and len(active) >= max_loras:
@@ -482,6 +341,7 @@ class LlmLoop:
         now = self._clock()
         row = 0
         for req, item in plan:
+            req.kv = item.pos + len(item.tokens)
             if not item.logits:
                 req.prefilled += len(item.tokens)
                 continue
@@ -492,9 +352,16 @@ class LlmLoop:
                 self.stats.prompt_tokens += len(req.prompt)
             if req.cancelled or req.done:
                 continue  # retired at the next schedule
-            self._emit(req, scores, now)
+            try:
+                self._emit(req, scores, now)
+            except Exception as e:  # this sequence fails alone; the others go on
+                log.exception("sampling failed for request %d", req.id)
+                self._finish(req, "abort", error=BackendError(
+                    f"internal error while sampling the next token ({type(e).__name__})"))  # fmt: skip
 
     def _emit(self, req: _Request, scores: np.ndarray, now: float) -> None:
+        if req.constraint is not None:
+            req.constraint.mask(scores)
         token, logprob = req.sampler.sample(scores)
         req.generated.append(token)
         self.stats.generation_tokens += 1
@@ -507,20 +374,37 @@ class LlmLoop:
         if logprob is not None:
             logprob.piece = self.backend.piece(token)
             logprob.top_pieces = [self.backend.piece(t) for t, _ in logprob.top]
-        p = req.params
-        reason: str | None = None
-        if token in p.stop_token_ids or (token in self.backend.eog and not p.ignore_eos):
-            text, reason = req.text.flush(), "stop"
-        else:
-            text, stopped = req.text.push(self.backend.piece(token))
-            if stopped:
-                reason = "stop"
-            elif len(req.generated) >= req.max_tokens:
-                text, reason = text + req.text.flush(), "length"
+        reason, text = self._ending(req, token)
+        if reason == "error":
+            assert req.constraint is not None
+            self._finish(req, "abort", error=BackendError(
+                f"constrained decoding failed: {req.constraint.error}"))  # fmt: skip
+            return
         self._outbox.append((req, GenChunk(text, [token], [logprob] if logprob else None, reason,
-                                           len(req.prompt), len(req.generated))))  # fmt: skip
+                                           len(req.prompt), len(req.generated),
+                                           req.cached)))  # fmt: skip
         if reason is not None:
             self._finish(req, reason)
+
+    def _ending(self, req: _Request, token: int) -> tuple[str | None, str]:
+        """(finish reason or None, the text to send) after `token`. A constrained sequence
+        ends with "stop" as soon as its grammar is complete."""
+        p = req.params
+        if token in p.stop_token_ids or (token in self.backend.eog and not p.ignore_eos):
+            return "stop", req.text.flush()
+        complete = False
+        if req.constraint is not None:
+            complete = req.constraint.accept(token)
+            if req.constraint.error:
+                return "error", ""
+        text, stopped = req.text.push(self.backend.piece(token))
+        if stopped:
+            return "stop", text
+        if complete:
+            return "stop", text + req.text.flush()
+        if len(req.generated) >= req.max_tokens:
+            return "length", text + req.text.flush()
+        return None, text
 
     def _finish(self, req: _Request, reason: str, error: BaseException | None = None) -> None:
         """Retire a request: free its slot and KV cells, count it, fail its stream on error."""
@@ -528,12 +412,19 @@ class LlmLoop:
             return
         req.done = True
         if req.on_done is not None:
-            req.on_done(len(req.prompt), len(req.generated))
+            try:
+                req.on_done(len(req.prompt), len(req.generated))
+            except Exception:
+                log.exception("a request's completion callback failed")
         if req.seq >= 0:
             self.running.remove(req)
-            self.backend.free(req.seq)
-            self._free_slots.append(req.seq)
             self._reserved -= req.need
+            # After a failed decode nobody knows what the cells hold: they are dropped.
+            held = None if error is not None else (req.prompt + req.generated)[: req.kv]
+            try:
+                self._slots.give_back(req.seq, held, req.adapter)
+            except Exception:  # its cells may hold stale tokens: never reuse the slot
+                log.exception("freeing slot %d failed; the slot is retired", req.seq)
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
         e2e = self._clock() - req.arrival
         self.stats.e2e.observe(e2e)
@@ -549,42 +440,60 @@ class LlmLoop:
             else:
                 vs.record_failure(total, "BACKEND" if error is not None else "CANCELED")
 
-    # ---- shutdown --------------------------------------------------------------------------
+    # ---- failures and shutdown -------------------------------------------------------------
+    def _step_failed(self, error: Exception) -> None:
+        """An exception escaped a step (engine thread): its state is unknown, so every request
+        the loop holds fails with a 500 and the loop starts clean."""
+        self._fail_all(
+            BackendError(f"internal error in the generation loop ({type(error).__name__})")
+        )
+
+    def _recover(self) -> None:
+        """First thing on a restarted engine thread: fail the running requests (the dead thread
+        may have left them half-stepped); waiting ones start normally."""
+        self._fail_all(BackendError("the model's generation loop stopped and was restarted; "
+                                    "retry the request"), waiting=False)  # fmt: skip
+
+    def _fail_all(self, error: EdgeInferError, waiting: bool = True) -> None:
+        queued: list[_Request] = []
+        if waiting:
+            with self._lock:
+                queued = list(self.waiting)
+                self.waiting.clear()
+        for req in [*self.running, *queued]:
+            try:
+                self._finish(req, "abort", error=error)
+            except Exception:
+                log.exception("retiring request %d failed", req.id)
+                if req in self.running:
+                    self.running.remove(req)
+                self._outbox.append((req, error))
+        self._flush()
+
     async def close(self, drain: bool = True, timeout: float = 30.0) -> None:
-        """Stop taking requests; with `drain`, let waiting and running ones finish first."""
+        """Stop taking requests; with `drain`, let waiting and running ones finish first (for
+        at most `timeout` seconds, and not at all while the engine thread is dead)."""
         self._accepting = False
         end = time.monotonic() + timeout
-        while drain and (self.waiting or self.running) and time.monotonic() < end:
+        while (drain and (self.waiting or self.running) and self.healthy
+               and time.monotonic() < end):  # fmt: skip
             await asyncio.sleep(0.01)
-        if self._thread is not None:
-            # Let the current step end; the backend is freed only after the thread stopped.
-            self._stopping = True
-            self._work.set()
-            await asyncio.to_thread(self._thread.join)
-            self._ready_event.set()  # the notifier delivers what is left and ends
-        self._run_calls()
-        while self._ready:
-            _publish(self._ready.popleft())
         gone = Unavailable("model version was unloaded before the request finished")
-        for req in [*self.waiting, *self.running]:
-            self._finish(req, "abort", error=gone)
-        self.waiting.clear()
-        batch, self._outbox = self._outbox, []
-        _publish(batch)
-        self._run_calls()  # adapter frees queued by the retirements above
+        if not await self._engine.stop(max(1.0, end - time.monotonic())):
+            log.error("the engine thread is still inside a step: its requests are failed and "
+                      "the model's memory is left allocated")  # fmt: skip
+            _publish([(req, gone) for req in [*self.waiting, *self.running]])
+            return
+        self._engine.run_calls()
+        self._fail_all(gone)
+        self._engine.drain_ready()
+        self._engine.run_calls()  # adapter frees queued by the retirements above
         self.backend.close()
 
 
-def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(result)
-
-
-def _publish(batch: list[tuple[_Request, GenChunk | BaseException]]) -> None:
+def _publish(batch: Delivery) -> None:
     """On the event loop thread: feed each request's queue."""
     for req, item in batch:
-        req.out.put_nowait(item)
+        if not req.delivered_error:
+            req.out.put_nowait(item)
+            req.delivered_error = isinstance(item, BaseException)

@@ -38,6 +38,11 @@ class Runner:
             max_workers=workers or os.cpu_count() or 1, thread_name_prefix="edgeinfer-run"
         )
         self.inline_below_ns = inline_below_ns
+        # Request preparation (decoding images) on its own threads, so it runs while the model
+        # threads are busy with earlier batches. Pillow and numpy release the GIL.
+        self.prep_pool = ThreadPoolExecutor(
+            max_workers=workers or os.cpu_count() or 1, thread_name_prefix="edgeinfer-prep"
+        )
 
     async def run(self, timer: RunTimer, fn: Callable[[], T]) -> tuple[T, int]:
         """Run `fn`; return its result and its duration in ns."""
@@ -51,8 +56,10 @@ class Runner:
         timer.add(ns)
         return result, ns
 
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def shutdown(self, wait: bool = True) -> None:
+        """Release the threads; `wait=False` when a run may be stuck (the process is leaving)."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+        self.prep_pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def _timed(fn: Callable[[], T]) -> tuple[T, int]:

@@ -2,25 +2,41 @@
 logprobs; and the stop-string matcher that holds back text which may be the start of a stop.
 
 Order (as vLLM and llama.cpp): repetition penalty (prompt + output), presence and frequency
-penalties (output only), then greedy when temperature is 0, else temperature, top-k, min-p,
-top-p, and a draw from the seeded generator of the request. Logprobs are those of the model's
-raw distribution (vLLM's default `raw_logprobs`), so they do not depend on sampling settings.
+penalties (output only), then greedy when the temperature is below `GREEDY_BELOW`, else
+temperature, top-k, min-p, top-p, and a draw from the seeded generator of the request. Logprobs
+are those of the model's raw distribution (vLLM's default `raw_logprobs`), so they do not depend
+on sampling settings.
+
+Safe for every value the API accepts and every logits row: the math is float64 (a float32 row
+divided by a temperature of 1e-5 or a penalty cannot overflow), NaN logits are never chosen,
++inf logits tie at the top, and there is always at least one candidate (a row with no finite
+logit gives its first non-NaN token). A row that makes numpy warn is still a valid draw.
 """
 
 from __future__ import annotations
 
 import codecs
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeinfer.errors import InvalidInput
+from edgeinfer.errors import InvalidParameter
 
 # Tokens further than this below the best (after temperature) have probability < e^-30
 # relative to it; dropping them before sorting makes top-p O(candidates) instead of O(vocab).
 _CUTOFF = 30.0
+# Below this temperature sampling is greedy (as llama.cpp's temp <= 0): 1/T would amplify
+# float noise between near-equal logits, and 1e-50 overflowed float32 to inf/NaN.
+GREEDY_BELOW = 1e-5
+_TOP = float(np.finfo(np.float64).max)  # +inf logits become this: they tie at the top
+MIN_LOGPROB = -9999.0  # what -inf log-probabilities are reported as (JSON has no -inf; vLLM)
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 1024
+MAX_STOPS = 16
+MAX_STOP_CHARS = 256  # a stop string longer than this would make every token's check slow
+_SEEDS = 2**64
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,36 +49,53 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    seed: int | None = None
+    seed: int | None = None  # None or -1: random (as llama.cpp)
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; N: the chosen token's and the top N
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, -100..100) added to its logit
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        object.__setattr__(self, "logit_bias", tuple(self.logit_bias))
+        if self.seed == -1:
+            object.__setattr__(self, "seed", None)
+        # NaN fails every comparison below, so it is refused with the range.
         checks = (
-            (self.max_tokens is None or self.max_tokens >= 1, "max_tokens must be >= 1"),
-            (0.0 <= self.temperature <= 100.0, "temperature must be between 0 and 100"),
-            (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
-            (self.top_k >= -1, "top_k must be -1, 0 (off) or a positive integer"),
-            (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
-            (0.0 < self.repetition_penalty <= 10.0, "repetition_penalty must be in (0, 10]"),
-            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be in [-2, 2]"),
-            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be in [-2, 2]"),
-            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty"),
-            (len(self.stop) <= 16, "at most 16 stop strings"),
-            (self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+            ("max_tokens", self.max_tokens is None or self.max_tokens >= 1,
+             "max_tokens must be >= 1"),
+            ("temperature", 0.0 <= self.temperature <= 100.0,
+             "temperature must be between 0 and 100"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+            ("top_k", self.top_k >= -1, "top_k must be -1, 0 (off) or a positive integer"),
+            ("min_p", 0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
+            ("repetition_penalty", 0.0 < self.repetition_penalty <= 10.0,
+             "repetition_penalty must be in (0, 10]"),
+            ("presence_penalty", -2.0 <= self.presence_penalty <= 2.0,
+             "presence_penalty must be in [-2, 2]"),
+            ("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0,
+             "frequency_penalty must be in [-2, 2]"),
+            ("seed", self.seed is None or 0 <= self.seed < _SEEDS,
+             "seed must be -1 (random) or an integer in [0, 2^64)"),
+            ("stop", all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in self.stop),
+             f"stop strings must be non-empty and at most {MAX_STOP_CHARS} characters"),
+            ("stop", len(self.stop) <= MAX_STOPS, f"at most {MAX_STOPS} stop strings"),
+            ("logprobs", self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
              f"logprobs must be between 0 and {MAX_LOGPROBS}"),
+            ("logit_bias", len(self.logit_bias) <= MAX_LOGIT_BIAS,
+             f"logit_bias may hold at most {MAX_LOGIT_BIAS} tokens"),
+            ("logit_bias", all(-100.0 <= b <= 100.0 for _, b in self.logit_bias),
+             "logit_bias values must be between -100 and 100"),
         )  # fmt: skip
-        for ok, message in checks:
+        for param, ok, message in checks:
             if not ok:
-                raise InvalidInput(message)
+                raise InvalidParameter(param, message)
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        return self.temperature < GREEDY_BELOW or self.top_k == 1
 
 
 @dataclass(slots=True)
@@ -84,30 +117,48 @@ class Sampler:
         self._counts = np.zeros(n_vocab, np.int32)  # output only
         prompt_ids = np.fromiter(prompt, np.int64)
         self._seen[prompt_ids[(prompt_ids >= 0) & (prompt_ids < n_vocab)]] = True
+        if any(not 0 <= t < n_vocab for t, _ in params.logit_bias):
+            raise InvalidParameter("logit_bias", f"logit_bias token ids must be in [0, {n_vocab})")
+        self._bias = (np.array([t for t, _ in params.logit_bias], np.int64),
+                      np.array([b for _, b in params.logit_bias], np.float32))  # fmt: skip
 
     def accept(self, token: int) -> None:
         if 0 <= token < len(self._counts):
             self._counts[token] += 1
             self._seen[token] = True
 
-    def penalized(self, logits: np.ndarray) -> np.ndarray:
+    @property
+    def _penalizes(self) -> bool:
         p = self.params
-        out = logits.astype(np.float32, copy=True)
-        if p.repetition_penalty != 1.0:
-            seen = self._seen
-            out[seen] = np.where(out[seen] > 0, out[seen] / p.repetition_penalty,
-                                 out[seen] * p.repetition_penalty)  # fmt: skip
-        if p.presence_penalty or p.frequency_penalty:
-            out -= p.presence_penalty * (self._counts > 0) + p.frequency_penalty * self._counts
-        return out
+        return (p.repetition_penalty != 1.0 or bool(p.presence_penalty or p.frequency_penalty)
+                or bool(p.logit_bias))  # fmt: skip
+
+    def penalized(self, logits: np.ndarray) -> np.ndarray:
+        """The row after penalties and logit_bias, as float64 with NaN -> -inf and +inf -> the
+        largest float."""
+        p = self.params
+        out = np.array(logits, np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if p.repetition_penalty != 1.0:
+                seen = out[self._seen]
+                out[self._seen] = np.where(seen > 0, seen / p.repetition_penalty,
+                                           seen * p.repetition_penalty)  # fmt: skip
+            if p.presence_penalty or p.frequency_penalty:
+                out -= p.presence_penalty * (self._counts > 0) + p.frequency_penalty * self._counts
+            if p.logit_bias:
+                ids, bias = self._bias
+                out[ids] += bias
+        return _clean(out)
 
     def sample(self, logits: np.ndarray) -> tuple[int, TokenLogprob | None]:
         """Choose the next token from one logits row; records it for the penalties."""
         p = self.params
-        scores = self.penalized(logits)
         if p.greedy:
-            token = int(np.argmax(scores))
+            token = int(np.argmax(logits))  # the first NaN if there is one, else the answer
+            if self._penalizes or np.isnan(logits[token]):
+                token = int(np.argmax(self.penalized(logits)))
         else:
+            scores = self.penalized(logits)
             candidates, probs = distribution(scores, p.temperature, p.top_k, p.min_p, p.top_p)
             # One uniform draw per token: the same seed gives the same tokens in any batch.
             cum = np.cumsum(probs)
@@ -117,22 +168,32 @@ class Sampler:
         return token, (logprobs(logits, token, p.logprobs) if p.logprobs is not None else None)
 
 
+def _clean(z: np.ndarray) -> np.ndarray:
+    """In place on a float64 row: NaN -> -inf (never chosen), +inf -> the largest float."""
+    z[np.isnan(z)] = -np.inf
+    np.minimum(z, _TOP, out=z)
+    return z
+
+
 def distribution(
     scores: np.ndarray, temperature: float, top_k: int, min_p: float, top_p: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(candidate token ids, their probabilities summing to 1), most likely first."""
-    z = scores / temperature
+    """(candidate token ids, their probabilities summing to 1), most likely first; never empty."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = _clean(np.asarray(scores, np.float64) / temperature)
     best = float(z.max())
+    if best == -np.inf:  # no finite logit: nothing to weigh, take the first token
+        return np.array([int(np.argmax(z))]), np.ones(1)
     candidates = np.flatnonzero(z >= best - _CUTOFF)
-    if top_k > 0 and top_k < len(candidates):
+    if 0 < top_k < len(candidates):
         keep = np.argpartition(-z[candidates], top_k - 1)[:top_k]
         candidates = candidates[keep]
     order = np.argsort(-z[candidates], kind="stable")
     candidates = candidates[order]
-    probs = np.exp(z[candidates].astype(np.float64) - best)
+    probs = np.exp(z[candidates] - best)  # in [e^-30, 1]; the best is 1, so the sum is >= 1
     probs /= probs.sum()
     if min_p > 0.0:
-        n = int(np.count_nonzero(probs >= min_p * probs[0]))
+        n = max(1, int(np.count_nonzero(probs >= min_p * probs[0])))
         candidates, probs = candidates[:n], probs[:n] / probs[:n].sum()
     if top_p < 1.0:
         # The smallest prefix whose mass reaches top_p (at least one token).
@@ -143,15 +204,20 @@ def distribution(
 
 
 def logprobs(logits: np.ndarray, token: int, top_n: int) -> TokenLogprob:
-    z = logits.astype(np.float64)
-    m = z.max()
-    lse = m + np.log(np.exp(z - m).sum())
+    """Log-softmax of the raw row; -inf (and NaN logits) are reported as MIN_LOGPROB."""
+    z = _clean(np.array(logits, np.float64))
+    m = float(z.max())
+    with np.errstate(over="ignore", invalid="ignore"):
+        lse = m + math.log(float(np.exp(z - m).sum())) if m > -np.inf else np.inf
+        lp = np.maximum(z - lse, MIN_LOGPROB)
+    lp[np.isnan(lp)] = MIN_LOGPROB
     top: list[tuple[int, float]] = []
+    top_n = min(top_n, len(z))
     if top_n:
         idx = np.argpartition(-z, top_n - 1)[:top_n]
         idx = idx[np.argsort(-z[idx], kind="stable")]
-        top = [(int(i), float(z[i] - lse)) for i in idx]
-    return TokenLogprob(token, float(z[token] - lse), top)
+        top = [(int(i), float(lp[i])) for i in idx]
+    return TokenLogprob(token, float(lp[token]), top)
 
 
 class TextStream:

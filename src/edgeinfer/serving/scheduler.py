@@ -9,6 +9,8 @@ removed from the queue; if its batch already started, its slice of the result is
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -17,13 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from edgeinfer.errors import DeadlineExceeded, EdgeInferError, QueueFull, Unavailable
+from edgeinfer.errors import BackendError, DeadlineExceeded, EdgeInferError, QueueFull, Unavailable
 from edgeinfer.hardware.governor import scaled_batch, scaled_concurrency
 from edgeinfer.runtime import Model
 from edgeinfer.serving.batcher import BatchPolicy, BatchQueue, Decision, Entry
 from edgeinfer.serving.runner import Runner, RunTimer
+from edgeinfer.serving.supervisor import supervise
 from edgeinfer.telemetry.stats import VersionStats
 from edgeinfer.telemetry.tracing import RequestTrace, record_batch
+
+log = logging.getLogger("edgeinfer.scheduler")
 
 
 @dataclass(slots=True)
@@ -60,10 +65,10 @@ class ServiceRate:
         self.spread = 0.0
 
     def add(self, rows: int, seconds: float) -> None:
-        if seconds <= 0:
+        if rows <= 0 or seconds <= 0:  # an empty run says nothing about the rate
             return
         predicted = self.seconds_for(rows)
-        if predicted is not None:
+        if predicted:
             self.spread += 0.25 * (abs(seconds / predicted - 1.0) - self.spread)
         self.samples += 1
         alpha = 1.0 / min(self.samples, 16)
@@ -82,6 +87,17 @@ def _signature(feeds: dict[str, np.ndarray]) -> tuple[Any, ...]:
     return tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(feeds.items()))
 
 
+@dataclass(slots=True)
+class Work:
+    """What a queued request carries (the batch queue's `Entry.payload`)."""
+
+    feeds: dict[str, np.ndarray]
+    future: asyncio.Future[tuple[dict[str, np.ndarray], Timing]]
+    trace: RequestTrace | None = None
+    adapter: Any = None  # a per-run LoRA adapter; part of the batch signature
+    outputs: tuple[str, ...] | None = None  # the outputs asked for (None: all); ditto
+
+
 class Scheduler:
     def __init__(
         self,
@@ -93,9 +109,11 @@ class Scheduler:
         batch_axis: bool,
         clock: Callable[[], float] = time.monotonic,
         capacity: Callable[[], tuple[float, str]] | None = None,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
         """`capacity` returns (factor in (0, 1], reason) from the device governor: below 1 the
-        scheduler forms smaller batches, keeps fewer instances busy and queues fewer requests."""
+        scheduler forms smaller batches, keeps fewer instances busy and queues fewer requests.
+        `on_restart` is called each time a crashed worker is restarted (a metric counts it)."""
         self.queue = BatchQueue(policy)
         self.policy = policy
         self.instances = list(instances)
@@ -112,16 +130,36 @@ class Scheduler:
         self._workers: list[asyncio.Task[None]] = []
         self._closed = False
         self._capacity = capacity
+        self._on_restart = on_restart
+        self.down: set[int] = set()  # workers that crashed and wait for their restart
         self.rejections: dict[str, int] = {}  # admission rejections by reason
 
     @property
     def pending(self) -> int:
         return len(self.queue)
 
+    @property
+    def healthy(self) -> bool:
+        """False while a worker is down (crashed, not restarted yet)."""
+        return not self.down
+
     def _start(self) -> asyncio.Event:
         self._wakeup = asyncio.Event()
-        self._workers = [asyncio.create_task(self._work(i)) for i in range(len(self.instances))]
+        self._workers = [self._worker(i) for i in range(len(self.instances))]
         return self._wakeup
+
+    def _worker(self, index: int) -> asyncio.Task[None]:
+        """Worker `index`, restarted if it ever crashes (it is down meanwhile)."""
+        what = f"model '{self._stats.name}' version {self._stats.version}: worker {index}"
+        loop = supervise(what, functools.partial(self._work, index),
+                         on_crash=functools.partial(self.down.add, index),
+                         on_restart=functools.partial(self._restarted, index))  # fmt: skip
+        return asyncio.create_task(loop, name=what)
+
+    def _restarted(self, index: int) -> None:
+        self.down.discard(index)
+        if self._on_restart is not None:
+            self._on_restart()
 
     def _reject(self, reason: str, exc: Exception) -> Exception:
         self.rejections[reason] = self.rejections.get(reason, 0) + 1
@@ -166,12 +204,14 @@ class Scheduler:
         trace: RequestTrace | None = None,
         adapter: Any = None,
         received_ns: int = 0,
+        outputs: tuple[str, ...] | None = None,
     ) -> tuple[dict[str, np.ndarray], Timing]:
         """Queue one request and wait for its slice of a batch result. With `trace`, the run
         records the request's queue span and a batch span linked to it. `adapter` (hashable;
         a per-run LoRA adapter) is part of the batch signature and passed to `model.run`.
         `received_ns`: when the server began reading the request (perf_counter_ns; 0: now);
-        its timeout counts from there."""
+        its timeout counts from there. `outputs`: the outputs to compute (the backend may skip
+        the rest); requests asking for different outputs do not share a run."""
         if self._closed:
             raise Unavailable("model version is unloading")
         timeout_us = _remaining_us(timeout_us or self.policy.default_timeout_us, received_ns)
@@ -180,9 +220,9 @@ class Scheduler:
         fut: asyncio.Future[tuple[dict[str, np.ndarray], Timing]] = (
             asyncio.get_running_loop().create_future()
         )
-        signature = (_signature(feeds), adapter) if self._dynamic else None
+        signature = (_signature(feeds), adapter, outputs) if self._dynamic else None
         entry = Entry(rows, signature, 0.0, priority, timeout_us,
-                      payload=(feeds, fut, trace, adapter))  # fmt: skip
+                      payload=Work(feeds, fut, trace, adapter, outputs))  # fmt: skip
         self._admit(entry, self._clock())
         wakeup.set()
         try:
@@ -225,6 +265,8 @@ class Scheduler:
                 self.running_rows += rows
                 try:
                     await self._execute(index, decision.batch, gap)
+                except Exception as exc:  # the batch fails, the worker goes on
+                    self._batch_failed(decision.batch, exc)
                 finally:
                     self.running -= 1
                     self.running_rows -= rows
@@ -246,32 +288,32 @@ class Scheduler:
         since the previous batch on this worker, counted in the service rate."""
         start = self._clock()
         t0 = time.perf_counter_ns()
-        live = [e for e in batch if not e.payload[1].done()]  # cancelled after being taken
+        live = [e for e in batch if not e.payload.future.done()]  # cancelled after being taken
         if not live:
             return
-        feeds = _concat([e.payload[0] for e in live])
+        feeds = _concat([e.payload.feeds for e in live])
         t1 = time.perf_counter_ns()
         model = self.instances[index]
         rows = _rows(feeds) if self._batch_axis else 1
-        adapter = live[0].payload[3]
+        adapter = live[0].payload.adapter
+        wanted = live[0].payload.outputs  # every entry of a run asked for the same outputs
+        names = list(wanted) if wanted else None
         try:
             results, infer_ns = await self._runner.run(
                 self._timers[index],
-                (lambda: model.run(feeds)) if adapter is None
-                else (lambda: model.run(feeds, adapter=adapter)),  # type: ignore[call-arg]
+                (lambda: model.run(feeds, names)) if adapter is None
+                else (lambda: model.run(feeds, names, adapter=adapter)),  # type: ignore[call-arg]
             )  # fmt: skip
-        except EdgeInferError as exc:
+        except Exception as exc:
             self._trace(live, start, t0, time.perf_counter_ns(), rows, index, exc)
-            for e in live:
-                _fail(e, exc)
-            return
+            raise
         t2 = time.perf_counter_ns()
         self._trace(live, start, t0, t2, rows, index)
         offset = 0
         self.rate.add(rows, self._clock() - start + gap)
         self._stats.record_execution(rows, infer_ns)
         for e in live:
-            fut = e.payload[1]
+            fut = e.payload.future
             part = results if len(live) == 1 else {
                 k: v[offset : offset + e.batch] for k, v in results.items()
             }  # fmt: skip
@@ -281,14 +323,30 @@ class Scheduler:
                                 time.perf_counter_ns() - t2, rows)  # fmt: skip
                 fut.set_result((part, timing))
 
+    def _batch_failed(self, batch: list[Entry], exc: Exception) -> None:
+        """Every request of a failed batch gets an error. A domain error is the client's to see
+        as it is; anything else is a bug or a backend fault: logged once with its traceback, and
+        each request gets a 500 / INTERNAL naming it."""
+        if isinstance(exc, EdgeInferError):
+            for e in batch:
+                _fail(e, exc)
+            return
+        s = self._stats
+        log.error("model '%s' version %s: a batch of %d request(s) failed", s.name, s.version,
+                  len(batch), exc_info=exc)  # fmt: skip
+        what = f"{type(exc).__name__}: {str(exc)[:200]}".rstrip(": ")
+        for e in batch:
+            _fail(e, BackendError(f"model '{s.name}' version {s.version} failed while running "
+                                  f"the request's batch ({what}); see the server log"))  # fmt: skip
+
     def _trace(self, live: list[Entry], start: float, t0: int, t1: int, rows: int, index: int,
                error: BaseException | None = None) -> None:  # fmt: skip
         """Queue and batch spans for the traced requests of a run (none when tracing is off)."""
-        traced = [e for e in live if e.payload[2] is not None]
+        traced = [e for e in live if e.payload.trace is not None]
         if not traced:
             return
         record_batch(
-            [e.payload[2] for e in traced],
+            [e.payload.trace for e in traced],
             [int((start - e.enqueued) * 1e9) for e in traced],
             t0,
             t1,
@@ -336,7 +394,7 @@ def _remaining_us(timeout_us: int, received_ns: int) -> int:
 
 
 def _fail(entry: Entry, exc: BaseException) -> None:
-    fut = entry.payload[1]
+    fut = entry.payload.future
     if not fut.done():
         fut.set_exception(exc)
 

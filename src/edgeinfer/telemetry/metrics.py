@@ -97,6 +97,24 @@ class CountersCollector:
         yield family
 
 
+class RestartCounts:
+    """Crashed worker tasks that were restarted, by model ("" for server-wide tasks) and task
+    (scheduler, watcher, monitor, fleet): `edgeinfer_worker_restarts_total{model,task}`."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def add(self, model: str, task: str) -> None:
+        self.counts[(model, task)] = self.counts.get((model, task), 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("edgeinfer_worker_restarts", "Worker tasks restarted after "
+                                     "they crashed", labels=["model", "task"])  # fmt: skip
+        for (model, task), n in sorted(self.counts.items()):
+            family.add_metric([model, task], n)
+        yield family
+
+
 class LifecycleCollector:
     def __init__(self, source: Callable[[], LifecycleSample]) -> None:
         self._source = source
@@ -238,10 +256,13 @@ class LlmStats:
     model_name: str
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int = 0  # of those, tokens found (their prefill was skipped)
     finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FINISH_REASONS, 0))
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
     e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
+    engine_restarts: int = 0  # times a dead engine thread was restarted
 
 
 @dataclass(frozen=True)
@@ -278,6 +299,12 @@ class LlmCollector:
             ("vllm:prompt_tokens", "Prefill tokens processed", lambda s: s.stats.prompt_tokens),
             ("vllm:generation_tokens", "Generation tokens processed",
              lambda s: s.stats.generation_tokens),
+            ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+             lambda s: s.stats.prefix_cache_queries),
+            ("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache",
+             lambda s: s.stats.prefix_cache_hits),
+            ("edgeinfer_llm_engine_restarts", "Engine threads restarted after they died",
+             lambda s: s.stats.engine_restarts),
         )  # fmt: skip
         for name, doc, get in counters:
             c = CounterMetricFamily(name, doc, labels=label)  # exposed as name + "_total"

@@ -181,3 +181,52 @@ def failing(path: Path, limit: int = 4) -> Path:
         [_init("table", table)],
     )  # fmt: skip
     return _save(graph, path)
+
+
+def colours(path: Path, side: int = 16, layout: str = "NCHW") -> Path:
+    """A classifier that knows colours: `image` FP32 [N,3,side,side] (or [N,side,side,3] for
+    NHWC) -> `scores` FP32 [N,3], each channel's mean minus the mean of the other two. A red
+    photo's top class is 0, a green one's 1, a blue one's 2."""
+    from onnx import TensorProto, helper
+
+    axes = [2, 3] if layout == "NCHW" else [1, 2]
+    shape: list[str | int] = ["N", 3, side, side] if layout == "NCHW" else ["N", side, side, 3]
+    w = np.full((3, 3), -0.5, np.float32) + 1.5 * np.eye(3, dtype=np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["m"], axes=axes, keepdims=0),
+        helper.make_node("MatMul", ["m", "w"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "colours",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])],
+        [_init("w", w)],
+    )  # fmt: skip
+    return _save(graph, path)
+
+
+def openvino_ir(onnx_path: Path, xml: Path) -> dict[str, Path]:
+    """OpenVINO IR (`xml` + its .bin, FP32 weights) converted from an ONNX file: the files a
+    repository version holds."""
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    return {"model.xml": xml, "model.bin": xml.with_suffix(".bin")}
+
+
+def qdq_int8(onnx_path: Path, out: Path, samples: list[dict[str, np.ndarray]]) -> Path:
+    """Static QDQ INT8 calibrated on `samples` (U8 activations, S8 per-channel weights: the
+    layout ONNX Runtime fuses on x86, and what `edgeinfer quantize` writes for CNNs)."""
+    from onnxruntime import quantization as q
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter(samples)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.rows, None)
+
+    q.quantize_static(str(onnx_path), str(out), Reader(), quant_format=q.QuantFormat.QDQ,
+                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                      per_channel=True)  # fmt: skip
+    return out

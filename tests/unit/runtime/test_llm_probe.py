@@ -15,12 +15,20 @@ from edgeinfer.runtime.llm_probe import extra_buffer_types, probe_key, verdict
 
 # Appends a line to <folder>/runs (the folder is the last argument), then behaves as told.
 _CHILD = """
-import os, signal, sys, time
+import json, os, signal, sys, time
 folder = sys.argv[-1]
 with open(os.path.join(folder, "runs"), "a") as f:
     f.write("run\\n")
 how = sys.argv[1]
-if how == "sigill":
+without = [n for n in os.environ.get("EDGEINFER_PROBE_WITHOUT", "").split(",") if n]
+if how.startswith("has:"):  # has:AMX,CPU_REPACK:crash-on:AMX  (as the real child reports)
+    _, have, _, bad = how.split(":")
+    have = have.split(",")
+    print('{"available": %s, "kernels": %s}' % (
+        json.dumps(have), json.dumps([n for n in have if n not in without])), flush=True)
+    if any(n in have and n not in without for n in bad.split(",")):
+        os.kill(os.getpid(), signal.SIGILL)
+elif how == "sigill":
     os.kill(os.getpid(), signal.SIGILL)
 elif how == "hang":
     time.sleep(30)
@@ -89,3 +97,20 @@ def test_the_setting_is_auto_true_or_false(value: object) -> None:
     with pytest.raises(ConfigError, match="extra_buffer_types must be"):
         LlmOptions(extra_buffer_types=value)  # type: ignore[arg-type]
     assert LlmOptions(extra_buffer_types=False).extra_buffer_types is False
+
+
+def test_only_the_kernels_that_crash_are_turned_off(tmp_path: Path) -> None:
+    v = verdict(KEY, tmp_path, child("has:AMX,CPU_REPACK:crash-on:AMX"))
+    assert v.enabled and v.disabled == ("AMX",) and v.kernels == ("CPU_REPACK",)
+    assert "crashed on this CPU (SIGILL)" in v.reason and runs(tmp_path) == 2
+    assert verdict(KEY, tmp_path, child("sigill")) == v  # cached with what was turned off
+    repack = verdict(KEY, tmp_path / "r", child("has:AMX,CPU_REPACK:crash-on:CPU_REPACK"))
+    assert repack.disabled == ("AMX", "CPU_REPACK") and repack.kernels == ()
+    assert runs(tmp_path / "r") == 3  # AMX is suspected first, the repacked kernels last
+    both = verdict(KEY, tmp_path / "b", child("has:KleidiAI:crash-on:KleidiAI,"))
+    assert both.enabled and both.disabled == ("KleidiAI",)
+
+
+def test_a_child_that_names_nothing_is_not_retried(tmp_path: Path) -> None:
+    v = verdict(KEY, tmp_path, child("sigill"))
+    assert not v.enabled and v.disabled == () and runs(tmp_path) == 1

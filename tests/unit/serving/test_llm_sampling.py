@@ -134,3 +134,19 @@ def test_stop_at_the_very_start_and_first_of_two() -> None:
     ts = TextStream(("b", "abc"))
     assert ts.push(b"xab") == ("xa", True)
     assert TextStream(("\n\n",)).push(b"one\n\ntwo") == ("one", True)
+
+
+def test_logit_bias_forces_and_bans_tokens() -> None:
+    logits = np.linspace(0.0, 5.0, 50, dtype=np.float32)  # token 49 is the most likely
+    forced = Sampler(SamplingParams(temperature=0.0, logit_bias=((3, 100.0),)), [], 50)
+    assert [forced.sample(logits)[0] for _ in range(3)] == [3, 3, 3]
+    banned = Sampler(SamplingParams(temperature=1.0, seed=0, logit_bias=((49, -100.0),)), [], 50)
+    assert 49 not in {banned.sample(logits)[0] for _ in range(200)}
+
+
+@pytest.mark.parametrize(
+    "bias", [((1, 100.5),), ((1, -101.0),), tuple((i, 1.0) for i in range(1025))]
+)
+def test_logit_bias_is_bounded(bias: tuple[tuple[int, float], ...]) -> None:
+    with pytest.raises(InvalidInput, match="logit_bias"):
+        SamplingParams(logit_bias=bias)

@@ -39,3 +39,17 @@ def test_noisy_runs_widen_the_margin_to_cover_the_slow_ones_then_it_shrinks_agai
     for _ in range(40):
         rate.add(8, 0.1)
     assert rate.bound(8, 1.3, 4.0) == pytest.approx(1.3 * rate.seconds_for(8))
+
+
+def test_empty_runs_are_ignored() -> None:
+    """A run of 0 rows once divided by its predicted time of 0 s and killed the worker."""
+    rate = ServiceRate()
+    rate.add(0, 0.01)  # before any prediction
+    for _ in range(5):
+        rate.add(8, 0.1)
+    before = (rate.rows_per_s, rate.samples, rate.spread)
+    rate.add(0, 0.01)
+    rate.add(0, 0.0)
+    rate.add(-1, 0.01)
+    assert (rate.rows_per_s, rate.samples, rate.spread) == before
+    assert rate.seconds_for(8) == pytest.approx(0.1)

@@ -1,0 +1,1 @@
+"""`edgeinfer tune`: the fastest serving configuration for a model on this device."""

@@ -1,0 +1,239 @@
+"""The tuning run behind `edgeinfer tune REPO MODEL`: search backends x precision x threads x instances x batching on
+this device through the serving path, gated on accuracy; report, and apply with --apply."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeinfer.errors import EdgeInferError
+from edgeinfer.repository import Repository
+from edgeinfer.runtime import backend_of
+from edgeinfer.tune import report
+from edgeinfer.tune.apply import apply, config_text
+from edgeinfer.tune.llm import LlmCandidate, llm_stages
+from edgeinfer.tune.measure import Measurer, Plan
+from edgeinfer.tune.search import Checkpoint, Objective, Search, Stage, Trial
+from edgeinfer.tune.space import (
+    Candidate,
+    Device,
+    ModelFacts,
+    Pruned,
+    engines,
+    everything,
+    refine,
+    serving_grid,
+    tensor_backends,
+)
+
+
+class TuneError(EdgeInferError):
+    """A user error: one line on stderr, exit code 2."""
+
+    code = 2
+
+
+@dataclass(frozen=True)
+class TuneArgs:
+    repo: Path
+    model: str
+    version: int | None = None
+    objective: str = "throughput"
+    latency_budget_ms: float | None = None
+    concurrency: tuple[int, ...] = (1, 4, 8)
+    eval: Path | None = None
+    calibration: Path | None = None
+    metric: str = "auto"
+    max_drop: float = 0.005
+    budget_minutes: float = 15.0
+    seconds: float = 2.0
+    repetitions: int = 3
+    precisions: tuple[str, ...] | None = None  # None: fp32, int8-dynamic (+ static with data)
+    backends: tuple[str, ...] | None = None  # None: every backend that can load the model
+    apply: bool = False
+    trial_timeout_s: float = 120.0
+
+
+def facts_of(version_dir: Path, can_calibrate: bool) -> ModelFacts:
+    files = frozenset(p.name for p in version_dir.iterdir() if p.is_file())
+    batch_axis, size, quantizable = False, 0, False
+    onnx_path = version_dir / "model.onnx"
+    if onnx_path.is_file():
+        from edgeinfer.hardware.budget import estimate_onnx_bytes
+        from edgeinfer.optimize.source import model_io
+
+        inputs, _ = model_io(onnx_path)
+        batch_axis = all(s.shape and s.shape[0] < 0 for s in inputs)
+        size = estimate_onnx_bytes(onnx_path)
+        quantizable = True
+    return ModelFacts(files, batch_axis, size, quantizable, can_calibrate)
+
+
+def device_now() -> Device:
+    from edgeinfer.hardware.budget import default_budget_bytes
+    from edgeinfer.hardware.device import read_readings, usable_cpus
+
+    return Device(usable_cpus(), default_budget_bytes(read_readings()))
+
+
+def _progress(
+    done: int, total: int, key: str, trial: Trial, best: Trial | None, left: float
+) -> None:
+    top = trial.levels[-1] if trial.levels else None
+    got = (
+        f"{top['throughput']:.1f}/s p99 {top['p99_ms']:.1f} ms"
+        if top
+        else f"{trial.status}: {trial.error}"
+    )
+    lead = best.key if best else "-"
+    sys.stderr.write(f"[{done}/{total}] {key}: {got} | best: {lead} | {left / 60:.1f} min left\n")
+    sys.stderr.flush()
+
+
+def stages(
+    kept: list[Candidate], objective: Objective, device: Device, facts: ModelFacts
+) -> list[Stage]:
+    """Engines first (backend x precision at full threads), then the serving settings of the
+    two best engines, then refinement of batching around the best trial."""
+
+    def best_combos(trials: dict[str, Trial]) -> list[Candidate]:
+        scored = sorted(
+            (
+                (s, t.candidate["backend"], t.candidate["precision"])
+                for t in trials.values()
+                if t.candidate and (s := objective.score(t)) is not None
+            ),
+            reverse=True,
+        )
+        combos = list(dict.fromkeys((b, p) for _, b, p in scored))[:2]
+        return serving_grid(kept, combos)
+
+    def around_best(trials: dict[str, Trial]) -> list[Candidate]:
+        scored = [
+            (s, t) for t in trials.values() if t.candidate and (s := objective.score(t)) is not None
+        ]
+        if not scored:
+            return []
+        best = max(scored, key=lambda st: st[0])[1]
+        assert best.candidate is not None
+        return refine(Candidate(**best.candidate), device, facts)
+
+    return [lambda _: engines(kept, device), best_combos, around_best]
+
+
+def _candidate(fields: dict[str, Any]) -> Candidate:
+    return Candidate(**fields)
+
+
+def _llm_candidate(fields: dict[str, Any]) -> LlmCandidate:
+    return LlmCandidate(**fields)
+
+
+def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
+    repo = Repository(args.repo)
+    entry = repo.model(args.model)
+    if not entry.versions:
+        raise TuneError(f"model {args.model} has no published version")
+    versions = {v.version: v for v in entry.versions}
+    chosen = versions.get(args.version or entry.versions[-1].version)
+    if chosen is None:
+        raise TuneError(f"model {args.model} has no version {args.version}")
+    device = device or device_now()
+    objective = Objective(args.objective, args.latency_budget_ms, args.concurrency)
+    generates = backend_of(chosen.path, entry.config).kind == "llm"
+    revive: Callable[[dict[str, Any]], Any] = _candidate
+    if generates:  # llama.cpp: its own settings, one backend, the GGUF's own precision
+        backends, precisions, pruned = ["llama.cpp"], ["gguf"], list[Pruned]()
+        plan_stages = llm_stages(device, max(args.concurrency))
+        revive = _llm_candidate
+    else:
+        can_calibrate = args.calibration is not None or args.eval is not None
+        facts = facts_of(chosen.path, can_calibrate)
+        backends = list(args.backends or tensor_backends())
+        precisions = list(
+            args.precisions
+            or (["fp32", "int8-dynamic"] + (["int8-static"] if can_calibrate else []))
+        )
+        kept, pruned = everything(device, facts, backends, precisions)
+        plan_stages = stages(kept, objective, device, facts)
+    folder = entry.path / "tune"
+    settings = {
+        "version": chosen.version,
+        "objective": objective.__dict__,
+        "backends": backends,
+        "precisions": precisions,
+        "seconds": args.seconds,
+        "repetitions": args.repetitions,
+        "eval": str(args.eval or ""),
+        "usable_cpus": device.usable_cpus,
+    }
+    checkpoint = Checkpoint(folder / "checkpoint.json", json.loads(json.dumps(settings)))
+    plan = Plan(
+        args.model,
+        chosen.version,
+        chosen.path,
+        entry.path / "config.toml",
+        entry.config.max_batch_size,
+        folder / "work",
+        args.concurrency,
+        args.seconds,
+        args.repetitions,
+        trial_timeout_s=args.trial_timeout_s,
+        eval_path=args.eval,
+        calibration_path=args.calibration,
+        metric=args.metric,
+        max_drop=args.max_drop,
+    )
+    measurer = Measurer(plan)
+    started = time.monotonic()
+    search = Search(
+        measurer,
+        objective,
+        checkpoint,
+        args.budget_minutes * 60,
+        plan_stages,
+        _progress,
+        revive=revive,
+    )
+    trials = search.run()
+    decision = report.decide(trials, objective)
+    meta = {
+        "model": args.model,
+        "version": chosen.version,
+        "device": device.__dict__,
+        "seconds": time.monotonic() - started,
+        "skipped_for_budget": search.skipped,
+        "unit": "tok/s" if generates else "req/s",
+        "latency": "time to first token" if generates else "request latency",
+    }
+    pruned_list = [(p.candidate.key, p.reason) for p in pruned]
+    md = report.write(folder, trials, pruned_list, objective, decision, meta)
+    result: dict[str, Any] = {
+        "report": str(md),
+        "decision": decision,
+        "summary": report.summary_line(decision, objective),
+    }
+    if decision["changed"]:
+        winner = revive(decision["candidate"])
+        overrides = winner.overrides(entry.config.max_batch_size)
+        # Always a new version: the server swaps it in through the verified hot-reload path
+        # (a changed config.toml alone does not reload the version it serves).
+        made_int8 = winner.precision.startswith("int8")
+        variant = measurer.variant(winner.precision) if made_int8 else chosen.path
+        assert not isinstance(variant, str)  # a refused INT8 model never wins
+        if args.apply:
+            published = apply(entry.path, overrides, variant)
+            result["applied"] = {
+                "config": str(entry.path / "config.toml"),
+                "version": str(published) if published else None,
+            }
+        else:
+            current = (entry.path / "config.toml").read_text()
+            result["config"] = config_text(current, overrides)
+            result["variant"] = str(variant)
+    return result

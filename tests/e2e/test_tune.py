@@ -1,0 +1,168 @@
+"""`edgeinfer tune` as a user runs it: a report and a plot, a winner applied with one flag and
+served by a polling server, a killed run that resumes, one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from edgeinfer.testing import models
+from tests.conftest import start_server
+
+CLI = [sys.executable, "-m", "edgeinfer.cli", "tune"]
+FAST = ["--seconds", "0.2", "--repetitions", "2", "--concurrency", "1,4"]
+
+
+def tune(*args: str | Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def request(x: np.ndarray) -> dict[str, object]:
+    data = x.ravel().tolist()
+    return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": data}]}
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    models.publish(
+        root,
+        "cnn",
+        models.resnet18_like(tmp_path / "cnn.onnx", image=32),
+        "# the demo CNN\nmax_batch_size = 8\n",
+    )
+    return root
+
+
+def test_tune_reports_applies_and_the_server_serves_the_winner(repo: Path, tmp_path: Path) -> None:
+    server = start_server(repo, tmp_path / "server.log", "--model-control", "poll")
+    try:
+        x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+        before = httpx.post(
+            f"{server.url}/v2/models/cnn/infer",
+            json=request(x),
+            timeout=30,
+        )
+        assert before.status_code == 200, before.text
+        got = tune(
+            repo,
+            "cnn",
+            *FAST,
+            "--budget-minutes",
+            "1",
+            "--precision",
+            "fp32,int8-dynamic",
+            "--apply",
+            "--json",
+        )
+        assert got.returncode == 0, got.stderr
+        result = json.loads(got.stdout)
+        folder = repo / "cnn" / "tune"
+        body = json.loads((folder / "report.json").read_text())
+        keys = [t["key"] for t in body["trials"]]
+        assert keys[0] == "default" and len(keys) >= 3
+        assert all(t["levels"] for t in body["trials"] if t["status"] == "ok")
+        assert (folder / "frontier.svg").read_text().startswith("<svg")
+        assert "default" in (folder / "report.md").read_text()
+        assert "[1/" in got.stderr  # progress lines
+        if not result["decision"]["changed"]:
+            assert "noise" in result["summary"]
+            return
+        assert "# the demo CNN" in (repo / "cnn" / "config.toml").read_text()
+        want = 2  # always a new version, loaded with the new settings
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            index = httpx.post(f"{server.url}/v2/repository/index", json={}, timeout=10).json()
+            live = {
+                int(m["version"]) for m in index if m["name"] == "cnn" and m["state"] == "READY"
+            }
+            if want in live:
+                break
+            time.sleep(0.5)
+        after = httpx.post(f"{server.url}/v2/models/cnn/infer", json=request(x), timeout=30)
+        assert after.status_code == 200, after.text
+    finally:
+        server.stop()
+
+
+def test_a_killed_run_resumes_where_it_stopped(repo: Path) -> None:
+    proc = subprocess.Popen(
+        [*CLI, str(repo), "cnn", *FAST, "--budget-minutes", "5", "--precision", "fp32"],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    seen = [proc.stderr.readline() for _ in range(2)]  # the default and one more trial
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert all(line.startswith("[") for line in seen), seen
+    checkpoint = repo / "cnn" / "tune" / "checkpoint.json"
+    saved = {t["key"]: t for t in json.loads(checkpoint.read_text())["trials"]}
+    assert "default" in saved
+    got = tune(repo, "cnn", *FAST, "--budget-minutes", "5", "--precision", "fp32")
+    assert got.returncode == 0, got.stderr
+    after = {t["key"]: t for t in json.loads(checkpoint.read_text())["trials"]}
+    for key, trial in saved.items():
+        assert after[key]["levels"] == trial["levels"]  # reused, not measured again
+    assert len(after) > len(saved)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "model 'nope' is not in the repository"),
+        (["cnn", "--version", "7"], "no version 7"),
+        (["cnn", "--concurrency", "a,b"], "--concurrency"),
+        (["cnn", "--concurrency", "0"], "must be positive"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(repo: Path, args: list[str], message: str) -> None:
+    got = tune(repo, *args)
+    assert got.returncode == 2
+    assert message in got.stderr and len(got.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in got.stderr
+
+
+def test_a_gguf_model_is_tuned_through_the_generation_loop(tmp_path: Path) -> None:
+    from edgeinfer.repository.manifest import add_version
+    from edgeinfer.runtime.gguf_writer import build_gguf
+
+    repo = tmp_path / "repo"
+    (repo / "llm").mkdir(parents=True)
+    build_gguf(tmp_path / "tiny.gguf", "tiny", "f32", seed=0)
+    (repo / "llm" / "config.toml").write_text(
+        'backend = "llama.cpp"\n[llm]\ncontext_length = 512\nslots = 2\n'
+    )
+    add_version(repo / "llm", {"model.gguf": tmp_path / "tiny.gguf"})
+    got = tune(
+        repo,
+        "llm",
+        "--seconds",
+        "0.3",
+        "--repetitions",
+        "1",
+        "--concurrency",
+        "1,2",
+        "--budget-minutes",
+        "0.5",
+        "--json",
+    )
+    assert got.returncode == 0, got.stderr
+    body = json.loads((repo / "llm" / "tune" / "report.json").read_text())
+    assert body["unit"] == "tok/s"
+    measured = [t for t in body["trials"] if t["status"] == "ok"]
+    assert len(measured) >= 3 and measured[0]["key"] == "default"
+    assert any(t["key"].startswith("llama.cpp threads=") for t in measured)
+    # Every trial's greedy tokens are compared with the default's.
+    others = [t for t in body["trials"] if t["key"] != "default" and t["levels"]]
+    assert others and all(t["accuracy"]["metric"] == "tokens" for t in others)

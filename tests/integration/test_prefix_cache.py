@@ -1,0 +1,132 @@
+"""Prefix caching on a real server with the real llama.cpp, through the `openai` client: the
+next turn of a chat reuses the KV cells of the turns before it and answers exactly as a server
+without the cache does.
+
+One server serves the tiny demo GGUF twice: `chat` (the cache on, the default) and
+`chat-nocache` (`[llm] prefix_cache = false`), both with the demo LoRA adapter. Their KV caches
+are f32 with flash attention off, so greedy tokens do not depend on how prefill was batched.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import llama_cpp  # noqa: F401  (missing: these tests fail, never skip)
+import openai
+import pytest
+
+from tests.conftest import ServerProcess, start_server
+
+CACHED, PLAIN = "chat", "chat-nocache"
+# ~200 tokens: longer than the demo's prefill chunk (128), so prefill runs in chunks.
+SYSTEM = "You are a terse assistant for an edge device. " * 5
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    from edgeinfer.demo.gguf import build_llm_demo
+
+    root = tmp_path_factory.mktemp("prefix-repo")
+    build_llm_demo(root / CACHED, tmp_path_factory.mktemp("a"))
+    build_llm_demo(root / PLAIN, tmp_path_factory.mktemp("b"))
+    config = root / PLAIN / "config.toml"
+    config.write_text(config.read_text() + "prefix_cache = false\n")
+    s = start_server(root, tmp_path_factory.mktemp("prefix-logs") / "server.log")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Any:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def counters(server: ServerProcess, model: str) -> tuple[float, float]:
+    values = {}
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith("vllm:prefix_cache_") and f'model_name="{model}"' in line:
+            name, value = line.rsplit(" ", 1)
+            values[name.split("{")[0]] = float(value)
+    return values["vllm:prefix_cache_queries_total"], values["vllm:prefix_cache_hits_total"]
+
+
+def chat(client: Any, model: str, turns: list[str], **kw: Any) -> list[tuple[str, int, int]]:
+    """A conversation, one request per user turn: (answer, prompt tokens, cached tokens)."""
+    messages = [{"role": "system", "content": SYSTEM}]
+    out = []
+    for text in turns:
+        messages.append({"role": "user", "content": text})
+        r = client.chat.completions.create(model=model, messages=messages, max_tokens=12,
+                                           temperature=0, **kw)  # fmt: skip
+        answer = r.choices[0].message.content
+        messages.append({"role": "assistant", "content": answer})
+        out.append((answer, r.usage.prompt_tokens, r.usage.prompt_tokens_details.cached_tokens))
+    return out
+
+
+TURNS = ["What is the weather like?", "And tomorrow?", "Thanks. Anything else?"]
+
+
+def test_later_chat_turns_reuse_the_cache_and_answer_as_without_it(
+    server: ServerProcess, client: Any
+) -> None:
+    before = counters(server, CACHED)
+    cached = chat(client, CACHED, TURNS)
+    plain = chat(client, PLAIN, TURNS)
+    assert [a for a, _, _ in cached] == [a for a, _, _ in plain]
+    assert all(c == 0 for _, _, c in plain) and cached[0][1] > 128  # chunked prefill
+    # Each later turn finds at least the previous turn's prompt in the slot that served it.
+    for (_, prompt, _), (_, _, hit) in itertools.pairwise(cached):
+        assert prompt <= hit < prompt + 12
+    after = counters(server, CACHED)
+    assert after[0] - before[0] == sum(p for _, p, _ in cached)
+    assert after[1] - before[1] == sum(c for _, _, c in cached)
+    assert counters(server, PLAIN)[1] == 0
+
+
+def test_cache_prompt_false_prefills_everything(client: Any) -> None:
+    chat(client, CACHED, ["Opt out, please."])
+    ((_, _, hit),) = chat(client, CACHED, ["Opt out, please."], extra_body={"cache_prompt": False})
+    assert hit == 0
+
+
+def test_adapters_never_share_a_prefix_and_match_the_uncached_server(client: Any) -> None:
+    turns = ["Adapter turn one, a fresh conversation.", "Adapter turn two."]
+    base = chat(client, CACHED, turns[:1])
+    adapted = chat(client, CACHED + ":demo-adapter", turns)
+    plain = chat(client, PLAIN + ":demo-adapter", turns)
+    assert [a for a, _, _ in adapted] == [a for a, _, _ in plain]
+    assert adapted[0][0] != base[0][0]  # the adapter changes the answer
+    assert adapted[0][2] == 0  # the base model's cells for the same prompt are not reused
+    assert adapted[1][2] > adapted[0][1] // 2
+
+
+def test_many_conversations_evict_slots_and_stay_exact(server: ServerProcess,
+                                                       client: Any) -> None:  # fmt: skip
+    # 8 conversations on 4 slots, 4 at a time: slots change hands between turns.
+    topics = [f"Conversation {i}: tell me about sensor {i}." for i in range(8)]
+
+    def run(model: str) -> list[list[tuple[str, int, int]]]:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            return list(pool.map(lambda t: chat(client, model, [t, "More.", "Why?"]), topics))
+
+    cached, plain = run(CACHED), run(PLAIN)
+    assert [[a for a, _, _ in c] for c in cached] == [[a for a, _, _ in c] for c in plain]
+    assert sum(hit for c in cached for _, _, hit in c[1:]) > 0
+
+
+def test_triton_generate_reports_cached_tokens(server: ServerProcess) -> None:
+    url = f"{server.url}/v2/models/{CACHED}/generate"
+    body = {
+        "text_input": SYSTEM + " Generate, twice.",
+        "parameters": {"max_tokens": 4, "temperature": 0},
+    }
+    first = httpx.post(url, json=body).json()
+    second = httpx.post(url, json=body).json()
+    assert second["text_output"] == first["text_output"]
+    assert second["usage"]["prompt_tokens_details"]["cached_tokens"] == first["usage"][
+        "prompt_tokens"] - 1  # fmt: skip
