@@ -83,7 +83,7 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
         try:
             doc: dict[str, Any] = {"model_stats": engine.statistics(model, _version(request))}
             if model:  # not in Triton's schema: live/canary/load failures for this model
-                doc["lifecycle"] = engine.lifecycle_status(model)
+                doc["lifecycle"] = engine.lifecycle_status(model).to_json()
         except EdgeInferError as e:
             return error_response(e)
         return json_response(doc)
@@ -243,7 +243,7 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
                 await engine.set_canary(model, None)
             elif action != "status":
                 return error_response(ModelNotFound(f"no lifecycle action '{action}'"))
-            return json_response(engine.lifecycle_status(model))
+            return json_response(engine.lifecycle_status(model).to_json())
         except EdgeInferError as e:
             return error_response(e)
 

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from edgeinfer.auth import TENANT_IDENTITY
 from edgeinfer.errors import EdgeInferError, InvalidInput
-from edgeinfer.lifecycle import Engine
+from edgeinfer.lifecycle.interfaces import EngineClient
 from edgeinfer.server.errors import status_of
 from edgeinfer.server.http_common import json_response, read_body
 from edgeinfer.telemetry.tracing import RequestTrace
@@ -40,7 +40,7 @@ def _texts(raw: Any) -> list[str]:
     return raw
 
 
-def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
+def routes(engine: EngineClient, max_request_bytes: int) -> list[Route]:
     created = int(time.time())
 
     async def list_models(request: Request) -> Response:

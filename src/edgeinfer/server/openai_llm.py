@@ -19,7 +19,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from edgeinfer.errors import EdgeInferError, InvalidInput, InvalidParameter
-from edgeinfer.lifecycle import Engine
+from edgeinfer.lifecycle.interfaces import EngineClient
 from edgeinfer.server.errors import retry_after, status_of
 from edgeinfer.server.http_common import (
     ClientDisconnected,
@@ -184,7 +184,7 @@ async def _collect(stream: GenerationStream) -> tuple[str, GenChunk, list[TokenL
     return "".join(parts), last, lps
 
 
-async def _start(engine: Engine, req: GenerateRequest, n: int) -> list[GenerationStream]:
+async def _start(engine: EngineClient, req: GenerateRequest, n: int) -> list[GenerationStream]:
     """`n` generations of one request (seed, seed + 1, ... when seeded); all or none."""
     streams: list[GenerationStream] = []
     try:
@@ -233,7 +233,7 @@ def _openai_request(doc: dict[str, Any], chat: bool, headers: dict[str, str],
     return req, reply
 
 
-def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
+def routes(engine: EngineClient, max_request_bytes: int) -> list[Route]:
     async def openai(request: Request, chat: bool) -> Response:
         try:
             doc = orjson.loads(await read_body(request, max_request_bytes))
@@ -268,7 +268,7 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
 
 
 # ---- Triton's generate extension ------------------------------------------------------------
-def _generate_routes(engine: Engine, max_request_bytes: int) -> list[Route]:
+def _generate_routes(engine: EngineClient, max_request_bytes: int) -> list[Route]:
     """`{"text_input": ..., "parameters": {...}}` -> `{"model_name", "model_version",
     "text_output"}`. Sampling parameters may also sit at the top level (Triton passes extra
     fields as parameters). The output excludes the prompt unless exclude_input_in_output is
