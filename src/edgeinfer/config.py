@@ -40,6 +40,8 @@ A model's `config.toml`:
     input = "text"
     tokenizer = "tokenizer.json"   # file in the version directory
     max_length = 256
+    max_bytes = 0                  # longest string in UTF-8 bytes (0: 64 x max_length); 400 above
+    max_strings = 2048             # most strings in one request; 400 above
     [openvino]                     # backend = "openvino": model.xml + model.bin, or model.onnx
     hint = "latency"               # latency | throughput
     num_streams = 0                # 0: from the hint
@@ -172,10 +174,22 @@ class TextOptions:
     input: str = "text"
     tokenizer: str = "tokenizer.json"
     max_length: int = 256
+    # Checked before tokenizing (a 16 MB string takes ~40 s to tokenize, then gets truncated to
+    # max_length tokens anyway). 0: 64 bytes per token of max_length, ample for any language.
+    max_bytes: int = 0
+    max_strings: int = 2048
 
     def __post_init__(self) -> None:
         if self.max_length < 1:
             raise ConfigError("text.max_length must be >= 1")
+        if self.max_bytes < 0 or self.max_strings < 1:
+            raise ConfigError("text.max_bytes must be >= 0 (0: 64 x max_length) and "
+                              "text.max_strings >= 1")  # fmt: skip
+
+    @property
+    def string_bytes(self) -> int:
+        """The longest string accepted, in UTF-8 bytes."""
+        return self.max_bytes or 64 * self.max_length
 
 
 @dataclass(frozen=True)
@@ -513,6 +527,7 @@ class Limits:
     max_elements: int = 1 << 28  # per tensor: 1 GiB of FP32
     max_string_bytes: int = 1 << 20  # per BYTES element
     max_image_bytes: int = 32 << 20  # per encoded image (a BYTES element of an [image] input)
+    max_json_bytes: int = 2 << 20  # a JSON body or binary-extension header (parsed holding the GIL)
 
     @property
     def max_element_bytes(self) -> int:
@@ -652,6 +667,12 @@ class ServerSettings:
         default=32 << 20,
         metadata={"help": "longest encoded image accepted by a model's [image] input"},
     )
+    max_json_bytes: int = field(
+        default=Limits.max_json_bytes,
+        metadata={"help": "largest JSON body (or binary-extension JSON header); parsing holds "
+                  "the GIL, so this bounds the stall one request can cause (413 above); "
+                  "binary tensors may use all of --max-request-bytes"},
+    )  # fmt: skip
     registry: str = field(
         default="",
         metadata={"help": "desired state for a fleet: etcd://HOST:2379/PREFIX[?ttl=10]; empty: "
@@ -686,8 +707,8 @@ class ServerSettings:
             raise ConfigError("--metrics-port must differ from --http-port and --grpc-port")
         if self.model_control not in ("none", "explicit", "poll"):
             raise ConfigError("--model-control must be 'none', 'explicit' or 'poll'")
-        if self.max_request_bytes < 1024:
-            raise ConfigError("--max-request-bytes must be at least 1024")
+        if self.max_request_bytes < 1024 or self.max_json_bytes < 1024:
+            raise ConfigError("--max-request-bytes and --max-json-bytes must be at least 1024")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         if not self.api_keys and not self.insecure and self.host not in _LOOPBACK:
@@ -747,6 +768,7 @@ class ServerSettings:
             self.max_elements,
             self.max_string_bytes,
             self.max_image_bytes,
+            self.max_json_bytes,
         )
 
     @classmethod

@@ -415,12 +415,14 @@ class Engine:
         """Prometheus text exposition of every metric."""
         return exposition(self._metrics)
 
-    def count_tokens(self, name: str, texts: list[str]) -> int:
-        """Tokens the model's tokenizer makes of `texts` (0 for models without one)."""
+    async def count_tokens(self, name: str, texts: list[str]) -> int:
+        """Tokens the model's tokenizer makes of `texts` (0 for models without one), counted
+        in a worker thread: tokenizing is proportional to the text."""
         tokenize = getattr(self.handle(name).model, "tokenize", None)
         if tokenize is None:
             return 0
-        return int(tokenize(texts)["attention_mask"].sum())
+        feeds = await asyncio.to_thread(tokenize, texts)
+        return int(feeds["attention_mask"].sum())
 
     # ---- inference -------------------------------------------------------------------------
     async def infer(

@@ -23,7 +23,7 @@ from edgeinfer.lifecycle.decide import choose_live, plan
 from edgeinfer.lifecycle.health import WindowStats, regression
 from edgeinfer.lifecycle.models import LoadedVersion, State, load_version, manifest_digest
 from edgeinfer.lifecycle.verify import VerifyError
-from edgeinfer.repository import Repository
+from edgeinfer.repository import Repository, version_number
 from edgeinfer.repository.layout import ModelEntry, VersionEntry
 from edgeinfer.repository.state import Canary, ModelState, load_state, save_state
 from edgeinfer.serving.router import Route
@@ -93,10 +93,9 @@ class ModelManager:
         if not versions or route is None:
             raise ModelNotReady(f"model '{self.name}' is not ready: {self.reason}")
         if version:
-            try:
-                v = int(version)
-            except ValueError:
-                raise ModelNotFound(f"model '{self.name}' has no version '{version}'") from None
+            v = version_number(version)
+            if v is None:
+                raise ModelNotFound(f"model '{self.name}' has no version {version[:40]!r}")
             if v not in versions:
                 raise ModelNotFound(
                     f"model '{self.name}' version {v} is not loaded; loaded: {sorted(versions)}"

@@ -49,7 +49,9 @@ class TextModel:
         self._inner = inner
         self._feed_names = [n for n in _TOKEN_INPUTS if n in names]
         self.platform = inner.platform
-        self.inputs: tuple[TensorSpec, ...] = (TensorSpec(options.input, "BYTES", (-1,)),)
+        self.inputs: tuple[TensorSpec, ...] = (
+            TensorSpec(options.input, "BYTES", (-1,), options.max_strings, options.string_bytes),
+        )
         self.outputs = inner.outputs
         self.input_name = options.input
 

@@ -58,12 +58,13 @@ def build_app(
         return Response(status_code=499)  # the client left mid-request: nobody reads this
 
     limit = settings.max_request_bytes
+    json_limit = min(limit, settings.max_json_bytes)  # OpenAI bodies are all JSON
     return Starlette(
         routes=[
             *kserve_http.routes(engine, limit, settings.limits),
-            *openai_http.routes(engine, limit),
-            *openai_llm.routes(engine, limit),
-            *openai_lora.routes(engine, limit),
+            *openai_http.routes(engine, json_limit),
+            *openai_llm.routes(engine, json_limit),
+            *openai_lora.routes(engine, json_limit),
             *(metrics_http.routes(engine) if settings.metrics else ()),
             *(dashboard.routes(engine) if settings.metrics else ()),
             *openapi.routes(auth is not None and auth.enabled, settings.open_metrics),
