@@ -35,7 +35,7 @@ from edgeinfer.hardware import (
     read_readings,
 )
 from edgeinfer.lifecycle.budget import BudgetGate
-from edgeinfer.lifecycle.llm_prompt import prompt_tokens
+from edgeinfer.lifecycle.llm_prompt import prompt_tokens, reply_params
 from edgeinfer.lifecycle.manager import ModelManager
 from edgeinfer.lifecycle.models import LoadedVersion, State
 from edgeinfer.lifecycle.status import CanaryStatus, LifecycleStatus
@@ -512,7 +512,8 @@ class Engine:
                 lease.release()
 
         try:
-            stream = h.llm.submit(tokens, request.params, lease.loop_adapter if lease else None,
+            stream = h.llm.submit(tokens, reply_params(model, request),
+                                  lease.loop_adapter if lease else None,
                                   done, constraint,
                                   cache_prompt=request.cache_prompt)  # fmt: skip
         except BaseException:

@@ -24,7 +24,8 @@ import numpy as np
 from edgeinfer.config import LlmOptions, ModelConfig
 from edgeinfer.errors import BackendError, InvalidInput, LoadError
 from edgeinfer.hardware.contention import ThreadGovernor
-from edgeinfer.runtime.chat_template import FALLBACK_TEMPLATE, ChatTemplate, Vocab
+from edgeinfer.runtime.chat_format import chat_format
+from edgeinfer.runtime.chat_template import ChatTemplate, Vocab
 from edgeinfer.runtime.llm_probe import extra_buffer_types
 from edgeinfer.types import TensorSpec
 
@@ -126,9 +127,9 @@ class LlamaCppModel:
             self.add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
             self.eog = frozenset(t for t in range(self.n_vocab)
                                  if lib.llama_vocab_is_eog(self._vocab, t))  # fmt: skip
-            self.chat_template = options.chat_template or _meta(
-                lib, model, "tokenizer.chat_template"
-            ) or FALLBACK_TEMPLATE  # fmt: skip
+            self.chat_format = chat_format(options.chat_template,
+                                           _meta(lib, model, "tokenizer.chat_template"))  # fmt: skip
+            self.chat_template = self.chat_format.template
             self.name = _meta(lib, model, "general.name") or path.parent.parent.name
             self._pieces = [self._piece(t) for t in range(self.n_vocab)]
             # No token stands for more bytes: a prompt longer than context_length times this
