@@ -40,6 +40,8 @@ from edgeinfer.types import DTYPE_TO_NUMPY, InferRequest, InferResponse, Request
 
 if TYPE_CHECKING:
     from edgeinfer.lifecycle import Engine
+from edgeinfer.lifecycle.actions import run_action
+from edgeinfer.lifecycle.interfaces import EngineControl
 
 # binary_tensor_data is the HTTP extension; gRPC always carries raw bytes.
 EXTENSIONS = ("classification", "model_repository", "statistics", "model_configuration")
@@ -384,26 +386,22 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.RepositoryModelUnloadResponse()
 
 
-async def lifecycle_action(engine: Engine, model: str, action: str, params: dict[str, Any]) -> None:
+async def lifecycle_action(
+    engine: EngineControl, model: str, action: str, params: dict[str, Any]
+) -> None:
     """Lifecycle calls carried in RepositoryModelLoad parameters (gRPC has no RPCs for them)."""
-    v = optional_int(params, "edgeinfer.version", "edgeinfer.version")
     if action == "load":
         await engine.load(model)
-    elif action == "rollback":
-        await engine.rollback(model, v)
-    elif action == "canary":
-        if v is None:
-            raise InvalidInput("edgeinfer.action=canary needs edgeinfer.version")
-        weight = parse_float(params.get("edgeinfer.weight", 0.1), "edgeinfer.weight", 0.0, 1.0)
-        await engine.set_canary(model, v, weight)
-    elif action == "promote":
-        await engine.promote(model)
-    elif action == "abort":
-        await engine.set_canary(model, None)
-    else:
-        raise InvalidInput(
-            f"unknown edgeinfer.action {action!r}; use load, rollback, canary, promote or abort"
-        )
+        return
+    version = optional_int(params, "edgeinfer.version", "edgeinfer.version")
+    weight = params.get("edgeinfer.weight")
+    await run_action(
+        engine,
+        model,
+        action,
+        version,
+        None if weight is None else parse_float(weight, "edgeinfer.weight", 0.0, 1.0),
+    )
 
 
 def _unimplemented(rpc: str) -> Callable[..., Awaitable[None]]:
