@@ -97,3 +97,37 @@ def test_demo_with_gemma_adds_it_beside_the_demo_models(tmp_path: Path) -> None:
     assert "Gemma Terms of Use" in run.stderr
     assert (root / NAME / "1" / "model.gguf").is_file() and (root / NAME / TERMS_FILE).is_file()
     assert 'chat_template = "plain"' in (root / NAME / "config.toml").read_text()
+
+
+def test_a_json_schema_reply_is_valid_and_right(client: openai.OpenAI) -> None:
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"},
+              "country": {"type": "string"}}, "required": ["city", "country"]}  # fmt: skip
+    reply = ask(client, [{"role": "user", "content": QUESTION + " Answer in JSON."}],
+                max_tokens=60, response_format={"type": "json_schema", "json_schema": {
+                    "name": "capital", "schema": schema}})  # fmt: skip
+    choice = reply.choices[0]  # type: ignore[attr-defined]
+    assert choice.finish_reason == "stop"
+    doc = json.loads(choice.message.content)
+    jsonschema.validate(doc, schema)
+    assert doc["city"] == "Paris", doc
+
+
+def test_it_calls_a_tool_with_the_right_arguments(client: openai.OpenAI) -> None:
+    tools = [{"type": "function", "function": {
+        "name": "switch_relay", "description": "Switch a relay on or off",
+        "parameters": {"type": "object", "properties": {"relay": {"type": "integer"},
+                       "on": {"type": "boolean"}}, "required": ["relay", "on"]}}},
+        {"type": "function", "function": {
+            "name": "read_sensor", "description": "Read a sensor", "parameters": {
+                "type": "object", "properties": {"sensor": {"enum": ["temperature", "humidity"]}},
+                "required": ["sensor"]}}}]  # fmt: skip
+    reply = ask(client, [{"role": "user", "content": "Please switch relay 2 on."}], tools=tools,
+                tool_choice="required", parallel_tool_calls=False, max_tokens=60)  # fmt: skip
+    choice = reply.choices[0]  # type: ignore[attr-defined]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "switch_relay"
+    args = json.loads(call.function.arguments)  # a 270M base model: the relay, not always "on"
+    assert args["relay"] == 2 and isinstance(args["on"], bool) and set(args) == {"relay", "on"}
