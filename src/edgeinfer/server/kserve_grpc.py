@@ -36,6 +36,7 @@ from edgeinfer.server.kserve_codec import (
 )
 from edgeinfer.server.offload import off_loop
 from edgeinfer.server.parse import optional_int, parse_float
+from edgeinfer.telemetry.tracing import RequestTrace, traced
 from edgeinfer.types import DTYPE_TO_NUMPY, InferRequest, InferResponse, RequestedOutput, Tensor
 
 if TYPE_CHECKING:
@@ -308,35 +309,27 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         tenant = self.auth.tenant(principal, metadata.get("tenant"))
         if tenant is not None:
             metadata[TENANT_IDENTITY] = tenant
-        tracer = self.engine.tracer
         size = _request_bytes(request)
-        if tracer is None:
-            req = await off_loop(size, decode_infer, request, self.limits)
-            req.metadata, req.received_ns = metadata, received
-            resp = await self.engine.infer(req)
-            return await off_loop(output_bytes(resp), encode_infer, resp)
-        trace = tracer.start_request(
-            "inference.GRPCInferenceService/ModelInfer",
-            metadata,
-            {
-                "rpc.system": "grpc",
-                "rpc.service": "inference.GRPCInferenceService",
-                "rpc.method": "ModelInfer",
-                "edgeinfer.model": request.model_name,
-            },
-        )
-        try:
+
+        async def run(trace: RequestTrace | None) -> Any:
             req = await off_loop(size, decode_infer, request, self.limits)
             req.metadata, req.received_ns = metadata, received
             resp = await self.engine.infer(req, trace)
             encode_start = time.perf_counter_ns()
             out = await off_loop(output_bytes(resp), encode_infer, resp)
-            trace.child("encode", encode_start, time.perf_counter_ns())
-        except BaseException as e:  # cancellation included
-            trace.end(error=e)
-            raise
-        trace.end()
-        return out
+            if trace is not None:
+                trace.child("encode", encode_start, time.perf_counter_ns())
+            return out
+
+        attrs = {
+            "rpc.system": "grpc",
+            "rpc.service": "inference.GRPCInferenceService",
+            "rpc.method": "ModelInfer",
+            "edgeinfer.model": request.model_name,
+        }
+        return await traced(
+            self.engine.tracer, "inference.GRPCInferenceService/ModelInfer", metadata, attrs, run
+        )
 
     @_guarded
     async def ModelConfig(self, request: Any, context: Any) -> Any:

@@ -30,7 +30,7 @@ from edgeinfer.server.kserve_codec import (
 )
 from edgeinfer.server.offload import check_json_size, off_loop
 from edgeinfer.server.parse import parse_int
-from edgeinfer.telemetry.tracing import RequestTrace
+from edgeinfer.telemetry.tracing import RequestTrace, traced
 from edgeinfer.types import TensorSpec
 
 log = logging.getLogger("edgeinfer.http")
@@ -42,6 +42,10 @@ EXTENSIONS = [
     "statistics",
     "model_configuration",
 ]
+
+
+def _status(response: Response) -> int:
+    return response.status_code
 
 
 def _spec(s: TensorSpec) -> dict[str, Any]:
@@ -97,28 +101,22 @@ def routes(
             return error_response(e)
         return json_response(doc)
 
-    def _start_trace(request: Request, model: str) -> RequestTrace | None:
-        if engine.tracer is None:
-            return None
-        route = "/v2/models/{model}" + ("/versions/{version}" if _version(request) else "")
-        return engine.tracer.start_request(
-            f"POST {route}/infer",
-            request.headers,
-            {"http.request.method": "POST", "url.path": request.url.path, "edgeinfer.model": model},
-        )
-
     async def infer(request: Request) -> Response:
         model = request.path_params["model"]
-        trace = _start_trace(request, model)
-        if trace is None:
-            return await _infer(request, model, None)
-        try:
-            response = await _infer(request, model, trace)
-        except BaseException as e:  # cancelled (server shutdown)
-            trace.end(error=e)
-            raise
-        trace.end(response.status_code)
-        return response
+        route = "/v2/models/{model}" + ("/versions/{version}" if _version(request) else "")
+        attrs = {
+            "http.request.method": "POST",
+            "url.path": request.url.path,
+            "edgeinfer.model": model,
+        }
+        return await traced(
+            engine.tracer,
+            f"POST {route}/infer",
+            request.headers,
+            attrs,
+            lambda trace: _infer(request, model, trace),
+            _status,
+        )
 
     async def _read_infer_body(request: Request) -> tuple[bytes, int | None]:
         """The body and its JSON header's length (None: all JSON). A body that is all JSON is

@@ -19,7 +19,7 @@ from edgeinfer.server.errors import status_of
 from edgeinfer.server.http_common import json_response, read_json
 from edgeinfer.server.offload import off_loop
 from edgeinfer.serving.validation import check_strings
-from edgeinfer.telemetry.tracing import RequestTrace
+from edgeinfer.telemetry.tracing import RequestTrace, traced
 from edgeinfer.types import InferRequest, Tensor, TensorSpec
 
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error",
@@ -77,20 +77,15 @@ def routes(engine: EngineClient, max_json_bytes: int) -> list[Route]:
         return json_response({"object": "list", "data": data})
 
     async def embeddings(request: Request) -> Response:
-        if engine.tracer is None:
-            return await _embeddings(request, None)
-        trace = engine.tracer.start_request(
+        attrs = {"http.request.method": "POST", "url.path": "/v1/embeddings"}
+        return await traced(
+            engine.tracer,
             "POST /v1/embeddings",
             request.headers,
-            {"http.request.method": "POST", "url.path": "/v1/embeddings"},
+            attrs,
+            lambda trace: _embeddings(request, trace),
+            lambda response: response.status_code,
         )
-        try:
-            response = await _embeddings(request, trace)
-        except BaseException as e:  # cancelled (server shutdown)
-            trace.end(error=e)
-            raise
-        trace.end(response.status_code)
-        return response
 
     async def _embeddings(request: Request, trace: RequestTrace | None) -> Response:
         received = time.perf_counter_ns()

@@ -10,7 +10,7 @@ final `error` event, as OpenAI and Triton do.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -34,6 +34,7 @@ from edgeinfer.server.openai_tools import plan, response_format
 from edgeinfer.server.parse import parse_int
 from edgeinfer.serving.llm_loop import GenChunk, GenerateRequest, GenerationStream
 from edgeinfer.serving.sampling import SamplingParams, TokenLogprob
+from edgeinfer.telemetry.tracing import traced
 
 SSE = "text/event-stream; charset=utf-8"
 _NUMBERS = {"temperature": 1.0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0,
@@ -257,11 +258,22 @@ def routes(engine: EngineClient, max_request_bytes: int) -> list[Route]:
             return Response(status_code=499)
         return json_response(body)
 
-    async def completions(request: Request) -> Response:
-        return await openai(request, chat=False)
+    def span(path: str, chat: bool) -> Callable[[Request], Awaitable[Response]]:
+        async def route(request: Request) -> Response:
+            attrs = {"http.request.method": "POST", "url.path": path}
+            return await traced(
+                engine.tracer,
+                f"POST {path}",
+                request.headers,
+                attrs,
+                lambda _: openai(request, chat=chat),
+                lambda response: response.status_code,
+            )
 
-    async def chat_completions(request: Request) -> Response:
-        return await openai(request, chat=True)
+        return route
+
+    completions = span("/v1/completions", chat=False)
+    chat_completions = span("/v1/chat/completions", chat=True)
 
     generate_routes = _generate_routes(engine, max_request_bytes)
     return [
