@@ -15,23 +15,15 @@ from starlette.routing import Route
 from edgeinfer.auth import TENANT_IDENTITY
 from edgeinfer.errors import EdgeInferError, InvalidInput
 from edgeinfer.lifecycle.interfaces import EngineClient
-from edgeinfer.server.errors import status_of
-from edgeinfer.server.http_common import json_response, read_json
+from edgeinfer.server.http_common import error_response, json_response, read_json
 from edgeinfer.server.offload import off_loop
 from edgeinfer.serving.validation import check_strings
 from edgeinfer.telemetry.tracing import RequestTrace, traced
 from edgeinfer.types import InferRequest, Tensor, TensorSpec
 
-_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error",
-                429: "rate_limit_error", 503: "service_unavailable", 504: "timeout"}  # fmt: skip
-
 
 def openai_error(exc: BaseException, param: str | None = None) -> Response:
-    status, _, message = status_of(exc)
-    param = getattr(exc, "param", None) or param  # InvalidParameter names its own
-    body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"),
-                      "param": param, "code": status}}  # fmt: skip
-    return json_response(body, status)
+    return error_response(exc, openai=True, param=param)
 
 
 def _texts(raw: Any, spec: TensorSpec) -> list[str]:

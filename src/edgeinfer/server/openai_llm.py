@@ -20,15 +20,15 @@ from starlette.routing import Route
 
 from edgeinfer.errors import EdgeInferError, InvalidInput, InvalidParameter
 from edgeinfer.lifecycle.interfaces import EngineClient
-from edgeinfer.server.errors import retry_after, status_of
+from edgeinfer.server.errors import status_of
 from edgeinfer.server.http_common import (
     ClientDisconnected,
+    error_response,
     json_response,
     read_json,
     unless_disconnected,
 )
 from edgeinfer.server.offload import off_loop
-from edgeinfer.server.openai_http import openai_error
 from edgeinfer.server.openai_reply import Reply, merged, usage
 from edgeinfer.server.openai_tools import plan, response_format
 from edgeinfer.server.parse import parse_int
@@ -43,11 +43,7 @@ MAX_CHOICES = 8
 
 
 def _error(exc: BaseException) -> Response:
-    resp = openai_error(exc, getattr(exc, "param", None))
-    ra = retry_after(exc)
-    if ra is not None and resp.status_code in (429, 503):
-        resp.headers["Retry-After"] = ra
-    return resp
+    return error_response(exc, openai=True)
 
 
 def _int(doc: dict[str, Any], key: str, default: int | None) -> int | None:
@@ -290,10 +286,7 @@ def _generate_routes(engine: EngineClient, max_request_bytes: int) -> list[Route
     fields as parameters). The output excludes the prompt unless exclude_input_in_output is
     false. max_tokens defaults to 16, as in Triton's vLLM backend."""
 
-    def fail(e: BaseException) -> Response:
-        status, _, message = status_of(e)
-        headers = {"Retry-After": ra} if (ra := retry_after(e)) and status in (429, 503) else None
-        return json_response({"error": message}, status, headers)
+    fail = error_response
 
     async def start(request: Request) -> tuple[dict[str, Any], str, GenerationStream, str]:
         doc = await read_json(request, max_request_bytes)
