@@ -3,6 +3,7 @@
     python bench/soak.py                   # 60 minutes -> bench/results/soak-60m.json
     python bench/soak.py --minutes 3       # the CI run (tests/e2e/test_soak.py)
     python bench/soak.py --demo PATH       # also serve the demo repository's models
+    python bench/soak.py --adversarial     # and the adversarial reproductions (-adversarial.json)
 
 Traffic, all at once: KServe infer over HTTP (JSON and binary tensors) and gRPC on `mlp`
 (dynamic batching) and `ids` (INT32/FP64/BYTES); KServe infer over HTTP and gRPC on two
@@ -606,6 +607,8 @@ class Soak:
                      self.loop("pipelined", lambda: pipelined(self.http_port), 1.0),
                      self.loop("control", lambda: self._control(c), 1.0),
                      self.sampler(), self.reloader(c)]  # fmt: skip
+            if self.opts.adversarial:
+                tasks += self._adversarial(c)
             llms = await self.llm_models(c)
             for name in self.demo_models:
                 if name in llms:
@@ -629,6 +632,23 @@ class Soak:
                 await asyncio.gather(*tasks)
             finally:
                 await g.close()
+
+    def _adversarial(self, c: httpx.AsyncClient) -> list[Any]:
+        """--adversarial: the adversarial test's reproductions among the traffic, and health
+        polled every 0.1 s (its latency is reported like any other kind's)."""
+        from _adversarial import Adversary
+
+        from edgeinfer.testing.adversarial import Target
+
+        text = "minilm" if "minilm" in self.demo_models else "ids"
+        adv = Adversary(Target("mlp", "x", (16,), text, "text"), f"{HOST}:{self.grpc_port}")
+        return [self.loop("adversarial_http", lambda: adv.http_case(c, Broken), 0.1),
+                self.loop("adversarial_grpc", lambda: adv.grpc_case(Broken), 0.2),
+                self.loop("health", lambda: self._health(c), 0.1)]  # fmt: skip
+
+    async def _health(self, c: httpx.AsyncClient) -> str:
+        r = await c.get("/v2/health/ready")
+        return "ok" if r.status_code == 200 else f"5xx:{r.status_code}|not ready"
 
     async def _control(self, c: httpx.AsyncClient) -> str:
         path = random.choice(["/v2/health/ready", "/v2/models/mlp/stats", "/metrics", "/v2",
@@ -742,6 +762,9 @@ def main() -> int:
     ap.add_argument("--sample-every", type=float, default=5.0, help="seconds between /proc reads")
     ap.add_argument("--pause", type=float, default=0.01, help="mean think time per worker (s)")
     ap.add_argument("--out", type=Path, help="default bench/results/soak-<minutes>m.json")
+    ap.add_argument("--adversarial", action="store_true",
+                    help="also send the adversarial test's reproductions (bench/_adversarial.py) "
+                         "and poll health every 0.1 s")  # fmt: skip
     opts = ap.parse_args()
     demo: Path | None = None
     if opts.demo != "none":
@@ -749,7 +772,8 @@ def main() -> int:
 
         demo = demo_home() if opts.demo == "auto" else Path(opts.demo)
         demo = demo if is_complete(demo) else None
-    out = opts.out or RESULTS / f"soak-{opts.minutes:g}m.json"
+    suffix = "-adversarial" if opts.adversarial else ""
+    out = opts.out or RESULTS / f"soak-{opts.minutes:g}m{suffix}.json"
     # SIGTERM (and SIGINT, which a background job ignores) unwinds through `finally`: the
     # server subprocess is stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -2,7 +2,8 @@
 
 A model's `config.toml`:
 
-    backend = "onnxruntime"        # the only backend so far
+    backend = "onnxruntime"        # onnxruntime | openvino | litert | llama.cpp; omitted: the
+                                   # version's file decides (model.onnx, .xml, .tflite, .gguf)
     max_batch_size = 64            # 0: the model has no batch axis
     [version_policy]               # one of: latest = N | specific = [1, 3] | all = true
     latest = 1
@@ -39,6 +40,18 @@ A model's `config.toml`:
     input = "text"
     tokenizer = "tokenizer.json"   # file in the version directory
     max_length = 256
+    max_bytes = 0                  # longest string in UTF-8 bytes (0: 64 x max_length); 400 above
+    max_strings = 2048             # most strings in one request; 400 above
+    [openvino]                     # backend = "openvino": model.xml + model.bin, or model.onnx
+    hint = "latency"               # latency | throughput
+    num_streams = 0                # 0: from the hint
+    inference_precision = ""       # "": the CPU's default (bf16 where it has it) | f32 | bf16 | f16
+    intra_op_threads = 1           # 0: usable cores
+    cache_dir = ""                 # compiled-model cache; "": $EDGEINFER_HOME/openvino; "off"
+    [litert]                       # backend = "litert": model.tflite
+    intra_op_threads = 1           # 0: usable cores (LiteRT's own default is 1 whatever it says)
+    dequantize_outputs = false     # int8/uint8 outputs as FP32 (scale, zero point applied)
+    signature = ""                 # which signature to serve ("": the first)
     [image]                        # optional: the image input also takes encoded images (BYTES)
     input = "image"                # default: the model's only 4-D input
     max_pixels = 50_000_000        # checked from the header, before decoding
@@ -56,6 +69,7 @@ A model's `config.toml`:
     lora_steps_per_switch = 8      # steps one LoRA adapter's streams decode before the next's turn
     max_loras = 0                  # adapters whose sequences run at once (0: any)
     prefix_cache = true            # reuse a slot's KV cells for a prompt with the same prefix
+    chat_template = ""             # "": the GGUF's; "plain": User:/Assistant: for base models
 """
 
 from __future__ import annotations
@@ -161,10 +175,22 @@ class TextOptions:
     input: str = "text"
     tokenizer: str = "tokenizer.json"
     max_length: int = 256
+    # Checked before tokenizing (a 16 MB string takes ~40 s to tokenize, then gets truncated to
+    # max_length tokens anyway). 0: 64 bytes per token of max_length, ample for any language.
+    max_bytes: int = 0
+    max_strings: int = 2048
 
     def __post_init__(self) -> None:
         if self.max_length < 1:
             raise ConfigError("text.max_length must be >= 1")
+        if self.max_bytes < 0 or self.max_strings < 1:
+            raise ConfigError("text.max_bytes must be >= 0 (0: 64 x max_length) and "
+                              "text.max_strings >= 1")  # fmt: skip
+
+    @property
+    def string_bytes(self) -> int:
+        """The longest string accepted, in UTF-8 bytes."""
+        return self.max_bytes or 64 * self.max_length
 
 
 @dataclass(frozen=True)
@@ -252,6 +278,42 @@ class CanaryOptions:
             raise ConfigError("canary needs version >= 1 and 0 <= weight <= 1")
 
 
+_OV_HINTS = ("latency", "throughput")
+_OV_PRECISIONS = ("", "f32", "bf16", "f16")
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    """`[openvino]`: one compiled model per version; instances are its infer requests."""
+
+    hint: str = "latency"
+    num_streams: int = 0  # 0: what the hint chooses
+    inference_precision: str = ""  # "": the device's default (bf16 on CPUs that have it)
+    intra_op_threads: int = 1  # 0: the usable cores (cgroup quota, big cores)
+    cache_dir: str = ""  # "": $EDGEINFER_HOME/openvino; "off": compile at every load
+
+    def __post_init__(self) -> None:
+        if self.hint not in _OV_HINTS:
+            raise ConfigError(f"openvino.hint must be one of {_OV_HINTS}")
+        if self.inference_precision not in _OV_PRECISIONS:
+            raise ConfigError(f"openvino.inference_precision must be one of {_OV_PRECISIONS}")
+        if self.num_streams < 0 or self.intra_op_threads < 0:
+            raise ConfigError("openvino.num_streams and intra_op_threads must be >= 0 (0: auto)")
+
+
+@dataclass(frozen=True)
+class LiteRtOptions:
+    """`[litert]`: a .tflite model, one Interpreter per instance."""
+
+    intra_op_threads: int = 1  # 0: the usable cores; LiteRT itself defaults to 1
+    dequantize_outputs: bool = False  # int8/uint8 outputs returned as FP32
+    signature: str = ""  # the signature to serve; "": the model's first
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads < 0:
+            raise ConfigError("litert.intra_op_threads must be >= 0 (0: the usable cores)")
+
+
 _KV_TYPES = ("f32", "f16", "q8_0")
 
 
@@ -272,7 +334,9 @@ class LlmOptions:
     prefill_chunk: int = 256  # prompt tokens per step, so long prompts do not stall streams
     kv_cache_type: str = "f16"  # f32 | f16 | q8_0 (q8_0 needs flash_attn)
     flash_attn: bool = False
-    chat_template: str = ""  # Jinja source; empty: the GGUF's tokenizer.chat_template
+    # "": the GGUF's tokenizer.chat_template (none: "plain"); "plain": a User:/Assistant:
+    # transcript for base models (runtime/chat_format.py); else Jinja source
+    chat_template: str = ""
     # llama.cpp's extra buffer types: AMX tiles and weights repacked for AVX2/AVX-512/NEON
     # (Q4_0 runs faster). "auto": on unless a one-time probe in a child process crashed on
     # this CPU (runtime/llm_probe.py); true/false: force.
@@ -331,7 +395,7 @@ class LlmOptions:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    backend: str = "onnxruntime"
+    backend: str = ""  # "": the version's model file decides (runtime.BACKENDS)
     max_batch_size: int = 64
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     onnxruntime: OrtOptions = field(default_factory=OrtOptions)
@@ -339,6 +403,8 @@ class ModelConfig:
     image: ImageOptions | None = None
     outputs: dict[str, OutputOptions] = field(default_factory=dict)
     llm: LlmOptions = field(default_factory=LlmOptions)
+    openvino: OpenVinoOptions = field(default_factory=OpenVinoOptions)
+    litert: LiteRtOptions = field(default_factory=LiteRtOptions)
     warmup: bool = True
     instance_count: int = 1
     dynamic_batching: DynamicBatching | None = None
@@ -349,9 +415,8 @@ class ModelConfig:
     preprocess: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.backend not in ("onnxruntime", "llama.cpp"):
-            raise ConfigError(f"model {self.name}: unknown backend {self.backend!r}; "
-                              "use 'onnxruntime' or 'llama.cpp'")  # fmt: skip
+        if not isinstance(self.backend, str):
+            raise ConfigError(f"model {self.name}: backend must be a name such as 'onnxruntime'")
         if self.backend == "llama.cpp" and self.instance_count != 1:
             raise ConfigError(f"model {self.name}: llama.cpp models run one context; use "
                               "[llm] slots for concurrency and leave instance_count at 1")  # fmt: skip
@@ -404,9 +469,12 @@ class ModelConfig:
             canary_raw = raw.pop("canary", None)
             canary = CanaryOptions(**canary_raw) if canary_raw is not None else None
             llm = LlmOptions(**raw.pop("llm", {}))
+            ov = OpenVinoOptions(**raw.pop("openvino", {}))
+            litert = LiteRtOptions(**raw.pop("litert", {}))
             return cls(name=name, version_policy=policy, onnxruntime=ort, text=text,
-                       image=image, outputs=outputs, dynamic_batching=batching, queue=queue, lifecycle=lifecycle,
-                       canary=canary, llm=llm, **raw)  # fmt: skip
+                       image=image, outputs=outputs, dynamic_batching=batching, queue=queue,
+                       lifecycle=lifecycle, canary=canary, llm=llm, openvino=ov, litert=litert,
+                       **raw)  # fmt: skip
         except ConfigError as e:
             if str(e).startswith(where):
                 raise
@@ -462,6 +530,7 @@ class Limits:
     max_elements: int = 1 << 28  # per tensor: 1 GiB of FP32
     max_string_bytes: int = 1 << 20  # per BYTES element
     max_image_bytes: int = 32 << 20  # per encoded image (a BYTES element of an [image] input)
+    max_json_bytes: int = 2 << 20  # a JSON body or binary-extension header (parsed holding the GIL)
 
     @property
     def max_element_bytes(self) -> int:
@@ -601,6 +670,12 @@ class ServerSettings:
         default=32 << 20,
         metadata={"help": "longest encoded image accepted by a model's [image] input"},
     )
+    max_json_bytes: int = field(
+        default=Limits.max_json_bytes,
+        metadata={"help": "largest JSON body (or binary-extension JSON header); parsing holds "
+                  "the GIL, so this bounds the stall one request can cause (413 above); "
+                  "binary tensors may use all of --max-request-bytes"},
+    )  # fmt: skip
     registry: str = field(
         default="",
         metadata={"help": "desired state for a fleet: etcd://HOST:2379/PREFIX[?ttl=10]; empty: "
@@ -635,8 +710,8 @@ class ServerSettings:
             raise ConfigError("--metrics-port must differ from --http-port and --grpc-port")
         if self.model_control not in ("none", "explicit", "poll"):
             raise ConfigError("--model-control must be 'none', 'explicit' or 'poll'")
-        if self.max_request_bytes < 1024:
-            raise ConfigError("--max-request-bytes must be at least 1024")
+        if self.max_request_bytes < 1024 or self.max_json_bytes < 1024:
+            raise ConfigError("--max-request-bytes and --max-json-bytes must be at least 1024")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         if not self.api_keys and not self.insecure and self.host not in _LOOPBACK:
@@ -696,6 +771,7 @@ class ServerSettings:
             self.max_elements,
             self.max_string_bytes,
             self.max_image_bytes,
+            self.max_json_bytes,
         )
 
     @classmethod

@@ -37,11 +37,15 @@ def datatype_of(array: np.ndarray) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    """A declared model input or output. -1 in `shape` is a variable dimension."""
+    """A declared model input or output. -1 in `shape` is a variable dimension. A BYTES input
+    may bound its element count and each element's length (0: no bound beyond the server's);
+    both are checked before the model sees the request."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    max_count: int = 0
+    max_bytes: int = 0
 
 
 @dataclass(slots=True)

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import llama_cpp  # noqa: F401  (missing: these tests fail, never skip)
 import pytest
 
 from tests.conftest import ServerProcess, start_server
 
-pytest.importorskip("llama_cpp")
 EDGEINFER = [sys.executable, "-m", "edgeinfer.cli"]
 
 

@@ -29,6 +29,11 @@ def test_this_machine_json() -> None:
     assert report["runtimes"]["onnxruntime"]["version"]
     assert "CPUExecutionProvider" in report["runtimes"]["onnxruntime"]["providers"]
     assert report["runtimes"]["numpy"]
+    backends = {b["name"]: b for b in report["runtimes"]["backends"]}
+    assert set(backends) == {"onnxruntime", "llama.cpp", "openvino", "litert"}
+    assert all(b["installed"] and b["version"] for b in backends.values())  # the dev install
+    assert backends["litert"]["files"] == ["model.tflite"]
+    assert backends["openvino"]["install"] == "pip install 'edgeinfer[openvino]'"
     rec = report["recommendations"]
     assert 1 <= rec["intra_op_threads"] <= cpu["usable_cpus"]
     assert rec["quantization"] and any("MatMulNBits" in q for q in rec["quantization"])
@@ -38,7 +43,16 @@ def test_this_machine_text() -> None:
     out = doctor().stdout
     for heading in ("CPU", "Clock and temperature", "Memory", "Runtimes", "Recommendations"):
         assert f"\n{heading}\n" in out
-    for key in ("model", "usable CPUs", "SIMD", "temperature", "onnxruntime", "threads"):
+    for key in (
+        "model",
+        "usable CPUs",
+        "SIMD",
+        "temperature",
+        "onnxruntime",
+        "openvino",
+        "litert",
+        "threads",
+    ):
         assert f"\n  {key} " in out
 
 

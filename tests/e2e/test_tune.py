@@ -131,3 +131,38 @@ def test_bad_input_is_one_line_and_exit_2(repo: Path, args: list[str], message: 
     assert got.returncode == 2
     assert message in got.stderr and len(got.stderr.strip().splitlines()) == 1
     assert "Traceback" not in got.stderr
+
+
+def test_a_gguf_model_is_tuned_through_the_generation_loop(tmp_path: Path) -> None:
+    from edgeinfer.repository.manifest import add_version
+    from edgeinfer.runtime.gguf_writer import build_gguf
+
+    repo = tmp_path / "repo"
+    (repo / "llm").mkdir(parents=True)
+    build_gguf(tmp_path / "tiny.gguf", "tiny", "f32", seed=0)
+    (repo / "llm" / "config.toml").write_text(
+        'backend = "llama.cpp"\n[llm]\ncontext_length = 512\nslots = 2\n'
+    )
+    add_version(repo / "llm", {"model.gguf": tmp_path / "tiny.gguf"})
+    got = tune(
+        repo,
+        "llm",
+        "--seconds",
+        "0.3",
+        "--repetitions",
+        "1",
+        "--concurrency",
+        "1,2",
+        "--budget-minutes",
+        "0.5",
+        "--json",
+    )
+    assert got.returncode == 0, got.stderr
+    body = json.loads((repo / "llm" / "tune" / "report.json").read_text())
+    assert body["unit"] == "tok/s"
+    measured = [t for t in body["trials"] if t["status"] == "ok"]
+    assert len(measured) >= 3 and measured[0]["key"] == "default"
+    assert any(t["key"].startswith("llama.cpp threads=") for t in measured)
+    # Every trial's greedy tokens are compared with the default's.
+    others = [t for t in body["trials"] if t["key"] != "default" and t["levels"]]
+    assert others and all(t["accuracy"]["metric"] == "tokens" for t in others)

@@ -14,12 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import llama_cpp
+import openai
 import pytest
 
 from tests.conftest import ServerProcess, start_server
-
-openai = pytest.importorskip("openai")
-llama_cpp = pytest.importorskip("llama_cpp")
 
 MODEL = "llm-demo"
 SLOW = "llm-small"  # ~10 ms per token: generations that last long enough to interrupt

@@ -250,3 +250,36 @@ def test_triton_generate_takes_response_format(server: ServerProcess, tmp_path: 
                                                "response_format": json.dumps(_json_schema(schema))}})  # fmt: skip
     assert r.status_code == 200, r.text
     jsonschema.validate(json.loads(r.json()["text_output"]), schema)
+
+
+def test_an_answer_beside_tools_streams_as_it_comes(client: openai.OpenAI) -> None:
+    kw = {"model": MODEL, "messages": USER, "tools": TOOLS, "max_tokens": 60, "temperature": 0}
+    whole = client.chat.completions.create(**kw)  # type: ignore[call-overload]
+    chunks = list(client.chat.completions.create(stream=True, **kw))  # type: ignore[call-overload]
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    if whole.choices[0].message.tool_calls:
+        pytest.fail("llm-demo answered with a call: pick another prompt for this test")
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert len(pieces) > 5  # token by token, not in one piece at the end
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_the_clients_stream_helper_assembles_calls_and_parsed_replies(
+    client: openai.OpenAI,
+) -> None:
+    class Relay(pydantic.BaseModel):
+        relay: int = pydantic.Field(ge=1, le=4)
+        on: bool
+
+    with client.chat.completions.stream(model=MODEL, messages=USER, max_tokens=40, seed=3,
+                                        response_format=Relay) as stream:  # type: ignore[arg-type]  # fmt: skip
+        final = stream.get_final_completion()
+    assert isinstance(final.choices[0].message.parsed, Relay)
+    named = {"type": "function", "function": {"name": "read_sensor"}}
+    with client.chat.completions.stream(model=MODEL, messages=USER, tools=TOOLS, seed=0,
+                                        tool_choice=named, max_tokens=120) as stream:  # type: ignore[arg-type]  # fmt: skip
+        final = stream.get_final_completion()
+    assert final.choices[0].finish_reason == "tool_calls"
+    check_calls(final.choices[0].message.tool_calls or [], {"read_sensor"})

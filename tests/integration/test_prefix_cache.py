@@ -15,12 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import llama_cpp  # noqa: F401  (missing: these tests fail, never skip)
+import openai
 import pytest
 
 from tests.conftest import ServerProcess, start_server
-
-openai = pytest.importorskip("openai")
-pytest.importorskip("llama_cpp")
 
 CACHED, PLAIN = "chat", "chat-nocache"
 # ~200 tokens: longer than the demo's prefill chunk (128), so prefill runs in chunks.

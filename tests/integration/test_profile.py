@@ -70,7 +70,9 @@ def test_profile_of_a_version(demo_server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize(("path", "params", "status", "needle"), [
-    ("/v2/models/digits/profile", {"runs": "0"}, 400, "runs must be between 1 and 1000"),
+    ("/v2/models/digits/profile", {"runs": "0"}, 400, "'runs' must be a positive integer, got 0"),
+    ("/v2/models/digits/profile", {"runs": "1001"}, 400, "runs must be between 1 and 1000"),
+    ("/v2/models/digits/profile", {"batch": "²"}, 400, "'batch' must be a positive integer"),
     ("/v2/models/digits/profile", {"runs": "ten"}, 400, "'runs' must be a positive integer"),
     ("/v2/models/digits/profile", {"batch": "65"}, 400, "batch must be between 1 and 64"),
     ("/v2/models/nope/profile", {}, 404, "not in the repository"),

@@ -7,7 +7,7 @@ from edgeinfer.config import ConfigError, ModelConfig, ServerSettings, VersionPo
 
 def test_defaults_from_empty_config(tmp_path: Path) -> None:
     cfg = ModelConfig.from_toml(tmp_path / "missing.toml", "m")
-    assert cfg.backend == "onnxruntime"
+    assert cfg.backend == ""  # the version's model file decides
     assert cfg.version_policy.select([1, 2, 3]) == [3]
     assert cfg.onnxruntime.allow_spinning is False
 
@@ -23,7 +23,8 @@ def test_version_policies(raw: dict, available: list[int], expected: list[int]) 
 
 @pytest.mark.parametrize(("text", "needle"), [
     ("max_batch_size = -1", "max_batch_size"),
-    ("backend = 'tensorflow'", "unknown backend"),
+    ("[openvino]\nhint = 'fast'", "openvino.hint"),
+    ("[litert]\nintra_op_threads = -1", "litert.intra_op_threads"),
     ("colour = 'red'", "unknown keys"),
     ("[version_policy]\nlatest = 0", "latest"),
     ("[version_policy]\nlatest = 1\nall = true", "exactly one"),
@@ -32,6 +33,8 @@ def test_version_policies(raw: dict, available: list[int], expected: list[int]) 
     ("[onnxruntime]\nthreads = 2", "threads"),
     ("name = 'other'", "directory name"),
     ("max_batch_size = ", "not valid TOML"),
+    ("[text]\nmax_strings = 0", "max_strings"),
+    ("[text]\nmax_bytes = -1", "max_bytes"),
 ])  # fmt: skip
 def test_bad_configs_say_what_to_fix(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "config.toml"
@@ -105,3 +108,13 @@ def test_security_settings_defaults_and_parsing() -> None:
     d = ServerSettings()
     assert d.forwarded_networks == [] and not d.open_metrics and d.adapter_dirs == ()
     assert (d.header_timeout_s, d.keep_alive_s, d.max_connections) == (10.0, 5.0, 512)
+
+
+def test_text_string_limit_defaults_to_64_bytes_per_token(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[text]\nmax_length = 128\n")
+    text = ModelConfig.from_toml(path, "m").text
+    assert text is not None and text.string_bytes == 64 * 128 and text.max_strings == 2048
+    path.write_text("[text]\nmax_bytes = 100\n")
+    text = ModelConfig.from_toml(path, "m").text
+    assert text is not None and text.string_bytes == 100

@@ -85,7 +85,33 @@ def runtimes() -> dict[str, Any]:
         }
     except (ImportError, OSError, AttributeError):
         pass
+    out["backends"] = backends(platform.machine())
     return out
+
+
+# Which CPUs each backend's wheels and kernels are built for (runtime.BACKENDS names).
+_SUITS = {
+    "openvino": {"x86_64": "yes (Intel/AMD; bf16/INT8 kernels where the CPU has them)",
+                 "aarch64": "yes (ARM Compute Library; INT8 partly runs in fp16)"},
+    "litert": {"x86_64": "yes (XNNPACK)", "aarch64": "yes (XNNPACK)"},
+}  # fmt: skip
+
+
+def backends(machine: str) -> list[dict[str, Any]]:
+    """Every backend in the table: installed or not (and how to install it), its version,
+    the files it serves and whether it suits this CPU."""
+    from edgeinfer.runtime import BACKENDS
+
+    rows = []
+    for b in BACKENDS.values():
+        installed = b.installed()
+        rows.append({
+            "name": b.name, "installed": installed, "version": b.version() if installed else None,
+            "files": list(b.files), "install": f"pip install 'edgeinfer[{b.extra}]'",
+            "suits_cpu": _SUITS.get(b.name, {}).get(machine, "yes" if b.name != "openvino"
+                                                    else f"no wheel for {machine}"),
+        })  # fmt: skip
+    return rows
 
 
 def _extra_buffer_types() -> dict[str, Any]:
@@ -317,10 +343,13 @@ def _sections(r: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
             cg += f", OOM kills {m['oom_kills']}"
     ort = rt.get("onnxruntime")
     llama = rt.get("llama_cpp")
-    runtime_rows = [("python", rt.get("python", "")), ("numpy", rt.get("numpy") or "not installed"),
-                    ("onnxruntime", f"{ort['version']} ({', '.join(ort['providers'])})"
-                     if ort else "not installed"),
-                    ("llama_cpp", llama["version"] if llama else "not installed")]  # fmt: skip
+    runtime_rows = [("python", rt.get("python", "")), ("numpy", rt.get("numpy") or "not installed")]
+    for b in rt.get("backends", []):
+        state = b["version"] if b["installed"] else f"not installed: {b['install']}"
+        if b["name"] == "onnxruntime" and ort:
+            state += f" ({', '.join(ort['providers'])})"
+        runtime_rows.append((b["name"], f"{state}; serves {', '.join(b['files'])}; "
+                                        f"suits this CPU: {b['suits_cpu']}"))  # fmt: skip
     bufts = (llama or {}).get("extra_buffer_types")
     if bufts:
         runtime_rows.append(("GGUF kernels", _kernels_line(bufts)))

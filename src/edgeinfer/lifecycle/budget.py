@@ -75,7 +75,10 @@ def _estimate(version_dir: Path) -> int:
     if gguf.is_file():
         return int(gguf.stat().st_size * GGUF_FACTOR) + GGUF_OVERHEAD_BYTES
     path = version_dir / "model.onnx"
+    if not path.is_file():  # model.tflite, model.xml + .bin: weights plus activations
+        files = [p for p in version_dir.iterdir() if p.is_file()] if version_dir.is_dir() else []
+        return int(sum(p.stat().st_size for p in files) * CONV_RUNTIME_FACTOR)
     try:
         return estimate_onnx_bytes(path)
     except Exception:  # not parseable as ONNX: the load will fail and say why
-        return int(path.stat().st_size * CONV_RUNTIME_FACTOR) if path.is_file() else 0
+        return int(path.stat().st_size * CONV_RUNTIME_FACTOR)

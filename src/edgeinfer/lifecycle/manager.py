@@ -19,10 +19,11 @@ from edgeinfer.config import ModelConfig
 from edgeinfer.errors import EdgeInferError, InvalidInput, LoadError, ModelNotFound, ModelNotReady
 from edgeinfer.hardware import BudgetExceeded
 from edgeinfer.lifecycle.budget import BudgetGate
+from edgeinfer.lifecycle.decide import choose_live, plan
 from edgeinfer.lifecycle.health import WindowStats, regression
 from edgeinfer.lifecycle.models import LoadedVersion, State, load_version, manifest_digest
 from edgeinfer.lifecycle.verify import VerifyError
-from edgeinfer.repository import Repository
+from edgeinfer.repository import Repository, version_number
 from edgeinfer.repository.layout import ModelEntry, VersionEntry
 from edgeinfer.repository.state import Canary, ModelState, load_state, save_state
 from edgeinfer.serving.router import Route
@@ -92,10 +93,9 @@ class ModelManager:
         if not versions or route is None:
             raise ModelNotReady(f"model '{self.name}' is not ready: {self.reason}")
         if version:
-            try:
-                v = int(version)
-            except ValueError:
-                raise ModelNotFound(f"model '{self.name}' has no version '{version}'") from None
+            v = version_number(version)
+            if v is None:
+                raise ModelNotFound(f"model '{self.name}' has no version {version[:40]!r}")
             if v not in versions:
                 raise ModelNotFound(
                     f"model '{self.name}' version {v} is not loaded; loaded: {sorted(versions)}"
@@ -119,39 +119,18 @@ class ModelManager:
         """`record`: a change of live version is a promotion (logged in the history and
         watched for regressions); a rollback records its own event instead."""
         eligible = {v.version: v for v in entry.versions}
-        # The version policy chooses among versions not rolled back from.
-        selected = entry.config.version_policy.select(
-            [v for v in eligible if v not in state.blocked]
-        )
-        if not selected and state.live not in eligible and not self.versions:
+        live_now = self.route.live if self.route else None
+        p = plan(entry.config, state, eligible, live_now)
+        if not p.selected and state.live not in eligible and not self.versions:
             self.status, self.reason = State.UNAVAILABLE, "no published version on disk"
             raise LoadError(f"model '{self.name}' has no published version in {entry.path}")
-        canary = _canary(entry.config, state)
-        # A new version arriving goes live; a version set up as the canary does not.
-        newest = max((v for v in selected if canary is None or v != canary.version), default=None)
-        seen = max((int(e.get("to", 0)) for e in state.history if e.get("event") == "promote"),
-                   default=0)  # fmt: skip
-        target: int | None
-        if newest is not None and newest > seen:
-            target = newest  # a new version arrived: it goes live once verified
-        elif state.live in eligible and state.live not in state.blocked:
-            target = state.live
-        else:
-            target = newest
-        extra = [target, canary.version if canary else None]
-        previous = self._previous(state, eligible, target, entry.config.lifecycle.keep_previous)
-        wanted = {v for v in (*selected, *previous, *extra)
-                  if v is not None and v in eligible}  # fmt: skip
+        canary, wanted = p.canary, p.wanted
         if not self.versions:
             self.status, self.reason = State.LOADING, "loading"
         loaded = await self._load_missing(entry, [eligible[v] for v in sorted(wanted)], force)
-        if target in loaded:
-            live: int | None = target
-        elif self.route is not None and self.route.live in self.versions:
-            live = self.route.live  # the new version failed: what was live keeps serving
-            loaded[live] = self.versions[live]
-        else:
-            live = max(loaded, default=None)
+        live = choose_live(p.target, loaded, live_now, self.versions)
+        if live is not None and live not in loaded:
+            loaded[live] = self.versions[live]  # the new version failed: the live one stays
         if live is None:
             reasons = "; ".join(msg for _, _, msg in self.failures.values())
             if not self.versions:
@@ -173,26 +152,6 @@ class ModelManager:
         if failed:
             details = "; ".join(f"v{v}: {self.failures[v][2]}" for v in failed)
             raise LoadError(f"model '{self.name}': {details} (v{live} keeps serving)")
-
-    def _previous(
-        self, state: ModelState, eligible: Mapping[int, VersionEntry], target: int | None,
-        keep: int,
-    ) -> list[int]:  # fmt: skip
-        """Versions kept resident for instant rollback: the one live now (when it is being
-        replaced), then earlier live versions from the history, `keep` at most."""
-        candidates = [self.route.live] if self.route else []
-        candidates += [
-            int(e["from"])
-            for e in reversed(state.history)
-            if e.get("event") in ("promote", "rollback") and e.get("from") is not None
-        ]
-        out: list[int] = []
-        for v in candidates:
-            if len(out) >= keep:
-                break
-            if v in eligible and v not in state.blocked and v != target and v not in out:
-                out.append(v)
-        return out
 
     async def _load_missing(
         self, entry: ModelEntry, wanted: Iterable[VersionEntry], force: bool
@@ -248,7 +207,7 @@ class ModelManager:
 
     def _retire(self, handles: Iterable[LoadedVersion]) -> None:
         for h in handles:
-            if h.scheduler is not None or h.llm is not None:
+            if h.queue is not None:
                 task = asyncio.create_task(self._close(h))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
@@ -363,12 +322,3 @@ class ModelManager:
             return None
         await self.rollback(watch.previous, reason=f"auto: {why}")
         return why
-
-
-def _canary(config: ModelConfig, state: ModelState) -> Canary | None:
-    """The state file's canary once one was set by API; before that, the config's."""
-    if any(e.get("event") in ("canary", "abort") for e in state.history):
-        return state.canary
-    if config.canary is not None:
-        return Canary(config.canary.version, config.canary.weight)
-    return None

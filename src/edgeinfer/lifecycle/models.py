@@ -10,16 +10,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import cast
 
 from edgeinfer.config import ModelConfig
 from edgeinfer.errors import EdgeInferError, RepositoryError
 from edgeinfer.lifecycle.verify import VerifyError, check_golden, check_report
 from edgeinfer.repository import MANIFEST_NAME, VersionEntry, verify_manifest
-from edgeinfer.runtime import Model, load
+from edgeinfer.runtime import Backend, Model, close_all, load_instances, resolve
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.serving.batcher import BatchPolicy
 from edgeinfer.serving.classification import read_labels
-from edgeinfer.serving.llm_loop import LlmLoop, LoopLimits
+from edgeinfer.serving.llm_loop import LlmBackend, LlmLoop, LoopLimits
 from edgeinfer.serving.runner import Runner
 from edgeinfer.serving.scheduler import Scheduler
 from edgeinfer.telemetry.metrics import LlmStats
@@ -44,10 +45,12 @@ class LoadedVersion:
     instances: list[Model]
     config: ModelConfig
     stats: VersionStats
+    backend: Backend  # from runtime.BACKENDS: its kind says what queues the requests
+    model_file: Path
     digest: str = ""  # sha256 of the manifest: a changed manifest means a changed version
     measured_bytes: int = 0  # process RSS growth across the load (after malloc_trim)
-    scheduler: Scheduler | None = None  # created on the event loop by the engine
-    llm: LlmLoop | None = None  # instead of a scheduler for backend = "llama.cpp"
+    # Created on the event loop by start(): a Scheduler (tensor) or an LlmLoop (llm) by kind.
+    queue: Scheduler | LlmLoop | None = None
     loaded_at: float = field(default_factory=time.time)
     labels: dict[str, list[str]] = field(default_factory=dict)  # output -> class labels
 
@@ -55,6 +58,18 @@ class LoadedVersion:
     def model(self) -> Model:
         """The first instance: all instances share inputs, outputs and behaviour."""
         return self.instances[0]
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        return self.queue if isinstance(self.queue, Scheduler) else None
+
+    @property
+    def llm(self) -> LlmLoop | None:
+        return self.queue if isinstance(self.queue, LlmLoop) else None
+
+    @property
+    def generates(self) -> bool:
+        return self.backend.kind == "llm"
 
     @property
     def healthy(self) -> bool:
@@ -67,19 +82,17 @@ class LoadedVersion:
         self, runner: Runner, capacity: Callable[[], tuple[float, str]] | None = None,
         on_restart: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
-        if self.config.backend == "llama.cpp":
-            from edgeinfer.runtime.llm_llamacpp import LlamaCppModel
-
-            assert isinstance(self.model, LlamaCppModel)
+        if self.generates:
             o = self.config.llm
             limits = LoopLimits(o.slots, o.context_length, o.kv_cells, o.prefill_chunk,
                                 self.config.queue.max_queue_size,
                                 max_loras=o.max_loras, max_lora_wait=o.max_lora_wait,
                                 steps_per_switch=o.lora_steps_per_switch,
                                 prefix_cache=o.prefix_cache)  # fmt: skip
-            self.llm = LlmLoop(self.model, limits, LlmStats(self.name), self.stats)
+            backend = cast(LlmBackend, self.model)  # kind "llm": its models are LlmBackends
+            self.queue = LlmLoop(backend, limits, LlmStats(self.name), self.stats)
             return
-        self.scheduler = Scheduler(
+        self.queue = Scheduler(
             self.instances,
             batch_policy(self.config),
             runner,
@@ -92,10 +105,8 @@ class LoadedVersion:
 
     async def close(self, drain: bool = True) -> None:
         """Stop taking requests, finish (with `drain`) the ones in flight, release the model."""
-        if self.llm is not None:
-            await self.llm.close(drain=drain)
-        if self.scheduler is not None:
-            await self.scheduler.close(drain=drain)
+        if self.queue is not None:
+            await self.queue.close(drain=drain)
 
 
 def batch_policy(config: ModelConfig) -> BatchPolicy:
@@ -134,27 +145,12 @@ def load_version(entry: VersionEntry, config: ModelConfig) -> LoadedVersion:
         labels = read_labels(entry.path, config)
     except EdgeInferError as e:
         raise VerifyError(f"{entry.model} v{entry.version}: {e.message}", "load") from e
-    instances: list[Model] = []
-    stage = "load"
+    backend, model_file = _resolve(entry.path, config)
     try:
-        for _ in range(config.instance_count):
-            stage = "load"
-            model = _load_llm(entry.path, config) if config.backend == "llama.cpp" else load(
-                entry.path, config
-            )  # fmt: skip
-            instances.append(model)
-            stage = "warmup"
-            if config.warmup:
-                model.warmup()
-        check_golden(instances[0], entry.path, config.lifecycle.golden_rtol,
-                     config.lifecycle.golden_atol)  # fmt: skip
+        instances = load_instances(entry.path, config)
     except EdgeInferError as e:
-        for m in instances:
-            m.close()
-        if isinstance(e, VerifyError):
-            raise
-        prefix = "" if stage == "load" else f"{entry.model} v{entry.version}: warm-up failed: "
-        raise VerifyError(prefix + e.message, stage) from e
+        raise VerifyError(e.message, "load") from e
+    _verify(entry, config, instances)
     release_free_memory()  # loading leaves large temporaries behind in the heap
     measured = max(0, _rss() - rss_before)
     log.info(
@@ -169,14 +165,37 @@ def load_version(entry: VersionEntry, config: ModelConfig) -> LoadedVersion:
         digest=digest,
         measured_bytes=measured,
         stats=VersionStats(entry.model, str(entry.version)),
+        backend=backend,
+        model_file=model_file,
         labels=labels,
     )
 
 
-def _load_llm(version_dir: Path, config: ModelConfig) -> Model:
-    from edgeinfer.runtime.llm_llamacpp import LlamaCppModel
+def _verify(entry: VersionEntry, config: ModelConfig, instances: list[Model]) -> None:
+    """Warm up every instance and check the golden cases; on failure release them all."""
+    try:
+        if config.warmup:
+            for model in instances:
+                model.warmup()
+    except EdgeInferError as e:
+        close_all(instances)
+        raise VerifyError(f"{entry.model} v{entry.version}: warm-up failed: {e.message}",
+                          "warmup") from e  # fmt: skip
+    try:
+        check_golden(instances[0], entry.path, config.lifecycle.golden_rtol,
+                     config.lifecycle.golden_atol)  # fmt: skip
+    except EdgeInferError as e:
+        close_all(instances)
+        if isinstance(e, VerifyError):
+            raise
+        raise VerifyError(e.message, "load") from e
 
-    return LlamaCppModel.load(version_dir, config)
+
+def _resolve(version_dir: Path, config: ModelConfig) -> tuple[Backend, Path]:
+    try:
+        return resolve(version_dir, config)
+    except EdgeInferError as e:
+        raise VerifyError(e.message, "load") from e
 
 
 def _rss() -> int:

@@ -36,7 +36,7 @@ def _outputs(config: ModelConfig, model: Model, batched: bool) -> list[dict[str,
     return out
 
 
-def triton_model_config(config: ModelConfig, model: Model) -> dict[str, Any]:
+def triton_model_config(config: ModelConfig, model: Model, backend: str) -> dict[str, Any]:
     policy = config.version_policy
     if policy.kind == "all":
         version_policy: dict[str, Any] = {"all": {}}
@@ -48,11 +48,13 @@ def triton_model_config(config: ModelConfig, model: Model) -> dict[str, Any]:
     return {
         "name": config.name,
         "platform": model.platform,
-        "backend": "onnxruntime",
+        "backend": backend,
         "version_policy": version_policy,
         "max_batch_size": config.max_batch_size,
         "input": _io(model.inputs, batched),
         "output": _outputs(config, model, batched),
-        "instance_group": [{"name": f"{config.name}_0", "kind": "KIND_CPU", "count": 1}],
-        "parameters": {},
+        "instance_group": [
+            {"name": f"{config.name}_0", "kind": "KIND_CPU", "count": config.instance_count}
+        ],
+        "parameters": {k: {"string_value": v} for k, v in getattr(model, "parameters", {}).items()},
     }

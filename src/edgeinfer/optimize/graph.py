@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from edgeinfer.config import OrtOptions
 from edgeinfer.optimize.source import OptimizeError
@@ -13,17 +14,18 @@ LEVELS = ("basic", "extended", "all")
 
 
 def optimize_graph(src: Path, dst: Path, level: str, opts: OrtOptions) -> None:
-    import onnxruntime as ort
-
-    from edgeinfer.runtime.onnx import session_options
+    from edgeinfer.errors import LoadError
+    from edgeinfer.runtime.onnx import new_session
 
     if level not in LEVELS:
         raise OptimizeError(f"--level must be one of {', '.join(LEVELS)}, not {level!r}")
-    so = session_options(replace(opts, graph_optimization_level=level))
-    so.optimized_model_filepath = str(dst)
+
+    def save_optimized(so: Any) -> None:
+        so.optimized_model_filepath = str(dst)
+
     try:
-        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise OptimizeError(f"{src}: ONNX Runtime cannot load it: {e}") from e
+        new_session(src, replace(opts, graph_optimization_level=level), save_optimized)
+    except LoadError as e:
+        raise OptimizeError(e.message) from e
     if not dst.is_file():
         raise OptimizeError(f"{src}: ONNX Runtime wrote no optimized model")

@@ -127,20 +127,14 @@ def model_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]
 
 
 def new_session(model: Path | bytes, opts: Any) -> Any:
-    """An ORT session with the serving options; load failures become OptimizeError."""
-    import onnxruntime as ort
-
-    from edgeinfer.runtime.onnx import session_options
+    """runtime.onnx.new_session (the serving options); load failures become OptimizeError."""
+    from edgeinfer.errors import LoadError
+    from edgeinfer.runtime import onnx as ort_backend
 
     try:
-        return ort.InferenceSession(
-            model if isinstance(model, bytes) else str(model),
-            session_options(opts),
-            providers=["CPUExecutionProvider"],
-        )
-    except Exception as e:
-        where = "model" if isinstance(model, bytes) else str(model)
-        raise OptimizeError(f"{where}: ONNX Runtime cannot load it: {e}") from e
+        return ort_backend.new_session(model, opts)
+    except LoadError as e:
+        raise OptimizeError(e.message) from e
 
 
 @dataclass(frozen=True)

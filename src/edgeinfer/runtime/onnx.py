@@ -16,6 +16,7 @@ from edgeinfer.config import ModelConfig, OrtOptions
 from edgeinfer.errors import BackendError, InvalidInput, LoadError
 from edgeinfer.hardware import default_threads, read_topology
 from edgeinfer.hardware.sched import in_niced_thread, set_thread_nice
+from edgeinfer.runtime import example_feeds, repeat
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.types import TensorSpec
 
@@ -34,11 +35,6 @@ _ORT_TYPES = {
     "tensor(bool)": "BOOL",
     "tensor(string)": "BYTES",
 }
-_NUMPY_OF = {
-    "FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT8": np.int8,
-    "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8,
-    "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64, "BOOL": np.bool_,
-}  # fmt: skip
 
 
 def _spec(node: Any) -> TensorSpec:
@@ -93,6 +89,42 @@ def session_options(opts: OrtOptions, root: str = "/") -> Any:
     )
     so.log_severity_level = 3
     return so
+
+
+def new_session(model: Path | bytes, opts: OrtOptions, configure: Any = None) -> Any:
+    """The one ONNX Runtime session factory: the serving options, the CPU provider.
+    `configure(so)` may adjust the options first (profiling, saving the optimized graph).
+    A path lets ORT mmap external data instead of copying bytes."""
+    import onnxruntime as ort
+
+    so = session_options(opts)
+    if configure is not None:
+        configure(so)
+    where = "model" if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(
+            model if isinstance(model, bytes) else str(model), so,
+            providers=["CPUExecutionProvider"],
+        )  # fmt: skip
+    except Exception as e:  # ORT raises several unrelated exception types
+        raise LoadError(f"{where}: ONNX Runtime could not load the model: {e}") from e
+
+
+def load_instances(path: Path, config: ModelConfig) -> list[Any]:
+    """The backend entry point (runtime.BACKENDS): one session per instance; a LoRA-ready graph
+    (`lora.json` beside it, written by `edgeinfer adapters convert`) takes adapters per run."""
+    version_dir = path.parent
+    if path.name != "model.onnx":
+        raise LoadError(f"{path}: ONNX Runtime serves model.onnx")
+    if not (version_dir / "lora.json").is_file():
+        return repeat(lambda: OnnxModel.load(version_dir, config), config.instance_count)
+    from edgeinfer.runtime.lora_onnx import LoraOnnxModel, LoraSpec
+
+    spec = LoraSpec.read(version_dir)
+    assert spec is not None
+    return repeat(
+        lambda: LoraOnnxModel(OnnxModel.load(version_dir, config), spec), config.instance_count
+    )
 
 
 _pinned = threading.local()
@@ -151,8 +183,6 @@ class OnnxModel:
 
     @classmethod
     def load(cls, version_dir: Path, config: ModelConfig) -> OnnxModel:
-        import onnxruntime as ort
-
         path = version_dir / "model.onnx"
         if not path.is_file():
             raise LoadError(f"{version_dir}: no model.onnx")
@@ -161,13 +191,8 @@ class OnnxModel:
             # Instances run batches at once: share the usable CPUs instead of oversubscribing.
             share = max(1, placement(opts)[0] // config.instance_count)
             opts = replace(opts, intra_op_threads=share)
-        try:
-            # Loading from a path lets ORT mmap external data instead of copying bytes. ORT
-            # starts the session's intra-op threads now; they inherit the creating thread's nice.
-            session = in_niced_thread(opts.nice, lambda: ort.InferenceSession(
-                str(path), session_options(opts), providers=["CPUExecutionProvider"]))  # fmt: skip
-        except Exception as e:  # ORT raises several unrelated exception types
-            raise LoadError(f"{path}: ONNX Runtime could not load the model: {e}") from e
+        # ORT starts the session's intra-op threads now; they inherit the creating thread's nice.
+        session = in_niced_thread(opts.nice, lambda: new_session(path, opts))
         return cls(session, path, placement(opts)[1], opts.nice)
 
     def run(
@@ -195,16 +220,7 @@ class OnnxModel:
         return out
 
     def example_feeds(self, batch: int = 1) -> dict[str, np.ndarray]:
-        """Zero-filled inputs of the declared shapes (variable dims -> `batch` / 1)."""
-        feeds = {}
-        for spec in self.inputs:
-            shape = [batch if i == 0 and d < 0 else (d if d >= 0 else 1)
-                     for i, d in enumerate(spec.shape)]  # fmt: skip
-            if spec.datatype == "BYTES":
-                feeds[spec.name] = np.full(shape, "", dtype=object)
-            else:
-                feeds[spec.name] = np.zeros(shape, dtype=_NUMPY_OF[spec.datatype])
-        return feeds
+        return example_feeds(self.inputs, batch)
 
     def warmup(self) -> None:
         try:

@@ -1,4 +1,4 @@
-"""Text models: a BYTES input tokenized in the server, then the ONNX model runs on token ids."""
+"""Text models: a BYTES input tokenized in the server, then the model runs on token ids."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import numpy as np
 
 from edgeinfer.config import TextOptions
 from edgeinfer.errors import InvalidInput, LoadError
-from edgeinfer.runtime.onnx import OnnxModel
 from edgeinfer.types import TensorSpec
 
 _TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -39,8 +38,7 @@ def encode(tok: Any, texts: list[str], names: list[str]) -> dict[str, np.ndarray
 
 
 class TextModel:
-    def __init__(self, inner: OnnxModel, version_dir: Path, options: TextOptions) -> None:
-
+    def __init__(self, inner: Any, version_dir: Path, options: TextOptions) -> None:
         names = {i.name for i in inner.inputs}
         if not {"input_ids", "attention_mask"} <= names or not names <= set(_TOKEN_INPUTS):
             raise LoadError(
@@ -51,7 +49,9 @@ class TextModel:
         self._inner = inner
         self._feed_names = [n for n in _TOKEN_INPUTS if n in names]
         self.platform = inner.platform
-        self.inputs: tuple[TensorSpec, ...] = (TensorSpec(options.input, "BYTES", (-1,)),)
+        self.inputs: tuple[TensorSpec, ...] = (
+            TensorSpec(options.input, "BYTES", (-1,), options.max_strings, options.string_bytes),
+        )
         self.outputs = inner.outputs
         self.input_name = options.input
 

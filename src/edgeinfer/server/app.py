@@ -33,6 +33,7 @@ from edgeinfer.server import (
 )
 from edgeinfer.server.auth_http import AuthMiddleware
 from edgeinfer.server.http_common import ClientDisconnected, json_response
+from edgeinfer.serving.supervisor import within
 from edgeinfer.telemetry.metrics import CountersCollector
 
 log = logging.getLogger("edgeinfer.server")
@@ -57,12 +58,13 @@ def build_app(
         return Response(status_code=499)  # the client left mid-request: nobody reads this
 
     limit = settings.max_request_bytes
+    json_limit = min(limit, settings.max_json_bytes)  # OpenAI bodies are all JSON
     return Starlette(
         routes=[
             *kserve_http.routes(engine, limit, settings.limits),
-            *openai_http.routes(engine, limit),
-            *openai_llm.routes(engine, limit),
-            *openai_lora.routes(engine, limit),
+            *openai_http.routes(engine, json_limit),
+            *openai_llm.routes(engine, json_limit),
+            *openai_lora.routes(engine, json_limit),
             *(metrics_http.routes(engine) if settings.metrics else ()),
             *(dashboard.routes(engine) if settings.metrics else ()),
             *openapi.routes(auth is not None and auth.enabled, settings.open_metrics),
@@ -189,15 +191,16 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
         try:
             yield
         finally:
+            # Every step has a deadline: a stuck one is left behind with a warning.
             if side is not None:
-                await side.stop()
+                await within(10.0, "stopping the metrics listener", side.stop())
             if fleet is not None:
                 await fleet.close()  # revokes the status lease: the device leaves at once
             if grpc_server is not None:
-                await grpc_server.stop(grace=5)
+                await within(10.0, "stopping gRPC", grpc_server.stop(grace=5))
             await engine.close()
-            if tracer is not None:
-                await asyncio.to_thread(tracer.shutdown)  # flushes buffered spans
+            if tracer is not None:  # flushes buffered spans
+                await within(10.0, "flushing traces", asyncio.to_thread(tracer.shutdown))
 
     config = uvicorn.Config(
         build_app(engine, settings, lifespan, auth),

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from edgeinfer.config import Limits
-from edgeinfer.errors import InvalidInput
+from edgeinfer.errors import InvalidInput, PayloadTooLarge
 from edgeinfer.types import (
     DTYPE_TO_NUMPY,
     InferRequest,
@@ -162,6 +162,10 @@ def decode_request(
         head, binary = body[:header_length], memoryview(body)[header_length:]
     else:
         head, binary = body, memoryview(b"")
+    if len(head) > limits.max_json_bytes:
+        raise PayloadTooLarge(f"JSON of {len(head)} bytes exceeds the limit of "
+                              f"{limits.max_json_bytes} bytes (--max-json-bytes); send large "
+                              "tensors with the binary tensor extension")  # fmt: skip
     try:
         doc = orjson.loads(head)
     except orjson.JSONDecodeError as e:
@@ -261,6 +265,12 @@ def _json_data(arr: np.ndarray) -> Any:
     if arr.dtype == np.float16:
         arr = arr.astype(np.float32)
     return np.ascontiguousarray(arr.reshape(-1))
+
+
+def output_bytes(response: InferResponse) -> int:
+    """Roughly what encoding `response` works through (BYTES counted by element)."""
+    return sum(t.data.nbytes if t.data.dtype != object else 64 * t.data.size
+               for t in response.outputs)  # fmt: skip
 
 
 def encode_response(request: InferRequest, response: InferResponse) -> tuple[bytes, int | None]:

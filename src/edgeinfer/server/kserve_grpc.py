@@ -32,7 +32,10 @@ from edgeinfer.server.kserve_codec import (
     check_tensor_count,
     decode_bytes_elements,
     encode_bytes_elements,
+    output_bytes,
 )
+from edgeinfer.server.offload import off_loop
+from edgeinfer.server.parse import optional_int, parse_float
 from edgeinfer.types import DTYPE_TO_NUMPY, InferRequest, InferResponse, RequestedOutput, Tensor
 
 if TYPE_CHECKING:
@@ -42,6 +45,11 @@ if TYPE_CHECKING:
 EXTENSIONS = ("classification", "model_repository", "statistics", "model_configuration")
 # Responses are bounded by the model's outputs, not by a client's choice: no practical limit.
 MAX_SEND_BYTES = 2**31 - 1
+
+# Typed contents become numpy arrays one Python object per element, holding the GIL (~1 s per
+# million elements on a busy 2-core CPU), so they are bounded like JSON: one element counts as
+# this many bytes of --max-json-bytes. raw_input_contents (what tritonclient sends) is a copy.
+TYPED_ELEMENT_BYTES = 16
 
 # Typed `contents` field of each datatype and the dtype protobuf hands it back in (KServe v2 spec).
 # FP16 has no typed field: it can only come as raw bytes.
@@ -132,6 +140,13 @@ def _tensor(inp: Any, raw: bytes | None, limits: Limits) -> Tensor:
     if "shared_memory_region" in inp.parameters:
         raise InvalidInput(f"input '{inp.name}': shared memory inputs are not supported")
     if raw is None:
+        typed = limits.max_json_bytes // TYPED_ELEMENT_BYTES
+        if math.prod(shape) > typed:
+            raise InvalidInput(
+                f"input '{inp.name}': {math.prod(shape)} elements in typed contents; at most "
+                f"{typed} (--max-json-bytes / {TYPED_ELEMENT_BYTES}): send larger tensors in "
+                "raw_input_contents"
+            )
         if inp.datatype == "BYTES" and any(
             len(b) > limits.max_element_bytes for b in inp.contents.bytes_contents
         ):
@@ -142,6 +157,13 @@ def _tensor(inp: Any, raw: bytes | None, limits: Limits) -> Tensor:
     if inp.HasField("contents"):
         raise InvalidInput(f"input '{inp.name}' has both contents and raw_input_contents")
     return Tensor(inp.name, _from_raw(raw, inp.datatype, shape, inp.name, limits))
+
+
+def _request_bytes(req: Any) -> int:
+    """About how many bytes decoding `req` works through: its raw contents, or a guess from
+    its typed contents' element counts (ByteSize() would walk the whole message)."""
+    raw = sum(len(r) for r in req.raw_input_contents)
+    return raw or sum(8 * math.prod(inp.shape) for inp in req.inputs if len(inp.shape) < 64)
 
 
 def decode_infer(req: Any, limits: Limits = DEFAULT_LIMITS) -> InferRequest:
@@ -285,10 +307,12 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if tenant is not None:
             metadata[TENANT_IDENTITY] = tenant
         tracer = self.engine.tracer
+        size = _request_bytes(request)
         if tracer is None:
-            req = decode_infer(request, self.limits)
+            req = await off_loop(size, decode_infer, request, self.limits)
             req.metadata, req.received_ns = metadata, received
-            return encode_infer(await self.engine.infer(req))
+            resp = await self.engine.infer(req)
+            return await off_loop(output_bytes(resp), encode_infer, resp)
         trace = tracer.start_request(
             "inference.GRPCInferenceService/ModelInfer",
             metadata,
@@ -300,11 +324,11 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             },
         )
         try:
-            req = decode_infer(request, self.limits)
+            req = await off_loop(size, decode_infer, request, self.limits)
             req.metadata, req.received_ns = metadata, received
             resp = await self.engine.infer(req, trace)
             encode_start = time.perf_counter_ns()
-            out = encode_infer(resp)
+            out = await off_loop(output_bytes(resp), encode_infer, resp)
             trace.child("encode", encode_start, time.perf_counter_ns())
         except BaseException as e:  # cancellation included
             trace.end(error=e)
@@ -362,10 +386,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 async def lifecycle_action(engine: Engine, model: str, action: str, params: dict[str, Any]) -> None:
     """Lifecycle calls carried in RepositoryModelLoad parameters (gRPC has no RPCs for them)."""
-    version = params.get("edgeinfer.version")
-    if version is not None and not isinstance(version, int | str):
-        raise InvalidInput("edgeinfer.version must be a version number")
-    v = int(version) if version not in (None, "") else None
+    v = optional_int(params, "edgeinfer.version", "edgeinfer.version")
     if action == "load":
         await engine.load(model)
     elif action == "rollback":
@@ -373,7 +394,8 @@ async def lifecycle_action(engine: Engine, model: str, action: str, params: dict
     elif action == "canary":
         if v is None:
             raise InvalidInput("edgeinfer.action=canary needs edgeinfer.version")
-        await engine.set_canary(model, v, float(params.get("edgeinfer.weight", 0.1)))
+        weight = parse_float(params.get("edgeinfer.weight", 0.1), "edgeinfer.weight", 0.0, 1.0)
+        await engine.set_canary(model, v, weight)
     elif action == "promote":
         await engine.promote(model)
     elif action == "abort":

@@ -22,7 +22,14 @@ from edgeinfer.server.http_common import (
     read_body,
     unless_disconnected,
 )
-from edgeinfer.server.kserve_codec import DEFAULT_LIMITS, decode_request, encode_response
+from edgeinfer.server.kserve_codec import (
+    DEFAULT_LIMITS,
+    decode_request,
+    encode_response,
+    output_bytes,
+)
+from edgeinfer.server.offload import check_json_size, off_loop, parse_json
+from edgeinfer.server.parse import optional_int, parse_float, parse_int
 from edgeinfer.telemetry.tracing import RequestTrace
 from edgeinfer.types import TensorSpec
 
@@ -111,24 +118,33 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
         trace.end(response.status_code)
         return response
 
+    async def _read_infer_body(request: Request) -> tuple[bytes, int | None]:
+        """The body and its JSON header's length (None: all JSON). A body that is all JSON is
+        held to --max-json-bytes before it is read; binary tensors may use the whole
+        --max-request-bytes."""
+        header = request.headers.get("inference-header-content-length")
+        if header is None:
+            declared = request.headers.get("content-length")
+            if declared is not None:
+                check_json_size(parse_int(declared, "Content-Length"), limits.max_json_bytes)
+            json_limit = min(max_request_bytes, limits.max_json_bytes)
+            return await read_body(request, json_limit, "--max-json-bytes"), None
+        body = await read_body(request, max_request_bytes)
+        return body, parse_int(header, "Inference-Header-Content-Length")
+
     async def _infer(request: Request, model: str, trace: RequestTrace | None) -> Response:
         received = time.perf_counter_ns()
         try:
-            body = await read_body(request, max_request_bytes)
-            header = request.headers.get("inference-header-content-length")
-            if header is not None and not header.isdigit():
-                raise InvalidInput("Inference-Header-Content-Length must be a non-negative integer")
-            req = decode_request(
-                model, _version(request), body, int(header) if header else None, limits
-            )
+            body, head_length = await _read_infer_body(request)
+            req = await off_loop(len(body), decode_request, model, _version(request), body,
+                                 head_length, limits)  # fmt: skip
+            del body  # the tensors keep what they need (binary ones are views of it)
             req.metadata = request.headers
             req.received_ns = received
             resp = await unless_disconnected(request, engine.infer(req, trace))
-            if trace is None:
-                out, head_len = encode_response(req, resp)
-            else:
-                encode_start = time.perf_counter_ns()
-                out, head_len = encode_response(req, resp)
+            encode_start = time.perf_counter_ns()
+            out, head_len = await off_loop(output_bytes(resp), encode_response, req, resp)
+            if trace is not None:
                 trace.child("encode", encode_start, time.perf_counter_ns())
         except ClientDisconnected:
             log.debug("infer %s: client disconnected, request cancelled", model)
@@ -151,11 +167,7 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
 
     def _query_int(request: Request, key: str, default: int) -> int:
         raw = request.query_params.get(key)
-        if raw is None:
-            return default
-        if not raw.isdigit():
-            raise InvalidInput(f"query parameter '{key}' must be a positive integer, got {raw!r}")
-        return int(raw)
+        return default if raw is None else parse_int(raw, f"query parameter '{key}'", 1)
 
     async def model_profile(request: Request) -> Response:
         """Per-layer timings from ONNX Runtime's profiler, on a separate session."""
@@ -208,21 +220,10 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
         raw = await read_body(request, 1 << 16)
         if not raw:
             return {}
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise InvalidInput(f"body is not valid JSON: {e}") from e
+        doc = await parse_json(raw, 1 << 16)
         if not isinstance(doc, dict):
             raise InvalidInput("body must be a JSON object")
         return doc
-
-    def _int(doc: dict[str, Any], key: str) -> int | None:
-        value = doc.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
-            raise InvalidInput(f"'{key}' must be a version number")
-        return int(value)
 
     async def lifecycle(request: Request) -> Response:
         model = request.path_params["model"]
@@ -230,13 +231,13 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
         try:
             doc = await _json_body(request)
             if action == "rollback":
-                await engine.rollback(model, _int(doc, "version"))
+                await engine.rollback(model, optional_int(doc, "version"))
             elif action == "canary":
-                version = _int(doc, "version")
-                weight = doc.get("weight", 0.1)
-                if version is None or not isinstance(weight, int | float):
+                version = optional_int(doc, "version")
+                if version is None:
                     raise InvalidInput("canary needs {'version': N, 'weight': 0..1}")
-                await engine.set_canary(model, version, float(weight))
+                weight = parse_float(doc.get("weight", 0.1), "'weight'", 0.0, 1.0)
+                await engine.set_canary(model, version, weight)
             elif action == "promote":
                 await engine.promote(model)
             elif action == "abort":

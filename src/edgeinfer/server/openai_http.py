@@ -16,9 +16,11 @@ from edgeinfer.auth import TENANT_IDENTITY
 from edgeinfer.errors import EdgeInferError, InvalidInput
 from edgeinfer.lifecycle import Engine
 from edgeinfer.server.errors import status_of
-from edgeinfer.server.http_common import json_response, read_body
+from edgeinfer.server.http_common import json_response, read_json
+from edgeinfer.server.offload import off_loop
+from edgeinfer.serving.validation import check_strings
 from edgeinfer.telemetry.tracing import RequestTrace
-from edgeinfer.types import InferRequest, Tensor
+from edgeinfer.types import InferRequest, Tensor, TensorSpec
 
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error",
                 429: "rate_limit_error", 503: "service_unavailable", 504: "timeout"}  # fmt: skip
@@ -32,15 +34,37 @@ def openai_error(exc: BaseException, param: str | None = None) -> Response:
     return json_response(body, status)
 
 
-def _texts(raw: Any) -> list[str]:
+def _texts(raw: Any, spec: TensorSpec) -> list[str]:
+    """The 'input' strings, their count and lengths checked before anything is encoded."""
     if isinstance(raw, str):
         raw = [raw]
-    if not isinstance(raw, list) or not raw or not all(isinstance(t, str) for t in raw):
+    if not isinstance(raw, list) or not raw:
+        raise InvalidInput("'input' must be a non-empty string or list of strings")
+    check_strings(spec, raw)  # the count first: the type scan below is then bounded
+    if not all(isinstance(t, str) for t in raw):
         raise InvalidInput("'input' must be a non-empty string or list of strings")
     return raw
 
 
-def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
+def _encode(texts: list[str]) -> np.ndarray:
+    data = np.empty(len(texts), dtype=object)
+    data[:] = [t.encode() for t in texts]
+    return data
+
+
+def _embedding_body(vectors: np.ndarray, fmt: str, model: str, tokens: int) -> bytes:
+    items = []
+    for i, vec in enumerate(vectors):
+        v = np.ascontiguousarray(vec, dtype=np.float32)
+        emb: Any = base64.b64encode(v.tobytes()).decode() if fmt == "base64" else v
+        items.append({"object": "embedding", "index": i, "embedding": emb})
+    return orjson.dumps({
+        "object": "list", "data": items, "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }, option=orjson.OPT_SERIALIZE_NUMPY)  # fmt: skip
+
+
+def routes(engine: Engine, max_json_bytes: int) -> list[Route]:
     created = int(time.time())
 
     async def list_models(request: Request) -> Response:
@@ -69,11 +93,11 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
         return response
 
     async def _embeddings(request: Request, trace: RequestTrace | None) -> Response:
+        received = time.perf_counter_ns()
         try:
-            doc = orjson.loads(await read_body(request, max_request_bytes))
+            doc = await read_json(request, max_json_bytes)
             if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
                 raise InvalidInput("body must be a JSON object with a string 'model'")
-            texts = _texts(doc.get("input"))
             fmt = doc.get("encoding_format", "float")
             if fmt not in ("float", "base64"):
                 raise InvalidInput("'encoding_format' must be 'float' or 'base64'")
@@ -81,26 +105,20 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
             md = engine.metadata(model)
             if len(md.inputs) != 1 or md.inputs[0].datatype != "BYTES":
                 raise InvalidInput(f"model '{model}' is not a text embedding model")
-            data = np.array([t.encode() for t in texts], dtype=object)
+            texts = _texts(doc.get("input"), md.inputs[0])
+            size = sum(map(len, texts))
+            data = await off_loop(size, _encode, texts)
             if trace is not None:
                 trace.set("edgeinfer.model", model)
-            req = InferRequest(model, [Tensor(md.inputs[0].name, data)])
+            req = InferRequest(model, [Tensor(md.inputs[0].name, data)],
+                               metadata=request.headers, received_ns=received)  # fmt: skip
             resp = await engine.infer(req, trace)
             vectors = resp.outputs[0].data
-            tokens = engine.count_tokens(model, texts)
-        except orjson.JSONDecodeError as e:
-            return openai_error(InvalidInput(f"body is not valid JSON: {e}"))
+            tokens = await engine.count_tokens(model, texts)
+            body = await off_loop(vectors.nbytes, _embedding_body, vectors, fmt, model, tokens)
         except EdgeInferError as e:
             return openai_error(e, "input" if isinstance(e, InvalidInput) else None)
-        items = []
-        for i, vec in enumerate(vectors):
-            v = np.ascontiguousarray(vec, dtype=np.float32)
-            emb: Any = base64.b64encode(v.tobytes()).decode() if fmt == "base64" else v
-            items.append({"object": "embedding", "index": i, "embedding": emb})
-        return json_response({
-            "object": "list", "data": items, "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        })  # fmt: skip
+        return Response(body, media_type="application/json")
 
     return [
         Route("/v1/models", list_models),

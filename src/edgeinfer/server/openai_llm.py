@@ -24,12 +24,14 @@ from edgeinfer.server.errors import retry_after, status_of
 from edgeinfer.server.http_common import (
     ClientDisconnected,
     json_response,
-    read_body,
+    read_json,
     unless_disconnected,
 )
+from edgeinfer.server.offload import off_loop
 from edgeinfer.server.openai_http import openai_error
 from edgeinfer.server.openai_reply import Reply, merged, usage
 from edgeinfer.server.openai_tools import plan, response_format
+from edgeinfer.server.parse import parse_int
 from edgeinfer.serving.llm_loop import GenChunk, GenerateRequest, GenerationStream
 from edgeinfer.serving.sampling import SamplingParams, TokenLogprob
 
@@ -76,8 +78,8 @@ def _logit_bias(raw: Any) -> tuple[tuple[int, float], ...]:
     out = []
     for key, value in raw.items():
         try:
-            token = int(key)
-        except ValueError:
+            token = parse_int(key, "logit_bias key")  # ASCII digits: int() takes '٣' and '1_0'
+        except InvalidInput:
             raise InvalidParameter(
                 "logit_bias", f"logit_bias key {key!r} is not a token id"
             ) from None
@@ -236,8 +238,10 @@ def _openai_request(doc: dict[str, Any], chat: bool, headers: dict[str, str],
 def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
     async def openai(request: Request, chat: bool) -> Response:
         try:
-            doc = orjson.loads(await read_body(request, max_request_bytes))
-            req, reply = _openai_request(doc, chat, dict(request.headers))
+            doc = await read_json(request, max_request_bytes)
+            length = request.headers.get("content-length", "")  # tools and schemas: linear work
+            size = int(length) if length.isdigit() else 0
+            req, reply = await off_loop(size, _openai_request, doc, chat, dict(request.headers))
             streams = await _start(engine, req, reply.n)
         except orjson.JSONDecodeError as e:
             return _error(InvalidInput(f"body is not valid JSON: {e}"))
@@ -280,7 +284,7 @@ def _generate_routes(engine: Engine, max_request_bytes: int) -> list[Route]:
         return json_response({"error": message}, status, headers)
 
     async def start(request: Request) -> tuple[dict[str, Any], str, GenerationStream, str]:
-        doc = orjson.loads(await read_body(request, max_request_bytes))
+        doc = await read_json(request, max_request_bytes)
         if not isinstance(doc, dict) or not isinstance(doc.get("text_input"), str):
             raise InvalidInput("body must be a JSON object with a string 'text_input'")
         params = {k: v for k, v in doc.items() if k not in ("id", "text_input", "parameters")}

@@ -17,12 +17,12 @@ from starlette.routing import Route
 
 from edgeinfer.errors import EdgeInferError, InvalidInput
 from edgeinfer.lifecycle import Engine
-from edgeinfer.server.http_common import read_body
+from edgeinfer.server.http_common import read_json
 from edgeinfer.server.openai_http import openai_error
+from edgeinfer.server.parse import parse_float
 
 
-def _doc(raw: bytes) -> dict[str, Any]:
-    doc = orjson.loads(raw)
+def _doc(doc: Any) -> dict[str, Any]:
     if not isinstance(doc, dict) or not isinstance(doc.get("lora_name"), str):
         raise InvalidInput("body must be a JSON object with a string 'lora_name'")
     return doc
@@ -31,17 +31,15 @@ def _doc(raw: bytes) -> dict[str, Any]:
 def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
     async def load(request: Request) -> Response:
         try:
-            doc = _doc(await read_body(request, max_request_bytes))
+            doc = _doc(await read_json(request, max_request_bytes))
             path, tenants = doc.get("lora_path"), doc.get("tenants")
             if not isinstance(path, str) or not path:
                 raise InvalidInput("'lora_path' must be a non-empty string")
             if tenants is not None and (not isinstance(tenants, list)
                                         or not all(isinstance(t, str) for t in tenants)):  # fmt: skip
                 raise InvalidInput("'tenants' must be a list of strings")
-            scale = doc.get("scale", 1.0)
-            if isinstance(scale, bool) or not isinstance(scale, int | float):
-                raise InvalidInput("'scale' must be a number")
-            name = await engine.load_adapter(doc["lora_name"], path, tenants, float(scale))
+            scale = parse_float(doc.get("scale", 1.0), "'scale'", -100.0, 100.0)
+            name = await engine.load_adapter(doc["lora_name"], path, tenants, scale)
         except orjson.JSONDecodeError as e:
             return openai_error(InvalidInput(f"body is not valid JSON: {e}"))
         except EdgeInferError as e:
@@ -50,7 +48,7 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
 
     async def unload(request: Request) -> Response:
         try:
-            doc = _doc(await read_body(request, max_request_bytes))
+            doc = _doc(await read_json(request, max_request_bytes))
             name = engine.unload_adapter(doc["lora_name"])
         except orjson.JSONDecodeError as e:
             return openai_error(InvalidInput(f"body is not valid JSON: {e}"))

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeinfer.server.openai_tools import parse_reply
+from edgeinfer.server.openai_tools import AnswerStream, parse_reply
 from edgeinfer.serving.llm_loop import GenChunk, GenerationStream
 from edgeinfer.serving.sampling import TokenLogprob
 
@@ -157,8 +157,8 @@ class Reply:
                 "usage": self._usage([c.last for c in choices])}  # fmt: skip
 
     async def events(self, pairs: AsyncIterator[tuple[int, GenChunk]]) -> AsyncIterator[Any]:
-        """SSE events: a role chunk per choice (chat), then the text as it comes; with tools, a
-        choice's reply is sent once complete, as tool-call deltas or content."""
+        """SSE events: a role chunk per choice (chat), then the text as it comes; with tools, an
+        answer streams as it comes and tool calls are sent once complete (OpenAI's deltas)."""
         obj = "chat.completion.chunk" if self.chat else "text_completion"
         extra = {"usage": None} if self.include_usage else {}
         if self.chat:
@@ -168,14 +168,21 @@ class Reply:
                 yield {**self._head(obj), "choices": [first], **extra}
         offsets = [0] * self.n
         held: list[list[str]] = [[] for _ in range(self.n)]
+        answers = [AnswerStream() for _ in range(self.n)]
         lasts: list[GenChunk | None] = [None] * self.n
         async for i, c in pairs:
             lasts[i] = c
             if self.tools:
                 held[i].append(c.text)
-                if c.finish_reason is not None:
-                    for delta in self._tool_deltas(i, "".join(held[i]), c.finish_reason):
-                        yield {**self._head(obj), "choices": [delta], **extra}
+                if c.finish_reason is None:
+                    if piece := answers[i].push(c.text):
+                        offsets[i] += len(piece)
+                        yield {**self._head(obj), "choices": [{"index": i, "logprobs": None,
+                               "delta": {"content": piece}, "finish_reason": None}], **extra}  # fmt: skip
+                    continue
+                text = "".join(held[i])
+                for delta in self._tool_deltas(i, text, c.finish_reason, offsets[i]):
+                    yield {**self._head(obj), "choices": [delta], **extra}
                 continue
             if not (c.text or c.finish_reason or (self.logprobs and c.logprobs)):
                 continue  # held back (a possible stop string or an incomplete character)
@@ -193,9 +200,10 @@ class Reply:
         if self.include_usage:
             yield {**self._head(obj), "choices": [], "usage": self._usage(lasts)}
 
-    def _tool_deltas(self, i: int, text: str, finish: str) -> list[dict[str, Any]]:
-        """A finished choice as OpenAI streams it: each call's id and name, then its
-        arguments; or the content; then the finish reason."""
+    def _tool_deltas(self, i: int, text: str, finish: str, sent: int) -> list[dict[str, Any]]:
+        """The end of a choice as OpenAI streams it: each call's id and name, then its
+        arguments; or the rest of the answer after the `sent` characters streamed already;
+        then the finish reason."""
         message, finish_reason = self._message(text, finish)
         out: list[dict[str, Any]] = []
         for k, call in enumerate(message.get("tool_calls", [])):
@@ -204,8 +212,8 @@ class Reply:
                     "function": {"name": fn["name"], "arguments": ""}}  # fmt: skip
             out.append({"tool_calls": [head]})
             out.append({"tool_calls": [{"index": k, "function": {"arguments": fn["arguments"]}}]})
-        if message["content"]:
-            out.append({"content": message["content"]})
+        if message["content"] and message["content"][sent:]:
+            out.append({"content": message["content"][sent:]})
         choices: list[dict[str, Any]] = [
             {"index": i, "delta": d, "logprobs": None, "finish_reason": None} for d in out
         ]

@@ -16,6 +16,7 @@ assistant). The reply becomes `tool_calls` (ids, arguments as a JSON string) wit
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -211,16 +212,17 @@ def plan(doc: dict[str, Any], messages: list[dict[str, Any]],
 
 def parse_reply(text: str, finish_reason: str | None,
                 ) -> tuple[str | None, list[dict[str, Any]] | None, str | None]:  # fmt: skip
-    """(content, tool_calls, finish_reason) of a reply in the generic format. A reply cut
-    before its JSON is complete (max_tokens) is returned as content."""
+    """(content, tool_calls, finish_reason) of a reply in the generic format. A reply cut by
+    max_tokens keeps what is complete: the calls before the cut (finish_reason stays "length")
+    or the answer so far."""
     try:
         doc = orjson.loads(text)
     except orjson.JSONDecodeError:
+        if calls := _complete_calls(text):
+            return None, calls, finish_reason
         return _partial_response(text), None, finish_reason
     if isinstance(doc, dict) and isinstance(doc.get("tool_calls"), list):
-        calls = [{"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
-                  "function": {"name": c["name"], "arguments": orjson.dumps(c["arguments"]).decode()}}
-                 for c in doc["tool_calls"]]  # fmt: skip
+        calls = [_call(c) for c in doc["tool_calls"]]
         return None, calls, "tool_calls" if finish_reason == "stop" else finish_reason
     if isinstance(doc, dict) and "response" in doc:
         answer = doc["response"]
@@ -229,7 +231,64 @@ def parse_reply(text: str, finish_reason: str | None,
     return text, None, finish_reason
 
 
+def _call(c: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+            "function": {"name": c["name"], "arguments": orjson.dumps(c["arguments"]).decode()}}  # fmt: skip
+
+
+_CALLS_HEAD = '{"tool_calls": ['
+
+
+def _complete_calls(text: str) -> list[dict[str, Any]]:
+    """The calls that are complete in a reply cut inside its `tool_calls` list."""
+    if not text.startswith(_CALLS_HEAD):
+        return []
+    decoder, pos = json.JSONDecoder(), len(_CALLS_HEAD)
+    out: list[dict[str, Any]] = []
+    while True:
+        try:
+            call, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            return out
+        if not isinstance(call, dict) or "name" not in call or "arguments" not in call:
+            return out
+        out.append(_call(call))
+        if not text.startswith(", ", pos):
+            return out
+        pos += 2
+
+
 _RESPONSE_HEAD = '{"response": "'
+
+
+class AnswerStream:
+    """The answer of a reply in the generic format as it streams: text in, the newly decoded
+    part of `{"response": "...` out (nothing for a tool call). Each piece is decoded once, so
+    streaming a long answer costs time proportional to its length."""
+
+    def __init__(self) -> None:
+        self._raw = ""
+        self._pos = 0  # start of the raw text not yet decoded; -1: not an answer
+
+    def push(self, text: str) -> str:
+        self._raw += text
+        if self._pos == 0:
+            if not self._raw.startswith(_RESPONSE_HEAD[: len(self._raw)]):
+                self._pos = -1
+            elif len(self._raw) >= len(_RESPONSE_HEAD):
+                self._pos = len(_RESPONSE_HEAD)
+        if self._pos <= 0:
+            return ""
+        body = self._raw[self._pos :]
+        for cut in range(min(6, len(body)) + 1):  # an escape sequence may be cut in the middle
+            piece = body[: len(body) - cut]
+            try:
+                answer = orjson.loads('"' + piece + '"')
+            except orjson.JSONDecodeError:
+                continue
+            self._pos += len(piece)
+            return str(answer)
+        return ""
 
 
 def _partial_response(text: str) -> str:
@@ -237,11 +296,4 @@ def _partial_response(text: str) -> str:
     are (a cut tool call cannot be run)."""
     if not text.startswith(_RESPONSE_HEAD):
         return text
-    body = text[len(_RESPONSE_HEAD) :]
-    for cut in range(min(6, len(body)) + 1):  # drop an escape sequence cut in the middle
-        try:
-            answer = orjson.loads('"' + body[: len(body) - cut] + '"')
-        except orjson.JSONDecodeError:
-            continue
-        return str(answer)
-    return text
+    return AnswerStream().push(text)

@@ -2,19 +2,22 @@
 
 The grammar engine is llguidance (Rust, used by vLLM, SGLang and llama.cpp): it compiles a JSON
 schema into a grammar lazily, without a pass over the vocabulary up front, and computes the
-next token's mask in tens of microseconds even at Gemma's 262k-token vocabulary
+next token's mask in about 0.1-0.2 ms even at Gemma's 262k-token vocabulary
 (bench/structured.py); llama.cpp's own GBNF sampler checks every candidate token against the
-grammar and costs milliseconds per token there. Unsupported schema features are refused when
-the constraint is compiled, with llguidance's message naming them.
+grammar and costs hundreds of milliseconds per token there. Unsupported schema features are
+refused when the constraint is compiled, with llguidance's message naming them.
 
 One `TokenConstraint` per sequence: the loop masks the sequence's logits row before sampling
 (`mask`) and feeds it the chosen token (`accept`), so constrained and free sequences share one
 decode step. Whitespace between JSON tokens is fixed (`", "`, `": "`), so a sampler that favours
 spaces (random weights do) cannot loop on it; a long string or array is cut by max_tokens.
+Objects that list properties take no others unless the schema says `additionalProperties`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +47,33 @@ def _llguidance() -> Any:
     return llguidance
 
 
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_ONE = ("items", "additionalProperties", "contains", "propertyNames", "if", "then", "else",
+               "unevaluatedProperties", "unevaluatedItems")  # fmt: skip
+
+
+def closed(schema: Any) -> Any:
+    """`schema` with every object that lists `properties` but says nothing about
+    `additionalProperties` closed to other keys (as llama.cpp's converter and OpenAI's strict
+    mode do): otherwise a model may invent keys. `"additionalProperties": true` keeps one open."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if "properties" in out and "additionalProperties" not in out and "patternProperties" not in out:
+        out["additionalProperties"] = False
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {k: closed(v) for k, v in out[key].items()}
+    for key in _SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [closed(v) for v in out[key]]
+    for key in _SCHEMA_ONE:
+        if key in out:
+            out[key] = closed(out[key])
+    return out
+
+
 def grammar_of(spec: JsonConstraint) -> str:
     """llguidance's grammar for `spec`; InvalidInput when it is not a schema it supports."""
     import orjson
@@ -52,7 +82,8 @@ def grammar_of(spec: JsonConstraint) -> str:
         raise InvalidInput(f"{spec.name}: the schema is larger than {MAX_SCHEMA_BYTES} bytes")
     llg = _llguidance()
     try:
-        grammar: str = llg.LLMatcher.grammar_from_json_schema(spec.schema, defaults=_JSON_OPTIONS)
+        grammar: str = llg.LLMatcher.grammar_from_json_schema(closed(spec.schema),
+                                                              defaults=_JSON_OPTIONS)  # fmt: skip
     except ValueError as e:
         raise InvalidInput(f"{spec.name}: not a valid JSON schema: {e}") from e
     error = llg.LLMatcher.validate_grammar(grammar, None)
@@ -100,3 +131,23 @@ def constraint_for(tokenizer: Any, spec: JsonConstraint, n_vocab: int) -> TokenC
     """Compile `spec` for one sequence (milliseconds for a typical schema: call it off the event
     loop). InvalidInput names what in the schema is not supported."""
     return TokenConstraint(tokenizer, grammar_of(spec), n_vocab, spec.name)
+
+
+class Constraints:
+    """Compiles requests' constraints off the event loop. The tokenizer view of a model's
+    vocabulary is built once (seconds for a 262k vocabulary): concurrent first requests await
+    the same build instead of each holding a worker thread while it runs."""
+
+    def __init__(self) -> None:
+        self._builds: weakref.WeakKeyDictionary[Any, asyncio.Future[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def compile(self, model: Any, spec: JsonConstraint) -> TokenConstraint:
+        """`model` has `grammar_tokenizer()` and `n_vocab` (runtime/llm_llamacpp.py)."""
+        build = self._builds.get(model)
+        if build is None:
+            build = asyncio.ensure_future(asyncio.to_thread(model.grammar_tokenizer))
+            self._builds[model] = build
+        tokenizer = await asyncio.shield(build)
+        return await asyncio.to_thread(constraint_for, tokenizer, spec, model.n_vocab)

@@ -87,6 +87,17 @@ def _signature(feeds: dict[str, np.ndarray]) -> tuple[Any, ...]:
     return tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(feeds.items()))
 
 
+@dataclass(slots=True)
+class Work:
+    """What a queued request carries (the batch queue's `Entry.payload`)."""
+
+    feeds: dict[str, np.ndarray]
+    future: asyncio.Future[tuple[dict[str, np.ndarray], Timing]]
+    trace: RequestTrace | None = None
+    adapter: Any = None  # a per-run LoRA adapter; part of the batch signature
+    outputs: tuple[str, ...] | None = None  # the outputs asked for (None: all); ditto
+
+
 class Scheduler:
     def __init__(
         self,
@@ -193,12 +204,14 @@ class Scheduler:
         trace: RequestTrace | None = None,
         adapter: Any = None,
         received_ns: int = 0,
+        outputs: tuple[str, ...] | None = None,
     ) -> tuple[dict[str, np.ndarray], Timing]:
         """Queue one request and wait for its slice of a batch result. With `trace`, the run
         records the request's queue span and a batch span linked to it. `adapter` (hashable;
         a per-run LoRA adapter) is part of the batch signature and passed to `model.run`.
         `received_ns`: when the server began reading the request (perf_counter_ns; 0: now);
-        its timeout counts from there."""
+        its timeout counts from there. `outputs`: the outputs to compute (the backend may skip
+        the rest); requests asking for different outputs do not share a run."""
         if self._closed:
             raise Unavailable("model version is unloading")
         timeout_us = _remaining_us(timeout_us or self.policy.default_timeout_us, received_ns)
@@ -207,9 +220,9 @@ class Scheduler:
         fut: asyncio.Future[tuple[dict[str, np.ndarray], Timing]] = (
             asyncio.get_running_loop().create_future()
         )
-        signature = (_signature(feeds), adapter) if self._dynamic else None
+        signature = (_signature(feeds), adapter, outputs) if self._dynamic else None
         entry = Entry(rows, signature, 0.0, priority, timeout_us,
-                      payload=(feeds, fut, trace, adapter))  # fmt: skip
+                      payload=Work(feeds, fut, trace, adapter, outputs))  # fmt: skip
         self._admit(entry, self._clock())
         wakeup.set()
         try:
@@ -275,19 +288,21 @@ class Scheduler:
         since the previous batch on this worker, counted in the service rate."""
         start = self._clock()
         t0 = time.perf_counter_ns()
-        live = [e for e in batch if not e.payload[1].done()]  # cancelled after being taken
+        live = [e for e in batch if not e.payload.future.done()]  # cancelled after being taken
         if not live:
             return
-        feeds = _concat([e.payload[0] for e in live])
+        feeds = _concat([e.payload.feeds for e in live])
         t1 = time.perf_counter_ns()
         model = self.instances[index]
         rows = _rows(feeds) if self._batch_axis else 1
-        adapter = live[0].payload[3]
+        adapter = live[0].payload.adapter
+        wanted = live[0].payload.outputs  # every entry of a run asked for the same outputs
+        names = list(wanted) if wanted else None
         try:
             results, infer_ns = await self._runner.run(
                 self._timers[index],
-                (lambda: model.run(feeds)) if adapter is None
-                else (lambda: model.run(feeds, adapter=adapter)),  # type: ignore[call-arg]
+                (lambda: model.run(feeds, names)) if adapter is None
+                else (lambda: model.run(feeds, names, adapter=adapter)),  # type: ignore[call-arg]
             )  # fmt: skip
         except Exception as exc:
             self._trace(live, start, t0, time.perf_counter_ns(), rows, index, exc)
@@ -298,7 +313,7 @@ class Scheduler:
         self.rate.add(rows, self._clock() - start + gap)
         self._stats.record_execution(rows, infer_ns)
         for e in live:
-            fut = e.payload[1]
+            fut = e.payload.future
             part = results if len(live) == 1 else {
                 k: v[offset : offset + e.batch] for k, v in results.items()
             }  # fmt: skip
@@ -327,11 +342,11 @@ class Scheduler:
     def _trace(self, live: list[Entry], start: float, t0: int, t1: int, rows: int, index: int,
                error: BaseException | None = None) -> None:  # fmt: skip
         """Queue and batch spans for the traced requests of a run (none when tracing is off)."""
-        traced = [e for e in live if e.payload[2] is not None]
+        traced = [e for e in live if e.payload.trace is not None]
         if not traced:
             return
         record_batch(
-            [e.payload[2] for e in traced],
+            [e.payload.trace for e in traced],
             [int((start - e.enqueued) * 1e9) for e in traced],
             t0,
             t1,
@@ -379,7 +394,7 @@ def _remaining_us(timeout_us: int, received_ns: int) -> int:
 
 
 def _fail(entry: Entry, exc: BaseException) -> None:
-    fut = entry.payload[1]
+    fut = entry.payload.future
     if not fut.done():
         fut.set_exception(exc)
 

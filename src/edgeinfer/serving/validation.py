@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from edgeinfer.errors import InvalidInput
@@ -12,6 +15,27 @@ def _shape_ok(spec: TensorSpec, shape: tuple[int, ...]) -> bool:
     return len(spec.shape) == len(shape) and all(
         d < 0 or d == s for d, s in zip(spec.shape, shape, strict=True)
     )
+
+
+def check_strings(spec: TensorSpec, data: np.ndarray | Sequence[bytes | str]) -> None:
+    """A BYTES input's element count and element lengths against the spec's bounds, before any
+    element is decoded or tokenized. The count is checked first, so the length scan is bounded.
+    A str is measured in characters (a lower bound on its UTF-8 bytes)."""
+    count = data.size if isinstance(data, np.ndarray) else len(data)
+    if spec.max_count and count > spec.max_count:
+        raise InvalidInput(f"input '{spec.name}': {count} strings; the model takes at most "
+                           f"{spec.max_count} per request")  # fmt: skip
+    if not spec.max_bytes or not count:
+        return
+    if isinstance(data, np.ndarray) and data.dtype.kind in "SU":
+        lengths = [data.dtype.itemsize // (4 if data.dtype.kind == "U" else 1)]
+    else:
+        items = data.reshape(-1) if isinstance(data, np.ndarray) else data
+        lengths = [len(v) for v in items if isinstance(v, bytes | str)]
+    longest = max(lengths, default=0)
+    if longest > spec.max_bytes:
+        raise InvalidInput(f"input '{spec.name}': a string of {longest} bytes; the model takes "
+                           f"at most {spec.max_bytes} bytes per string")  # fmt: skip
 
 
 def validate_request(
@@ -54,6 +78,8 @@ def validate_request(
                 f"input '{tensor.name}': batch size {tensor.shape[0]} exceeds the model's "
                 f"max_batch_size {max_batch_size}"
             )
+        if spec.datatype == "BYTES":
+            check_strings(spec, tensor.data)
         feeds[tensor.name] = tensor.data
     missing = sorted(set(declared) - set(feeds))
     if missing:
@@ -73,3 +99,14 @@ def validate_request(
                 )
             names.append(out.name)
     return feeds, names
+
+
+def queue_params(params: dict[str, Any]) -> tuple[int, int]:
+    """The request's priority and timeout (µs) from KServe/Triton request parameters."""
+    out = []
+    for key in ("priority", "timeout"):
+        value = params.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidInput(f"parameter '{key}' must be a non-negative integer, got {value!r}")
+        out.append(value)
+    return out[0], out[1]

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.repository.manifest import write_manifest
+from edgeinfer.tune.llm import LlmCandidate
 from edgeinfer.tune.search import DEFAULT_KEY, Trial
 from edgeinfer.tune.space import Candidate
 from edgeinfer.tune.trial import TrialSpec
@@ -48,12 +49,12 @@ class Measurer:
     plan: Plan
     variants: dict[str, Path | str] = field(default_factory=dict)  # precision -> dir or error
 
-    def __call__(self, candidate: Candidate | None) -> Trial:
+    def __call__(self, candidate: Candidate | LlmCandidate | None) -> Trial:
         started = time.monotonic()
         key = DEFAULT_KEY if candidate is None else candidate.key
         as_dict = None if candidate is None else candidate.as_dict()
         version_dir = self.plan.version_dir
-        if candidate is not None and candidate.precision != "fp32":
+        if candidate is not None and candidate.precision.startswith("int8"):
             variant = self.variant(candidate.precision)
             if isinstance(variant, str):
                 return Trial(key, as_dict, "rejected", error=variant)
@@ -191,7 +192,13 @@ def agreement(
     for a_out, b_out in zip(ref, got, strict=True):
         for name, a in a_out.items():
             b = got_array(b_out, name)
-            if a.dtype.kind != "f" or b is None:
+            if b is None or a.dtype.kind not in "fiu":
+                continue
+            if a.dtype.kind in "iu":  # token ids: the share of positions that agree
+                n = max(a.size, b.size, 1)
+                m = min(a.size, b.size)
+                scores.append(float(np.sum(a.ravel()[:m] == b.ravel()[:m])) / n)
+                used = "tokens"
                 continue
             kind = (
                 metric

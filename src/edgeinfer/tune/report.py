@@ -103,12 +103,13 @@ def write(
         "frontier": [t.key for t in frontier(list(trials.values()), top)],
     }
     (folder / "report.json").write_text(json.dumps(body, indent=1) + "\n")
-    (folder / "frontier.svg").write_text(svg(list(trials.values()), top))
+    (folder / "frontier.svg").write_text(svg(list(trials.values()), top, meta.get("unit", "req/s")))
     (folder / "report.md").write_text(markdown(body, trials, objective))
     return folder / "report.md"
 
 
 def markdown(body: dict[str, Any], trials: dict[str, Trial], objective: Objective) -> str:
+    unit = body.get("unit", "req/s")
     lines = [
         f"# edgeinfer tune: {body.get('model')} v{body.get('version')}",
         "",
@@ -117,7 +118,7 @@ def markdown(body: dict[str, Any], trials: dict[str, Trial], objective: Objectiv
         "![frontier](frontier.svg)",
         "",
         "| trial | status | "
-        + " | ".join(f"c={c} req/s, p50/p99 ms" for c in objective.concurrency)
+        + " | ".join(f"c={c} {unit}, p50/p99 ms" for c in objective.concurrency)
         + " | RSS MB | accuracy |",
         "|---|---|" + "---|" * len(objective.concurrency) + "---|---|",
     ]
@@ -143,7 +144,9 @@ def markdown(body: dict[str, Any], trials: dict[str, Trial], objective: Objectiv
     return "\n".join(lines) + "\n"
 
 
-def svg(trials: list[Trial], concurrency: int, w: int = 640, h: int = 400) -> str:
+def svg(
+    trials: list[Trial], concurrency: int, unit: str = "req/s", w: int = 640, h: int = 400
+) -> str:
     """Throughput against p99 latency at one concurrency; the frontier joined by a line."""
     pts = [(p, t) for t in trials if (p := point(t, concurrency)) is not None]
     if not pts:
@@ -164,7 +167,7 @@ def svg(trials: list[Trial], concurrency: int, w: int = 640, h: int = 400) -> st
         f'<text x="{w / 2}" y="{h - 20}" text-anchor="middle">p99 latency (ms) at '
         f"concurrency {concurrency}; x max {xmax:.1f}</text>",
         f'<text x="15" y="{h / 2}" transform="rotate(-90 15 {h / 2})" text-anchor="middle">'
-        f"throughput (req/s); y max {ymax:.1f}</text>",
+        f"throughput ({unit}); y max {ymax:.1f}</text>",
     ]
     front = frontier(trials, concurrency)
     line = " ".join("{:.1f},{:.1f}".format(*xy(*point(t, concurrency) or (0, 0))) for t in front)
@@ -174,7 +177,7 @@ def svg(trials: list[Trial], concurrency: int, w: int = 640, h: int = 400) -> st
         color = "#1f77b4" if t.key != DEFAULT_KEY else "#2ca02c"
         out.append(
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}">'
-            f"<title>{escape(t.key)}: {tput:.1f} req/s, p99 {lat:.1f} ms</title></circle>"
+            f"<title>{escape(t.key)}: {tput:.1f} {unit}, p99 {lat:.1f} ms</title></circle>"
         )
         if t in front or t.key == DEFAULT_KEY:
             out.append(f'<text x="{x + 6:.1f}" y="{y - 6:.1f}">{escape(t.key)}</text>')

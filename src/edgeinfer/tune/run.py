@@ -6,25 +6,29 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.repository import Repository
+from edgeinfer.runtime import backend_of
 from edgeinfer.tune import report
 from edgeinfer.tune.apply import apply, config_text
+from edgeinfer.tune.llm import LlmCandidate, llm_stages
 from edgeinfer.tune.measure import Measurer, Plan
 from edgeinfer.tune.search import Checkpoint, Objective, Search, Stage, Trial
 from edgeinfer.tune.space import (
-    BACKEND_FILES,
     Candidate,
     Device,
     ModelFacts,
+    Pruned,
     engines,
     everything,
     refine,
     serving_grid,
+    tensor_backends,
 )
 
 
@@ -82,7 +86,7 @@ def _progress(
 ) -> None:
     top = trial.levels[-1] if trial.levels else None
     got = (
-        f"{top['throughput']:.1f} req/s p99 {top['p99_ms']:.1f} ms"
+        f"{top['throughput']:.1f}/s p99 {top['p99_ms']:.1f} ms"
         if top
         else f"{trial.status}: {trial.error}"
     )
@@ -122,6 +126,14 @@ def stages(
     return [lambda _: engines(kept, device), best_combos, around_best]
 
 
+def _candidate(fields: dict[str, Any]) -> Candidate:
+    return Candidate(**fields)
+
+
+def _llm_candidate(fields: dict[str, Any]) -> LlmCandidate:
+    return LlmCandidate(**fields)
+
+
 def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
     repo = Repository(args.repo)
     entry = repo.model(args.model)
@@ -131,20 +143,24 @@ def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
     chosen = versions.get(args.version or entry.versions[-1].version)
     if chosen is None:
         raise TuneError(f"model {args.model} has no version {args.version}")
-    if entry.config.backend == "llama.cpp":
-        raise TuneError(
-            "tuning GGUF models is not supported yet: see docs/tune.md for the "
-            "llama.cpp settings ([llm] n_threads, slots) to try by hand"
-        )
     device = device or device_now()
-    can_calibrate = args.calibration is not None or args.eval is not None
-    facts = facts_of(chosen.path, can_calibrate)
-    backends = list(args.backends or BACKEND_FILES)
-    precisions = list(
-        args.precisions or (["fp32", "int8-dynamic"] + (["int8-static"] if can_calibrate else []))
-    )
-    kept, pruned = everything(device, facts, backends, precisions)
     objective = Objective(args.objective, args.latency_budget_ms, args.concurrency)
+    generates = backend_of(chosen.path, entry.config).kind == "llm"
+    revive: Callable[[dict[str, Any]], Any] = _candidate
+    if generates:  # llama.cpp: its own settings, one backend, the GGUF's own precision
+        backends, precisions, pruned = ["llama.cpp"], ["gguf"], list[Pruned]()
+        plan_stages = llm_stages(device, max(args.concurrency))
+        revive = _llm_candidate
+    else:
+        can_calibrate = args.calibration is not None or args.eval is not None
+        facts = facts_of(chosen.path, can_calibrate)
+        backends = list(args.backends or tensor_backends())
+        precisions = list(
+            args.precisions
+            or (["fp32", "int8-dynamic"] + (["int8-static"] if can_calibrate else []))
+        )
+        kept, pruned = everything(device, facts, backends, precisions)
+        plan_stages = stages(kept, objective, device, facts)
     folder = entry.path / "tune"
     settings = {
         "version": chosen.version,
@@ -180,8 +196,9 @@ def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
         objective,
         checkpoint,
         args.budget_minutes * 60,
-        stages(kept, objective, device, facts),
+        plan_stages,
         _progress,
+        revive=revive,
     )
     trials = search.run()
     decision = report.decide(trials, objective)
@@ -191,6 +208,8 @@ def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
         "device": device.__dict__,
         "seconds": time.monotonic() - started,
         "skipped_for_budget": search.skipped,
+        "unit": "tok/s" if generates else "req/s",
+        "latency": "time to first token" if generates else "request latency",
     }
     pruned_list = [(p.candidate.key, p.reason) for p in pruned]
     md = report.write(folder, trials, pruned_list, objective, decision, meta)
@@ -200,11 +219,12 @@ def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
         "summary": report.summary_line(decision, objective),
     }
     if decision["changed"]:
-        winner = Candidate(**decision["candidate"])
+        winner = revive(decision["candidate"])
         overrides = winner.overrides(entry.config.max_batch_size)
         # Always a new version: the server swaps it in through the verified hot-reload path
         # (a changed config.toml alone does not reload the version it serves).
-        variant = chosen.path if winner.precision == "fp32" else measurer.variant(winner.precision)
+        made_int8 = winner.precision.startswith("int8")
+        variant = measurer.variant(winner.precision) if made_int8 else chosen.path
         assert not isinstance(variant, str)  # a refused INT8 model never wins
         if args.apply:
             published = apply(entry.path, overrides, variant)

@@ -132,6 +132,7 @@ class Search:
     progress: Progress | None = None
     clock: Callable[[], float] = time.monotonic
     skipped: list[str] = field(default_factory=list)  # keys left out when the budget ran out
+    revive: Callable[[dict[str, Any]], Any] = field(default=lambda d: Candidate(**d))
 
     def run(self) -> dict[str, Trial]:
         start = self.clock()
@@ -178,7 +179,7 @@ class Search:
             for t in chosen:
                 if t.confirmed:
                     continue
-                again = self.measure(None if t.candidate is None else Candidate(**t.candidate))
+                again = self.measure(None if t.candidate is None else self.revive(t.candidate))
                 if again.status == "ok":
                     t.add_run(again.levels)
         for t in chosen:

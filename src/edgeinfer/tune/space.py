@@ -8,16 +8,11 @@ without a batch axis, a backend whose package is missing, instances that do not 
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-# Backend -> (module that must be importable, model files it can serve).
-BACKEND_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "onnxruntime": ("onnxruntime", ("model.onnx",)),
-    "openvino": ("openvino", ("model.xml", "model.onnx")),
-    "litert": ("ai_edge_litert", ("model.tflite",)),
-}
+from edgeinfer.runtime import BACKENDS
+
 PRECISIONS = ("fp32", "int8-dynamic", "int8-static")
 MAX_BATCH = 64  # refinement stays within these
 MAX_DELAY_US = 16_000
@@ -99,22 +94,9 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return out
 
 
-def serves(backend: str) -> bool:
-    """Whether a model config may name `backend`."""
-    from edgeinfer.config import ConfigError, ModelConfig
-
-    try:
-        ModelConfig(name="probe", backend=backend)
-    except ConfigError:
-        return False
-    return True
-
-
-def installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+def tensor_backends() -> list[str]:
+    """Every backend of runtime.BACKENDS that serves tensor models (not the LLM loop)."""
+    return [b.name for b in BACKENDS.values() if b.kind == "tensor"]
 
 
 def thread_splits(cpus: int) -> list[tuple[int, int]]:
@@ -177,13 +159,13 @@ def refine(best: Candidate, device: Device, facts: ModelFacts) -> list[Candidate
 
 def why_pruned(c: Candidate, device: Device, facts: ModelFacts) -> str:
     """Why the device should not run `c` ("" when it can)."""
-    module, files = BACKEND_FILES.get(c.backend, ("", ()))
-    if not module or not serves(c.backend):
-        return f"this edgeinfer has no {c.backend} backend"
-    if not installed(module):
-        return f"{c.backend} is not installed (pip install 'edgeinfer[{c.backend}]')"
-    if not facts.files.intersection(files):
-        return f"{c.backend} needs one of {', '.join(files)}"
+    backend = BACKENDS.get(c.backend)
+    if backend is None or backend.kind != "tensor":
+        return f"this edgeinfer has no {c.backend} backend for tensor models"
+    if not backend.installed():
+        return f"{c.backend} is not installed (pip install 'edgeinfer[{backend.extra}]')"
+    if not facts.files.intersection(backend.files):
+        return f"{c.backend} needs one of {', '.join(backend.files)}"
     if c.threads > device.usable_cpus:
         return f"{c.threads} threads > {device.usable_cpus} usable CPUs"
     if c.threads * c.instances > device.usable_cpus:

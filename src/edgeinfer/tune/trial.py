@@ -97,6 +97,48 @@ async def _measure(
     return levels
 
 
+async def _measure_llm(
+    spec: TrialSpec, lv: LoadedVersion
+) -> tuple[list[dict[str, Any]], list[dict[str, np.ndarray]]]:
+    """Tokens/s and time to first token (as p50/p99) per stream count; the greedy tokens of a
+    fixed prompt are the outputs compared between trials."""
+    from edgeinfer.serving.sampling import SamplingParams
+    from edgeinfer.tune.llm import NEW_TOKENS, drive_llm
+
+    lv.start(Runner())
+    loop = lv.llm
+    assert loop is not None
+    levels = []
+    try:
+        prompt = np.random.default_rng(0).integers(3, loop.backend.n_vocab, 64).tolist()
+        greedy = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
+        tokens = [
+            t async for c in loop.submit(prompt, greedy, cache_prompt=False) for t in c.token_ids
+        ]
+        rng = np.random.default_rng(1)
+        for streams in spec.concurrency:
+            await drive_llm(loop, streams, spec.warmup_s, rng)
+            rates, firsts = [], []
+            for _ in range(spec.repetitions):
+                n, elapsed, got = await drive_llm(loop, streams, spec.seconds, rng)
+                rates.append(n / elapsed)
+                firsts += got
+            ms = np.asarray(firsts or [float("nan")]) * 1e3
+            levels.append(
+                {
+                    "concurrency": streams,
+                    "throughput": float(np.median(rates)),
+                    "spread": float((max(rates) - min(rates)) / max(np.median(rates), 1e-9)),
+                    "p50_ms": float(np.percentile(ms, 50)),
+                    "p99_ms": float(np.percentile(ms, 99)),
+                    "requests": len(firsts),
+                }
+            )
+    finally:
+        await lv.close(drain=False)
+    return levels, [{"tokens": np.asarray(tokens, np.int64)}]
+
+
 def _rss_peak() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -145,11 +187,14 @@ def run(spec: TrialSpec) -> dict[str, Any]:
     started = time.perf_counter()
     lv = load_version(VersionEntry(spec.model, spec.version, Path(spec.version_dir)), config)
     load_s = time.perf_counter() - started
-    samples = make_samples(spec, lv.model.inputs)
-    outputs = [lv.model.run(s) for s in samples]
+    if lv.generates:
+        levels, outputs = asyncio.run(_measure_llm(spec, lv))
+    else:
+        samples = make_samples(spec, lv.model.inputs)
+        outputs = [lv.model.run(s) for s in samples]
+        levels = asyncio.run(_measure(spec, lv, samples))
     with open(spec.outputs_path, "wb") as f:
         pickle.dump(outputs, f)
-    levels = asyncio.run(_measure(spec, lv, samples))
     return {"levels": levels, "rss_peak_bytes": _rss_peak(), "load_s": load_s}
 
 

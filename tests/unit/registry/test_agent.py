@@ -188,3 +188,25 @@ def test_halting_rule_writes_halted_once_with_compare_and_swap(
             assert not await reg.write("g", "m", want.with_changes(halted="x"), expect=stale)
 
     asyncio.run(go())
+
+
+def test_the_agent_stops_even_when_a_change_arrives_as_it_is_stopped(
+    tmp_path: Path, builds: dict[int, tuple[Path, str]]
+) -> None:
+    """A change (or a heartbeat's report request) arriving in the same moment as the stop: the
+    loops waited with asyncio.wait_for, which on Python 3.11 returns the event instead of raising
+    the cancellation, so the loop ran on and close() waited for it for ever."""
+    reg = MemoryRegistry()
+    root = _repo(tmp_path, builds)
+
+    async def go() -> None:
+        async with running(root, reg) as (_engine, agent):
+            await until(lambda: agent.settled and agent.connected)
+            await asyncio.sleep(0.05)  # both loops are waiting for their events now
+            agent._changed.set()
+            agent._report_now.set()
+            async with asyncio.timeout(10):
+                await agent.close()
+            assert all(t.done() for t in agent._tasks)
+
+    asyncio.run(go())

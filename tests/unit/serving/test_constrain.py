@@ -172,3 +172,56 @@ def test_constrained_and_free_sequences_share_decode_steps(tokenizer: Any) -> No
     assert free[-1].finish_reason == "length" and free[-1].completion_tokens == 40
     both = sum(len(call) == 2 for call in backend.calls)
     assert both >= min(constrained[-1].completion_tokens, 40) - 1  # one decode step for both
+
+
+def test_objects_without_additional_properties_take_no_other_keys(tokenizer: Any) -> None:
+    from edgeinfer.serving.constrain import closed
+
+    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {
+        "b": {"type": "integer"}}}, "properties": {"type": "string"}},
+        "$defs": {"x": {"properties": {}}}, "anyOf": [{"properties": {}}]}  # fmt: skip
+    out = closed(schema)
+    assert out["additionalProperties"] is False
+    assert out["properties"]["a"]["additionalProperties"] is False
+    assert "additionalProperties" not in out["properties"]  # a property named "properties"
+    assert out["$defs"]["x"]["additionalProperties"] is False
+    assert out["anyOf"][0]["additionalProperties"] is False
+    assert closed({"properties": {}, "additionalProperties": True})["additionalProperties"] is True
+    c = constraint_for(tokenizer, JsonConstraint({"type": "object", "properties": {
+        "on": {"type": "boolean"}}}), VOCAB)  # fmt: skip
+    for token in b'{"on": true':
+        c.accept(token)
+    scores = np.zeros(VOCAB, np.float32)
+    c.mask(scores)
+    assert {bytes([t]) for t in np.flatnonzero(np.isfinite(scores))} == {b"}"}
+
+
+def test_concurrent_first_requests_share_one_tokenizer_build(tokenizer: Any) -> None:
+    import threading
+
+    from edgeinfer.serving.constrain import Constraints
+
+    class Model:
+        n_vocab = VOCAB
+
+        def __init__(self) -> None:
+            self.builds = 0
+            self.release = threading.Event()
+
+        def grammar_tokenizer(self) -> Any:
+            self.builds += 1
+            assert self.release.wait(10)
+            return tokenizer
+
+    async def main() -> tuple[int, int]:
+        model, constraints = Model(), Constraints()
+        spec = JsonConstraint({"type": "object"})
+        tasks = [asyncio.create_task(constraints.compile(model, spec)) for _ in range(8)]
+        await asyncio.sleep(0.05)  # all eight are waiting for the build
+        model.release.set()
+        done = await asyncio.gather(*tasks)
+        again = await constraints.compile(model, spec)
+        return model.builds, len({id(c) for c in [*done, again]})
+
+    builds, distinct = asyncio.run(asyncio.wait_for(main(), 20))
+    assert builds == 1 and distinct == 9  # one tokenizer, a matcher per request

@@ -45,6 +45,31 @@ def test_unknown_output() -> None:
         validate_request(req(x(), x(dtype=np.int64, name="m"), outputs=["w"]), INPUTS, OUTPUTS, 8)
 
 
+TEXT = (TensorSpec("text", "BYTES", (-1,), max_count=3, max_bytes=8),)
+
+
+def strings(*items: bytes | str) -> Tensor:
+    data = np.empty(len(items), dtype=object)
+    data[:] = list(items)
+    return Tensor("text", data)
+
+
+@pytest.mark.parametrize(("tensor", "needle"), [
+    (strings(b"a", b"b", b"c", b"d"), "4 strings; the model takes at most 3"),
+    (strings(b"short", b"123456789"), "a string of 9 bytes; the model takes at most 8"),
+    (strings("ninechars"), "a string of 9 bytes"),
+    (Tensor("text", np.array([b"123456789"])), "a string of 9 bytes"),
+])  # fmt: skip
+def test_text_inputs_are_bounded_before_the_model_sees_them(tensor: Tensor, needle: str) -> None:
+    with pytest.raises(InvalidInput, match=needle):
+        validate_request(req(tensor), TEXT, OUTPUTS, 0)
+
+
+def test_text_inputs_within_bounds_pass() -> None:
+    feeds, _ = validate_request(req(strings(b"", b"12345678", b"x")), TEXT, OUTPUTS, 0)
+    assert list(feeds["text"]) == [b"", b"12345678", b"x"]
+
+
 @pytest.mark.parametrize("shape", [(0, 4), (2, 0), (0, 0)])
 def test_a_dimension_of_size_zero_is_refused_with_the_shape_named(shape: tuple[int, int]) -> None:
     empty = Tensor("x", np.zeros(shape, np.float32))

@@ -1,0 +1,74 @@
+"""Work proportional to a request's size runs in a worker thread, not on the event loop.
+
+Parsing a large JSON body, decoding tensors (base64, binary, BYTES elements), inflating a gzip
+body and encoding a large response each take time in proportion to the request; on the event
+loop that time is a stall for every other client, health checks included. Below
+`OFFLOAD_BYTES` a thread hop (~50 µs) costs more than the work, so small bodies stay inline.
+
+A worker thread frees the loop only while the work releases the GIL. orjson holds it for a whole
+`loads`, so JSON bodies also have a size limit (`--max-json-bytes`, see docs/server.md): the
+longest stall a JSON body can cause is the time to parse that many bytes. Tensors sent with the
+binary tensor extension are not JSON and may use the whole `--max-request-bytes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import orjson
+
+from edgeinfer.errors import InvalidInput, PayloadTooLarge
+
+T = TypeVar("T")
+
+OFFLOAD_BYTES = 64 * 1024
+
+
+async def off_loop(size: int, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)`, in a worker thread when `size` (the bytes it works on) is past
+    OFFLOAD_BYTES, inline otherwise."""
+    if size <= OFFLOAD_BYTES:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
+
+
+def _loads(raw: bytes | memoryview) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"request body is not valid JSON: {e}") from e
+
+
+async def parse_json(raw: bytes, limit: int) -> Any:
+    """A JSON body as Python values (InvalidInput when malformed, PayloadTooLarge past
+    `limit` bytes), parsed off the event loop when large."""
+    check_json_size(len(raw), limit)
+    return await off_loop(len(raw), _loads, raw)
+
+
+def check_json_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise PayloadTooLarge(
+            f"JSON body of {size} bytes exceeds the limit of {limit} bytes (--max-json-bytes); "
+            "send large tensors with the binary tensor extension"
+        )
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    d = zlib.decompressobj(31 if encoding == "gzip" else 15)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise InvalidInput(f"request body is not valid {encoding} data: {e}") from e
+    if len(out) > limit or d.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+    return out
+
+
+async def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip or deflate body, inflated to at most `limit` bytes, always in a worker thread:
+    a body of a few kilobytes can inflate to `limit` (zlib releases the GIL meanwhile)."""
+    return await asyncio.to_thread(_inflate, body, encoding, limit)
