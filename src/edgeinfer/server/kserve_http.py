@@ -28,7 +28,7 @@ from edgeinfer.server.kserve_codec import (
     encode_response,
     output_bytes,
 )
-from edgeinfer.server.offload import check_json_size, off_loop, parse_json
+from edgeinfer.server.offload import check_json_size, off_loop, parse_json, trim_after
 from edgeinfer.server.parse import optional_int, parse_float, parse_int
 from edgeinfer.telemetry.tracing import RequestTrace
 from edgeinfer.types import TensorSpec
@@ -107,16 +107,26 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
 
     async def infer(request: Request) -> Response:
         model = request.path_params["model"]
+        started = time.perf_counter_ns()
         trace = _start_trace(request, model)
-        if trace is None:
-            return await _infer(request, model, None)
         try:
-            response = await _infer(request, model, trace)
-        except BaseException as e:  # cancelled (server shutdown)
-            trace.end(error=e)
-            raise
-        trace.end(response.status_code)
-        return response
+            if trace is None:
+                return await _infer(request, model, None)
+            try:
+                response = await _infer(request, model, trace)
+            except BaseException as e:  # cancelled (server shutdown)
+                trace.end(error=e)
+                raise
+            trace.end(response.status_code)
+            return response
+        finally:
+            trim_after(started, _declared_size(request))
+
+    def _declared_size(request: Request) -> int:
+        try:
+            return parse_int(request.headers.get("content-length") or 0, "Content-Length")
+        except InvalidInput:
+            return 0
 
     async def _read_infer_body(request: Request) -> tuple[bytes, int | None]:
         """The body and its JSON header's length (None: all JSON). A body that is all JSON is

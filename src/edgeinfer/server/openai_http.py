@@ -17,7 +17,7 @@ from edgeinfer.errors import EdgeInferError, InvalidInput
 from edgeinfer.lifecycle import Engine
 from edgeinfer.server.errors import status_of
 from edgeinfer.server.http_common import json_response, read_json
-from edgeinfer.server.offload import off_loop
+from edgeinfer.server.offload import off_loop, trim_after
 from edgeinfer.serving.validation import check_strings
 from edgeinfer.telemetry.tracing import RequestTrace
 from edgeinfer.types import InferRequest, Tensor, TensorSpec
@@ -77,6 +77,13 @@ def routes(engine: Engine, max_json_bytes: int) -> list[Route]:
         return json_response({"object": "list", "data": data})
 
     async def embeddings(request: Request) -> Response:
+        started = time.perf_counter_ns()
+        try:
+            return await _traced_embeddings(request)
+        finally:
+            trim_after(started)
+
+    async def _traced_embeddings(request: Request) -> Response:
         if engine.tracer is None:
             return await _embeddings(request, None)
         trace = engine.tracer.start_request(
