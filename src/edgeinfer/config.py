@@ -69,6 +69,7 @@ A model's `config.toml`:
     lora_steps_per_switch = 8      # steps one LoRA adapter's streams decode before the next's turn
     max_loras = 0                  # adapters whose sequences run at once (0: any)
     prefix_cache = true            # reuse a slot's KV cells for a prompt with the same prefix
+    chat_template = ""             # "": the GGUF's; "plain": User:/Assistant: for base models
 """
 
 from __future__ import annotations
@@ -333,7 +334,9 @@ class LlmOptions:
     prefill_chunk: int = 256  # prompt tokens per step, so long prompts do not stall streams
     kv_cache_type: str = "f16"  # f32 | f16 | q8_0 (q8_0 needs flash_attn)
     flash_attn: bool = False
-    chat_template: str = ""  # Jinja source; empty: the GGUF's tokenizer.chat_template
+    # "": the GGUF's tokenizer.chat_template (none: "plain"); "plain": a User:/Assistant:
+    # transcript for base models (runtime/chat_format.py); else Jinja source
+    chat_template: str = ""
     # llama.cpp's extra buffer types: AMX tiles and weights repacked for AVX2/AVX-512/NEON
     # (Q4_0 runs faster). "auto": on unless a one-time probe in a child process crashed on
     # this CPU (runtime/llm_probe.py); true/false: force.

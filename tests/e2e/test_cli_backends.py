@@ -10,13 +10,13 @@ import numpy as np
 from edgeinfer.testing import models, tflite
 from tests.conftest import start_server
 from tests.e2e.test_cli import run
-from tests.integration.test_backend_conformance import reference, to_ir
+from tests.integration.test_backend_conformance import reference
 
 
 def test_models_add_tflite_and_openvino_ir_then_serve(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     run("models", "add", str(repo), "lite", str(tflite.mlp(tmp_path / "mlp.tflite")))
-    ir = to_ir(models.mlp(tmp_path / "mlp.onnx"), tmp_path / "mlp.xml")
+    ir = models.openvino_ir(models.mlp(tmp_path / "mlp.onnx"), tmp_path / "mlp.xml")
     run("models", "add", str(repo), "ov", str(ir["model.xml"]))
     assert sorted(p.name for p in (repo / "lite" / "1").iterdir()) == [
         "manifest.json", "model.tflite"]  # fmt: skip

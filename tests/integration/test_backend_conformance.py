@@ -35,37 +35,10 @@ auto_rollback = false
 """
 
 
-def to_ir(onnx_path: Path, xml: Path) -> dict[str, Path]:
-    """OpenVINO IR (model.xml + model.bin) converted from an ONNX file."""
-    import openvino as ov
-
-    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
-    return {"model.xml": xml, "model.bin": xml.with_suffix(".bin")}
-
-
-def qdq_int8(onnx_path: Path, out: Path) -> Path:
-    """Static QDQ INT8 (U8 activations, S8 per-channel weights), as `edgeinfer quantize` writes."""
-    from onnxruntime import quantization as q
-
-    class Reader(q.CalibrationDataReader):
-        def __init__(self) -> None:
-            rng = np.random.default_rng(1)
-            self.rows = iter([{"x": rng.uniform(-1, 1, (8, 16)).astype(np.float32)}
-                              for _ in range(64)])  # fmt: skip
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.rows, None)
-
-    q.quantize_static(str(onnx_path), str(out), Reader(), quant_format=q.QuantFormat.QDQ,
-                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                      per_channel=True)  # fmt: skip
-    return out
-
-
 def fp32_files(backend: str, build: Path, seed: int) -> dict[str, Path]:
     onnx_path = models.mlp(build / f"mlp{seed}.onnx", seed=seed)
     if backend == "openvino":
-        return to_ir(onnx_path, build / f"mlp{seed}.xml")
+        return models.openvino_ir(onnx_path, build / f"mlp{seed}.xml")
     if backend == "litert":
         return {"model.tflite": tflite.mlp(build / f"mlp{seed}.tflite", seed=seed)}
     return {"model.onnx": onnx_path}
@@ -75,7 +48,9 @@ def int8_files(backend: str, build: Path) -> tuple[dict[str, Path], str]:
     """The INT8 model's files and the config that serves it on `backend`."""
     if backend == "litert":
         return {"model.tflite": tflite.mlp_int8(build / "int8.tflite")}, "max_batch_size = 8\n"
-    qdq = qdq_int8(models.mlp(build / "int8src.onnx"), build / "int8.onnx")
+    rng = np.random.default_rng(1)
+    calibration = [{"x": rng.uniform(-1, 1, (8, 16)).astype(np.float32)} for _ in range(64)]
+    qdq = models.qdq_int8(models.mlp(build / "int8src.onnx"), build / "int8.onnx", calibration)
     return {"model.onnx": qdq}, f'backend = "{backend}"\nmax_batch_size = 8\n'
 
 
@@ -256,3 +231,21 @@ def test_hot_reload_and_rollback(served: tuple[str, ServerProcess, Path]) -> Non
     r = httpx.post(f"{server.url}/v2/repository/models/reload/rollback", json={}, timeout=60)
     assert r.status_code == 200 and r.json()["live"] == "1", r.text
     np.testing.assert_allclose(output(infer_json(server, "reload", x)), v1, rtol=1e-5)
+
+
+def test_stats_and_triton_metric_names(served: tuple[str, ServerProcess, Path]) -> None:
+    _, server, _ = served
+    datatype = httpx.get(f"{server.url}/v2/models/int8").json()["inputs"][0]["datatype"]
+    x = rows(1) if datatype == "FP32" else np.zeros((1, 16), np.int8)  # LiteRT: int8 in
+    output(infer_json(server, "int8", x))
+    stats = httpx.get(f"{server.url}/v2/models/int8/stats").json()["model_stats"][0]
+    assert stats["inference_count"] >= 1 and stats["execution_count"] >= 1
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in (
+        "nv_inference_request_success",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_infer_duration_us",
+    ):
+        assert f'{name}{{model="int8",version="1"}}' in text, name

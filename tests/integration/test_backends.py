@@ -93,6 +93,15 @@ def test_litert_signatures_by_name(litert_server: ServerProcess) -> None:
     np.testing.assert_allclose(output(infer_json(litert_server, "sig_double", x)), 2 * x)
 
 
+def test_litert_profile_says_it_has_whole_runs_only(litert_server: ServerProcess) -> None:
+    r = httpx.get(f"{litert_server.url}/v2/models/sig_double/profile", params={"runs": 3},
+                  timeout=60)  # fmt: skip
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert (doc["backend"], doc["runs"], doc["nodes"]) == ("litert", 3, [])
+    assert "no per-op profiler" in doc["note"] and doc["run_us"]["mean"] > 0
+
+
 def test_litert_dequantized_outputs_are_fp32(litert_server: ServerProcess) -> None:
     meta = httpx.get(f"{litert_server.url}/v2/models/dequant").json()
     assert (meta["inputs"][0]["datatype"], meta["outputs"][0]["datatype"]) == ("INT8", "FP32")
@@ -118,6 +127,11 @@ def test_openvino_serves_an_onnx_file_by_set_and_caches_the_compiled_model(
             x = rows(2)
             close = output(infer_json(server, "m", x))
             assert np.abs(close - reference(x)).max() <= 0.02 * np.abs(reference(x)).max()
+            if start == "cached":  # per-layer counters from OpenVINO's CPU plugin
+                doc = httpx.get(f"{server.url}/v2/models/m/profile", params={"runs": 2},
+                                timeout=120).json()  # fmt: skip
+                assert doc["backend"] == "openvino" and doc["runs"] == 2
+                assert {n["op_type"].split()[0] for n in doc["nodes"]} >= {"FullyConnected"}
         finally:
             server.stop()
         blobs = sorted(p.name for p in cache.glob("*.blob"))

@@ -54,7 +54,9 @@ def _embed(model: TextModel, texts: list[str]) -> np.ndarray:
 def test_layout_is_complete_with_nothing_left_behind(built: tuple[Path, dict]) -> None:
     root, summary = built
     assert sorted(p.name for p in root.parent.iterdir()) == ["repo"]  # no staging dirs
-    assert sorted(p.name for p in root.iterdir()) == ["demo.json", "digits", "llm-demo", "minilm"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "demo.json", "digits", "efficientnet-lite0", "llm-demo", "minilm"
+    ]  # fmt: skip
     assert sorted(p.name for p in (root / "digits").iterdir()) == ["1", "config.toml"]
     assert sorted(p.name for p in (root / "digits" / "1").iterdir()) == [
         "manifest.json",
@@ -192,3 +194,25 @@ def test_demo_home_follows_edgeinfer_home(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.delenv("EDGEINFER_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert demo.demo_home() == tmp_path / "home" / ".cache" / "edgeinfer" / "demo"
+
+
+def test_efficientnet_has_fp32_and_a_gated_int8_version_with_labels(
+    built: tuple[Path, dict],
+) -> None:
+    root, summary = built
+    model_dir = root / "efficientnet-lite0"
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == [
+        "labels.txt", "manifest.json", "model.onnx"
+    ]  # fmt: skip
+    assert sorted(p.name for p in (model_dir / "2").iterdir()) == [
+        "labels.txt", "manifest.json", "model.onnx", "report.json", "report.md"
+    ]  # fmt: skip
+    labels = (model_dir / "1" / "labels.txt").read_text().splitlines()
+    assert len(labels) == 1000 and labels[985] == "daisy"
+    report = json.loads((model_dir / "2" / "report.json").read_text())
+    assert report["status"] == "accepted" and report["gate"]["min_agreement"] == 0.9
+    assert report["accuracy"]["top1_agreement"] >= 0.9 and report["accuracy"]["samples"] == 60
+    assert report["size"]["optimized_bytes"] < report["size"]["fp32_bytes"] / 3
+    info = summary["efficientnet-lite0"]
+    assert info["fp32_top5"]["flower.jpg"][0] == info["int8"]["top5"]["flower.jpg"][0] == "daisy"
+    assert info["onnx_vs_torch_max_abs_diff"] < 1e-4

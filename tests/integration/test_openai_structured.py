@@ -264,3 +264,22 @@ def test_an_answer_beside_tools_streams_as_it_comes(client: openai.OpenAI) -> No
     assert "".join(pieces) == whole.choices[0].message.content
     assert len(pieces) > 5  # token by token, not in one piece at the end
     assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_the_clients_stream_helper_assembles_calls_and_parsed_replies(
+    client: openai.OpenAI,
+) -> None:
+    class Relay(pydantic.BaseModel):
+        relay: int = pydantic.Field(ge=1, le=4)
+        on: bool
+
+    with client.chat.completions.stream(model=MODEL, messages=USER, max_tokens=40, seed=3,
+                                        response_format=Relay) as stream:  # type: ignore[arg-type]  # fmt: skip
+        final = stream.get_final_completion()
+    assert isinstance(final.choices[0].message.parsed, Relay)
+    named = {"type": "function", "function": {"name": "read_sensor"}}
+    with client.chat.completions.stream(model=MODEL, messages=USER, tools=TOOLS, seed=0,
+                                        tool_choice=named, max_tokens=120) as stream:  # type: ignore[arg-type]  # fmt: skip
+        final = stream.get_final_completion()
+    assert final.choices[0].finish_reason == "tool_calls"
+    check_calls(final.choices[0].message.tool_calls or [], {"read_sensor"})

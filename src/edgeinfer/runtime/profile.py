@@ -34,6 +34,7 @@ import numpy as np
 
 from edgeinfer.config import ModelConfig
 from edgeinfer.errors import InvalidInput, LoadError, Unavailable
+from edgeinfer.runtime import Backend, resolve
 
 MAX_RUNS = 1000
 WARMUP_RUNS = 1
@@ -63,9 +64,9 @@ def profile_model(
         raise InvalidInput(
             f"batch must be between 1 and {limit} (the model's max_batch_size), got {batch}"
         )
-    path = Path(version_dir) / "model.onnx"
-    if not path.is_file():
-        raise LoadError(f"{version_dir}: no model.onnx")
+    backend, path = resolve(Path(version_dir), config)
+    if backend.name != "onnxruntime":
+        return _profile_other(backend, path, config, batch, runs)
     if not _LOCK.acquire(blocking=False):
         raise Unavailable("another profile is running; try again when it has finished")
     try:
@@ -82,6 +83,63 @@ def profile_model(
         intra_op_threads=config.onnxruntime.intra_op_threads,
     )
     return doc
+
+
+def _profile_other(backend: Backend, path: Path, config: ModelConfig, batch: int,
+                   runs: int) -> dict[str, Any]:  # fmt: skip
+    """A backend module's own `profile(path, config, feeds, runs)`, which returns per-node µs of
+    each measured run, each run's µs and a note on what its profiler can see."""
+    import importlib
+
+    if not backend.installed():
+        raise LoadError(f"backend {backend.name} is not installed; "
+                        f"pip install 'edgeinfer[{backend.extra}]'")  # fmt: skip
+    run_profile = getattr(importlib.import_module(backend.module), "profile", None)
+    if run_profile is None:
+        raise InvalidInput(f"backend {backend.name} has no per-layer profiler")
+    if not _LOCK.acquire(blocking=False):
+        raise Unavailable("another profile is running; try again when it has finished")
+    try:
+        start = time.perf_counter()
+        nodes, run_us, feeds, note = run_profile(path, config, batch, WARMUP_RUNS, runs)
+        wall = time.perf_counter() - start
+    finally:
+        _LOCK.release()
+    doc = summarize_runs(nodes, run_us, backend.name)
+    doc.update(batch=batch, inputs={k: list(a.shape) for k, a in feeds.items()},
+               wall_seconds=round(wall, 3), backend=backend.name, note=note)  # fmt: skip
+    return doc
+
+
+def summarize_runs(nodes: Mapping[str, tuple[str, list[float]]], run_us: list[float],
+                   provider: str) -> dict[str, Any]:  # fmt: skip
+    """The `summarize` document from per-node µs of each run (node -> (op type, µs per run))."""
+    n = len(run_us)
+    total = sum(sum(d) for _, d in nodes.values()) / n if nodes else 0.0
+    rows: list[dict[str, Any]] = [{"node": name, "op_type": op, "layer": name, "original_nodes": [name],
+             "mean_us": round(sum(d) / n, 2), "p50_us": round(statistics.median(d), 2),
+             "share": round(sum(d) / n / total, 4) if total else 0.0, "calls_per_run": 1.0,
+             "provider": provider, "order": i}
+            for i, (name, (op, d)) in enumerate(nodes.items())]  # fmt: skip
+    rows.sort(key=lambda r: (-r["mean_us"], r["order"]))
+    return {"runs": n, "warmup_runs": WARMUP_RUNS, "run_us": _run_stats(run_us),
+            "kernel_us": round(total, 2), "nodes": rows, "op_types": _op_types(rows, total)}  # fmt: skip
+
+
+def _run_stats(run_us: list[float]) -> dict[str, float]:
+    return {"mean": round(statistics.fmean(run_us), 2), "p50": round(statistics.median(run_us), 2),
+            "min": min(run_us), "max": max(run_us)}  # fmt: skip
+
+
+def _op_types(rows: list[dict[str, Any]], total: float) -> list[dict[str, Any]]:
+    op_us: dict[str, float] = defaultdict(float)
+    op_nodes: dict[str, int] = defaultdict(int)
+    for r in rows:
+        op_us[r["op_type"]] += r["mean_us"]
+        op_nodes[r["op_type"]] += 1
+    return [{"op_type": op, "mean_us": round(us, 2), "share": round(us / total, 4) if total else 0.0,
+             "nodes": op_nodes[op]}
+            for op, us in sorted(op_us.items(), key=lambda kv: -kv[1])]  # fmt: skip
 
 
 def _run_profiled(path: Path, config: ModelConfig, batch: int, runs: int,
@@ -277,27 +335,13 @@ def summarize(events: list[dict[str, Any]], nodes: list[GraphNode] | None = None
             "order": first_seen[name],
         })  # fmt: skip
     rows.sort(key=lambda r: (-r["mean_us"], r["order"]))
-    op_us: dict[str, float] = defaultdict(float)
-    op_nodes: dict[str, int] = defaultdict(int)
-    for r in rows:
-        op_us[r["op_type"]] += r["mean_us"]
-        op_nodes[r["op_type"]] += 1
-    ops = [{"op_type": op, "mean_us": round(us, 2), "share": round(us / total, 4) if total else 0.0,
-            "nodes": op_nodes[op]}
-           for op, us in sorted(op_us.items(), key=lambda kv: -kv[1])]  # fmt: skip
-    run_us = [float(r["dur"]) for r in measured]
     return {
         "runs": n,
         "warmup_runs": min(warmup_runs, len(runs)),
-        "run_us": {
-            "mean": round(statistics.fmean(run_us), 2),
-            "p50": round(statistics.median(run_us), 2),
-            "min": min(run_us),
-            "max": max(run_us),
-        },
+        "run_us": _run_stats([float(r["dur"]) for r in measured]),
         "kernel_us": round(total, 2),
         "nodes": rows,
-        "op_types": ops,
+        "op_types": _op_types(rows, total),
     }
 
 
@@ -308,6 +352,8 @@ def render(profile: Mapping[str, Any], top: int = 15, markdown: bool = False) ->
             f"{profile.get('batch', '?')}, {profile['runs']} runs; model_run mean "
             f"{profile['run_us']['mean']:.1f} µs (p50 {profile['run_us']['p50']:.1f}), "
             f"kernels {profile['kernel_us']:.1f} µs")  # fmt: skip
+    if profile.get("note"):
+        head += f"\n{profile['note']}"
     nodes = [(r["layer"], r["op_type"], f"{r['mean_us']:.1f}", f"{r['p50_us']:.1f}",
               f"{r['share']:.1%}")
              for r in profile["nodes"][:top]]  # fmt: skip

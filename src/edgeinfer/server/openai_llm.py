@@ -27,6 +27,7 @@ from edgeinfer.server.http_common import (
     read_json,
     unless_disconnected,
 )
+from edgeinfer.server.offload import off_loop
 from edgeinfer.server.openai_http import openai_error
 from edgeinfer.server.openai_reply import Reply, merged, usage
 from edgeinfer.server.openai_tools import plan, response_format
@@ -238,7 +239,9 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
     async def openai(request: Request, chat: bool) -> Response:
         try:
             doc = await read_json(request, max_request_bytes)
-            req, reply = _openai_request(doc, chat, dict(request.headers))
+            length = request.headers.get("content-length", "")  # tools and schemas: linear work
+            size = int(length) if length.isdigit() else 0
+            req, reply = await off_loop(size, _openai_request, doc, chat, dict(request.headers))
             streams = await _start(engine, req, reply.n)
         except orjson.JSONDecodeError as e:
             return _error(InvalidInput(f"body is not valid JSON: {e}"))

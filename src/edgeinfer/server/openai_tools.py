@@ -16,6 +16,7 @@ assistant). The reply becomes `tool_calls` (ids, arguments as a JSON string) wit
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -211,22 +212,50 @@ def plan(doc: dict[str, Any], messages: list[dict[str, Any]],
 
 def parse_reply(text: str, finish_reason: str | None,
                 ) -> tuple[str | None, list[dict[str, Any]] | None, str | None]:  # fmt: skip
-    """(content, tool_calls, finish_reason) of a reply in the generic format. A reply cut
-    before its JSON is complete (max_tokens) is returned as content."""
+    """(content, tool_calls, finish_reason) of a reply in the generic format. A reply cut by
+    max_tokens keeps what is complete: the calls before the cut (finish_reason stays "length")
+    or the answer so far."""
     try:
         doc = orjson.loads(text)
     except orjson.JSONDecodeError:
+        if calls := _complete_calls(text):
+            return None, calls, finish_reason
         return _partial_response(text), None, finish_reason
     if isinstance(doc, dict) and isinstance(doc.get("tool_calls"), list):
-        calls = [{"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
-                  "function": {"name": c["name"], "arguments": orjson.dumps(c["arguments"]).decode()}}
-                 for c in doc["tool_calls"]]  # fmt: skip
+        calls = [_call(c) for c in doc["tool_calls"]]
         return None, calls, "tool_calls" if finish_reason == "stop" else finish_reason
     if isinstance(doc, dict) and "response" in doc:
         answer = doc["response"]
         return (answer if isinstance(answer, str) else orjson.dumps(answer).decode(), None,
                 finish_reason)  # fmt: skip
     return text, None, finish_reason
+
+
+def _call(c: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+            "function": {"name": c["name"], "arguments": orjson.dumps(c["arguments"]).decode()}}  # fmt: skip
+
+
+_CALLS_HEAD = '{"tool_calls": ['
+
+
+def _complete_calls(text: str) -> list[dict[str, Any]]:
+    """The calls that are complete in a reply cut inside its `tool_calls` list."""
+    if not text.startswith(_CALLS_HEAD):
+        return []
+    decoder, pos = json.JSONDecoder(), len(_CALLS_HEAD)
+    out: list[dict[str, Any]] = []
+    while True:
+        try:
+            call, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            return out
+        if not isinstance(call, dict) or "name" not in call or "arguments" not in call:
+            return out
+        out.append(_call(call))
+        if not text.startswith(", ", pos):
+            return out
+        pos += 2
 
 
 _RESPONSE_HEAD = '{"response": "'

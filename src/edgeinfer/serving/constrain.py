@@ -16,6 +16,8 @@ Objects that list properties take no others unless the schema says `additionalPr
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,3 +131,23 @@ def constraint_for(tokenizer: Any, spec: JsonConstraint, n_vocab: int) -> TokenC
     """Compile `spec` for one sequence (milliseconds for a typical schema: call it off the event
     loop). InvalidInput names what in the schema is not supported."""
     return TokenConstraint(tokenizer, grammar_of(spec), n_vocab, spec.name)
+
+
+class Constraints:
+    """Compiles requests' constraints off the event loop. The tokenizer view of a model's
+    vocabulary is built once (seconds for a 262k vocabulary): concurrent first requests await
+    the same build instead of each holding a worker thread while it runs."""
+
+    def __init__(self) -> None:
+        self._builds: weakref.WeakKeyDictionary[Any, asyncio.Future[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def compile(self, model: Any, spec: JsonConstraint) -> TokenConstraint:
+        """`model` has `grammar_tokenizer()` and `n_vocab` (runtime/llm_llamacpp.py)."""
+        build = self._builds.get(model)
+        if build is None:
+            build = asyncio.ensure_future(asyncio.to_thread(model.grammar_tokenizer))
+            self._builds[model] = build
+        tokenizer = await asyncio.shield(build)
+        return await asyncio.to_thread(constraint_for, tokenizer, spec, model.n_vocab)

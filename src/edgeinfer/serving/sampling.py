@@ -34,6 +34,7 @@ _TOP = float(np.finfo(np.float64).max)  # +inf logits become this: they tie at t
 MIN_LOGPROB = -9999.0  # what -inf log-probabilities are reported as (JSON has no -inf; vLLM)
 MAX_LOGPROBS = 20
 MAX_LOGIT_BIAS = 1024
+MAX_STOPS = 16
 MAX_STOP_CHARS = 256  # a stop string longer than this would make every token's check slow
 _SEEDS = 2**64
 
@@ -80,7 +81,7 @@ class SamplingParams:
              "seed must be -1 (random) or an integer in [0, 2^64)"),
             ("stop", all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in self.stop),
              f"stop strings must be non-empty and at most {MAX_STOP_CHARS} characters"),
-            ("stop", len(self.stop) <= 16, "at most 16 stop strings"),
+            ("stop", len(self.stop) <= MAX_STOPS, f"at most {MAX_STOPS} stop strings"),
             ("logprobs", self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
              f"logprobs must be between 0 and {MAX_LOGPROBS}"),
             ("logit_bias", len(self.logit_bias) <= MAX_LOGIT_BIAS,

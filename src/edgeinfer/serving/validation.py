@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -98,3 +99,14 @@ def validate_request(
                 )
             names.append(out.name)
     return feeds, names
+
+
+def queue_params(params: dict[str, Any]) -> tuple[int, int]:
+    """The request's priority and timeout (µs) from KServe/Triton request parameters."""
+    out = []
+    for key in ("priority", "timeout"):
+        value = params.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidInput(f"parameter '{key}' must be a non-negative integer, got {value!r}")
+        out.append(value)
+    return out[0], out[1]

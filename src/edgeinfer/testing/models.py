@@ -203,3 +203,30 @@ def colours(path: Path, side: int = 16, layout: str = "NCHW") -> Path:
         [_init("w", w)],
     )  # fmt: skip
     return _save(graph, path)
+
+
+def openvino_ir(onnx_path: Path, xml: Path) -> dict[str, Path]:
+    """OpenVINO IR (`xml` + its .bin, FP32 weights) converted from an ONNX file: the files a
+    repository version holds."""
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    return {"model.xml": xml, "model.bin": xml.with_suffix(".bin")}
+
+
+def qdq_int8(onnx_path: Path, out: Path, samples: list[dict[str, np.ndarray]]) -> Path:
+    """Static QDQ INT8 calibrated on `samples` (U8 activations, S8 per-channel weights: the
+    layout ONNX Runtime fuses on x86, and what `edgeinfer quantize` writes for CNNs)."""
+    from onnxruntime import quantization as q
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter(samples)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.rows, None)
+
+    q.quantize_static(str(onnx_path), str(out), Reader(), quant_format=q.QuantFormat.QDQ,
+                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                      per_channel=True)  # fmt: skip
+    return out

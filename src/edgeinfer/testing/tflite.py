@@ -286,3 +286,65 @@ def two_signatures(path: Path, n: int = 4) -> Path:
         subgraphs.append(g.subgraph(key, [x], [y]))
         sigs.append(_signature(key, index, {"x": x}, {"y": y}))
     return _write(path, codes, buffers, subgraphs, sigs)
+
+
+def _conv(g: _Graph, rng: np.random.Generator, x: int, name: str, shape: tuple[int, ...],
+          cout: int, k: int, stride: int, relu: bool) -> tuple[int, tuple[int, ...]]:  # fmt: skip
+    fb = _fb()
+    f32 = fb.TensorType.FLOAT32
+    n, h, w, cin = shape
+    fan_in = cin * k * k
+    weights = (rng.standard_normal((cout, k, k, cin)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+    tw = g.tensor(f"{name}_w", (cout, k, k, cin), f32, weights)
+    tb = g.tensor(f"{name}_b", (cout,), f32, np.zeros(cout, np.float32))
+    out_shape = (n, -(-h // stride), -(-w // stride), cout)
+    y = g.tensor(name, out_shape, f32, batch=True)
+    opts = fb.Conv2DOptionsT()
+    opts.padding, opts.strideW, opts.strideH = fb.Padding.SAME, stride, stride
+    opts.dilationWFactor = opts.dilationHFactor = 1
+    opts.fusedActivationFunction = fb.ActivationFunctionType.RELU if relu else 0
+    g.op(fb.BuiltinOperator.CONV_2D, [x, tw, tb], [y], fb.BuiltinOptions.Conv2DOptions, opts)
+    return y, out_shape
+
+
+def resnet18_like(path: Path, image: int = 224, seed: int = 0) -> Path:
+    """The ResNet-18-shaped CNN of `testing.models.resnet18_like` in TFLite's layout (NHWC,
+    SAME padding; random weights): `input` FP32 [N, image, image, 3] -> `logits` FP32 [N, 1000]."""
+    fb = _fb()
+    f32 = fb.TensorType.FLOAT32
+    rng = np.random.default_rng(seed)
+    g = _Graph(_empty_buffers(), [])
+    x = g.tensor("input", (1, image, image, 3), f32, batch=True)
+    h, shape = _conv(g, rng, x, "stem", (1, image, image, 3), 64, 7, 2, relu=True)
+    pooled = (1, -(-shape[1] // 2), -(-shape[2] // 2), 64)
+    p = g.tensor("pool", pooled, f32, batch=True)
+    pool = fb.Pool2DOptionsT()
+    pool.padding, pool.strideW, pool.strideH = fb.Padding.SAME, 2, 2
+    pool.filterWidth = pool.filterHeight = 3
+    g.op(fb.BuiltinOperator.MAX_POOL_2D, [h], [p], fb.BuiltinOptions.Pool2DOptions, pool)
+    x, shape, cin = p, pooled, 64
+    for stage, cout in enumerate((64, 128, 256, 512)):
+        for block in range(2):
+            stride = 2 if stage > 0 and block == 0 else 1
+            name = f"s{stage}b{block}"
+            a, ashape = _conv(g, rng, x, name + "a", shape, cout, 3, stride, relu=True)
+            b, bshape = _conv(g, rng, a, name + "b", ashape, cout, 3, 1, relu=False)
+            short = x
+            if stride != 1 or cin != cout:
+                short, _ = _conv(g, rng, x, name + "d", shape, cout, 1, stride, relu=False)
+            out = g.tensor(name + "_out", bshape, f32, batch=True)
+            add = fb.AddOptionsT()
+            add.fusedActivationFunction = fb.ActivationFunctionType.RELU
+            g.op(fb.BuiltinOperator.ADD, [b, short], [out], fb.BuiltinOptions.AddOptions, add)
+            x, shape, cin = out, bshape, cout
+    gap = g.tensor("gap", (1, 1, 1, 512), f32, batch=True)
+    avg = fb.Pool2DOptionsT()
+    avg.padding, avg.strideW, avg.strideH = fb.Padding.VALID, 1, 1
+    avg.filterHeight, avg.filterWidth = shape[1], shape[2]
+    g.op(fb.BuiltinOperator.AVERAGE_POOL_2D, [x], [gap], fb.BuiltinOptions.Pool2DOptions, avg)
+    fc = (rng.standard_normal((1000, 512)) * 0.05).astype(np.float32)
+    fw = g.tensor("fc_w", (1000, 512), f32, fc)
+    fbias = g.tensor("fc_b", (1000,), f32, np.zeros(1000, np.float32))
+    y = g.tensor("logits", (1, 1000), f32, batch=True)
+    g.fully_connected(gap, fw, fbias, y)
+    return _write(path, g.codes, g.buffers, [g.subgraph("main", [0], [y])])

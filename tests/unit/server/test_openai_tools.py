@@ -98,3 +98,13 @@ def test_an_answer_streams_piece_by_piece_whatever_the_cuts(answer: str) -> None
         out = "".join(stream.push(reply[k : k + size]) for k in range(0, len(reply), size))
         assert out == answer
     assert AnswerStream().push('{"tool_calls": [{"name": "x"') == ""
+
+
+def test_a_reply_cut_inside_its_calls_keeps_the_complete_ones() -> None:
+    cut = ('{"tool_calls": [{"name": "read", "arguments": {"s": "t"}}, {"name": "ping", '
+           '"arguments": {}}, {"name": "read", "argu')  # fmt: skip
+    content, calls, finish = parse_reply(cut, "length")
+    assert content is None and finish == "length" and calls is not None
+    assert [c["function"]["name"] for c in calls] == ["read", "ping"]
+    content, calls, _ = parse_reply('{"tool_calls": [{"name": "re', "length")
+    assert calls is None and content == '{"tool_calls": [{"name": "re'

@@ -194,3 +194,34 @@ def test_objects_without_additional_properties_take_no_other_keys(tokenizer: Any
     scores = np.zeros(VOCAB, np.float32)
     c.mask(scores)
     assert {bytes([t]) for t in np.flatnonzero(np.isfinite(scores))} == {b"}"}
+
+
+def test_concurrent_first_requests_share_one_tokenizer_build(tokenizer: Any) -> None:
+    import threading
+
+    from edgeinfer.serving.constrain import Constraints
+
+    class Model:
+        n_vocab = VOCAB
+
+        def __init__(self) -> None:
+            self.builds = 0
+            self.release = threading.Event()
+
+        def grammar_tokenizer(self) -> Any:
+            self.builds += 1
+            assert self.release.wait(10)
+            return tokenizer
+
+    async def main() -> tuple[int, int]:
+        model, constraints = Model(), Constraints()
+        spec = JsonConstraint({"type": "object"})
+        tasks = [asyncio.create_task(constraints.compile(model, spec)) for _ in range(8)]
+        await asyncio.sleep(0.05)  # all eight are waiting for the build
+        model.release.set()
+        done = await asyncio.gather(*tasks)
+        again = await constraints.compile(model, spec)
+        return model.builds, len({id(c) for c in [*done, again]})
+
+    builds, distinct = asyncio.run(asyncio.wait_for(main(), 20))
+    assert builds == 1 and distinct == 9  # one tokenizer, a matcher per request
