@@ -36,10 +36,13 @@ from edgeinfer.server.kserve_codec import (
 )
 from edgeinfer.server.offload import off_loop, trim_after
 from edgeinfer.server.parse import optional_int, parse_float
+from edgeinfer.telemetry.tracing import RequestTrace, traced
 from edgeinfer.types import DTYPE_TO_NUMPY, InferRequest, InferResponse, RequestedOutput, Tensor
 
 if TYPE_CHECKING:
     from edgeinfer.lifecycle import Engine
+from edgeinfer.lifecycle.actions import run_action
+from edgeinfer.lifecycle.interfaces import EngineControl
 
 # binary_tensor_data is the HTTP extension; gRPC always carries raw bytes.
 EXTENSIONS = ("classification", "model_repository", "statistics", "model_configuration")
@@ -308,35 +311,27 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         tenant = self.auth.tenant(principal, metadata.get("tenant"))
         if tenant is not None:
             metadata[TENANT_IDENTITY] = tenant
-        tracer = self.engine.tracer
         size = _request_bytes(request)
-        if tracer is None:
-            req = await off_loop(size, decode_infer, request, self.limits)
-            req.metadata, req.received_ns = metadata, received
-            resp = await self.engine.infer(req)
-            return await off_loop(output_bytes(resp), encode_infer, resp)
-        trace = tracer.start_request(
-            "inference.GRPCInferenceService/ModelInfer",
-            metadata,
-            {
-                "rpc.system": "grpc",
-                "rpc.service": "inference.GRPCInferenceService",
-                "rpc.method": "ModelInfer",
-                "edgeinfer.model": request.model_name,
-            },
-        )
-        try:
+
+        async def run(trace: RequestTrace | None) -> Any:
             req = await off_loop(size, decode_infer, request, self.limits)
             req.metadata, req.received_ns = metadata, received
             resp = await self.engine.infer(req, trace)
             encode_start = time.perf_counter_ns()
             out = await off_loop(output_bytes(resp), encode_infer, resp)
-            trace.child("encode", encode_start, time.perf_counter_ns())
-        except BaseException as e:  # cancellation included
-            trace.end(error=e)
-            raise
-        trace.end()
-        return out
+            if trace is not None:
+                trace.child("encode", encode_start, time.perf_counter_ns())
+            return out
+
+        attrs = {
+            "rpc.system": "grpc",
+            "rpc.service": "inference.GRPCInferenceService",
+            "rpc.method": "ModelInfer",
+            "edgeinfer.model": request.model_name,
+        }
+        return await traced(
+            self.engine.tracer, "inference.GRPCInferenceService/ModelInfer", metadata, attrs, run
+        )
 
     @_guarded
     async def ModelConfig(self, request: Any, context: Any) -> Any:
@@ -386,26 +381,22 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.RepositoryModelUnloadResponse()
 
 
-async def lifecycle_action(engine: Engine, model: str, action: str, params: dict[str, Any]) -> None:
+async def lifecycle_action(
+    engine: EngineControl, model: str, action: str, params: dict[str, Any]
+) -> None:
     """Lifecycle calls carried in RepositoryModelLoad parameters (gRPC has no RPCs for them)."""
-    v = optional_int(params, "edgeinfer.version", "edgeinfer.version")
     if action == "load":
         await engine.load(model)
-    elif action == "rollback":
-        await engine.rollback(model, v)
-    elif action == "canary":
-        if v is None:
-            raise InvalidInput("edgeinfer.action=canary needs edgeinfer.version")
-        weight = parse_float(params.get("edgeinfer.weight", 0.1), "edgeinfer.weight", 0.0, 1.0)
-        await engine.set_canary(model, v, weight)
-    elif action == "promote":
-        await engine.promote(model)
-    elif action == "abort":
-        await engine.set_canary(model, None)
-    else:
-        raise InvalidInput(
-            f"unknown edgeinfer.action {action!r}; use load, rollback, canary, promote or abort"
-        )
+        return
+    version = optional_int(params, "edgeinfer.version", "edgeinfer.version")
+    weight = params.get("edgeinfer.weight")
+    await run_action(
+        engine,
+        model,
+        action,
+        version,
+        None if weight is None else parse_float(weight, "edgeinfer.weight", 0.0, 1.0),
+    )
 
 
 def _unimplemented(rpc: str) -> Callable[..., Awaitable[None]]:
