@@ -34,7 +34,7 @@ from edgeinfer.server.kserve_codec import (
     encode_bytes_elements,
     output_bytes,
 )
-from edgeinfer.server.offload import off_loop
+from edgeinfer.server.offload import off_loop, trim_after
 from edgeinfer.server.parse import optional_int, parse_float
 from edgeinfer.telemetry.tracing import RequestTrace, traced
 from edgeinfer.types import DTYPE_TO_NUMPY, InferRequest, InferResponse, RequestedOutput, Tensor
@@ -163,10 +163,9 @@ def _tensor(inp: Any, raw: bytes | None, limits: Limits) -> Tensor:
 
 
 def _request_bytes(req: Any) -> int:
-    """About how many bytes decoding `req` works through: its raw contents, or a guess from
-    its typed contents' element counts (ByteSize() would walk the whole message)."""
-    raw = sum(len(r) for r in req.raw_input_contents)
-    return raw or sum(8 * math.prod(inp.shape) for inp in req.inputs if len(inp.shape) < 64)
+    """How many bytes decoding `req` works through. ByteSize() does not copy raw contents
+    (reading `raw_input_contents` would make a Python copy of each)."""
+    return int(req.ByteSize())
 
 
 def decode_infer(req: Any, limits: Limits = DEFAULT_LIMITS) -> InferRequest:
@@ -228,6 +227,7 @@ def _guarded(method: Method) -> Method:
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter_ns()
         try:
             if self.auth.enabled:
                 meta = dict(context.invocation_metadata() or ())
@@ -237,6 +237,8 @@ def _guarded(method: Method) -> Method:
         except Exception as exc:
             _, code_name, message = status_of(exc)
             code = grpc.StatusCode[code_name]
+        finally:
+            trim_after(started, _request_bytes(request))
         # A status, not context.abort(): abort raises through this frame, whose traceback then
         # ties it (and the request, a 600 KB image) into a cycle only a full GC frees.
         context.set_code(code)

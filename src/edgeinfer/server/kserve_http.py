@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from edgeinfer import __version__
 from edgeinfer.config import Limits
-from edgeinfer.errors import EdgeInferError
+from edgeinfer.errors import EdgeInferError, InvalidInput
 from edgeinfer.lifecycle.interfaces import EngineClient
 from edgeinfer.server.http_common import (
     ClientDisconnected,
@@ -28,7 +28,7 @@ from edgeinfer.server.kserve_codec import (
     encode_response,
     output_bytes,
 )
-from edgeinfer.server.offload import check_json_size, off_loop
+from edgeinfer.server.offload import check_json_size, off_loop, trim_after
 from edgeinfer.server.parse import parse_int
 from edgeinfer.telemetry.tracing import RequestTrace, traced
 from edgeinfer.types import TensorSpec
@@ -109,14 +109,24 @@ def routes(
             "url.path": request.url.path,
             "edgeinfer.model": model,
         }
-        return await traced(
-            engine.tracer,
-            f"POST {route}/infer",
-            request.headers,
-            attrs,
-            lambda trace: _infer(request, model, trace),
-            _status,
-        )
+        started = time.perf_counter_ns()
+        try:
+            return await traced(
+                engine.tracer,
+                f"POST {route}/infer",
+                request.headers,
+                attrs,
+                lambda trace: _infer(request, model, trace),
+                _status,
+            )
+        finally:
+            trim_after(started, _declared_size(request))
+
+    def _declared_size(request: Request) -> int:
+        try:
+            return parse_int(request.headers.get("content-length") or 0, "Content-Length")
+        except InvalidInput:
+            return 0
 
     async def _read_infer_body(request: Request) -> tuple[bytes, int | None]:
         """The body and its JSON header's length (None: all JSON). A body that is all JSON is
