@@ -132,8 +132,11 @@ else:
     from edgeinfer.config import LlmOptions
     from edgeinfer.runtime.llm_llamacpp import BatchItem, LlamaCppModel
     k = int(mode)
+    import os
+    adaptive = os.environ.get("BENCH_ADAPTIVE_THREADS", "0") == "1"
     m = LlamaCppModel(Path(path), LlmOptions(context_length=1024, slots=k, n_batch=512,
-                                             prefill_chunk=256, extra_buffer_types=_BUFTS),
+                                             prefill_chunk=256, extra_buffer_types=_BUFTS,
+                                             adaptive_threads=adaptive),
                       threads)
     toks = m.tokenize(prompt)
     rows = np.concatenate([m.decode([BatchItem(s, toks, 0, True)]) for s in range(k)])

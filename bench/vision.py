@@ -81,6 +81,7 @@ class Pipeline:
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.log_severity_level = 3
         self.session = ort.InferenceSession(str(model_path), so, ["CPUExecutionProvider"])
 
     @staticmethod

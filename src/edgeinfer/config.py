@@ -530,7 +530,7 @@ class Limits:
     max_elements: int = 1 << 28  # per tensor: 1 GiB of FP32
     max_string_bytes: int = 1 << 20  # per BYTES element
     max_image_bytes: int = 32 << 20  # per encoded image (a BYTES element of an [image] input)
-    max_json_bytes: int = 2 << 20  # a JSON body or binary-extension header (parsed holding the GIL)
+    max_json_bytes: int = 1 << 20  # a JSON body or binary-extension header (parsed holding the GIL)
 
     @property
     def max_element_bytes(self) -> int:

@@ -20,7 +20,14 @@ import pytest
 from hypothesis import given
 from tritonclient.grpc import service_pb2_grpc
 
-from edgeinfer.testing.adversarial import GrpcCase, HttpCase, Target, grpc_cases, http_cases
+from edgeinfer.testing.adversarial import (
+    GrpcCase,
+    HttpCase,
+    Target,
+    grpc_cases,
+    header_bytes,
+    http_cases,
+)
 from tests.conftest import ServerProcess, start_server
 from tests.unit.fuzz.adversarial import GRPC_BAD, grpc_requests, http_requests
 from tests.unit.fuzz.budget import fuzz
@@ -83,7 +90,7 @@ def _still_serving(http: httpx.Client) -> None:
 
 
 def _send(http: httpx.Client, case: HttpCase) -> httpx.Response:
-    headers = {k: v.encode() for k, v in case.headers.items()}  # '²' as its UTF-8 bytes
+    headers = header_bytes(case.headers)  # httpx would refuse '²' as str
     return http.request(case.method, case.path, content=case.body(), headers=headers)
 
 

@@ -130,3 +130,18 @@ def test_triton_generate_reports_cached_tokens(server: ServerProcess) -> None:
     assert second["text_output"] == first["text_output"]
     assert second["usage"]["prompt_tokens_details"]["cached_tokens"] == first["usage"][
         "prompt_tokens"] - 1  # fmt: skip
+
+
+def test_completions_reuse_a_shared_prefix(client: Any) -> None:
+    def complete(model: str, prompt: str) -> Any:
+        return client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0)
+
+    for model in (CACHED, PLAIN):
+        complete(model, SYSTEM + " First question.")
+    ours, plain = (
+        complete(CACHED, SYSTEM + " Second one."),
+        complete(PLAIN, SYSTEM + " Second one."),
+    )
+    assert ours.choices[0].text == plain.choices[0].text
+    assert ours.usage.prompt_tokens_details.cached_tokens > ours.usage.prompt_tokens // 2
+    assert plain.usage.prompt_tokens_details.cached_tokens == 0

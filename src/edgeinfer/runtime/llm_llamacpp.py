@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -27,22 +27,13 @@ from edgeinfer.hardware.contention import ThreadGovernor
 from edgeinfer.runtime.chat_format import chat_format
 from edgeinfer.runtime.chat_template import ChatTemplate, Vocab
 from edgeinfer.runtime.llm_probe import extra_buffer_types
+from edgeinfer.runtime.llm_types import BatchItem
 from edgeinfer.types import TensorSpec
 
 log = logging.getLogger("edgeinfer.llm")
 
 MODEL_FILE = "model.gguf"
 _KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # GGML_TYPE_*
-
-
-class BatchItem(NamedTuple):
-    """Tokens of one sequence in a decode step, at positions pos, pos+1, ...; with `logits`,
-    the row of the last token is returned."""
-
-    seq: int
-    tokens: Sequence[int]
-    pos: int
-    logits: bool
 
 
 _lib: Any = None
@@ -135,6 +126,8 @@ class LlamaCppModel:
             # No token stands for more bytes: a prompt longer than context_length times this
             # is refused before it is tokenized.
             self.max_token_bytes = max(1, max(map(len, self._pieces), default=1))
+            # Read here, off the event loop: a pass over the vocabulary (0.4 s at 262k tokens).
+            self._controls = self._control_tokens()
             self._ctx = self._new_context()
             self.kv_cells = int(lib.llama_n_ctx(self._ctx))
             self._mem = lib.llama_get_memory(self._ctx)
@@ -198,12 +191,12 @@ class LlamaCppModel:
         self._batch = b
 
     # ---- tokens and text -------------------------------------------------------------------
-    def _piece(self, token: int) -> bytes:
+    def _piece(self, token: int, special: bool = False) -> bytes:
         buf = ctypes.create_string_buffer(64)
-        n = self._lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = self._lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
         return buf.raw[:n]
 
     def piece(self, token: int) -> bytes:
@@ -227,15 +220,27 @@ class LlamaCppModel:
 
     def grammar_tokenizer(self) -> Any:
         """llguidance's tokenizer for this vocabulary (for constrained decoding), built on first
-        use (about a second at 262k tokens: call it off the event loop) and kept."""
+        use and kept: seconds at Gemma's 262k tokens, so call it off the event loop.
+
+        As llguidance's `lltokenizer_from_vocab`, but from the pieces already read at load: that
+        helper asks llama.cpp for every token's piece and attributes again (most of its time).
+        Control tokens get a 0xFF prefix, which no grammar can produce."""
         with self._grammar_lock:
             if self._grammar_tokenizer is None:
                 try:
-                    from llguidance.llamacpp import lltokenizer_from_vocab
+                    from llguidance import LLTokenizer
                 except ImportError as e:
                     raise LoadError("constrained decoding needs llguidance: "
                                     "pip install -e '.[llm]'") from e  # fmt: skip
-                self._grammar_tokenizer = lltokenizer_from_vocab(self._vocab)
+                lib, vocab = self._lib, self._vocab
+                tokens = list(self._pieces)
+                for t in range(self.n_vocab):
+                    if lib.llama_vocab_is_control(vocab, t):
+                        tokens[t] = b"\xff" + self._piece(t, special=True)
+                tokenize = ctypes.cast(lib.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+                self._grammar_tokenizer = LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
+                    tokens=tokens, vocab_ptr=vocab, tokenize_fptr=tokenize, eos_token=self.eos,
+                    slices=None)  # fmt: skip
             return self._grammar_tokenizer
 
     def chat_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
@@ -249,7 +254,7 @@ class LlamaCppModel:
                 from jinja2 import TemplateError
 
                 vocab = Vocab(lambda text, special: self.tokenize(text, False, special),
-                              self._control_tokens(), self.bos, self.add_bos,
+                              self._controls, self.bos, self.add_bos,
                               self.piece_text(self.bos), self.piece_text(self.eos))  # fmt: skip
                 try:
                     self._chat = ChatTemplate(self.chat_template, vocab)

@@ -2,10 +2,10 @@
 
 The grammar engine is llguidance (Rust, used by vLLM, SGLang and llama.cpp): it compiles a JSON
 schema into a grammar lazily, without a pass over the vocabulary up front, and computes the
-next token's mask in tens of microseconds even at Gemma's 262k-token vocabulary
+next token's mask in about 0.1-0.2 ms even at Gemma's 262k-token vocabulary
 (bench/structured.py); llama.cpp's own GBNF sampler checks every candidate token against the
-grammar and costs milliseconds per token there. Unsupported schema features are refused when
-the constraint is compiled, with llguidance's message naming them.
+grammar and costs hundreds of milliseconds per token there. Unsupported schema features are
+refused when the constraint is compiled, with llguidance's message naming them.
 
 One `TokenConstraint` per sequence: the loop masks the sequence's logits row before sampling
 (`mask`) and feeds it the chosen token (`accept`), so constrained and free sequences share one
