@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -105,3 +106,27 @@ def test_set_overrides_a_models_config(tiny_repo: Path, tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "timeout_action must be 'reject' or 'delay'" in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_server_commands_send_the_api_key(tiny_repo: Path, tmp_path: Path) -> None:
+    """Every command that talks to a server takes --api-key (or EDGEINFER_API_KEY)."""
+    keys = tmp_path / "keys.toml"
+    admin = run("keys", "create", "--role", "admin", "--file", str(keys)).stdout.strip()
+    server = start_server(tiny_repo, tmp_path / "server.log", "--api-keys", str(keys))
+    try:
+        url = ["--url", server.url]
+        proc = run("models", "status", "mlp", *url, ok=False)
+        assert proc.returncode == 1 and "server answered 401" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+        assert "live v" in run("models", "status", "mlp", *url, "--api-key", admin).stdout
+        assert "READY" in run("models", "list", *url, "--api-key", admin).stdout
+        proc = subprocess.run(
+            [*EDGEINFER, "profile", "mlp", *url],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "EDGEINFER_API_KEY": admin},
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        server.stop()

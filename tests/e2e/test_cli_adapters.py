@@ -118,7 +118,7 @@ def test_load_and_unload_on_a_running_server(server: ServerProcess, build: Path)
     assert r.status_code == 200 and r.json()["outputs"][0]["data"] != base
 
     line = refused("load", *url, "m:z", str(build / "missing.onnx_adapter"))
-    assert "missing.onnx_adapter" in line and "HTTP 400" in line
+    assert "missing.onnx_adapter" in line and "server answered 400" in line
     line = refused("load", *url, "m:y", str(build / "y.onnx_adapter"))  # loaded already
     assert "already been loaded" in line
 
@@ -127,7 +127,7 @@ def test_load_and_unload_on_a_running_server(server: ServerProcess, build: Path)
     assert "m:y" not in model_ids(server)
     assert infer(server, "y").status_code == 404
     line = refused("unload", *url, "m:y")
-    assert "cannot be found" in line and "HTTP 404" in line
+    assert "cannot be found" in line and "server answered 404" in line
 
 
 def test_load_without_a_server_is_one_line(build: Path) -> None:

@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind
 
 from edgeinfer.config import ServerSettings
 from edgeinfer.lifecycle import Engine
-from edgeinfer.repository import Repository
+from edgeinfer.repository import Repository, add_version
 from edgeinfer.server.app import build_app
 from edgeinfer.telemetry.tracing import Tracer
 from edgeinfer.testing import models
@@ -298,3 +298,37 @@ def test_otlp_endpoint_exports_spans(repo: Path, receiver: str, tmp_path: Path,
     assert set(_Receiver.paths) == {"/v1/traces"}
     root = next(s for s in _Receiver.spans if s.name == HTTP_SPAN)
     assert root.parent_span_id.hex() == PARENT_ID
+
+
+def test_openai_llm_routes_are_traced(tmp_path: Path) -> None:
+    from edgeinfer.runtime.gguf_writer import build_gguf
+
+    repo = tmp_path / "repo"
+    (repo / "llm").mkdir(parents=True)
+    build_gguf(tmp_path / "tiny.gguf", "tiny", "f32", seed=0)
+    (repo / "llm" / "config.toml").write_text(
+        'backend = "llama.cpp"\n[llm]\ncontext_length = 256\nslots = 1\n'
+    )
+    add_version(repo / "llm", {"model.gguf": tmp_path / "tiny.gguf"})
+
+    async def work(engine: Engine) -> None:
+        async with _client(engine, repo) as client:
+            body = {"model": "llm", "prompt": "hello", "max_tokens": 2, "temperature": 0}
+            r = await client.post(
+                "/v1/completions", json=body, headers={"traceparent": TRACEPARENT}
+            )
+            assert r.status_code == 200, r.text
+            chat = {
+                "model": "llm",
+                "max_tokens": 2,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            r = await client.post("/v1/chat/completions", json=chat)
+            assert r.status_code == 200, r.text
+
+    spans = _run_with_engine(repo, work)
+    completion = next(s for s in spans if s.name == "POST /v1/completions")
+    assert completion.parent is not None and f"{completion.parent.span_id:016x}" == PARENT_ID
+    assert completion.attributes is not None
+    assert completion.attributes["http.response.status_code"] == 200
+    assert any(s.name == "POST /v1/chat/completions" for s in spans)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgeinfer.cli.client import add_server_args, request
+
 
 def add_adapters(sub: Any) -> None:
     p = sub.add_parser("adapters", help="LoRA adapters: list, add, load, unload, convert")
@@ -25,8 +27,7 @@ def add_adapters(sub: Any) -> None:
     add.set_defaults(func=_add)
     for name in ("load", "unload"):
         q = s.add_parser(name, help=f"{name} an adapter on a running server (admin key)")
-        q.add_argument("--url", default="http://127.0.0.1:8000")
-        q.add_argument("--api-key", default=None)
+        add_server_args(q)
         q.add_argument("lora_name", help="base_model:adapter_name")
         if name == "load":
             q.add_argument("lora_path")
@@ -69,37 +70,14 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _remote(args: argparse.Namespace) -> int:
-    import httpx
-
     body: dict[str, Any] = {"lora_name": args.lora_name}
     if args.adapters_command == "load":
         body["lora_path"] = str(Path(args.lora_path).resolve())
         if args.tenant:
             body["tenants"] = args.tenant
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    try:
-        r = httpx.post(f"{args.url}/v1/{args.adapters_command}_lora_adapter", json=body,
-                       headers=headers, timeout=60)  # fmt: skip
-    except httpx.HTTPError as e:
-        print(f"edgeinfer: error: cannot reach the server at {args.url}: {e}", file=sys.stderr)
-        return 1
-    if r.status_code == 200:
-        print(r.text)
-        return 0
-    print(f"edgeinfer: error: {_error_message(r)} (HTTP {r.status_code})", file=sys.stderr)
-    return 1
-
-
-def _error_message(r: Any) -> str:
-    """The message of an OpenAI-style error body ({"error": {"message": ...}}), else the text."""
-    try:
-        err = r.json().get("error")
-    except (ValueError, AttributeError):
-        err = None
-    if isinstance(err, dict):
-        err = err.get("message")
-    text = str(err) if err else r.text.strip() or r.reason_phrase
-    return " ".join(text.split())  # one line
+    reply = request(args, "POST", f"/v1/{args.adapters_command}_lora_adapter", body)
+    print(reply if isinstance(reply, str) else json.dumps(reply))
+    return 0
 
 
 def _convert(args: argparse.Namespace) -> int:

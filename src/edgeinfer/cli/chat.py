@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-DEFAULT_URL = os.environ.get("EDGEINFER_URL", "http://127.0.0.1:8000")
+from edgeinfer.cli.client import add_server_args, headers, verify
 
 
 def add_chat(sub: Any) -> None:
@@ -22,8 +21,7 @@ def add_chat(sub: Any) -> None:
                        description="Chat with a text generation model on a running server. "
                        "Type a message and press Enter; an empty line or Ctrl-D quits.")  # fmt: skip
     p.add_argument("model", help="model name, e.g. llm-demo")
-    p.add_argument("--url", default=DEFAULT_URL,
-                   help=f"server URL (default: $EDGEINFER_URL or {DEFAULT_URL})")  # fmt: skip
+    add_server_args(p)
     p.add_argument("--system", help="a system message that starts the conversation")
     p.add_argument("--max-tokens", type=int, default=256, help="per reply (default: 256)")
     p.add_argument("--temperature", type=float, default=0.7, help="(default: 0.7; 0 = greedy)")
@@ -35,8 +33,6 @@ def add_chat(sub: Any) -> None:
                    "call them; calls are shown as [tool call] name {arguments}")  # fmt: skip
     p.add_argument("--tool-choice", default="auto", metavar="CHOICE",
                    help="with --tools: auto (default), required, none, or a function's name")  # fmt: skip
-    p.add_argument("--api-key", default=os.environ.get("EDGEINFER_API_KEY"),
-                   help="bearer token when the server requires one (env EDGEINFER_API_KEY)")  # fmt: skip
     p.set_defaults(func=cmd_chat)
 
 
@@ -129,9 +125,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
         return 2
     if args.system:
         messages.append({"role": "system", "content": args.system})
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     interactive = sys.stdin.isatty()
-    with httpx.Client(timeout=httpx.Timeout(600, connect=10), headers=headers) as client:
+    timeout = httpx.Timeout(600, connect=10)
+    with httpx.Client(timeout=timeout, headers=headers(args), verify=verify(args)) as client:
         while True:
             if interactive:
                 sys.stdout.write("> ")

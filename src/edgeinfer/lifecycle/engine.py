@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import logging
 import time
@@ -25,6 +26,7 @@ from edgeinfer.errors import (
 from edgeinfer.hardware import (
     Governor,
     GovernorConfig,
+    GovernorSnapshot,
     MemoryBudget,
     default_budget_bytes,
     read_readings,
@@ -34,6 +36,7 @@ from edgeinfer.lifecycle.budget import BudgetGate
 from edgeinfer.lifecycle.llm_prompt import prompt_tokens, reply_params
 from edgeinfer.lifecycle.manager import ModelManager
 from edgeinfer.lifecycle.models import LoadedVersion, State
+from edgeinfer.lifecycle.status import CanaryStatus, LifecycleStatus
 from edgeinfer.lifecycle.triton_config import triton_model_config
 from edgeinfer.repository import Repository
 from edgeinfer.serving.classification import class_counts, classify
@@ -69,6 +72,7 @@ class Engine:
         self, repository: Repository, settings: ServerSettings, tracer: Tracer | None = None
     ) -> None:
         self.repository = repository
+        self._user_overrides = copy.deepcopy(repository.overrides)  # --set, before any pin
         self.settings = settings
         self.tracer = tracer  # None: tracing off; handlers start request spans on it
         self._constraints = Constraints()  # structured outputs: grammars per request
@@ -236,21 +240,44 @@ class Engine:
         self._check_control()
         return await self._manager(name).promote()
 
-    def lifecycle_status(self, name: str) -> dict[str, Any]:
+    def lifecycle_status(self, name: str) -> LifecycleStatus:
         m = self._manager(name)
         route = m.route
-        return {
-            "live": str(route.live) if route else None,
-            "canary": {"version": str(route.canary), "weight": route.weight}
-            if route and route.canary is not None else None,
-            "resident": [str(v) for v in sorted(m.versions)],
-            "blocked": [str(v) for v in m.state.blocked],
-            "load_failures": self.last_failures.get(name, []),
-            "memory": {str(v): {"estimated_bytes": self.gate.estimates.get(f"{name}:v{v}")
-                                if self.gate else None, "measured_rss_bytes": h.measured_bytes}
-                       for v, h in sorted(m.versions.items())},
-            "history": list(m.state.history[-10:]),
-        }  # fmt: skip
+        canary = (
+            CanaryStatus(route.canary, route.weight) if route and route.canary is not None else None
+        )
+        memory = {
+            v: {
+                "estimated_bytes": self.gate.estimates.get(f"{name}:v{v}") if self.gate else None,
+                "measured_rss_bytes": h.measured_bytes,
+            }
+            for v, h in sorted(m.versions.items())
+        }
+        return LifecycleStatus(
+            route.live if route else None,
+            canary,
+            tuple(sorted(m.versions)),
+            tuple(m.state.blocked),
+            self.last_failures.get(name, []),
+            memory,
+            tuple(m.state.history[-10:]),
+        )
+
+    def pin_version(self, name: str, version: int | None) -> None:
+        """Serve exactly `version` as the version policy's choice, on top of the user's --set
+        overrides (the fleet decides what goes live); None: the configured policy again."""
+        base = self._user_overrides.get(name, {})
+        if version is None:
+            if base:
+                self.repository.overrides[name] = copy.deepcopy(base)
+            else:
+                self.repository.overrides.pop(name, None)
+            return
+        self.repository.overrides[name] = {**base, "version_policy": {"specific": [version]}}
+
+    def device_snapshot(self) -> GovernorSnapshot:
+        """The latest hardware reading and the capacity factor it gives."""
+        return self.governor.snapshot()
 
     async def _monitor(self) -> None:
         """Once a second: automatic rollback of regressed new versions; restart of dead LLM

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import functools
 import json
 import logging
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from edgeinfer.errors import EdgeInferError, LoadError
-from edgeinfer.registry.converge import converge, observe, pin
+from edgeinfer.registry.converge import converge, observe
 from edgeinfer.registry.desired import Change, Desired, DesiredError, DesiredModel, Snapshot
 from edgeinfer.registry.fetch import FetchError, ensure_version
 from edgeinfer.registry.rollout import halt_reason
@@ -66,7 +65,6 @@ class FleetAgent:
         self.call_timeout_s = max(1.0, ttl)  # a registry call not answered by then has failed
         self.resync_s = resync_s
         self._backoff = backoff
-        self._base = copy.deepcopy(engine.repository.overrides)  # the user's --set
         self._failed: dict[str, int] = {}  # model -> mod revision whose apply failed for good
         self._applied: dict[str, int] = {}  # model -> mod revision last converged
         self._state_path = engine.repository.root / STATE_FILE
@@ -100,7 +98,7 @@ class FleetAgent:
             log.warning("ignoring %s: %s", self._state_path, e)
             return
         for name, d in self.desired.items():
-            pin(self.engine, self._base, name, d.model.version)
+            self.engine.pin_version(name, d.model.version)
         log.info("restored desired state of %d model(s) at revision %d", len(self.desired),
                  self.revision)  # fmt: skip
 
@@ -257,7 +255,7 @@ class FleetAgent:
         if self._applied.get(name) == d.mod_revision and self._rolled_back_here(name, d.model):
             return  # a local automatic rollback after a regression stands; reported in status
         want = d.model
-        pin(self.engine, self._base, name, want.version)
+        self.engine.pin_version(name, want.version)
         repo = self.engine.repository
         try:
             await ensure_version(repo, name, want.version, want.artifacts.get(want.version),
@@ -296,8 +294,8 @@ class FleetAgent:
             st = self.engine.lifecycle_status(name)
         except EdgeInferError:
             return False
-        last = st["history"][-1] if st["history"] else {}
-        if (st["live"] is not None and int(st["live"]) != want.version
+        last = st.history[-1] if st.history else {}
+        if (st.live is not None and st.live != want.version
                 and last.get("event") == "rollback" and str(last.get("reason", "")).startswith("auto")
                 and last.get("from") == want.version):  # fmt: skip
             self.errors[name] = f"v{want.version} was rolled back here: {last['reason']}"

@@ -2,14 +2,13 @@
 
 The repository's rule is "the newest version on disk goes live once verified"; under a fleet the
 registry decides instead. So the model's version policy is pinned to the desired live version
-(the same mechanism as `--set MODEL.version_policy.specific=[N]`): a canary version fetched next
+(`Engine.pin_version`, the same mechanism as `--set MODEL.version_policy.specific=[N]`): a canary version fetched next
 to it is then loaded as a canary, never promoted because it is newest. Everything else goes
 through `Engine.load / rollback / set_canary / promote`: verified load, atomic swap, drain.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from edgeinfer.errors import EdgeInferError, ModelNotReady
@@ -17,21 +16,15 @@ from edgeinfer.registry.desired import DesiredModel
 
 if TYPE_CHECKING:
     from edgeinfer.lifecycle import Engine
+    from edgeinfer.lifecycle.status import LifecycleStatus
 
 
-def pin(engine: Engine, base: Mapping[str, dict[str, Any]], model: str, version: int) -> None:
-    """Serve exactly `version` as the policy's choice (on top of the user's --set overrides)."""
-    engine.repository.overrides[model] = {
-        **base.get(model, {}), "version_policy": {"specific": [version]},
-    }  # fmt: skip
-
-
-def _status(engine: Engine, model: str) -> dict[str, Any] | None:
+def _status(engine: Engine, model: str) -> LifecycleStatus | None:
     try:
         st = engine.lifecycle_status(model)
     except ModelNotReady:
         return None
-    return st if st["live"] is not None else None
+    return st if st.live is not None else None
 
 
 async def converge(engine: Engine, model: str, want: DesiredModel) -> None:
@@ -40,22 +33,19 @@ async def converge(engine: Engine, model: str, want: DesiredModel) -> None:
     if st is None:
         await engine.load(model)
         st = engine.lifecycle_status(model)
-    if int(st["live"]) != want.version:
-        canary = st["canary"]
-        if canary is not None and int(canary["version"]) == want.version:
+    if st.live != want.version:
+        if st.canary is not None and st.canary.version == want.version:
             await engine.promote(model)
         else:
             await engine.load(model)  # a version never live here is promoted once verified
-            if int(engine.lifecycle_status(model)["live"]) != want.version:
+            if engine.lifecycle_status(model).live != want.version:
                 await engine.rollback(model, want.version)  # back (or forward) to one seen before
     target = want.active_canary
-    current = engine.lifecycle_status(model)["canary"]
+    current = engine.lifecycle_status(model).canary
     if target is None:
         if current is not None:
             await engine.set_canary(model, None)
-    elif current is None or (int(current["version"]), float(current["weight"])) != (
-        target.version, target.weight,
-    ):  # fmt: skip
+    elif current is None or (current.version, current.weight) != (target.version, target.weight):
         await engine.set_canary(model, target.version, target.weight)
 
 
@@ -67,7 +57,7 @@ def observe(engine: Engine, model: str) -> dict[str, Any]:
     except EdgeInferError as e:
         return {"live": None, "canary": None, "ready": False, "versions": {}, "state": e.message}
     versions = {}
-    for v in st["resident"]:
+    for v in (str(n) for n in st.resident):
         try:
             stats = engine.handle(model, v).stats
         except EdgeInferError:
@@ -75,8 +65,8 @@ def observe(engine: Engine, model: str) -> dict[str, Any]:
         versions[v] = {"requests": stats.success.count + stats.fail.count,
                        "errors": stats.failures.get("BACKEND", 0)}  # fmt: skip
     return {
-        "live": st["live"],
-        "canary": st["canary"],
+        "live": st.to_json()["live"],
+        "canary": st.to_json()["canary"],
         "ready": engine.model_ready(model),
         "versions": versions,
     }

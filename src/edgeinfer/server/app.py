@@ -30,6 +30,7 @@ from edgeinfer.server import (
     openai_llm,
     openai_lora,
     openapi,
+    repository_http,
 )
 from edgeinfer.server.auth_http import AuthMiddleware
 from edgeinfer.server.http_common import ClientDisconnected, json_response
@@ -62,6 +63,7 @@ def build_app(
     return Starlette(
         routes=[
             *kserve_http.routes(engine, limit, settings.limits),
+            *repository_http.routes(engine),
             *openai_http.routes(engine, json_limit),
             *openai_llm.routes(engine, json_limit),
             *openai_lora.routes(engine, json_limit),

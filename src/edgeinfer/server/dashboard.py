@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from edgeinfer import __version__
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.lifecycle import Engine
+from edgeinfer.lifecycle.interfaces import EngineControl
 from edgeinfer.server.http_common import json_response
 from edgeinfer.telemetry.metrics import VersionSample
 
@@ -30,7 +30,7 @@ WINDOW_S = 10.0  # latency percentiles over the last WINDOW_S seconds
 _STARTED = time.time()
 
 
-def routes(engine: Engine) -> list[Route]:
+def routes(engine: EngineControl) -> list[Route]:
     async def page(request: Request) -> Response:
         return Response(_page(), media_type="text/html; charset=utf-8",
                         headers={"Cache-Control": "no-cache"})  # fmt: skip
@@ -46,7 +46,9 @@ def _page() -> bytes:
     return resources.files("edgeinfer.server").joinpath("dashboard.html").read_bytes()
 
 
-def dashboard_data(engine: Engine, now: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+def dashboard_data(
+    engine: EngineControl, now: Callable[[], float] = time.monotonic
+) -> dict[str, Any]:
     """Everything the page shows, read from the Engine and the host at this instant. Sensor
     readings come from the engine's device governor, which caches them (at most one read a
     second), so open pages add no sysfs reads of their own."""
@@ -61,7 +63,7 @@ def dashboard_data(engine: Engine, now: Callable[[], float] = time.monotonic) ->
     models = []
     for name, (state, reason) in sorted(states.items()):
         try:
-            status = engine.lifecycle_status(name)
+            status = engine.lifecycle_status(name).to_json()
         except EdgeInferError:
             status = {"live": None, "canary": None}
         versions = [_version(s, status, t) for s in samples.get(name, [])]
@@ -85,7 +87,7 @@ def dashboard_data(engine: Engine, now: Callable[[], float] = time.monotonic) ->
 _last_tokens: dict[str, tuple[float, int]] = {}  # model -> (time, generation tokens) at last poll
 
 
-def _llm(engine: Engine, t: float) -> dict[str, Any] | None:
+def _llm(engine: EngineControl, t: float) -> dict[str, Any] | None:
     """Generation tokens/s since the previous poll, summed over LLMs; None without LLMs."""
     samples = engine.llm_samples()
     if not samples:
@@ -137,8 +139,8 @@ def _percentile_ms(ordered: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3, 3)
 
 
-def _host(engine: Engine) -> dict[str, Any]:
-    snap = engine.governor.snapshot()
+def _host(engine: EngineControl) -> dict[str, Any]:
+    snap = engine.device_snapshot()
     device = {k: v for k, v in asdict(snap).items() if k != "read_at"}
     try:
         load: list[float] | None = [round(x, 2) for x in os.getloadavg()]

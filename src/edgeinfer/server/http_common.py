@@ -56,12 +56,35 @@ def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = 
     )
 
 
-def error_response(exc: BaseException) -> Response:
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+    504: "timeout",
+}
+
+
+def error_response(exc: BaseException, openai: bool = False, param: str | None = None) -> Response:
+    """The one error reply: status and message from server/errors.py, Retry-After on 429/503;
+    KServe's body {"error": message}, or with `openai` OpenAI's {"error": {message, type,
+    param, code}} (an InvalidParameter names its own `param`)."""
     status, _, message = status_of(exc)
     headers = {}
     if (ra := retry_after(exc)) is not None and status in (429, 503):
         headers["Retry-After"] = ra
-    return json_response({"error": message}, status, headers)
+    if not openai:
+        return json_response({"error": message}, status, headers)
+    body = {
+        "error": {
+            "message": message,
+            "type": _OPENAI_TYPES.get(status, "server_error"),
+            "param": getattr(exc, "param", None) or param,
+            "code": status,
+        }
+    }
+    return json_response(body, status, headers)
 
 
 async def read_body(request: Request, limit: int, flag: str = "--max-request-bytes") -> bytes:

@@ -34,12 +34,15 @@ from edgeinfer.server.kserve_codec import (
     encode_bytes_elements,
     output_bytes,
 )
-from edgeinfer.server.offload import off_loop
+from edgeinfer.server.offload import off_loop, trim_after
 from edgeinfer.server.parse import optional_int, parse_float
+from edgeinfer.telemetry.tracing import RequestTrace, traced
 from edgeinfer.types import DTYPE_TO_NUMPY, InferRequest, InferResponse, RequestedOutput, Tensor
 
 if TYPE_CHECKING:
     from edgeinfer.lifecycle import Engine
+from edgeinfer.lifecycle.actions import run_action
+from edgeinfer.lifecycle.interfaces import EngineControl
 
 # binary_tensor_data is the HTTP extension; gRPC always carries raw bytes.
 EXTENSIONS = ("classification", "model_repository", "statistics", "model_configuration")
@@ -160,10 +163,9 @@ def _tensor(inp: Any, raw: bytes | None, limits: Limits) -> Tensor:
 
 
 def _request_bytes(req: Any) -> int:
-    """About how many bytes decoding `req` works through: its raw contents, or a guess from
-    its typed contents' element counts (ByteSize() would walk the whole message)."""
-    raw = sum(len(r) for r in req.raw_input_contents)
-    return raw or sum(8 * math.prod(inp.shape) for inp in req.inputs if len(inp.shape) < 64)
+    """How many bytes decoding `req` works through. ByteSize() does not copy raw contents
+    (reading `raw_input_contents` would make a Python copy of each)."""
+    return int(req.ByteSize())
 
 
 def decode_infer(req: Any, limits: Limits = DEFAULT_LIMITS) -> InferRequest:
@@ -225,6 +227,7 @@ def _guarded(method: Method) -> Method:
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter_ns()
         try:
             if self.auth.enabled:
                 meta = dict(context.invocation_metadata() or ())
@@ -234,6 +237,8 @@ def _guarded(method: Method) -> Method:
         except Exception as exc:
             _, code_name, message = status_of(exc)
             code = grpc.StatusCode[code_name]
+        finally:
+            trim_after(started, _request_bytes(request))
         # A status, not context.abort(): abort raises through this frame, whose traceback then
         # ties it (and the request, a 600 KB image) into a cycle only a full GC frees.
         context.set_code(code)
@@ -306,35 +311,27 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         tenant = self.auth.tenant(principal, metadata.get("tenant"))
         if tenant is not None:
             metadata[TENANT_IDENTITY] = tenant
-        tracer = self.engine.tracer
         size = _request_bytes(request)
-        if tracer is None:
-            req = await off_loop(size, decode_infer, request, self.limits)
-            req.metadata, req.received_ns = metadata, received
-            resp = await self.engine.infer(req)
-            return await off_loop(output_bytes(resp), encode_infer, resp)
-        trace = tracer.start_request(
-            "inference.GRPCInferenceService/ModelInfer",
-            metadata,
-            {
-                "rpc.system": "grpc",
-                "rpc.service": "inference.GRPCInferenceService",
-                "rpc.method": "ModelInfer",
-                "edgeinfer.model": request.model_name,
-            },
-        )
-        try:
+
+        async def run(trace: RequestTrace | None) -> Any:
             req = await off_loop(size, decode_infer, request, self.limits)
             req.metadata, req.received_ns = metadata, received
             resp = await self.engine.infer(req, trace)
             encode_start = time.perf_counter_ns()
             out = await off_loop(output_bytes(resp), encode_infer, resp)
-            trace.child("encode", encode_start, time.perf_counter_ns())
-        except BaseException as e:  # cancellation included
-            trace.end(error=e)
-            raise
-        trace.end()
-        return out
+            if trace is not None:
+                trace.child("encode", encode_start, time.perf_counter_ns())
+            return out
+
+        attrs = {
+            "rpc.system": "grpc",
+            "rpc.service": "inference.GRPCInferenceService",
+            "rpc.method": "ModelInfer",
+            "edgeinfer.model": request.model_name,
+        }
+        return await traced(
+            self.engine.tracer, "inference.GRPCInferenceService/ModelInfer", metadata, attrs, run
+        )
 
     @_guarded
     async def ModelConfig(self, request: Any, context: Any) -> Any:
@@ -384,26 +381,22 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.RepositoryModelUnloadResponse()
 
 
-async def lifecycle_action(engine: Engine, model: str, action: str, params: dict[str, Any]) -> None:
+async def lifecycle_action(
+    engine: EngineControl, model: str, action: str, params: dict[str, Any]
+) -> None:
     """Lifecycle calls carried in RepositoryModelLoad parameters (gRPC has no RPCs for them)."""
-    v = optional_int(params, "edgeinfer.version", "edgeinfer.version")
     if action == "load":
         await engine.load(model)
-    elif action == "rollback":
-        await engine.rollback(model, v)
-    elif action == "canary":
-        if v is None:
-            raise InvalidInput("edgeinfer.action=canary needs edgeinfer.version")
-        weight = parse_float(params.get("edgeinfer.weight", 0.1), "edgeinfer.weight", 0.0, 1.0)
-        await engine.set_canary(model, v, weight)
-    elif action == "promote":
-        await engine.promote(model)
-    elif action == "abort":
-        await engine.set_canary(model, None)
-    else:
-        raise InvalidInput(
-            f"unknown edgeinfer.action {action!r}; use load, rollback, canary, promote or abort"
-        )
+        return
+    version = optional_int(params, "edgeinfer.version", "edgeinfer.version")
+    weight = params.get("edgeinfer.weight")
+    await run_action(
+        engine,
+        model,
+        action,
+        version,
+        None if weight is None else parse_float(weight, "edgeinfer.weight", 0.0, 1.0),
+    )
 
 
 def _unimplemented(rpc: str) -> Callable[..., Awaitable[None]]:

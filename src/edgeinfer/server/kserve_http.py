@@ -1,4 +1,5 @@
-"""KServe v2 / Open Inference Protocol over HTTP, with Triton's config, stats and repository routes."""
+"""KServe v2 / Open Inference Protocol over HTTP: health, metadata, Triton's config and stats,
+inference. The repository and lifecycle routes are in repository_http.py."""
 
 from __future__ import annotations
 
@@ -6,15 +7,14 @@ import logging
 import time
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from edgeinfer import __version__
 from edgeinfer.config import Limits
-from edgeinfer.errors import EdgeInferError, InvalidInput, ModelNotFound
-from edgeinfer.lifecycle import Engine
+from edgeinfer.errors import EdgeInferError, InvalidInput
+from edgeinfer.lifecycle.interfaces import EngineClient
 from edgeinfer.server.http_common import (
     ClientDisconnected,
     error_response,
@@ -28,9 +28,9 @@ from edgeinfer.server.kserve_codec import (
     encode_response,
     output_bytes,
 )
-from edgeinfer.server.offload import check_json_size, off_loop, parse_json
-from edgeinfer.server.parse import optional_int, parse_float, parse_int
-from edgeinfer.telemetry.tracing import RequestTrace
+from edgeinfer.server.offload import check_json_size, off_loop, trim_after
+from edgeinfer.server.parse import parse_int
+from edgeinfer.telemetry.tracing import RequestTrace, traced
 from edgeinfer.types import TensorSpec
 
 log = logging.getLogger("edgeinfer.http")
@@ -44,11 +44,17 @@ EXTENSIONS = [
 ]
 
 
+def _status(response: Response) -> int:
+    return response.status_code
+
+
 def _spec(s: TensorSpec) -> dict[str, Any]:
     return {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
 
 
-def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMITS) -> list[Route]:
+def routes(
+    engine: EngineClient, max_request_bytes: int, limits: Limits = DEFAULT_LIMITS
+) -> list[Route]:
     def _version(request: Request) -> str | None:
         return request.path_params.get("version")
 
@@ -90,33 +96,37 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
         try:
             doc: dict[str, Any] = {"model_stats": engine.statistics(model, _version(request))}
             if model:  # not in Triton's schema: live/canary/load failures for this model
-                doc["lifecycle"] = engine.lifecycle_status(model)
+                doc["lifecycle"] = engine.lifecycle_status(model).to_json()
         except EdgeInferError as e:
             return error_response(e)
         return json_response(doc)
 
-    def _start_trace(request: Request, model: str) -> RequestTrace | None:
-        if engine.tracer is None:
-            return None
-        route = "/v2/models/{model}" + ("/versions/{version}" if _version(request) else "")
-        return engine.tracer.start_request(
-            f"POST {route}/infer",
-            request.headers,
-            {"http.request.method": "POST", "url.path": request.url.path, "edgeinfer.model": model},
-        )
-
     async def infer(request: Request) -> Response:
         model = request.path_params["model"]
-        trace = _start_trace(request, model)
-        if trace is None:
-            return await _infer(request, model, None)
+        route = "/v2/models/{model}" + ("/versions/{version}" if _version(request) else "")
+        attrs = {
+            "http.request.method": "POST",
+            "url.path": request.url.path,
+            "edgeinfer.model": model,
+        }
+        started = time.perf_counter_ns()
         try:
-            response = await _infer(request, model, trace)
-        except BaseException as e:  # cancelled (server shutdown)
-            trace.end(error=e)
-            raise
-        trace.end(response.status_code)
-        return response
+            return await traced(
+                engine.tracer,
+                f"POST {route}/infer",
+                request.headers,
+                attrs,
+                lambda trace: _infer(request, model, trace),
+                _status,
+            )
+        finally:
+            trim_after(started, _declared_size(request))
+
+    def _declared_size(request: Request) -> int:
+        try:
+            return parse_int(request.headers.get("content-length") or 0, "Content-Length")
+        except InvalidInput:
+            return 0
 
     async def _read_infer_body(request: Request) -> tuple[bytes, int | None]:
         """The body and its JSON header's length (None: all JSON). A body that is all JSON is
@@ -165,89 +175,6 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
             headers={"Inference-Header-Content-Length": str(head_len)},
         )
 
-    def _query_int(request: Request, key: str, default: int) -> int:
-        raw = request.query_params.get(key)
-        return default if raw is None else parse_int(raw, f"query parameter '{key}'", 1)
-
-    async def model_profile(request: Request) -> Response:
-        """Per-layer timings from ONNX Runtime's profiler, on a separate session."""
-        try:
-            doc = await engine.profile(
-                request.path_params["model"],
-                _version(request),
-                batch=_query_int(request, "batch", 1),
-                runs=_query_int(request, "runs", 10),
-            )
-        except EdgeInferError as e:
-            return error_response(e)
-        return json_response(doc)
-
-    async def repository_index(request: Request) -> Response:
-        ready_only = False
-        try:
-            body = await read_body(request, 1 << 16)
-        except EdgeInferError as e:
-            return error_response(e)
-        if body:
-            try:
-                doc = orjson.loads(body)
-                ready_only = bool(doc.get("ready", False)) if isinstance(doc, dict) else False
-            except ValueError:
-                return error_response(InvalidInput("repository index body must be JSON"))
-        rows = []
-        for s in engine.index(ready_only):
-            row = {"name": s.name, "version": s.version, "state": s.state}
-            if s.reason:
-                row["reason"] = s.reason
-            rows.append(row)
-        return json_response(rows)
-
-    async def repository_load(request: Request) -> Response:
-        try:
-            await engine.load(request.path_params["model"])
-        except EdgeInferError as e:
-            return error_response(e)
-        return json_response({})
-
-    async def repository_unload(request: Request) -> Response:
-        try:
-            await engine.unload(request.path_params["model"])
-        except EdgeInferError as e:
-            return error_response(e)
-        return json_response({})
-
-    async def _json_body(request: Request) -> dict[str, Any]:
-        raw = await read_body(request, 1 << 16)
-        if not raw:
-            return {}
-        doc = await parse_json(raw, 1 << 16)
-        if not isinstance(doc, dict):
-            raise InvalidInput("body must be a JSON object")
-        return doc
-
-    async def lifecycle(request: Request) -> Response:
-        model = request.path_params["model"]
-        action = request.path_params.get("action", "status")
-        try:
-            doc = await _json_body(request)
-            if action == "rollback":
-                await engine.rollback(model, optional_int(doc, "version"))
-            elif action == "canary":
-                version = optional_int(doc, "version")
-                if version is None:
-                    raise InvalidInput("canary needs {'version': N, 'weight': 0..1}")
-                weight = parse_float(doc.get("weight", 0.1), "'weight'", 0.0, 1.0)
-                await engine.set_canary(model, version, weight)
-            elif action == "promote":
-                await engine.promote(model)
-            elif action == "abort":
-                await engine.set_canary(model, None)
-            elif action != "status":
-                return error_response(ModelNotFound(f"no lifecycle action '{action}'"))
-            return json_response(engine.lifecycle_status(model))
-        except EdgeInferError as e:
-            return error_response(e)
-
     m = "/v2/models/{model}"
     mv = "/v2/models/{model}/versions/{version}"
     return [
@@ -263,13 +190,6 @@ def routes(engine: Engine, max_request_bytes: int, limits: Limits = DEFAULT_LIMI
         Route(mv + "/config", model_config),
         Route(m + "/stats", model_stats),
         Route(mv + "/stats", model_stats),
-        Route(m + "/profile", model_profile),
-        Route(mv + "/profile", model_profile),
         Route(m + "/infer", infer, methods=["POST"]),
         Route(mv + "/infer", infer, methods=["POST"]),
-        Route("/v2/repository/index", repository_index, methods=["POST"]),
-        Route("/v2/repository/models/{model}/load", repository_load, methods=["POST"]),
-        Route("/v2/repository/models/{model}/unload", repository_unload, methods=["POST"]),
-        Route("/v2/repository/models/{model}/{action}", lifecycle, methods=["POST"]),
-        Route("/v2/repository/models/{model}/status", lifecycle, methods=["GET"]),
     ]

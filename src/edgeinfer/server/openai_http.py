@@ -14,24 +14,16 @@ from starlette.routing import Route
 
 from edgeinfer.auth import TENANT_IDENTITY
 from edgeinfer.errors import EdgeInferError, InvalidInput
-from edgeinfer.lifecycle import Engine
-from edgeinfer.server.errors import status_of
-from edgeinfer.server.http_common import json_response, read_json
-from edgeinfer.server.offload import off_loop
+from edgeinfer.lifecycle.interfaces import EngineClient
+from edgeinfer.server.http_common import error_response, json_response, read_json
+from edgeinfer.server.offload import off_loop, trim_after
 from edgeinfer.serving.validation import check_strings
-from edgeinfer.telemetry.tracing import RequestTrace
+from edgeinfer.telemetry.tracing import RequestTrace, traced
 from edgeinfer.types import InferRequest, Tensor, TensorSpec
-
-_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error",
-                429: "rate_limit_error", 503: "service_unavailable", 504: "timeout"}  # fmt: skip
 
 
 def openai_error(exc: BaseException, param: str | None = None) -> Response:
-    status, _, message = status_of(exc)
-    param = getattr(exc, "param", None) or param  # InvalidParameter names its own
-    body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"),
-                      "param": param, "code": status}}  # fmt: skip
-    return json_response(body, status)
+    return error_response(exc, openai=True, param=param)
 
 
 def _texts(raw: Any, spec: TensorSpec) -> list[str]:
@@ -64,7 +56,7 @@ def _embedding_body(vectors: np.ndarray, fmt: str, model: str, tokens: int) -> b
     }, option=orjson.OPT_SERIALIZE_NUMPY)  # fmt: skip
 
 
-def routes(engine: Engine, max_json_bytes: int) -> list[Route]:
+def routes(engine: EngineClient, max_json_bytes: int) -> list[Route]:
     created = int(time.time())
 
     async def list_models(request: Request) -> Response:
@@ -77,20 +69,19 @@ def routes(engine: Engine, max_json_bytes: int) -> list[Route]:
         return json_response({"object": "list", "data": data})
 
     async def embeddings(request: Request) -> Response:
-        if engine.tracer is None:
-            return await _embeddings(request, None)
-        trace = engine.tracer.start_request(
-            "POST /v1/embeddings",
-            request.headers,
-            {"http.request.method": "POST", "url.path": "/v1/embeddings"},
-        )
+        attrs = {"http.request.method": "POST", "url.path": "/v1/embeddings"}
+        started = time.perf_counter_ns()
         try:
-            response = await _embeddings(request, trace)
-        except BaseException as e:  # cancelled (server shutdown)
-            trace.end(error=e)
-            raise
-        trace.end(response.status_code)
-        return response
+            return await traced(
+                engine.tracer,
+                "POST /v1/embeddings",
+                request.headers,
+                attrs,
+                lambda trace: _embeddings(request, trace),
+                lambda response: response.status_code,
+            )
+        finally:
+            trim_after(started)
 
     async def _embeddings(request: Request, trace: RequestTrace | None) -> Response:
         received = time.perf_counter_ns()

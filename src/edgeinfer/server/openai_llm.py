@@ -10,7 +10,7 @@ final `error` event, as OpenAI and Triton do.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -19,21 +19,22 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from edgeinfer.errors import EdgeInferError, InvalidInput, InvalidParameter
-from edgeinfer.lifecycle import Engine
-from edgeinfer.server.errors import retry_after, status_of
+from edgeinfer.lifecycle.interfaces import EngineClient
+from edgeinfer.server.errors import status_of
 from edgeinfer.server.http_common import (
     ClientDisconnected,
+    error_response,
     json_response,
     read_json,
     unless_disconnected,
 )
 from edgeinfer.server.offload import off_loop
-from edgeinfer.server.openai_http import openai_error
 from edgeinfer.server.openai_reply import Reply, merged, usage
 from edgeinfer.server.openai_tools import plan, response_format
 from edgeinfer.server.parse import parse_int
 from edgeinfer.serving.llm_loop import GenChunk, GenerateRequest, GenerationStream
 from edgeinfer.serving.sampling import SamplingParams, TokenLogprob
+from edgeinfer.telemetry.tracing import traced
 
 SSE = "text/event-stream; charset=utf-8"
 _NUMBERS = {"temperature": 1.0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0,
@@ -42,11 +43,7 @@ MAX_CHOICES = 8
 
 
 def _error(exc: BaseException) -> Response:
-    resp = openai_error(exc, getattr(exc, "param", None))
-    ra = retry_after(exc)
-    if ra is not None and resp.status_code in (429, 503):
-        resp.headers["Retry-After"] = ra
-    return resp
+    return error_response(exc, openai=True)
 
 
 def _int(doc: dict[str, Any], key: str, default: int | None) -> int | None:
@@ -186,7 +183,7 @@ async def _collect(stream: GenerationStream) -> tuple[str, GenChunk, list[TokenL
     return "".join(parts), last, lps
 
 
-async def _start(engine: Engine, req: GenerateRequest, n: int) -> list[GenerationStream]:
+async def _start(engine: EngineClient, req: GenerateRequest, n: int) -> list[GenerationStream]:
     """`n` generations of one request (seed, seed + 1, ... when seeded); all or none."""
     streams: list[GenerationStream] = []
     try:
@@ -235,7 +232,7 @@ def _openai_request(doc: dict[str, Any], chat: bool, headers: dict[str, str],
     return req, reply
 
 
-def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
+def routes(engine: EngineClient, max_request_bytes: int) -> list[Route]:
     async def openai(request: Request, chat: bool) -> Response:
         try:
             doc = await read_json(request, max_request_bytes)
@@ -257,11 +254,22 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
             return Response(status_code=499)
         return json_response(body)
 
-    async def completions(request: Request) -> Response:
-        return await openai(request, chat=False)
+    def span(path: str, chat: bool) -> Callable[[Request], Awaitable[Response]]:
+        async def route(request: Request) -> Response:
+            attrs = {"http.request.method": "POST", "url.path": path}
+            return await traced(
+                engine.tracer,
+                f"POST {path}",
+                request.headers,
+                attrs,
+                lambda _: openai(request, chat=chat),
+                lambda response: response.status_code,
+            )
 
-    async def chat_completions(request: Request) -> Response:
-        return await openai(request, chat=True)
+        return route
+
+    completions = span("/v1/completions", chat=False)
+    chat_completions = span("/v1/chat/completions", chat=True)
 
     generate_routes = _generate_routes(engine, max_request_bytes)
     return [
@@ -272,16 +280,13 @@ def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
 
 
 # ---- Triton's generate extension ------------------------------------------------------------
-def _generate_routes(engine: Engine, max_request_bytes: int) -> list[Route]:
+def _generate_routes(engine: EngineClient, max_request_bytes: int) -> list[Route]:
     """`{"text_input": ..., "parameters": {...}}` -> `{"model_name", "model_version",
     "text_output"}`. Sampling parameters may also sit at the top level (Triton passes extra
     fields as parameters). The output excludes the prompt unless exclude_input_in_output is
     false. max_tokens defaults to 16, as in Triton's vLLM backend."""
 
-    def fail(e: BaseException) -> Response:
-        status, _, message = status_of(e)
-        headers = {"Retry-After": ra} if (ra := retry_after(e)) and status in (429, 503) else None
-        return json_response({"error": message}, status, headers)
+    fail = error_response
 
     async def start(request: Request) -> tuple[dict[str, Any], str, GenerationStream, str]:
         doc = await read_json(request, max_request_bytes)

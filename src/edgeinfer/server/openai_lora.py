@@ -16,7 +16,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from edgeinfer.errors import EdgeInferError, InvalidInput
-from edgeinfer.lifecycle import Engine
+from edgeinfer.lifecycle.interfaces import EngineControl
 from edgeinfer.server.http_common import read_json
 from edgeinfer.server.openai_http import openai_error
 from edgeinfer.server.parse import parse_float
@@ -28,7 +28,7 @@ def _doc(doc: Any) -> dict[str, Any]:
     return doc
 
 
-def routes(engine: Engine, max_request_bytes: int) -> list[Route]:
+def routes(engine: EngineControl, max_request_bytes: int) -> list[Route]:
     async def load(request: Request) -> Response:
         try:
             doc = _doc(await read_json(request, max_request_bytes))

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from edgeinfer.config import ConfigError
 
@@ -196,3 +196,29 @@ def from_endpoint(endpoint: str) -> Tracer | None:
             f"--otlp-endpoint needs the OpenTelemetry SDK and OTLP exporter ({e.name} is "
             "missing): pip install 'edgeinfer[tracing]'"
         ) from e
+
+
+T = TypeVar("T")
+
+
+async def traced(
+    tracer: Tracer | None,
+    name: str,
+    carrier: Mapping[str, str] | None,
+    attributes: Mapping[str, Any],
+    run: Callable[[RequestTrace | None], Awaitable[T]],
+    status: Callable[[T], int | None] = lambda _: None,
+) -> T:
+    """Run one request's handler `run` inside a server span (none when tracing is off): the one
+    wrapper every HTTP route and gRPC method uses. `status` reads the HTTP status of the
+    result; an exception (cancellation included) ends the span as failed and propagates."""
+    if tracer is None:
+        return await run(None)
+    trace = tracer.start_request(name, carrier, attributes)
+    try:
+        result = await run(trace)
+    except BaseException as e:
+        trace.end(error=e)
+        raise
+    trace.end(status(result))
+    return result

@@ -68,6 +68,21 @@ async def _drive(
     return len(latencies), time.perf_counter() - start, latencies
 
 
+def level(concurrency: int, rates: list[float], seconds: list[float]) -> dict[str, Any]:
+    """One concurrency's result: the median rate over repetitions and their spread, and the
+    p50/p99 of the latencies (request latency, or time to first token for an LLM)."""
+    ms = np.asarray(seconds or [float("nan")]) * 1e3
+    mid = float(np.median(rates))
+    return {
+        "concurrency": concurrency,
+        "throughput": mid,
+        "spread": float((max(rates) - min(rates)) / max(mid, 1e-9)),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "requests": len(seconds),
+    }
+
+
 async def _measure(
     spec: TrialSpec, lv: LoadedVersion, samples: list[dict[str, np.ndarray]]
 ) -> list[dict[str, Any]]:
@@ -81,17 +96,7 @@ async def _measure(
                 n, elapsed, got = await _drive(lv, samples, clients, spec.seconds)
                 rates.append(n / elapsed)
                 lat += got
-            ms = np.asarray(lat) * 1e3
-            levels.append(
-                {
-                    "concurrency": clients,
-                    "throughput": float(np.median(rates)),
-                    "spread": float((max(rates) - min(rates)) / max(np.median(rates), 1e-9)),
-                    "p50_ms": float(np.percentile(ms, 50)),
-                    "p99_ms": float(np.percentile(ms, 99)),
-                    "requests": len(lat),
-                }
-            )
+            levels.append(level(clients, rates, lat))
     finally:
         await lv.close(drain=False)
     return levels
@@ -123,17 +128,7 @@ async def _measure_llm(
                 n, elapsed, got = await drive_llm(loop, streams, spec.seconds, rng)
                 rates.append(n / elapsed)
                 firsts += got
-            ms = np.asarray(firsts or [float("nan")]) * 1e3
-            levels.append(
-                {
-                    "concurrency": streams,
-                    "throughput": float(np.median(rates)),
-                    "spread": float((max(rates) - min(rates)) / max(np.median(rates), 1e-9)),
-                    "p50_ms": float(np.percentile(ms, 50)),
-                    "p99_ms": float(np.percentile(ms, 99)),
-                    "requests": len(firsts),
-                }
-            )
+            levels.append(level(streams, rates, firsts))
     finally:
         await lv.close(drain=False)
     return levels, [{"tokens": np.asarray(tokens, np.int64)}]

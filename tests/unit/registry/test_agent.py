@@ -68,7 +68,7 @@ async def until(cond: Callable[[], bool | Awaitable[bool]], timeout: float = 10.
 
 
 def _route(engine: Engine) -> tuple[str | None, dict | None]:
-    st = engine.lifecycle_status("m")
+    st = engine.lifecycle_status("m").to_json()
     return st["live"], st["canary"]
 
 
