@@ -163,9 +163,15 @@ def _tensor(inp: Any, raw: bytes | None, limits: Limits) -> Tensor:
 
 
 def _request_bytes(req: Any) -> int:
-    """How many bytes decoding `req` works through. ByteSize() does not copy raw contents
-    (reading `raw_input_contents` would make a Python copy of each)."""
-    return int(req.ByteSize())
+    """About how many bytes decoding `req` works through, from its declared shapes: reading
+    `raw_input_contents` copies each (~140 ms for 60 MB) and ByteSize() re-serializes the
+    message (~360 ms), both holding the GIL."""
+    total = 0
+    for inp in getattr(req, "inputs", ()):
+        dtype = DTYPE_TO_NUMPY.get(inp.datatype)
+        width = 64 if dtype is None or dtype.kind == "O" else dtype.itemsize
+        total += width * math.prod(max(0, d) for d in inp.shape[:64])
+    return total
 
 
 def decode_infer(req: Any, limits: Limits = DEFAULT_LIMITS) -> InferRequest:
