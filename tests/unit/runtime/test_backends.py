@@ -120,3 +120,21 @@ def test_openvino_gives_a_fixed_batch_axis_a_dynamic_one(tmp_path: Path) -> None
     (model,) = runtime.load_instances(tmp_path, _config(max_batch_size=0))
     assert model.inputs[0].shape == (1, 16)  # no batch axis: the file's shape
     model.close()
+
+
+@pytest.mark.parametrize("signature", ["serving_default", ""])
+def test_litert_resizes_a_batch_axis_the_file_declares_as_one(
+    tmp_path: Path, signature: str
+) -> None:
+    tflite.mlp(tmp_path / "model.tflite", signature=signature, batch=False)
+    x = np.random.default_rng(0).random((3, 16), dtype=np.float32)
+    w1, w2 = tflite.mlp_weights()
+    (model,) = runtime.load_instances(tmp_path, _config(max_batch_size=8))
+    assert model.inputs[0].shape == (-1, 16)  # the probe at load found it resizable
+    np.testing.assert_allclose(model.run({"x": x})["y"], np.maximum(x @ w1, 0) @ w2, rtol=1e-4)
+    np.testing.assert_allclose(model.run({"x": x[:1]})["y"], np.maximum(x[:1] @ w1, 0) @ w2,
+                               rtol=1e-4)  # fmt: skip
+    model.close()
+    (model,) = runtime.load_instances(tmp_path, _config(max_batch_size=0))
+    assert model.inputs[0].shape == (1, 16)  # no batch axis: the file's shape
+    model.close()
