@@ -14,7 +14,14 @@ from typing import Any
 
 import httpx
 
-from edgeinfer.testing.adversarial import GrpcCase, HttpCase, Target, grpc_cases, http_cases
+from edgeinfer.testing.adversarial import (
+    GrpcCase,
+    HttpCase,
+    Target,
+    grpc_cases,
+    header_bytes,
+    http_cases,
+)
 
 GRPC_WRONG = ("INTERNAL", "UNKNOWN", "OK")
 
@@ -34,7 +41,7 @@ class Adversary:
     async def http_case(self, c: httpx.AsyncClient, broken: type[Exception]) -> str:
         case = self._pick_http()
         try:
-            headers = {k: v.encode() for k, v in case.headers.items()}  # '²' as UTF-8 bytes
+            headers = header_bytes(case.headers)  # httpx would refuse '²' as str
             r = await c.request(case.method, case.path, content=case.body(), headers=headers)
         except httpx.TransportError:
             if not case.big:

@@ -1,7 +1,7 @@
 """Adversarial reproductions against a real demo server: Unicode digits in numeric fields (500s
 before), oversized strings and bodies (minutes of tokenizing on the event loop and gigabytes of
 RSS before), huge and negative shapes; then hypothesis-generated variations of each, over HTTP
-and gRPC.
+and gRPC, plus extreme sampling parameters on the demo LLM.
 
 Every request must get a 4xx / gRPC error status naming what was wrong, and afterwards the
 server must answer its health check and serve the next valid request.
@@ -20,7 +20,14 @@ import pytest
 from hypothesis import given
 from tritonclient.grpc import service_pb2_grpc
 
-from edgeinfer.testing.adversarial import GrpcCase, HttpCase, Target, grpc_cases, http_cases
+from edgeinfer.testing.adversarial import (
+    GrpcCase,
+    HttpCase,
+    Target,
+    grpc_cases,
+    header_bytes,
+    http_cases,
+)
 from tests.conftest import ServerProcess, start_server
 from tests.unit.fuzz.adversarial import GRPC_BAD, grpc_requests, http_requests
 from tests.unit.fuzz.budget import fuzz
@@ -83,7 +90,7 @@ def _still_serving(http: httpx.Client) -> None:
 
 
 def _send(http: httpx.Client, case: HttpCase) -> httpx.Response:
-    headers = {k: v.encode() for k, v in case.headers.items()}  # '²' as its UTF-8 bytes
+    headers = header_bytes(case.headers)  # httpx would refuse '²' as str
     return http.request(case.method, case.path, content=case.body(), headers=headers)
 
 
@@ -128,7 +135,7 @@ def test_embeddings_count_under_the_requests_tenant(http: httpx.Client) -> None:
 
 
 @fuzz(40, deadline_s=TIMEOUT)
-@given(case=http_requests(TARGET))
+@given(case=http_requests(TARGET, llm_model="llm-demo"))
 def test_generated_http_requests_never_get_a_5xx(http: httpx.Client, case: HttpCase) -> None:
     r = _send(http, case)
     assert r.status_code < 500, (case.name, r.text)

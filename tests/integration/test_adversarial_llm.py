@@ -112,12 +112,12 @@ def test_out_of_range_values_are_400_naming_the_parameter(
 def test_a_30_mb_prompt_is_refused_before_tokenizing_while_health_answers(
     client: openai.OpenAI, server: ServerProcess
 ) -> None:
-    # 30 MB of JSON is refused before it is read (--max-json-bytes, 2 MiB); a 1 MB prompt gets
+    # 30 MB of JSON is refused before it is read (--max-json-bytes, 1 MiB); a 512 KB prompt gets
     # through the body limit and meets the prompt's own limit, before tokenizing.
     body = {"model": MODEL, "prompt": "edge " * (6 * 2**20), "max_tokens": 4}
     r = httpx.post(server.url + "/v1/completions", json=body, timeout=120)
     assert r.status_code == 413 and "--max-json-bytes" in r.json()["error"]["message"]
-    body = {"model": MODEL, "prompt": "edge " * (200 * 2**10), "max_tokens": 4}
+    body = {"model": MODEL, "prompt": "edge " * (100 * 2**10), "max_tokens": 4}
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         big = pool.submit(httpx.post, server.url + "/v1/completions", json=body, timeout=120)
         health = []
@@ -128,7 +128,7 @@ def test_a_30_mb_prompt_is_refused_before_tokenizing_while_health_answers(
     assert r.json()["error"]["param"] == "prompt" and "too long" in r.json()["error"]["message"]
     assert set(health) <= {200}
     big_chat = {"model": MODEL, "max_tokens": 4,
-                "messages": [{"role": "user", "content": "edge " * (200 * 2**10)}]}  # fmt: skip
+                "messages": [{"role": "user", "content": "edge " * (100 * 2**10)}]}  # fmt: skip
     r = httpx.post(server.url + "/v1/chat/completions", json=big_chat, timeout=120)
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
     still_serving(client, server)

@@ -8,11 +8,21 @@ message naming what would not fit and by how much. Live and canary versions are 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from edgeinfer.hardware import BudgetExceeded, MemoryBudget, estimate_onnx_bytes
+from edgeinfer.config import ServerSettings
+from edgeinfer.hardware import (
+    BudgetExceeded,
+    Governor,
+    GovernorConfig,
+    MemoryBudget,
+    default_budget_bytes,
+    estimate_onnx_bytes,
+    read_readings,
+)
 from edgeinfer.hardware.budget import CONV_RUNTIME_FACTOR
 
 log = logging.getLogger("edgeinfer.budget")
@@ -82,3 +92,19 @@ def _estimate(version_dir: Path) -> int:
         return estimate_onnx_bytes(path)
     except Exception:  # not parseable as ONNX: the load will fail and say why
         return int(path.stat().st_size * CONV_RUNTIME_FACTOR)
+
+
+def device_guards(settings: ServerSettings, evict: Evictor) -> tuple[Governor, BudgetGate | None]:
+    """The thermal governor and the memory gate (None when no budget is known) of a server:
+    --memory-budget-mb, else the cgroup limit or available memory minus a margin."""
+    root = settings.hardware_root
+    governor = Governor(
+        reader=functools.partial(read_readings, root),
+        config=GovernorConfig(temp_soft_c=settings.temp_soft_c, temp_hard_c=settings.temp_hard_c),
+    )
+    limit = (
+        settings.memory_budget_mb * 2**20
+        if settings.memory_budget_mb
+        else default_budget_bytes(read_readings(root))
+    )
+    return governor, BudgetGate(MemoryBudget(limit), evict) if limit else None

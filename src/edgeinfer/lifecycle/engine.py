@@ -24,19 +24,15 @@ from edgeinfer.errors import (
     Unavailable,
 )
 from edgeinfer.hardware import (
-    Governor,
-    GovernorConfig,
     GovernorSnapshot,
     MemoryBudget,
-    default_budget_bytes,
-    read_readings,
 )
 from edgeinfer.lifecycle import samples
-from edgeinfer.lifecycle.budget import BudgetGate
+from edgeinfer.lifecycle.budget import device_guards
 from edgeinfer.lifecycle.llm_prompt import prompt_tokens, reply_params
 from edgeinfer.lifecycle.manager import ModelManager
 from edgeinfer.lifecycle.models import LoadedVersion, State
-from edgeinfer.lifecycle.status import CanaryStatus, LifecycleStatus
+from edgeinfer.lifecycle.status import LifecycleStatus, index_rows, status_of
 from edgeinfer.lifecycle.triton_config import triton_model_config
 from edgeinfer.repository import Repository
 from edgeinfer.serving.classification import class_counts, classify
@@ -84,15 +80,7 @@ class Engine:
         self._tasks: list[asyncio.Task[None]] = []
         self.load_failures: dict[tuple[str, int, str], int] = {}
         self.last_failures: dict[str, list[dict[str, Any]]] = {}
-        root = settings.hardware_root
-        self.governor = Governor(
-            reader=functools.partial(read_readings, root),
-            config=GovernorConfig(temp_soft_c=settings.temp_soft_c,
-                                  temp_hard_c=settings.temp_hard_c),
-        )  # fmt: skip
-        limit = (settings.memory_budget_mb * 2**20 if settings.memory_budget_mb
-                 else default_budget_bytes(read_readings(root)))  # fmt: skip
-        self.gate = BudgetGate(MemoryBudget(limit), self._evict) if limit else None
+        self.governor, self.gate = device_guards(settings, self._evict)
         models = self._managers
         self._metrics = build_registry(
             self.version_samples,
@@ -241,27 +229,12 @@ class Engine:
         return await self._manager(name).promote()
 
     def lifecycle_status(self, name: str) -> LifecycleStatus:
-        m = self._manager(name)
-        route = m.route
-        canary = (
-            CanaryStatus(route.canary, route.weight) if route and route.canary is not None else None
-        )
-        memory = {
-            v: {
-                "estimated_bytes": self.gate.estimates.get(f"{name}:v{v}") if self.gate else None,
-                "measured_rss_bytes": h.measured_bytes,
-            }
-            for v, h in sorted(m.versions.items())
-        }
-        return LifecycleStatus(
-            route.live if route else None,
-            canary,
-            tuple(sorted(m.versions)),
-            tuple(m.state.blocked),
-            self.last_failures.get(name, []),
-            memory,
-            tuple(m.state.history[-10:]),
-        )
+        gate = self.gate
+
+        def estimate(version: int) -> int | None:
+            return gate.estimates.get(f"{name}:v{version}") if gate else None
+
+        return status_of(self._manager(name), self.last_failures.get(name, []), estimate)
 
     def pin_version(self, name: str, version: int | None) -> None:
         """Serve exactly `version` as the version policy's choice, on top of the user's --set
@@ -336,18 +309,7 @@ class Engine:
         return [h.stats.as_dict() for h in handles]
 
     def index(self, ready_only: bool = False) -> list[ModelStatus]:
-        out: list[ModelStatus] = []
-        for name in self.repository.model_names():
-            m = self._models.get(name)
-            if m and m.versions:
-                out += [ModelStatus(name, str(v), "READY") for v in sorted(m.versions)]
-                out += [ModelStatus(name, str(v), "UNAVAILABLE", msg)
-                        for v, (_, _, msg) in sorted(m.failures.items())
-                        if v not in m.versions]  # fmt: skip
-            elif not ready_only:
-                state = m.status.value if m else "UNAVAILABLE"
-                out.append(ModelStatus(name, "", state, m.reason if m else "not loaded"))
-        return [s for s in out if s.state == "READY"] if ready_only else out
+        return index_rows(self.repository.model_names(), self._models, ready_only)
 
     def ready_models(self) -> list[tuple[str, ModelConfig, ModelMetadata]]:
         return [(n, m.config, self.metadata(n)) for n, m in list(self._models.items())
@@ -510,9 +472,7 @@ class Engine:
         """Register an adapter (`base:adapter`) from a GGUF LoRA / .onnx_adapter file, an
         adapter version directory or a PEFT directory (converted for the base model), found
         under the base model's own adapters or a directory allowed by --adapter-dir."""
-        base, adapter = self.split_model(name)
-        if adapter is None:
-            raise InvalidInput("'lora_name' must be 'base_model:adapter_name'")
+        base, adapter = self._lora_name(name)
         self._manager(base)  # ModelNotFound for unknown bases
         h = self.handle(base)
         await self.adapters.load_path(base, adapter, path, h.model_file, tenants, scale,
@@ -520,8 +480,12 @@ class Engine:
         return f"{base}:{adapter}"
 
     def unload_adapter(self, name: str) -> str:
+        base, adapter = self._lora_name(name)
+        self.adapters.unregister(base, adapter)
+        return f"{base}:{adapter}"
+
+    def _lora_name(self, name: str) -> tuple[str, str]:
         base, adapter = self.split_model(name)
         if adapter is None:
             raise InvalidInput("'lora_name' must be 'base_model:adapter_name'")
-        self.adapters.unregister(base, adapter)
-        return f"{base}:{adapter}"
+        return base, adapter

@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -27,22 +27,13 @@ from edgeinfer.hardware.contention import ThreadGovernor
 from edgeinfer.runtime.chat_format import chat_format
 from edgeinfer.runtime.chat_template import ChatTemplate, Vocab
 from edgeinfer.runtime.llm_probe import extra_buffer_types
+from edgeinfer.runtime.llm_types import BatchItem
 from edgeinfer.types import TensorSpec
 
 log = logging.getLogger("edgeinfer.llm")
 
 MODEL_FILE = "model.gguf"
 _KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # GGML_TYPE_*
-
-
-class BatchItem(NamedTuple):
-    """Tokens of one sequence in a decode step, at positions pos, pos+1, ...; with `logits`,
-    the row of the last token is returned."""
-
-    seq: int
-    tokens: Sequence[int]
-    pos: int
-    logits: bool
 
 
 _lib: Any = None

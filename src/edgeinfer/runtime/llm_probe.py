@@ -208,7 +208,8 @@ def _probe(folder: Path) -> None:
     from edgeinfer.config import LlmOptions
     from edgeinfer.runtime import llm_kernels
     from edgeinfer.runtime.gguf_writer import build_gguf
-    from edgeinfer.runtime.llm_llamacpp import BatchItem, LlamaCppModel
+    from edgeinfer.runtime.llm_llamacpp import LlamaCppModel
+    from edgeinfer.runtime.llm_types import BatchItem
 
     options = LlmOptions(context_length=64, slots=1, n_batch=64, prefill_chunk=32,
                          kv_cache_type="f32", extra_buffer_types=True)  # fmt: skip

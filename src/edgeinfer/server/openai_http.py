@@ -16,7 +16,7 @@ from edgeinfer.auth import TENANT_IDENTITY
 from edgeinfer.errors import EdgeInferError, InvalidInput
 from edgeinfer.lifecycle.interfaces import EngineClient
 from edgeinfer.server.http_common import error_response, json_response, read_json
-from edgeinfer.server.offload import off_loop
+from edgeinfer.server.offload import off_loop, trim_after
 from edgeinfer.serving.validation import check_strings
 from edgeinfer.telemetry.tracing import RequestTrace, traced
 from edgeinfer.types import InferRequest, Tensor, TensorSpec
@@ -70,14 +70,18 @@ def routes(engine: EngineClient, max_json_bytes: int) -> list[Route]:
 
     async def embeddings(request: Request) -> Response:
         attrs = {"http.request.method": "POST", "url.path": "/v1/embeddings"}
-        return await traced(
-            engine.tracer,
-            "POST /v1/embeddings",
-            request.headers,
-            attrs,
-            lambda trace: _embeddings(request, trace),
-            lambda response: response.status_code,
-        )
+        started = time.perf_counter_ns()
+        try:
+            return await traced(
+                engine.tracer,
+                "POST /v1/embeddings",
+                request.headers,
+                attrs,
+                lambda trace: _embeddings(request, trace),
+                lambda response: response.status_code,
+            )
+        finally:
+            trim_after(started)
 
     async def _embeddings(request: Request, trace: RequestTrace | None) -> Response:
         received = time.perf_counter_ns()

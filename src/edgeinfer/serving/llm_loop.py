@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.errors import BackendError, EdgeInferError, InvalidInput, QueueFull, Unavailable
-from edgeinfer.runtime.llm_llamacpp import BatchItem
+from edgeinfer.runtime.llm_types import BatchItem, LlmBackend
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.serving.constrain import TokenConstraint
 from edgeinfer.serving.engine_thread import Delivery, EngineThread
@@ -57,7 +57,6 @@ from edgeinfer.serving.llm_request import (
     GenChunk,
     GenerateRequest,
     GenerationStream,
-    LlmBackend,
     LoopAdapter,
     LoopLimits,
 )
@@ -92,7 +91,7 @@ class LlmLoop:
         self.waiting: deque[_Request] = deque()
         self.running: list[_Request] = []
         self.steps = 0
-        self._slots = SlotCache(backend, limits.slots, limits.prefix_cache)  # type: ignore[arg-type]
+        self._slots = SlotCache(backend, limits.slots, limits.prefix_cache)
         self._reserved = 0  # KV cells promised to running requests
         self._clock = clock
         self._lock = threading.Lock()  # guards `waiting` between submit and the engine thread
@@ -196,11 +195,10 @@ class LlmLoop:
         """Free an adapter no request uses any more, on the engine thread before the next step."""
 
         def drop() -> None:
-            backend: Any = self.backend
             if self._current is adapter:
-                backend.set_adapter(None, 1.0)
+                self.backend.set_adapter(None, 1.0)
                 self._current = None
-            backend.free_adapter(adapter.handle)
+            self.backend.free_adapter(adapter.handle)
             release_free_memory()
 
         self.call_later(drop)
@@ -228,8 +226,9 @@ class LlmLoop:
         started = time.perf_counter_ns()
         try:
             if adapter is not self._current:
-                self.backend.set_adapter(adapter.handle if adapter else None,  # type: ignore[attr-defined]
-                                         adapter.scale if adapter else 1.0)  # fmt: skip
+                self.backend.set_adapter(
+                    adapter.handle if adapter else None, adapter.scale if adapter else 1.0
+                )
                 self._current = adapter
             logits = self.backend.decode([item for _, item in plan])
             wanted = sum(item.logits for _, item in plan)

@@ -1,36 +1,19 @@
-"""The LLM loop's types: the backend protocol, limits, requests and the stream of chunks."""
+"""The LLM loop's types: limits, requests and the stream of chunks (the backend protocol and
+the batch item are in runtime/llm_types.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from edgeinfer.runtime.llm_llamacpp import BatchItem
 from edgeinfer.serving.constrain import JsonConstraint, TokenConstraint
 from edgeinfer.serving.sampling import Sampler, SamplingParams, TextStream, TokenLogprob
 
 if TYPE_CHECKING:
     from edgeinfer.serving.llm_loop import LlmLoop
-
-
-class LlmBackend(Protocol):
-    """The math the loop needs (runtime/llm_llamacpp.py; a fake in unit tests)."""
-
-    n_vocab: int
-    eog: frozenset[int]
-
-    def decode(self, items: Sequence[BatchItem]) -> np.ndarray: ...
-
-    def free(self, seq: int) -> None: ...
-
-    def piece(self, token: int) -> bytes: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,13 @@ class GrpcCase:
     expect: tuple[str, ...] = ("INVALID_ARGUMENT",)
 
 
+def header_bytes(headers: dict[str, str]) -> dict[str, bytes]:
+    """Header values as bytes a server decodes back to the same text: latin-1 where it fits
+    (so '²' arrives as '²', which passes str.isdigit()), else UTF-8."""
+    return {k: v.encode("latin-1" if max(map(ord, v), default=0) < 256 else "utf-8")
+            for k, v in headers.items()}  # fmt: skip
+
+
 def _json(doc: object) -> Callable[[], bytes]:
     return lambda: orjson.dumps(doc)
 

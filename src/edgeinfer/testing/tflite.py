@@ -158,20 +158,22 @@ def mlp(
     n_out: int = 4,
     seed: int = 0,
     signature: str = "serving_default",
+    batch: bool = True,
 ) -> Path:
     """`x` FP32 [N, n_in] -> `y` FP32 [N, n_out]: relu(x @ w1) @ w2, as testing.models.mlp.
-    With `signature` (not "") the model has one signature naming `x` and `y`."""
+    With `signature` (not "") the model has one signature naming `x` and `y`; without `batch`
+    the file declares a batch of 1 (as converters often write) though the graph could resize."""
     fb = _fb()
     w1, w2 = mlp_weights(n_in, hidden, n_out, seed)
     g = _Graph(_empty_buffers(), [])
     f32 = fb.TensorType.FLOAT32
-    x = g.tensor("x", (1, n_in), f32, batch=True)
+    x = g.tensor("x", (1, n_in), f32, batch=batch)
     t_w1 = g.tensor("w1", (hidden, n_in), f32, np.ascontiguousarray(w1.T))
     t_b1 = g.tensor("b1", (hidden,), f32, np.zeros(hidden, np.float32))
-    h = g.tensor("h", (1, hidden), f32, batch=True)
+    h = g.tensor("h", (1, hidden), f32, batch=batch)
     t_w2 = g.tensor("w2", (n_out, hidden), f32, np.ascontiguousarray(w2.T))
     t_b2 = g.tensor("b2", (n_out,), f32, np.zeros(n_out, np.float32))
-    y = g.tensor("y", (1, n_out), f32, batch=True)
+    y = g.tensor("y", (1, n_out), f32, batch=batch)
     g.fully_connected(x, t_w1, t_b1, h, relu=True)
     g.fully_connected(h, t_w2, t_b2, y)
     sigs = [_signature(signature, 0, {"x": x}, {"y": y})] if signature else None

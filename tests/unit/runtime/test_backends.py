@@ -103,3 +103,38 @@ def test_litert_refuses_a_truncated_file(tmp_path: Path) -> None:
     (tmp_path / "model.tflite").write_bytes(b"\0" * 64)
     with pytest.raises(LoadError, match="not a TFLite model"):
         runtime.load_instances(tmp_path, _config())
+
+
+def test_openvino_gives_a_fixed_batch_axis_a_dynamic_one(tmp_path: Path) -> None:
+    import openvino as ov
+
+    fixed = ov.convert_model(str(models.mlp(tmp_path / "m.onnx")), input=[("x", [1, 16])])
+    ov.save_model(fixed, str(tmp_path / "model.xml"), compress_to_fp16=False)
+    x = np.random.default_rng(0).random((3, 16), dtype=np.float32)
+    (model,) = runtime.load_instances(tmp_path, _config(max_batch_size=8))
+    assert model.inputs[0].shape == (-1, 16)
+    w1, w2 = tflite.mlp_weights()
+    want = np.maximum(x @ w1, 0) @ w2
+    assert np.abs(model.run({"x": x})["y"] - want).max() <= 0.02 * np.abs(want).max()
+    model.close()
+    (model,) = runtime.load_instances(tmp_path, _config(max_batch_size=0))
+    assert model.inputs[0].shape == (1, 16)  # no batch axis: the file's shape
+    model.close()
+
+
+@pytest.mark.parametrize("signature", ["serving_default", ""])
+def test_litert_resizes_a_batch_axis_the_file_declares_as_one(
+    tmp_path: Path, signature: str
+) -> None:
+    tflite.mlp(tmp_path / "model.tflite", signature=signature, batch=False)
+    x = np.random.default_rng(0).random((3, 16), dtype=np.float32)
+    w1, w2 = tflite.mlp_weights()
+    (model,) = runtime.load_instances(tmp_path, _config(max_batch_size=8))
+    assert model.inputs[0].shape == (-1, 16)  # the probe at load found it resizable
+    np.testing.assert_allclose(model.run({"x": x})["y"], np.maximum(x @ w1, 0) @ w2, rtol=1e-4)
+    np.testing.assert_allclose(model.run({"x": x[:1]})["y"], np.maximum(x[:1] @ w1, 0) @ w2,
+                               rtol=1e-4)  # fmt: skip
+    model.close()
+    (model,) = runtime.load_instances(tmp_path, _config(max_batch_size=0))
+    assert model.inputs[0].shape == (1, 16)  # no batch axis: the file's shape
+    model.close()

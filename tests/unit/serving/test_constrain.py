@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from edgeinfer.errors import InvalidInput
-from edgeinfer.runtime.llm_llamacpp import BatchItem
+from edgeinfer.runtime.llm_types import BatchItem
 from edgeinfer.serving.constrain import JsonConstraint, TokenConstraint, constraint_for
 from edgeinfer.serving.llm_loop import GenChunk, LlmLoop, LoopLimits
 from edgeinfer.serving.sampling import SamplingParams

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from edgeinfer.errors import BackendError, InvalidInput, QueueFull, Unavailable
-from edgeinfer.runtime.llm_llamacpp import BatchItem
+from edgeinfer.runtime.llm_types import BatchItem
 from edgeinfer.serving.llm_loop import GenChunk, LlmLoop, LoopLimits
 from edgeinfer.serving.sampling import SamplingParams
 from edgeinfer.telemetry.metrics import LlmStats

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from edgeinfer.errors import BackendError, Unavailable
-from edgeinfer.runtime.llm_llamacpp import BatchItem
+from edgeinfer.runtime.llm_types import BatchItem
 from edgeinfer.serving.sampling import Sampler, SamplingParams
 from edgeinfer.telemetry.metrics import LlmCollector, LlmSample
 from tests.unit.serving.test_llm_loop import (

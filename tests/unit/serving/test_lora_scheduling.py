@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeinfer.runtime.llm_llamacpp import BatchItem
+from edgeinfer.runtime.llm_types import BatchItem
 from edgeinfer.serving.llm_loop import GenerationStream, LlmLoop, LoopAdapter, LoopLimits
 from edgeinfer.serving.sampling import SamplingParams
 from edgeinfer.telemetry.metrics import LlmStats

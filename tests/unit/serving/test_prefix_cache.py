@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeinfer.runtime.llm_llamacpp import BatchItem
+from edgeinfer.runtime.llm_types import BatchItem
 from edgeinfer.serving.llm_loop import GenChunk, LlmLoop, LoopAdapter, LoopLimits
 from edgeinfer.serving.prefix_cache import SlotCache, common_prefix
 from edgeinfer.serving.sampling import SamplingParams
