@@ -334,7 +334,7 @@ def test_kill_9_mid_rollback_leaves_a_loadable_repository(
 
         t = threading.Thread(target=churn)
         t.start()
-        time.sleep(rng.uniform(0.2, 1.0))
+        time.sleep(rng.uniform(0.2, 1.0))  # a random moment to kill at: the behaviour under test
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait()
         stop.set()
