@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 import pytest
 
-from edgeinfer.cli.fleet import main as fleet
+from edgeinfer.cli import main
 from edgeinfer.registry import Canary, DesiredModel, EtcdRegistry, FileSource
 from edgeinfer.registry.source import parse_url
 from edgeinfer.testing import models
@@ -145,6 +145,10 @@ def connected(server: ServerProcess) -> float:
         if line.startswith("edgeinfer_registry_connected "):
             return float(line.split()[1])
     raise AssertionError("no edgeinfer_registry_connected metric")
+
+
+def fleet(args: list[str]) -> int:
+    return main(["fleet", *args])
 
 
 def run_fleet(*args: str) -> int:
@@ -345,12 +349,7 @@ def test_readme_walkthrough_three_devices_canary_promote_rollback(
     script = (script.replace("/tmp/fleet", str(tmp_path / "fleet"))
               .replace("2379", str(free_port())).replace("2380", str(free_port())))  # fmt: skip
     bindir = Path(sys.executable).parent
-    prelude = (
-        f'export PATH="{bindir}:$PATH"\n'
-        # Until `edgeinfer fleet` is wired into the main CLI, run the module.
-        'edgeinfer fleet --help >/dev/null 2>&1 || edgeinfer() { if [ "$1" = fleet ]; then '
-        'shift; python -m edgeinfer.cli.fleet "$@"; else command edgeinfer "$@"; fi; }\n'
-    )
+    prelude = f'export PATH="{bindir}:$PATH"\n'
     # Its own process group: etcd and the three servers it starts in the background go with it.
     proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", prelude + script],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
