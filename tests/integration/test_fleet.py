@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 import pytest
 
-from edgeinfer.cli.fleet import main as fleet
+from edgeinfer.cli import main
 from edgeinfer.registry import Canary, DesiredModel, EtcdRegistry, FileSource
 from edgeinfer.registry.source import parse_url
 from edgeinfer.testing import models
@@ -136,6 +136,10 @@ def infer(server: ServerProcess, body: dict = BODY, version: str = "") -> httpx.
 
 def connected(server: ServerProcess) -> float:
     return samples(server.url, "edgeinfer_registry_connected").value("edgeinfer_registry_connected")
+
+
+def fleet(args: list[str]) -> int:
+    return main(["fleet", *args])
 
 
 def run_fleet(*args: str) -> int:
@@ -336,12 +340,7 @@ def test_readme_walkthrough_three_devices_canary_promote_rollback(
     script = (script.replace("/tmp/fleet", str(tmp_path / "fleet"))
               .replace("2379", str(free_port())).replace("2380", str(free_port())))  # fmt: skip
     bindir = Path(sys.executable).parent
-    prelude = (
-        f'export PATH="{bindir}:$PATH"\n'
-        # Until `edgeinfer fleet` is wired into the main CLI, run the module.
-        'edgeinfer fleet --help >/dev/null 2>&1 || edgeinfer() { if [ "$1" = fleet ]; then '
-        'shift; python -m edgeinfer.cli.fleet "$@"; else command edgeinfer "$@"; fi; }\n'
-    )
+    prelude = f'export PATH="{bindir}:$PATH"\n'
     # Its own process group: etcd and the three servers it starts in the background go with it.
     proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", prelude + script],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
