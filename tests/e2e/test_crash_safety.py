@@ -21,6 +21,7 @@ from edgeinfer.adapters.store import ADAPTERS_DIR, add_adapter, scan
 from edgeinfer.repository import Repository, verify_manifest
 from edgeinfer.testing import models
 from tests.conftest import ServerProcess, start_server
+from tests.helpers import wait_until
 
 
 def big_model(path: Path) -> Path:
@@ -185,7 +186,13 @@ def test_kill_9_during_adapters_add(tmp_path: Path) -> None:
         assert {line.split("\t")[0] for line in r.stdout.splitlines()} == {
             f"m:{name}" for name in listed
         }
-        time.sleep(2.5)  # the server rescans a model's adapters at most every 2 s
+
+        def served_right() -> bool:  # the server rescans a model's adapters at most every 2 s
+            replies = {name: infer(server, name) for name in listed}
+            return all(r.status_code == 200 and np.allclose(output(r), base) == (name != "x")
+                       for name, r in replies.items())  # fmt: skip
+
+        wait_until(served_right, 10, "the server to serve the listed adapters")
         for name in listed:  # every listed adapter serves (all but x leave the output as is)
             out = output(infer(server, name))
             assert np.allclose(out, base) == (name != "x"), name

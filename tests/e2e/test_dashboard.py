@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from edgeinfer.testing import models
 from tests.conftest import ServerProcess, start_server
+from tests.helpers import samples, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -133,22 +133,8 @@ class Traffic:
 
 # ---- the test ---------------------------------------------------------------------------------
 def _metric_success(url: str, model: str, version: str) -> int:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if (s.name == "nv_inference_request_success"
-                    and s.labels == {"model": model, "version": version}):  # fmt: skip
-                return int(s.value)
-    raise AssertionError(f"no nv_inference_request_success for {model} v{version}")
-
-
-def _wait(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    name = "nv_inference_request_success"
+    return int(samples(url, name).value(name, model=model, version=version))
 
 
 def test_dashboard_data(server: ServerProcess) -> None:
@@ -181,14 +167,22 @@ def test_dashboard_shows_live_numbers(server: ServerProcess, driver: Any) -> Non
         script = "const e = document.querySelector(arguments[0]); return e ? e.textContent : '';"
         return str(driver.execute_script(script, f'[data-testid="{testid}"]')).strip()
 
+    def spark_points() -> int:
+        script = ("const l = document.querySelector('tr[data-model=\"digits\"][data-version=\"1\"]"
+                  " polyline'); return l ? l.getAttribute('points').split(' ').length : 0;")  # fmt: skip
+        return int(driver.execute_script(script))
+
     driver.get(f"{server.url}/dashboard")
-    _wait("the first sample", lambda: text("requests-digits-1").isdigit())
+    wait_until(what="the first sample", cond=lambda: text("requests-digits-1").isdigit())
     start = int(text("requests-digits-1"))
     with Traffic(server.url) as traffic:
-        _wait("the request count to grow", lambda: int(text("requests-digits-1") or 0) > start)
-        _wait("a request rate", lambda: text("rate-digits-1").replace(".", "").isdigit()
+        wait_until(
+            what="the request count to grow",
+            cond=lambda: int(text("requests-digits-1") or 0) > start,
+        )
+        wait_until(what="a request rate", cond=lambda: text("rate-digits-1").replace(".", "").isdigit()
               and float(text("rate-digits-1")) > 0)  # fmt: skip
-        time.sleep(10)  # five more polls: the sparklines get a few points
+        wait_until(what="a rate sparkline with a few points", cond=lambda: spark_points() >= 4)
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))
         if not README_SHOT.exists():
@@ -201,10 +195,10 @@ def test_dashboard_shows_live_numbers(server: ServerProcess, driver: Any) -> Non
         shown = text("requests-digits-1")
         return shown.isdigit() and int(shown) == _metric_success(server.url, "digits", "1")
 
-    _wait("the page to show the count in /metrics", same_as_metrics, timeout=10)
+    wait_until(what="the page to show the count in /metrics", cond=same_as_metrics, timeout=10)
     assert int(text("requests-digits-1")) > start
     mlp = [_metric_success(server.url, "mlp", v) for v in ("1", "2")]
-    _wait("the mlp rows", lambda: [text("requests-mlp-1"), text("requests-mlp-2")]
+    wait_until(what="the mlp rows", cond=lambda: [text("requests-mlp-1"), text("requests-mlp-2")]
           == [str(n) for n in mlp], timeout=10)  # fmt: skip
     rows = text("model-mlp")
     assert "live" in rows and "canary 25%" in rows, rows

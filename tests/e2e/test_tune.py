@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ import pytest
 
 from edgeinfer.testing import models
 from tests.conftest import start_server
+from tests.helpers import wait_until
 
 CLI = [sys.executable, "-m", "edgeinfer.cli", "tune"]
 FAST = ["--seconds", "0.2", "--repetitions", "2", "--concurrency", "1,4"]
@@ -79,15 +79,14 @@ def test_tune_reports_applies_and_the_server_serves_the_winner(repo: Path, tmp_p
             return
         assert "# the demo CNN" in (repo / "cnn" / "config.toml").read_text()
         want = 2  # always a new version, loaded with the new settings
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def live() -> set[int]:
             index = httpx.post(f"{server.url}/v2/repository/index", json={}, timeout=10).json()
-            live = {
+            return {
                 int(m["version"]) for m in index if m["name"] == "cnn" and m["state"] == "READY"
             }
-            if want in live:
-                break
-            time.sleep(0.5)
+
+        wait_until(lambda: want in live(), 60, f"cnn version {want} to be ready", interval=0.1)
         after = httpx.post(f"{server.url}/v2/models/cnn/infer", json=request(x), timeout=30)
         assert after.status_code == 200, after.text
     finally:

@@ -9,7 +9,6 @@ whose freed slots are reused, here with two instances running batches)."""
 from __future__ import annotations
 
 import concurrent.futures as cf
-import re
 from collections.abc import Iterator
 
 import httpx
@@ -21,6 +20,7 @@ from edgeinfer.adapters.store import add_adapter
 from edgeinfer.runtime.lora_onnx import export_onnx_adapter
 from edgeinfer.testing import models
 from tests.conftest import ServerProcess, start_server
+from tests.helpers import Samples, samples
 
 BUDGET = 1 << 20  # --adapter-budget-mb 1
 N_IN, HIDDEN, N_OUT = 64, 256, 8
@@ -104,28 +104,18 @@ def _check(env: dict, x: np.ndarray, adapter: str | None) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
 
 
-_SAMPLE = re.compile(r"^(edgeinfer_adapter_\w+)\{([^}]*)\} ([0-9.e+-]+)$|^(edgeinfer_adapter_\w+) "
-                     r"([0-9.e+-]+)$", re.M)  # fmt: skip
+def _metrics(server: ServerProcess) -> Samples:
+    return samples(server.url, "edgeinfer_adapter_")
 
 
-def _metrics(server: ServerProcess) -> dict[tuple, float]:
-    """(metric, adapter, reason) -> value of the adapter metrics on /metrics."""
-    out: dict[tuple, float] = {}
-    for m in _SAMPLE.finditer(httpx.get(f"{server.url}/metrics", timeout=10).text):
-        if m.group(4):
-            out[(m.group(4), None, None)] = float(m.group(5))
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
-        out[(m.group(1), labels.get("adapter"), labels.get("reason"))] = float(m.group(3))
-    return out
+def _loads(snap: Samples, name: str) -> float:
+    return snap.get("edgeinfer_adapter_loads_total", model="m", adapter=name) or 0.0
 
 
-def _loads(snap: dict[tuple, float], name: str) -> float:
-    return snap.get(("edgeinfer_adapter_loads_total", name, None), 0.0)
-
-
-def _evictions(snap: dict[tuple, float], name: str) -> float:
-    return snap.get(("edgeinfer_adapter_unloads_total", name, "evict"), 0.0)
+def _evictions(snap: Samples, name: str) -> float:
+    return (
+        snap.get("edgeinfer_adapter_unloads_total", model="m", adapter=name, reason="evict") or 0.0
+    )
 
 
 def test_lru_idle_adapter_is_evicted_and_reloads_on_demand(env: dict) -> None:
@@ -136,13 +126,13 @@ def test_lru_idle_adapter_is_evicted_and_reloads_on_demand(env: dict) -> None:
     for name in ("a0", "a1", "a2", "a0"):  # resident: a0, a1, a2; a1 least recently used
         _check(env, x, name)
     before = _metrics(server)
-    assert before[("edgeinfer_adapter_resident", None, None)] == 3
+    assert before.value("edgeinfer_adapter_resident") == 3
 
     _check(env, x, "a3")  # no room for a fourth: a1 goes, not a0 (used after it)
     after = _metrics(server)
     assert _evictions(after, "a1") - _evictions(before, "a1") == 1
     assert all(_evictions(after, n) == _evictions(before, n) for n in ("a0", "a2"))
-    assert after[("edgeinfer_adapter_resident", None, None)] == 3
+    assert after.value("edgeinfer_adapter_resident") == 3
 
     _check(env, x, "a1")  # reloaded on demand (evicting a2), with a1's own output
     _check(env, x, "a0")  # still resident: never reloaded
@@ -150,7 +140,7 @@ def test_lru_idle_adapter_is_evicted_and_reloads_on_demand(env: dict) -> None:
     assert _loads(last, "a1") - _loads(before, "a1") == 1
     assert _loads(last, "a0") == _loads(before, "a0")
     assert _evictions(last, "a2") - _evictions(before, "a2") == 1
-    assert last[("edgeinfer_adapter_resident", None, None)] == 3
+    assert last.value("edgeinfer_adapter_resident") == 3
 
 
 def test_adapter_that_cannot_fit_is_refused_with_a_4xx_and_nothing_is_evicted(env: dict) -> None:
@@ -175,7 +165,7 @@ def test_adapter_that_cannot_fit_is_refused_with_a_4xx_and_nothing_is_evicted(en
 
     after = _metrics(server)
     assert all(_evictions(after, n) == _evictions(before, n) for n in NAMES)
-    assert after[("edgeinfer_adapter_resident", None, None)] == 3
+    assert after.value("edgeinfer_adapter_resident") == 3
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
     for name in (None, "a0", "a1", "a2", "a3"):
         _check(env, x, name)
@@ -210,6 +200,6 @@ def test_mixed_adapters_churning_through_the_budget_stay_correct(env: dict) -> N
     after = _metrics(server)
     evicted = sum(_evictions(after, n) - _evictions(before, n) for n in NAMES)
     assert evicted >= 1  # the churn really went through eviction and reload
-    assert after[("edgeinfer_adapter_resident", None, None)] <= 3
+    assert after.value("edgeinfer_adapter_resident") <= 3
     for name in NAMES:  # and every adapter is served right once things settle
         _check(env, np.ones((1, N_IN), np.float32), name)

@@ -7,6 +7,7 @@ import concurrent.futures as cf
 import os
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ from edgeinfer.repository import add_version
 from edgeinfer.runtime import gguf_writer
 from edgeinfer.testing import models
 from tests.conftest import ServerProcess, start_server
+from tests.helpers import wait_until
 
 KEYS = {"admin": ("admin", None), "acme": ("infer", "acme"), "globex": ("infer", "globex")}
 RANK = 4
@@ -141,9 +143,25 @@ def test_a_new_adapter_version_is_served_instead_of_the_old(lora_env: dict, mode
         peft = write_peft(build / f"peft-z{i}-{model}", lora, alpha=2.0 * RANK, r=RANK)
         out = convert_peft(peft, lora_env["graphs"][model] / "model.onnx", build / f"{model}-z{i}")
         add_adapter(lora_env["root"] / model, "z", out)  # version i
-        time.sleep(2.5)  # the server rescans a model's adapters at most every 2 s
+        ref = _mlp_ref(w, x, lora)
+        served = partial(_serves, server, acme, model, x, "z", ref)  # rescans every <= 2 s
+        wait_until(served, 10, f"adapter z version {i} to be served")
         np.testing.assert_allclose(_infer(server, acme, model, x, "z"), _mlp_ref(w, x, lora),
                                    rtol=1e-4, atol=1e-3)  # fmt: skip
+
+
+def _serves(server: ServerProcess, headers: dict, model: str, x: np.ndarray, adapter: str,
+            want: np.ndarray) -> bool:  # fmt: skip
+    """Whether `adapter` answers `x` with `want` (not yet known or still the old one: False)."""
+    r = httpx.post(f"{server.url}/v2/models/{model}/infer", headers=headers, timeout=30,
+                   json={"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                                     "data": x.ravel().tolist()}],
+                         "parameters": {"adapter": adapter}})  # fmt: skip
+    if r.status_code != 200:
+        return False
+    out = r.json()["outputs"][0]
+    got = np.array(out["data"], np.float32).reshape(out["shape"])
+    return bool(np.allclose(got, want, rtol=1e-4, atol=1e-3))
 
 
 def _complete(

@@ -26,6 +26,7 @@ from edgeinfer.adapters.store import add_adapter
 from edgeinfer.auth import hash_key
 from edgeinfer.testing import models
 from tests.conftest import ServerProcess, start_server
+from tests.helpers import wait_until
 
 KEYS = {"admin": ("admin", None), "acme": ("infer", "acme"), "ops": ("infer", None)}
 X = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}]}
@@ -319,14 +320,13 @@ def test_slow_header_connections_are_closed_and_others_are_served(
 
         t = threading.Thread(target=trickle, daemon=True)
         t.start()
-        time.sleep(1.0)
-        assert _fds(server.proc.pid) >= baseline + 190  # they are (nearly) all open now
+        # They are (nearly) all open now.
+        wait_until(lambda: _fds(server.proc.pid) >= baseline + 190, timeout, "200 open connections")
         # A normal client is served while the slow ones hold their connections.
         r = httpx.post(f"{server.url}/v2/models/mlp/infer", json=X, timeout=10)
         assert r.status_code == 200, r.text
-        deadline = time.monotonic() + timeout + 10
-        while time.monotonic() < deadline and _fds(server.proc.pid) > baseline + 5:
-            time.sleep(0.2)
+        wait_until(lambda: _fds(server.proc.pid) <= baseline + 5, timeout + 10,
+                   "the slow connections to be closed", interval=0.2)  # fmt: skip
         stop.set()
         t.join(5)
         assert _fds(server.proc.pid) <= baseline + 5, "slow connections are still open"

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from edgeinfer.testing import models
 from tests.conftest import ServerProcess, infer_body, start_server
+from tests.helpers import metric, samples, wait_until
 
 SLOW_QUEUE = """max_batch_size = 4
 [queue]
@@ -65,33 +65,16 @@ def stats(server: ServerProcess, model: str) -> dict:
     return httpx.get(f"{server.url}/v2/models/{model}/stats").json()["model_stats"][0]
 
 
-def metric(server: ServerProcess, name: str, **labels: str) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            got = ",".join(sorted(line[len(name) + 1 : line.index("}")].split(",")))
-            if got == want:
-                return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name}{{{want}}} not in /metrics")
-
-
 def pending(server: ServerProcess, model: str) -> float:
-    return metric(server, "nv_inference_pending_request_count", model=model, version="1")
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.005)
+    name = "nv_inference_pending_request_count"
+    return samples(server.url, name).value(name, model=model, version="1")
 
 
 def occupy(server: ServerProcess, model: str) -> threading.Thread:
     """Start one request on the model's only instance and return once it is executing."""
     t = threading.Thread(target=infer, args=(server, model, np.ones((4, 16), np.float32)))
     t.start()
-    wait_until(lambda: metric(server, "edgeinfer_inference_executing", model=model,
+    wait_until(lambda: metric(server.url, "edgeinfer_inference_executing", model=model,
                               version="1") == 1)  # fmt: skip
     return t
 
@@ -133,7 +116,7 @@ def test_full_queue_rejects_at_once_with_retry_after(server: ServerProcess) -> N
     for r in rejected:
         assert int(r.headers["Retry-After"]) >= 1
         assert "queue is full" in r.json()["error"]
-    assert metric(server, "nv_inference_request_failure", model="slow_full", version="1",
+    assert metric(server.url, "nv_inference_request_failure", model="slow_full", version="1",
                   reason="REJECTED") == len(rejected)  # fmt: skip
     # gRPC: RESOURCE_EXHAUSTED.
     client = grpcclient.InferenceServerClient(server.grpc_addr)
@@ -208,7 +191,7 @@ def test_http_disconnect_removes_the_request_from_the_queue(server: ServerProces
     wait_until(lambda: pending(server, "slow_cancel") == 0)
     busy.join()
     assert stats(server, "slow_cancel")["inference_count"] == before + 4  # never ran
-    wait_until(lambda: metric(server, "nv_inference_request_failure", model="slow_cancel",
+    wait_until(lambda: metric(server.url, "nv_inference_request_failure", model="slow_cancel",
                               version="1", reason="CANCELED") == 1)  # fmt: skip
     assert infer(server, "slow_cancel", np.ones((1, 16), np.float32)).status_code == 200
 
@@ -259,7 +242,7 @@ def test_two_instances_run_two_requests_at_once(server: ServerProcess) -> None:
     for t in threads:
         t.start()
     # With one instance this would never exceed 1.
-    wait_until(lambda: metric(server, "edgeinfer_inference_executing", model="slow_two",
+    wait_until(lambda: metric(server.url, "edgeinfer_inference_executing", model="slow_two",
                               version="1") == 2)  # fmt: skip
     for t in threads:
         t.join()

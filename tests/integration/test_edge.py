@@ -3,8 +3,7 @@ memory budget refusing a model that does not fit."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from edgeinfer.testing import models
 from tests.conftest import ServerProcess, start_server
+from tests.helpers import metric, wait_until
 from tests.unit.hardware.trees import raspberry_pi
 
 SLOW = """max_batch_size = 8
@@ -23,20 +23,6 @@ max_queue_delay_us = 20000
 max_queue_size = 32
 """
 TEMP = "sys/class/thermal/thermal_zone0/temp"
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(0.05)
-
-
-def metric(server: ServerProcess, sample: str) -> float | None:
-    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.split(" ")[0] == sample:
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 @pytest.fixture
@@ -68,15 +54,15 @@ def batch_sizes(server: ServerProcess) -> dict[int, int]:
 
 def test_heat_shrinks_batches_rejects_with_thermal_and_recovers(server: ServerProcess,
                                                                 pi: Path) -> None:  # fmt: skip
-    assert metric(server, "edgeinfer_cpu_temperature_celsius") == 45.0
-    assert metric(server, 'edgeinfer_capacity_factor{reason="none"}') == 1.0
+    assert metric(server.url, "edgeinfer_cpu_temperature_celsius") == 45.0
+    assert metric(server.url, "edgeinfer_capacity_factor", reason="none") == 1.0
     cool = burst(server)
     assert all(r.status_code == 200 for r in cool)
     cool_sizes = batch_sizes(server)
     assert max(cool_sizes) > 2  # requests shared runs
 
     (pi / TEMP).write_text("80000\n")  # at the hard limit: capacity at its floor (0.25)
-    wait_until(lambda: metric(server, 'edgeinfer_capacity_factor{reason="thermal"}') == 0.25)
+    wait_until(lambda: metric(server.url, "edgeinfer_capacity_factor", reason="thermal") == 0.25)
     hot = burst(server)
     codes = [r.status_code for r in hot]
     assert codes.count(200) >= 1
@@ -86,10 +72,12 @@ def test_heat_shrinks_batches_rejects_with_thermal_and_recovers(server: ServerPr
         assert "thermal" in r.json()["error"] and int(r.headers["Retry-After"]) >= 1
     hot_sizes = {b: n - cool_sizes.get(b, 0) for b, n in batch_sizes(server).items()}
     assert all(b <= 2 for b, n in hot_sizes.items() if n > 0), hot_sizes  # 8 x 0.25
-    assert metric(server, 'edgeinfer_admission_rejections_total{reason="thermal"}') == len(rejected)
+    assert metric(server.url, "edgeinfer_admission_rejections_total", reason="thermal") == len(
+        rejected
+    )
 
     (pi / TEMP).write_text("50000\n")  # cooled: full capacity again
-    wait_until(lambda: metric(server, 'edgeinfer_capacity_factor{reason="none"}') == 1.0)
+    wait_until(lambda: metric(server.url, "edgeinfer_capacity_factor", reason="none") == 1.0)
     assert all(r.status_code == 200 for r in burst(server, 12))
 
 

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -29,11 +29,12 @@ import httpx
 import numpy as np
 import pytest
 
-from edgeinfer.cli.fleet import main as fleet
+from edgeinfer.cli import main
 from edgeinfer.registry import Canary, DesiredModel, EtcdRegistry, FileSource
 from edgeinfer.registry.source import parse_url
 from edgeinfer.testing import models
 from tests.conftest import ServerProcess, free_port, start_server
+from tests.helpers import samples, wait_until
 
 X = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
 BODY = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": X.ravel().tolist()}]}
@@ -116,13 +117,6 @@ def artifacts_url(builds: dict[str, Path]) -> Iterator[str]:
     httpd.server_close()
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def device(tmp: Path, name: str, builds: dict[str, Path], registry: str,
            group: str = "g") -> ServerProcess:  # fmt: skip
     repo = tmp / name
@@ -141,10 +135,11 @@ def infer(server: ServerProcess, body: dict = BODY, version: str = "") -> httpx.
 
 
 def connected(server: ServerProcess) -> float:
-    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("edgeinfer_registry_connected "):
-            return float(line.split()[1])
-    raise AssertionError("no edgeinfer_registry_connected metric")
+    return samples(server.url, "edgeinfer_registry_connected").value("edgeinfer_registry_connected")
+
+
+def fleet(args: list[str]) -> int:
+    return main(["fleet", *args])
 
 
 def run_fleet(*args: str) -> int:
@@ -345,12 +340,7 @@ def test_readme_walkthrough_three_devices_canary_promote_rollback(
     script = (script.replace("/tmp/fleet", str(tmp_path / "fleet"))
               .replace("2379", str(free_port())).replace("2380", str(free_port())))  # fmt: skip
     bindir = Path(sys.executable).parent
-    prelude = (
-        f'export PATH="{bindir}:$PATH"\n'
-        # Until `edgeinfer fleet` is wired into the main CLI, run the module.
-        'edgeinfer fleet --help >/dev/null 2>&1 || edgeinfer() { if [ "$1" = fleet ]; then '
-        'shift; python -m edgeinfer.cli.fleet "$@"; else command edgeinfer "$@"; fi; }\n'
-    )
+    prelude = f'export PATH="{bindir}:$PATH"\n'
     # Its own process group: etcd and the three servers it starts in the background go with it.
     proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", prelude + script],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -24,16 +23,10 @@ import tritonclient.grpc as grpcclient
 from edgeinfer.repository import add_version
 from edgeinfer.testing import models
 from tests.conftest import ServerProcess, start_server
+from tests.helpers import metric, wait_until
 
 X = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
 BODY = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": X.ravel().tolist()}]}
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def infer(server: ServerProcess, model: str = "m", **kw: object) -> httpx.Response:
@@ -46,13 +39,6 @@ def status(server: ServerProcess, model: str = "m") -> dict:
 
 def post(server: ServerProcess, action: str, model: str = "m", **body: object) -> httpx.Response:
     return httpx.post(f"{server.url}/v2/repository/models/{model}/{action}", json=body, timeout=60)
-
-
-def metric_value(server: ServerProcess, prefix: str) -> float:
-    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith(prefix):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +161,8 @@ def test_verification_failures_keep_the_old_version(
         st = httpx.get(f"{server.url}/v2/models/m/stats").json()["lifecycle"]
         assert st["live"] == "1"
         assert st["load_failures"][-1]["reason"] == reason
-        assert metric_value(server, "edgeinfer_model_load_failures_total{model=\"m\","
-                            f"reason=\"{reason}\",version=\"2\"}}") == 1  # fmt: skip
+        assert metric(server.url, "edgeinfer_model_load_failures_total", model="m",
+                      reason=reason, version="2") == 1  # fmt: skip
     finally:
         server.stop()
 
@@ -192,7 +178,7 @@ def test_golden_match_is_accepted(tmp_path: Path, builds: dict[str, Path]) -> No
     server = start_server(repo, tmp_path / "log")
     try:
         assert infer(server).json()["model_version"] == "2"
-        assert metric_value(server, 'edgeinfer_model_loads_total{model="m",version="2"}') == 1
+        assert metric(server.url, "edgeinfer_model_loads_total", model="m", version="2") == 1
     finally:
         server.stop()
 
@@ -303,7 +289,7 @@ def test_automatic_rollback_of_a_regressed_version(
         last = st["history"][-1]
         assert last["event"] == "rollback" and last["reason"].startswith("auto: ")
         assert ("error rate" if bad == "failing" else "p99 latency") in last["reason"]
-        assert metric_value(server, 'edgeinfer_model_rollbacks_total{kind="auto",model="m"}') == 1
+        assert metric(server.url, "edgeinfer_model_rollbacks_total", kind="auto", model="m") == 1
     finally:
         server.stop()
 
@@ -348,7 +334,7 @@ def test_kill_9_mid_rollback_leaves_a_loadable_repository(
 
         t = threading.Thread(target=churn)
         t.start()
-        time.sleep(rng.uniform(0.2, 1.0))
+        time.sleep(rng.uniform(0.2, 1.0))  # a random moment to kill at: the behaviour under test
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait()
         stop.set()

@@ -9,7 +9,6 @@ flip between a request alone and the same request batched.
 from __future__ import annotations
 
 import concurrent.futures
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import openai
 import pytest
 
 from tests.conftest import ServerProcess, start_server
+from tests.helpers import Samples, samples, wait_until
 
 MODEL = "llm-demo"
 SLOW = "llm-small"  # ~10 ms per token: generations that last long enough to interrupt
@@ -70,17 +70,12 @@ def complete(client: openai.OpenAI, prompt: str, max_tokens: int = 24, **kw: obj
                                      temperature=0, **kw)  # type: ignore[call-overload]  # fmt: skip
 
 
-def metrics(server: ServerProcess) -> dict[str, float]:
-    out = {}
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        if line.startswith("vllm:"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
+def metrics(server: ServerProcess) -> Samples:
+    return samples(server.url, "vllm:")
 
 
 def running(server: ServerProcess, model: str = SLOW) -> float:
-    return metrics(server)[f'vllm:num_requests_running{{model_name="{model}"}}']
+    return metrics(server).value("vllm:num_requests_running", model_name=model)
 
 
 def test_models_lists_the_llm(client: openai.OpenAI) -> None:
@@ -193,14 +188,13 @@ def test_disconnect_mid_stream_frees_the_slot(client: openai.OpenAI, server: Ser
         seen = [next(lines) for _ in range(6)]
         assert running(server) == 1
     assert any(line.startswith("data: {") for line in seen)
-    deadline = time.monotonic() + 10
-    while running(server) != 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: running(server) == 0, 10, "the slot to be freed")
     after = metrics(server)
-    abort = f'vllm:request_success_total{{finished_reason="abort",model_name="{SLOW}"}}'
-    generated = f'vllm:generation_tokens_total{{model_name="{SLOW}"}}'
-    assert after[abort] == before[abort] + 1
-    assert after[generated] - before[generated] < 1000
+    abort = {"finished_reason": "abort", "model_name": SLOW}
+    assert after.value("vllm:request_success_total", **abort) == before.value(
+        "vllm:request_success_total", **abort) + 1  # fmt: skip
+    generated = "vllm:generation_tokens_total"
+    assert after.value(generated, model_name=SLOW) - before.value(generated, model_name=SLOW) < 1000
     again = client.completions.create(model=SLOW, prompt="Hello", max_tokens=4)
     assert again.usage.completion_tokens == 4  # the server still works
 
@@ -210,22 +204,21 @@ def test_vllm_metrics_count_requests_and_tokens(client: openai.OpenAI,
     before = metrics(server)
     outs = [complete(client, p, n) for p, n in (("Hello", 5), ("The quick brown fox", 9))]
     after = metrics(server)
-    label = f'{{model_name="{MODEL}"}}'
 
-    def delta(name: str) -> float:
-        return after[name] - before.get(name, 0.0)
+    def delta(name: str, **labels: str) -> float:
+        return after.value(name, model_name=MODEL, **labels) - (
+            before.get(name, model_name=MODEL, **labels) or 0.0
+        )
 
-    assert delta(f"vllm:prompt_tokens_total{label}") == sum(o.usage.prompt_tokens for o in outs)
-    assert delta(f"vllm:generation_tokens_total{label}") == 14
-    assert (
-        delta(f'vllm:request_success_total{{finished_reason="length",model_name="{MODEL}"}}') == 2
-    )
-    assert delta(f"vllm:time_to_first_token_seconds_count{label}") == 2
-    assert delta(f"vllm:inter_token_latency_seconds_count{label}") == 12
-    assert delta(f"vllm:e2e_request_latency_seconds_count{label}") == 2
-    assert after[f"vllm:num_requests_running{label}"] == 0
-    assert after[f"vllm:num_requests_waiting{label}"] == 0
-    assert after[f"vllm:kv_cache_usage_perc{label}"] == 0
+    assert delta("vllm:prompt_tokens_total") == sum(o.usage.prompt_tokens for o in outs)
+    assert delta("vllm:generation_tokens_total") == 14
+    assert delta("vllm:request_success_total", finished_reason="length") == 2
+    assert delta("vllm:time_to_first_token_seconds_count") == 2
+    assert delta("vllm:inter_token_latency_seconds_count") == 12
+    assert delta("vllm:e2e_request_latency_seconds_count") == 2
+    assert after.value("vllm:num_requests_running", model_name=MODEL) == 0
+    assert after.value("vllm:num_requests_waiting", model_name=MODEL) == 0
+    assert after.value("vllm:kv_cache_usage_perc", model_name=MODEL) == 0
 
 
 def test_generate_extension(server: ServerProcess, client: openai.OpenAI) -> None:
@@ -264,19 +257,15 @@ def test_full_queue_is_429_with_retry_after(one_slot: ServerProcess) -> None:
         first_lines = first.iter_lines()  # keep it: a dropped iterator closes the response
         next(first_lines)  # running in the only slot
         with httpx.Client(timeout=30) as c, c.stream("POST", url, json=body) as second:
-            deadline = time.monotonic() + 5
-            waiting = f'vllm:num_requests_waiting{{model_name="{SLOW}"}}'
-            while metrics(one_slot)[waiting] != 1 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            waiting = "vllm:num_requests_waiting"
+            wait_until(lambda: metrics(one_slot).value(waiting, model_name=SLOW) == 1, 5,
+                       "the second request to wait")  # fmt: skip
             r = httpx.post(url, json={**body, "stream": False})
             assert r.status_code == 429, r.text
             assert int(r.headers["retry-after"]) >= 1
             assert r.json()["error"]["type"] == "rate_limit_error"
             assert second.status_code == 200
-    deadline = time.monotonic() + 10
-    while running(one_slot) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert running(one_slot) == 0
+    wait_until(lambda: running(one_slot) == 0, 10, "the slot to be freed")
 
 
 def test_new_version_swaps_in_while_old_streams_finish(llm_repo: Path, server: ServerProcess,

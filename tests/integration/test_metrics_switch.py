@@ -3,7 +3,6 @@ statistics, no /metrics or /dashboard), against the real server."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import free_port, start_server
+from tests.helpers import samples
 
 
 def infer(url: str) -> httpx.Response:
@@ -22,10 +22,9 @@ def infer(url: str) -> httpx.Response:
     return httpx.post(f"{url}/v2/models/mlp/versions/1/infer", json=doc, timeout=10)
 
 
-def successes(text: str) -> float:
-    m = re.search(r'^nv_inference_request_success\{model="mlp",version="1"\} (\S+)$', text, re.M)
-    assert m, text[:2000]
-    return float(m.group(1))
+def successes(url: str) -> float:
+    name = "nv_inference_request_success"
+    return samples(url, name).value(name, model="mlp", version="1")
 
 
 def test_metrics_port_serves_the_same_counters_and_nothing_else(
@@ -35,11 +34,11 @@ def test_metrics_port_serves_the_same_counters_and_nothing_else(
     server = start_server(tiny_repo, tmp_path / "server.log", "--metrics-port", str(port))
     try:
         side = f"http://127.0.0.1:{port}"
-        before = successes(httpx.get(f"{side}/metrics").text)
+        before = successes(side)
         for _ in range(3):
             assert infer(server.url).status_code == 200
-        assert successes(httpx.get(f"{side}/metrics").text) == before + 3
-        assert successes(httpx.get(f"{server.url}/metrics").text) == before + 3
+        assert successes(side) == before + 3
+        assert successes(server.url) == before + 3
         assert httpx.get(f"{side}/v2/health/ready").status_code == 404
         assert httpx.post(f"{side}/v2/models/mlp/infer", json={}).status_code == 404
     finally:

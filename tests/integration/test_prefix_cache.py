@@ -20,6 +20,7 @@ import openai
 import pytest
 
 from tests.conftest import ServerProcess, start_server
+from tests.helpers import samples
 
 CACHED, PLAIN = "chat", "chat-nocache"
 # ~200 tokens: longer than the demo's prefill chunk (128), so prefill runs in chunks.
@@ -46,12 +47,9 @@ def client(server: ServerProcess) -> Any:
 
 
 def counters(server: ServerProcess, model: str) -> tuple[float, float]:
-    values = {}
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        if line.startswith("vllm:prefix_cache_") and f'model_name="{model}"' in line:
-            name, value = line.rsplit(" ", 1)
-            values[name.split("{")[0]] = float(value)
-    return values["vllm:prefix_cache_queries_total"], values["vllm:prefix_cache_hits_total"]
+    got = samples(server.url, "vllm:prefix_cache_")
+    return (got.value("vllm:prefix_cache_queries_total", model_name=model),
+            got.value("vllm:prefix_cache_hits_total", model_name=model))  # fmt: skip
 
 
 def chat(client: Any, model: str, turns: list[str], **kw: Any) -> list[tuple[str, int, int]]:

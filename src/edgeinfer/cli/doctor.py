@@ -416,14 +416,3 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     except UnicodeEncodeError:  # a non-UTF-8 terminal: "°C" -> "?C"
         print(text.encode("ascii", "replace").decode("ascii"))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgeinfer doctor", description=__doc__)
-    _configure(parser)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

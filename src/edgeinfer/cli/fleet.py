@@ -251,14 +251,3 @@ def add_fleet(sub: Any) -> None:
     p = sub.add_parser("fleet", help="desired state for groups of devices (etcd)",
                        description=__doc__.split("\n\n")[0] if __doc__ else None)  # fmt: skip
     _add_commands(p)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgeinfer fleet", description=__doc__)
-    _add_commands(parser)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

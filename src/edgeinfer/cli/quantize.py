@@ -13,9 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgeinfer.config import ConfigError
-from edgeinfer.errors import EdgeInferError
-
 _MODEL_HELP = "a .onnx file, or a repository version REPO/MODEL/N (published as a new version)"
 
 
@@ -189,22 +186,3 @@ def _show(outcome: Any, as_json: bool) -> int:
     else:
         print(f"rejected: {r['gate']['reason']}; nothing published", file=sys.stderr)
     return int(outcome.exit_code)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgeinfer", description="Optimize ONNX models.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_quantize(sub)
-    add_optimize(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (ConfigError, EdgeInferError) as e:
-        print(f"edgeinfer: error: {e}", file=sys.stderr)
-        return int(getattr(e, "code", 2))
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

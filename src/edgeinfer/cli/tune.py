@@ -11,17 +11,16 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from edgeinfer.errors import EdgeInferError
-from edgeinfer.tune.run import TuneArgs, TuneError, run
+from edgeinfer.errors import EdgeInferError, InvalidInput
 
 
 def _parse_list(text: str, cast: Any, what: str) -> tuple[Any, ...]:
     try:
         values = tuple(cast(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise TuneError(f"{what}: expected a comma-separated list, got {text!r}") from None
+        raise InvalidInput(f"{what}: expected a comma-separated list, got {text!r}") from None
     if not values:
-        raise TuneError(f"{what}: empty list")
+        raise InvalidInput(f"{what}: empty list")
     return values
 
 
@@ -36,6 +35,18 @@ def add_tune(sub: Any) -> None:
     p.add_argument("repo", type=Path, metavar="REPO")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--version", type=int, help="version to tune (default: the latest)")
+    _add_search(p)
+    _add_accuracy(p)
+    p.add_argument(
+        "--apply",
+        action="store_true",
+        help="write the winner into config.toml (and publish INT8 as a new version)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_tune)
+
+
+def _add_search(p: Any) -> None:
     p.add_argument("--objective", choices=("throughput", "latency"), default="throughput")
     p.add_argument(
         "--latency-budget-ms",
@@ -47,6 +58,19 @@ def add_tune(sub: Any) -> None:
         default="1,4,8",
         help="client concurrencies to measure (default: %(default)s)",
     )
+    p.add_argument("--budget-minutes", type=float, default=15.0)
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=2.0,
+        help="measurement time per repetition and concurrency (default: %(default)s)",
+    )
+    p.add_argument("--repetitions", type=int, default=3)
+    p.add_argument("--precision", help="comma-separated: fp32,int8-dynamic,int8-static")
+    p.add_argument("--backend", help="comma-separated backends to try (default: all installed)")
+
+
+def _add_accuracy(p: Any) -> None:
     p.add_argument(
         "--eval",
         type=Path,
@@ -72,26 +96,11 @@ def add_tune(sub: Any) -> None:
         default=0.005,
         help="largest allowed drop in agreement (default: %(default)s)",
     )
-    p.add_argument("--budget-minutes", type=float, default=15.0)
-    p.add_argument(
-        "--seconds",
-        type=float,
-        default=2.0,
-        help="measurement time per repetition and concurrency (default: %(default)s)",
-    )
-    p.add_argument("--repetitions", type=int, default=3)
-    p.add_argument("--precision", help="comma-separated: fp32,int8-dynamic,int8-static")
-    p.add_argument("--backend", help="comma-separated backends to try (default: all installed)")
-    p.add_argument(
-        "--apply",
-        action="store_true",
-        help="write the winner into config.toml (and publish INT8 as a new version)",
-    )
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=cmd_tune)
 
 
 def cmd_tune(ns: Any) -> int:
+    from edgeinfer.tune.run import TuneArgs, run  # numpy, the runtimes: only when it runs
+
     try:
         args = TuneArgs(
             ns.repo,
@@ -112,7 +121,7 @@ def cmd_tune(ns: Any) -> int:
             ns.apply,
         )
         if min(args.concurrency) < 1 or args.repetitions < 1 or args.seconds <= 0:
-            raise TuneError("--concurrency, --repetitions and --seconds must be positive")
+            raise InvalidInput("--concurrency, --repetitions and --seconds must be positive")
         result = run(args)
     except (EdgeInferError, tomllib.TOMLDecodeError, OSError) as e:
         print(f"edgeinfer tune: {getattr(e, 'message', e)}", file=sys.stderr)

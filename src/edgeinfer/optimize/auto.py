@@ -32,18 +32,8 @@ Best = tuple[Path, dict[str, Any], dict[str, Any]]
 def repair(src: Path, settings: QuantSettings, calibration: Path | None, ev: Evaluator,
            run: RunOptions, tmp: Path) -> tuple[dict[str, Any], Best | None]:  # fmt: skip
     """`src` is the FP32 model with named nodes; `ev` holds the FP32 reference outputs."""
-    import onnx
-
     started = time.perf_counter()
-    # Static QOperator graphs rename tensors; QDQ keeps them, with the same quantization params.
-    analysis = tmp / "analysis.onnx"
-    quantize(src, analysis, replace(settings, format="qdq"), calibration)
-    fp32 = onnx.load(str(src))
-    quantized = onnx.load(str(analysis))
-    nodes = quantized_nodes(fp32, quantized)
-    session = new_session(switch_model(fp32, quantized, nodes).SerializeToString(),
-                          ev.source.config.onnxruntime)  # fmt: skip
-    del fp32, quantized
+    session, nodes = _switch_session(src, settings, calibration, ev, tmp)
     n_sub = min(run.auto_samples, len(ev.data))
     proxy_metric = "mse" if ev.gate.metric == "top1" else ev.gate.metric
     ref_sub = ev.ref[:n_sub]
@@ -66,17 +56,7 @@ def repair(src: Path, settings: QuantSettings, calibration: Path | None, ev: Eva
 
     k = _smallest_passing(passes, limit)
     session = None  # free the switch model before quantizing again
-    steps: list[dict[str, Any]] = []
-    best: Best | None = None
-    for k_real in range(k or limit + 1, min(limit, (k or limit) + REAL_TRIES - 1) + 1):
-        path = tmp / f"auto-{k_real}.onnx"
-        quantize(src, path, settings, calibration, [r.name for r in ranked[:k_real]])
-        accuracy, gate = ev.judge(ev.outputs(path))
-        steps.append({"kept_fp32": k_real, "drop": gate["drop"], "passed": gate["passed"],
-                      "reason": gate["reason"]})  # fmt: skip
-        if gate["passed"]:
-            best = (path, accuracy, gate)
-            break
+    steps, best = _confirm(src, settings, calibration, ev, ranked, k, limit, tmp)
     kept = ranked[: steps[-1]["kept_fp32"]] if best else []
     section = {
         "passed": best is not None,
@@ -92,6 +72,39 @@ def repair(src: Path, settings: QuantSettings, calibration: Path | None, ev: Eva
         "seconds": round(time.perf_counter() - started, 1),
     }
     return section, best
+
+
+def _switch_session(src: Path, settings: QuantSettings, calibration: Path | None, ev: Evaluator,
+                    tmp: Path) -> tuple[Any, list[Any]]:  # fmt: skip
+    """A session on the switch model (each quantized node switchable to FP32) and its nodes."""
+    import onnx
+
+    # Static QOperator graphs rename tensors; QDQ keeps them, with the same quantization params.
+    analysis = tmp / "analysis.onnx"
+    quantize(src, analysis, replace(settings, format="qdq"), calibration)
+    fp32 = onnx.load(str(src))
+    quantized = onnx.load(str(analysis))
+    nodes = quantized_nodes(fp32, quantized)
+    session = new_session(switch_model(fp32, quantized, nodes).SerializeToString(),
+                          ev.source.config.onnxruntime)  # fmt: skip
+    return session, nodes
+
+
+def _confirm(src: Path, settings: QuantSettings, calibration: Path | None, ev: Evaluator,
+             ranked: list[Ranked], k: int | None, limit: int,
+             tmp: Path) -> tuple[list[dict[str, Any]], Best | None]:  # fmt: skip
+    """Quantize for real keeping the top k (then k+1, ...) in FP32; the first that passes wins.
+    With no simulated k, tries nothing."""
+    steps: list[dict[str, Any]] = []
+    for k_real in range(k or limit + 1, min(limit, (k or limit) + REAL_TRIES - 1) + 1):
+        path = tmp / f"auto-{k_real}.onnx"
+        quantize(src, path, settings, calibration, [r.name for r in ranked[:k_real]])
+        accuracy, gate = ev.judge(ev.outputs(path))
+        steps.append({"kept_fp32": k_real, "drop": gate["drop"], "passed": gate["passed"],
+                      "reason": gate["reason"]})  # fmt: skip
+        if gate["passed"]:
+            return steps, (path, accuracy, gate)
+    return steps, None
 
 
 def _smallest_passing(passes: Any, limit: int) -> int | None:

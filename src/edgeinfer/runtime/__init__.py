@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from edgeinfer.config import ModelConfig
-from edgeinfer.errors import LoadError
+from edgeinfer.errors import BackendError, LoadError
 from edgeinfer.types import DTYPE_TO_NUMPY, TensorSpec
 
 
@@ -173,3 +173,11 @@ def example_feeds(specs: tuple[TensorSpec, ...], batch: int = 1) -> dict[str, np
         else:
             feeds[spec.name] = np.zeros(shape, dtype=DTYPE_TO_NUMPY[spec.datatype])
     return feeds
+
+
+def warm_up(model: Model, path: Path) -> None:
+    """One run on example inputs before traffic; a failure is a LoadError naming the file."""
+    try:
+        model.run(example_feeds(model.inputs))
+    except BackendError as e:
+        raise LoadError(f"{path}: warm-up run failed: {e.message}") from e

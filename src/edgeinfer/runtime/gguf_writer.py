@@ -181,28 +181,10 @@ def _weights(shape: LlamaShape, rng: np.random.Generator, silent: list[int]) -> 
     yield "output.weight", out
 
 
-def build_gguf(path: Path, size: str = "tiny", qtype: str = "f32", seed: int = 0) -> dict[str, Any]:
-    """Write a Llama GGUF to `path` and return a summary (shape, parameters, bytes, seconds)."""
-    import gguf
-    from gguf.quants import quantize
-
-    if size not in SHAPES or qtype not in TYPES:
-        raise ValueError(f"size must be one of {sorted(SHAPES)} and type one of {TYPES}")
-    started = time.perf_counter()
-    shape = SHAPES[size]
-    tok = train_tokenizer(shape.vocab)
-    tokens, types, merges = _vocab(tok, shape.vocab)
-    ggml_type = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-                 "q8_0": gguf.GGMLQuantizationType.Q8_0,
-                 "q4_0": gguf.GGMLQuantizationType.Q4_0}[qtype]  # fmt: skip
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-                 "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[qtype]  # fmt: skip
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama", use_temp_file=True)
-    writer.add_name(f"edgeinfer-{size}-random")
+def _add_metadata(writer: Any, name: str, shape: LlamaShape, file_type: Any, tokens: list[str],
+                  types: list[int], merges: list[str]) -> None:  # fmt: skip
+    """Llama hyperparameters, the GPT-2 style tokenizer and the chat template."""
+    writer.add_name(name)
     writer.add_context_length(shape.context)
     writer.add_embedding_length(shape.dim)
     writer.add_block_count(shape.n_layers)
@@ -224,9 +206,14 @@ def build_gguf(path: Path, size: str = "tiny", qtype: str = "f32", seed: int = 0
     writer.add_add_bos_token(False)
     writer.add_chat_template(CHAT_TEMPLATE)
 
-    rng = np.random.default_rng(seed)
+
+def _add_weights(writer: Any, weights: Any, ggml_type: Any) -> int:
+    """Add every tensor, matrices quantized to `ggml_type`; returns the bytes of weight data."""
+    import gguf
+    from gguf.quants import quantize
+
     weight_bytes = 0
-    for name, w in _weights(shape, rng, _silent(tokens, types)):
+    for name, w in weights:
         if w.ndim == 2 and ggml_type not in (gguf.GGMLQuantizationType.F32,):
             data = quantize(w, ggml_type)
             writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=ggml_type)
@@ -234,6 +221,32 @@ def build_gguf(path: Path, size: str = "tiny", qtype: str = "f32", seed: int = 0
             data = w
             writer.add_tensor(name, w)
         weight_bytes += data.nbytes
+    return weight_bytes
+
+
+def build_gguf(path: Path, size: str = "tiny", qtype: str = "f32", seed: int = 0) -> dict[str, Any]:
+    """Write a Llama GGUF to `path` and return a summary (shape, parameters, bytes, seconds)."""
+    import gguf
+
+    if size not in SHAPES or qtype not in TYPES:
+        raise ValueError(f"size must be one of {sorted(SHAPES)} and type one of {TYPES}")
+    started = time.perf_counter()
+    shape = SHAPES[size]
+    tok = train_tokenizer(shape.vocab)
+    tokens, types, merges = _vocab(tok, shape.vocab)
+    ggml_type = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
+                 "q8_0": gguf.GGMLQuantizationType.Q8_0,
+                 "q4_0": gguf.GGMLQuantizationType.Q4_0}[qtype]  # fmt: skip
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+                 "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[qtype]  # fmt: skip
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), "llama", use_temp_file=True)
+    _add_metadata(writer, f"edgeinfer-{size}-random", shape, file_type, tokens, types, merges)
+    rng = np.random.default_rng(seed)
+    weight_bytes = _add_weights(writer, _weights(shape, rng, _silent(tokens, types)), ggml_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -28,7 +28,7 @@ import numpy as np
 from edgeinfer.config import ModelConfig
 from edgeinfer.errors import BackendError, LoadError
 from edgeinfer.hardware import default_threads
-from edgeinfer.runtime import Model, example_feeds, repeat
+from edgeinfer.runtime import Model, example_feeds, repeat, warm_up
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.types import NUMPY_TO_DTYPE, TensorSpec
 
@@ -217,10 +217,7 @@ class LiteRtModel:
         return {name: interp.get_tensor(d["index"]) for name, d in self._out.items()}
 
     def warmup(self) -> None:
-        try:
-            self.run(example_feeds(self.inputs))
-        except BackendError as e:
-            raise LoadError(f"{self.path}: warm-up run failed: {e.message}") from e
+        warm_up(self, self.path)
 
     def close(self) -> None:
         self._runner = None

@@ -16,7 +16,7 @@ from edgeinfer.config import ModelConfig, OrtOptions
 from edgeinfer.errors import BackendError, InvalidInput, LoadError
 from edgeinfer.hardware import default_threads, read_topology
 from edgeinfer.hardware.sched import in_niced_thread, set_thread_nice
-from edgeinfer.runtime import example_feeds, repeat
+from edgeinfer.runtime import example_feeds, repeat, warm_up
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.types import TensorSpec
 
@@ -223,10 +223,7 @@ class OnnxModel:
         return example_feeds(self.inputs, batch)
 
     def warmup(self) -> None:
-        try:
-            self.run(self.example_feeds())
-        except BackendError as e:
-            raise LoadError(f"{self.path}: warm-up run failed: {e.message}") from e
+        warm_up(self, self.path)
 
     def close(self) -> None:
         self._session = None  # the last reference: ORT frees the session here

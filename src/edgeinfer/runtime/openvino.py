@@ -20,7 +20,7 @@ import numpy as np
 from edgeinfer.config import ModelConfig, OpenVinoOptions, edgeinfer_home
 from edgeinfer.errors import BackendError, LoadError
 from edgeinfer.hardware import default_threads
-from edgeinfer.runtime import example_feeds
+from edgeinfer.runtime import example_feeds, warm_up
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.types import TensorSpec
 
@@ -157,10 +157,7 @@ class OpenVinoModel:
         return list(self._request.get_profiling_info())
 
     def warmup(self) -> None:
-        try:
-            self.run(example_feeds(self.inputs))
-        except BackendError as e:
-            raise LoadError(f"{self.path}: warm-up run failed: {e.message}") from e
+        warm_up(self, self.path)
 
     def close(self) -> None:
         self._request = None

@@ -146,14 +146,8 @@ def _flatten(data: list[Any]) -> list[Any]:
     return out
 
 
-def decode_request(
-    model: str,
-    version: str | None,
-    body: bytes,
-    header_length: int | None,
-    limits: Limits = DEFAULT_LIMITS,
-) -> InferRequest:
-    """Parse a KServe v2 infer request body (JSON or JSON + binary tensors)."""
+def _split_body(body: bytes, header_length: int | None, limits: Limits) -> tuple[bytes, memoryview]:
+    """Cut the body into its JSON header and the binary tensor data that follows it."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise InvalidInput(
@@ -166,12 +160,87 @@ def decode_request(
         raise PayloadTooLarge(f"JSON of {len(head)} bytes exceeds the limit of "
                               f"{limits.max_json_bytes} bytes (--max-json-bytes); send large "
                               "tensors with the binary tensor extension")  # fmt: skip
+    return head, binary
+
+
+def _parse_document(head: bytes) -> dict[str, Any]:
+    """The JSON header as an object, or InvalidInput saying why it is not one."""
     try:
         doc = orjson.loads(head)
     except orjson.JSONDecodeError as e:
         raise InvalidInput(f"request body is not valid JSON: {e}") from e
     if not isinstance(doc, dict):
         raise InvalidInput("request body must be a JSON object")
+    return doc
+
+
+def _binary_array(
+    chunk: memoryview, datatype: str, shape: tuple[int, ...], count: int, name: str, limits: Limits
+) -> np.ndarray:
+    """One input's array from its slice of the binary tensor data."""
+    if datatype == "BYTES":
+        return decode_bytes_elements(chunk, count, name, limits.max_element_bytes).reshape(shape)
+    dtype = DTYPE_TO_NUMPY[datatype]
+    if len(chunk) != count * dtype.itemsize:
+        raise InvalidInput(
+            f"input '{name}': binary_data_size {len(chunk)} does not match shape {list(shape)} "
+            f"of {datatype} ({count * dtype.itemsize} bytes)"
+        )
+    return np.frombuffer(chunk, dtype=dtype).reshape(shape)
+
+
+def _decode_input(raw: Any, binary: memoryview, offset: int, limits: Limits) -> tuple[Tensor, int]:
+    """Decode one entry of 'inputs'; returns the tensor and the binary offset after it."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise InvalidInput("each input must be an object with a string 'name'")
+    name = raw["name"]
+    datatype = raw.get("datatype")
+    if datatype not in DTYPE_TO_NUMPY:
+        raise InvalidInput(
+            f"input '{name}': unknown datatype {datatype!r}; expected one of {sorted(DTYPE_TO_NUMPY)}"
+        )
+    shape = _shape(raw.get("shape"), name)
+    count = check_shape(name, shape, limits)
+    iparams = raw.get("parameters") or {}
+    if not isinstance(iparams, dict):
+        raise InvalidInput(f"input '{name}': 'parameters' must be an object")
+    size = iparams.get("binary_data_size")
+    if size is None:
+        if "data" not in raw:
+            raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
+        return Tensor(name, _json_array(raw["data"], datatype, shape, name, limits)), offset
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
+    if offset + size > len(binary):
+        raise InvalidInput(
+            f"input '{name}': binary data truncated: needs {size} bytes at offset {offset}, "
+            f"body has {len(binary) - offset}"
+        )
+    chunk = binary[offset : offset + size]
+    return Tensor(name, _binary_array(chunk, datatype, shape, count, name, limits)), offset + size
+
+
+def _requested_outputs(raw_outputs: Any) -> list[RequestedOutput] | None:
+    """The request's 'outputs' list, or None when it names none."""
+    if raw_outputs is None:
+        return None
+    if not isinstance(raw_outputs, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw_outputs
+    ):
+        raise InvalidInput("'outputs' must be a list of objects with a string 'name'")
+    return [RequestedOutput(o["name"], o.get("parameters") or {}) for o in raw_outputs]
+
+
+def decode_request(
+    model: str,
+    version: str | None,
+    body: bytes,
+    header_length: int | None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> InferRequest:
+    """Parse a KServe v2 infer request body (JSON or JSON + binary tensors)."""
+    head, binary = _split_body(body, header_length, limits)
+    doc = _parse_document(head)
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("request must have a non-empty 'inputs' list")
@@ -182,68 +251,19 @@ def decode_request(
     inputs: list[Tensor] = []
     offset = 0
     for raw in raw_inputs:
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            raise InvalidInput("each input must be an object with a string 'name'")
-        name = raw["name"]
-        datatype = raw.get("datatype")
-        if datatype not in DTYPE_TO_NUMPY:
-            raise InvalidInput(
-                f"input '{name}': unknown datatype {datatype!r}; expected one of {sorted(DTYPE_TO_NUMPY)}"
-            )
-        shape = _shape(raw.get("shape"), name)
-        count = check_shape(name, shape, limits)
-        iparams = raw.get("parameters") or {}
-        if not isinstance(iparams, dict):
-            raise InvalidInput(f"input '{name}': 'parameters' must be an object")
-        size = iparams.get("binary_data_size")
-        if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise InvalidInput(
-                    f"input '{name}': binary_data_size must be a non-negative integer"
-                )
-            if offset + size > len(binary):
-                raise InvalidInput(
-                    f"input '{name}': binary data truncated: needs {size} bytes at offset {offset}, "
-                    f"body has {len(binary) - offset}"
-                )
-            chunk = binary[offset : offset + size]
-            offset += size
-            if datatype == "BYTES":
-                data = decode_bytes_elements(chunk, count, name, limits.max_element_bytes).reshape(
-                    shape
-                )
-            else:
-                dtype = DTYPE_TO_NUMPY[datatype]
-                if size != count * dtype.itemsize:
-                    raise InvalidInput(
-                        f"input '{name}': binary_data_size {size} does not match shape {list(shape)} "
-                        f"of {datatype} ({count * dtype.itemsize} bytes)"
-                    )
-                data = np.frombuffer(chunk, dtype=dtype).reshape(shape)
-        elif "data" in raw:
-            data = _json_array(raw["data"], datatype, shape, name, limits)
-        else:
-            raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
-        inputs.append(Tensor(name, data))
+        tensor, offset = _decode_input(raw, binary, offset, limits)
+        inputs.append(tensor)
     if offset != len(binary):
         raise InvalidInput(
             f"{len(binary) - offset} bytes of binary data are not claimed by any input"
         )
-    outputs = None
-    raw_outputs = doc.get("outputs")
-    if raw_outputs is not None:
-        if not isinstance(raw_outputs, list) or not all(
-            isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw_outputs
-        ):
-            raise InvalidInput("'outputs' must be a list of objects with a string 'name'")
-        outputs = [RequestedOutput(o["name"], o.get("parameters") or {}) for o in raw_outputs]
     request_id = doc.get("id")
     return InferRequest(
         model=model,
         version=version,
         inputs=inputs,
         id=str(request_id) if request_id is not None else None,
-        outputs=outputs,
+        outputs=_requested_outputs(doc.get("outputs")),
         parameters=params,
     )
 

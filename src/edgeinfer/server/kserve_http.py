@@ -52,26 +52,31 @@ def _spec(s: TensorSpec) -> dict[str, Any]:
     return {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
 
 
-def routes(
-    engine: EngineClient, max_request_bytes: int, limits: Limits = DEFAULT_LIMITS
-) -> list[Route]:
-    def _version(request: Request) -> str | None:
+class _Handlers:
+    """The data routes' handlers (health, metadata, config, stats, inference)."""
+
+    def __init__(self, engine: EngineClient, max_request_bytes: int, limits: Limits) -> None:
+        self.engine = engine
+        self.max_request_bytes = max_request_bytes
+        self.limits = limits
+
+    def _version(self, request: Request) -> str | None:
         return request.path_params.get("version")
 
-    async def live(request: Request) -> Response:
-        return Response(status_code=200 if engine.live() else 503)
+    async def live(self, request: Request) -> Response:
+        return Response(status_code=200 if self.engine.live() else 503)
 
-    async def ready(request: Request) -> Response:
-        return Response(status_code=200 if engine.ready() else 503)
+    async def ready(self, request: Request) -> Response:
+        return Response(status_code=200 if self.engine.ready() else 503)
 
-    async def server_metadata(request: Request) -> Response:
+    async def server_metadata(self, request: Request) -> Response:
         return json_response(
             {"name": "edgeinfer", "version": __version__, "extensions": EXTENSIONS}
         )
 
-    async def model_metadata(request: Request) -> Response:
+    async def model_metadata(self, request: Request) -> Response:
         try:
-            md = engine.metadata(request.path_params["model"], _version(request))
+            md = self.engine.metadata(request.path_params["model"], self._version(request))
         except EdgeInferError as e:
             return error_response(e)
         return json_response({
@@ -79,31 +84,33 @@ def routes(
             "inputs": [_spec(s) for s in md.inputs], "outputs": [_spec(s) for s in md.outputs],
         })  # fmt: skip
 
-    async def model_ready(request: Request) -> Response:
-        ok = engine.model_ready(request.path_params["model"], _version(request))
+    async def model_ready(self, request: Request) -> Response:
+        ok = self.engine.model_ready(request.path_params["model"], self._version(request))
         return Response(status_code=200 if ok else 400)
 
-    async def model_config(request: Request) -> Response:
+    async def model_config(self, request: Request) -> Response:
         try:
             return json_response(
-                engine.model_config(request.path_params["model"], _version(request))
+                self.engine.model_config(request.path_params["model"], self._version(request))
             )
         except EdgeInferError as e:
             return error_response(e)
 
-    async def model_stats(request: Request) -> Response:
+    async def model_stats(self, request: Request) -> Response:
         model = request.path_params.get("model")
         try:
-            doc: dict[str, Any] = {"model_stats": engine.statistics(model, _version(request))}
+            doc: dict[str, Any] = {
+                "model_stats": self.engine.statistics(model, self._version(request))
+            }
             if model:  # not in Triton's schema: live/canary/load failures for this model
-                doc["lifecycle"] = engine.lifecycle_status(model).to_json()
+                doc["lifecycle"] = self.engine.lifecycle_status(model).to_json()
         except EdgeInferError as e:
             return error_response(e)
         return json_response(doc)
 
-    async def infer(request: Request) -> Response:
+    async def infer(self, request: Request) -> Response:
         model = request.path_params["model"]
-        route = "/v2/models/{model}" + ("/versions/{version}" if _version(request) else "")
+        route = "/v2/models/{model}" + ("/versions/{version}" if self._version(request) else "")
         attrs = {
             "http.request.method": "POST",
             "url.path": request.url.path,
@@ -112,23 +119,23 @@ def routes(
         started = time.perf_counter_ns()
         try:
             return await traced(
-                engine.tracer,
+                self.engine.tracer,
                 f"POST {route}/infer",
                 request.headers,
                 attrs,
-                lambda trace: _infer(request, model, trace),
+                lambda trace: self._infer(request, model, trace),
                 _status,
             )
         finally:
-            trim_after(started, _declared_size(request))
+            trim_after(started, self._declared_size(request))
 
-    def _declared_size(request: Request) -> int:
+    def _declared_size(self, request: Request) -> int:
         try:
             return parse_int(request.headers.get("content-length") or 0, "Content-Length")
         except InvalidInput:
             return 0
 
-    async def _read_infer_body(request: Request) -> tuple[bytes, int | None]:
+    async def _read_infer_body(self, request: Request) -> tuple[bytes, int | None]:
         """The body and its JSON header's length (None: all JSON). A body that is all JSON is
         held to --max-json-bytes before it is read; binary tensors may use the whole
         --max-request-bytes."""
@@ -136,22 +143,22 @@ def routes(
         if header is None:
             declared = request.headers.get("content-length")
             if declared is not None:
-                check_json_size(parse_int(declared, "Content-Length"), limits.max_json_bytes)
-            json_limit = min(max_request_bytes, limits.max_json_bytes)
+                check_json_size(parse_int(declared, "Content-Length"), self.limits.max_json_bytes)
+            json_limit = min(self.max_request_bytes, self.limits.max_json_bytes)
             return await read_body(request, json_limit, "--max-json-bytes"), None
-        body = await read_body(request, max_request_bytes)
+        body = await read_body(request, self.max_request_bytes)
         return body, parse_int(header, "Inference-Header-Content-Length")
 
-    async def _infer(request: Request, model: str, trace: RequestTrace | None) -> Response:
+    async def _infer(self, request: Request, model: str, trace: RequestTrace | None) -> Response:
         received = time.perf_counter_ns()
         try:
-            body, head_length = await _read_infer_body(request)
-            req = await off_loop(len(body), decode_request, model, _version(request), body,
-                                 head_length, limits)  # fmt: skip
+            body, head_length = await self._read_infer_body(request)
+            req = await off_loop(len(body), decode_request, model, self._version(request), body,
+                                 head_length, self.limits)  # fmt: skip
             del body  # the tensors keep what they need (binary ones are views of it)
             req.metadata = request.headers
             req.received_ns = received
-            resp = await unless_disconnected(request, engine.infer(req, trace))
+            resp = await unless_disconnected(request, self.engine.infer(req, trace))
             encode_start = time.perf_counter_ns()
             out, head_len = await off_loop(output_bytes(resp), encode_response, req, resp)
             if trace is not None:
@@ -175,21 +182,26 @@ def routes(
             headers={"Inference-Header-Content-Length": str(head_len)},
         )
 
+
+def routes(
+    engine: EngineClient, max_request_bytes: int, limits: Limits = DEFAULT_LIMITS
+) -> list[Route]:
+    h = _Handlers(engine, max_request_bytes, limits)
     m = "/v2/models/{model}"
     mv = "/v2/models/{model}/versions/{version}"
     return [
-        Route("/v2/health/live", live),
-        Route("/v2/health/ready", ready),
-        Route("/v2", server_metadata),
-        Route("/v2/models/stats", model_stats),
-        Route(m, model_metadata),
-        Route(mv, model_metadata),
-        Route(m + "/ready", model_ready),
-        Route(mv + "/ready", model_ready),
-        Route(m + "/config", model_config),
-        Route(mv + "/config", model_config),
-        Route(m + "/stats", model_stats),
-        Route(mv + "/stats", model_stats),
-        Route(m + "/infer", infer, methods=["POST"]),
-        Route(mv + "/infer", infer, methods=["POST"]),
+        Route("/v2/health/live", h.live),
+        Route("/v2/health/ready", h.ready),
+        Route("/v2", h.server_metadata),
+        Route("/v2/models/stats", h.model_stats),
+        Route(m, h.model_metadata),
+        Route(mv, h.model_metadata),
+        Route(m + "/ready", h.model_ready),
+        Route(mv + "/ready", h.model_ready),
+        Route(m + "/config", h.model_config),
+        Route(mv + "/config", h.model_config),
+        Route(m + "/stats", h.model_stats),
+        Route(mv + "/stats", h.model_stats),
+        Route(m + "/infer", h.infer, methods=["POST"]),
+        Route(mv + "/infer", h.infer, methods=["POST"]),
     ]

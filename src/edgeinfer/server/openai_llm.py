@@ -280,6 +280,35 @@ def routes(engine: EngineClient, max_request_bytes: int) -> list[Route]:
 
 
 # ---- Triton's generate extension ------------------------------------------------------------
+async def _start_generation(
+    engine: EngineClient, request: Request, max_request_bytes: int
+) -> tuple[dict[str, Any], str, GenerationStream, str]:
+    """Parse a generate request and start it: (reply head, echoed prefix, stream, model)."""
+    doc = await read_json(request, max_request_bytes)
+    if not isinstance(doc, dict) or not isinstance(doc.get("text_input"), str):
+        raise InvalidInput("body must be a JSON object with a string 'text_input'")
+    params = {k: v for k, v in doc.items() if k not in ("id", "text_input", "parameters")}
+    extra = doc.get("parameters") or {}
+    if not isinstance(extra, dict):
+        raise InvalidInput("'parameters' must be an object")
+    params.update(extra)
+    sampling = sampling_params(params, _int(params, "max_tokens", 16),
+                               _int(params, "logprobs", None))  # fmt: skip
+    if isinstance(params.get("response_format"), str):  # Triton parameters are scalars
+        params["response_format"] = orjson.loads(params["response_format"])
+    model = request.path_params["model"]
+    stream = await engine.generate(GenerateRequest(
+        model, sampling, prompt=doc["text_input"],
+        version=request.path_params.get("version"), parameters=params,
+        metadata=dict(request.headers), constraint=response_format(params),
+        cache_prompt=_cache_prompt(params)))  # fmt: skip
+    prefix = doc["text_input"] if params.get("exclude_input_in_output") is False else ""
+    head = {"model_name": model, "model_version": stream.version}
+    if isinstance(doc.get("id"), str):
+        head = {"id": doc["id"], **head}
+    return head, prefix, stream, model
+
+
 def _generate_routes(engine: EngineClient, max_request_bytes: int) -> list[Route]:
     """`{"text_input": ..., "parameters": {...}}` -> `{"model_name", "model_version",
     "text_output"}`. Sampling parameters may also sit at the top level (Triton passes extra
@@ -288,35 +317,12 @@ def _generate_routes(engine: EngineClient, max_request_bytes: int) -> list[Route
 
     fail = error_response
 
-    async def start(request: Request) -> tuple[dict[str, Any], str, GenerationStream, str]:
-        doc = await read_json(request, max_request_bytes)
-        if not isinstance(doc, dict) or not isinstance(doc.get("text_input"), str):
-            raise InvalidInput("body must be a JSON object with a string 'text_input'")
-        params = {k: v for k, v in doc.items() if k not in ("id", "text_input", "parameters")}
-        extra = doc.get("parameters") or {}
-        if not isinstance(extra, dict):
-            raise InvalidInput("'parameters' must be an object")
-        params.update(extra)
-        sampling = sampling_params(params, _int(params, "max_tokens", 16),
-                                   _int(params, "logprobs", None))  # fmt: skip
-        if isinstance(params.get("response_format"), str):  # Triton parameters are scalars
-            params["response_format"] = orjson.loads(params["response_format"])
-        model = request.path_params["model"]
-        stream = await engine.generate(GenerateRequest(
-            model, sampling, prompt=doc["text_input"],
-            version=request.path_params.get("version"), parameters=params,
-            metadata=dict(request.headers), constraint=response_format(params),
-            cache_prompt=_cache_prompt(params)))  # fmt: skip
-        prefix = doc["text_input"] if params.get("exclude_input_in_output") is False else ""
-        head = {"model_name": model, "model_version": stream.version}
-        if isinstance(doc.get("id"), str):
-            head = {"id": doc["id"], **head}
-        return head, prefix, stream, model
-
     def handler(streaming: bool) -> Callable[[Request], Any]:
         async def generate(request: Request) -> Response:
             try:
-                head, prefix, stream, _ = await start(request)
+                head, prefix, stream, _ = await _start_generation(
+                    engine, request, max_request_bytes
+                )
             except orjson.JSONDecodeError as e:
                 return fail(InvalidInput(f"body is not valid JSON: {e}"))
             except EdgeInferError as e:

@@ -36,11 +36,16 @@ def _query_int(request: Request, key: str, default: int) -> int:
     return default if raw is None else parse_int(raw, f"query parameter '{key}'", 1)
 
 
-def routes(engine: EngineControl) -> list[Route]:
-    async def model_profile(request: Request) -> Response:
+class _Handlers:
+    """The control routes' handlers."""
+
+    def __init__(self, engine: EngineControl) -> None:
+        self.engine = engine
+
+    async def model_profile(self, request: Request) -> Response:
         """Per-layer timings from ONNX Runtime's profiler, on a separate session."""
         try:
-            doc = await engine.profile(
+            doc = await self.engine.profile(
                 request.path_params["model"],
                 request.path_params.get("version"),
                 batch=_query_int(request, "batch", 1),
@@ -50,7 +55,7 @@ def routes(engine: EngineControl) -> list[Route]:
             return error_response(e)
         return json_response(doc)
 
-    async def repository_index(request: Request) -> Response:
+    async def repository_index(self, request: Request) -> Response:
         ready_only = False
         try:
             body = await read_body(request, _SMALL_BODY)
@@ -63,28 +68,28 @@ def routes(engine: EngineControl) -> list[Route]:
             except ValueError:
                 return error_response(InvalidInput("repository index body must be JSON"))
         rows = []
-        for s in engine.index(ready_only):
+        for s in self.engine.index(ready_only):
             row = {"name": s.name, "version": s.version, "state": s.state}
             if s.reason:
                 row["reason"] = s.reason
             rows.append(row)
         return json_response(rows)
 
-    async def repository_load(request: Request) -> Response:
+    async def repository_load(self, request: Request) -> Response:
         try:
-            await engine.load(request.path_params["model"])
+            await self.engine.load(request.path_params["model"])
         except EdgeInferError as e:
             return error_response(e)
         return json_response({})
 
-    async def repository_unload(request: Request) -> Response:
+    async def repository_unload(self, request: Request) -> Response:
         try:
-            await engine.unload(request.path_params["model"])
+            await self.engine.unload(request.path_params["model"])
         except EdgeInferError as e:
             return error_response(e)
         return json_response({})
 
-    async def lifecycle(request: Request) -> Response:
+    async def lifecycle(self, request: Request) -> Response:
         model = request.path_params["model"]
         action = request.path_params.get("action", "status")
         try:
@@ -92,7 +97,7 @@ def routes(engine: EngineControl) -> list[Route]:
             if action in ACTIONS:
                 weight = doc.get("weight")
                 await run_action(
-                    engine,
+                    self.engine,
                     model,
                     action,
                     optional_int(doc, "version"),
@@ -100,17 +105,20 @@ def routes(engine: EngineControl) -> list[Route]:
                 )
             elif action != "status":
                 return error_response(ModelNotFound(f"no lifecycle action '{action}'"))
-            return json_response(engine.lifecycle_status(model).to_json())
+            return json_response(self.engine.lifecycle_status(model).to_json())
         except EdgeInferError as e:
             return error_response(e)
 
+
+def routes(engine: EngineControl) -> list[Route]:
+    h = _Handlers(engine)
     m = "/v2/models/{model}"
     return [
-        Route(m + "/profile", model_profile),
-        Route(m + "/versions/{version}/profile", model_profile),
-        Route("/v2/repository/index", repository_index, methods=["POST"]),
-        Route("/v2/repository/models/{model}/load", repository_load, methods=["POST"]),
-        Route("/v2/repository/models/{model}/unload", repository_unload, methods=["POST"]),
-        Route("/v2/repository/models/{model}/{action}", lifecycle, methods=["POST"]),
-        Route("/v2/repository/models/{model}/status", lifecycle, methods=["GET"]),
+        Route(m + "/profile", h.model_profile),
+        Route(m + "/versions/{version}/profile", h.model_profile),
+        Route("/v2/repository/index", h.repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", h.repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", h.repository_unload, methods=["POST"]),
+        Route("/v2/repository/models/{model}/{action}", h.lifecycle, methods=["POST"]),
+        Route("/v2/repository/models/{model}/status", h.lifecycle, methods=["GET"]),
     ]

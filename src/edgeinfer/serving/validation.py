@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.errors import InvalidInput
-from edgeinfer.types import InferRequest, TensorSpec
+from edgeinfer.types import InferRequest, Tensor, TensorSpec
 
 
 def _shape_ok(spec: TensorSpec, shape: tuple[int, ...]) -> bool:
@@ -38,6 +38,51 @@ def check_strings(spec: TensorSpec, data: np.ndarray | Sequence[bytes | str]) ->
                            f"at most {spec.max_bytes} bytes per string")  # fmt: skip
 
 
+def _check_input(tensor: Tensor, spec: TensorSpec, max_batch_size: int) -> None:
+    """Datatype, shape, batch size and string limits of one input against its declaration."""
+    if tensor.datatype != spec.datatype:
+        raise InvalidInput(
+            f"input '{tensor.name}': datatype {tensor.datatype} does not match "
+            f"the model's {spec.datatype}"
+        )
+    if 0 in tensor.shape:
+        # Triton refuses these too; an empty batch would also reach the model as a run of
+        # nothing, which backends answer with errors of their own or not at all.
+        raise InvalidInput(
+            f"input '{tensor.name}': shape {list(tensor.shape)} has a dimension of size 0; "
+            "every dimension must be at least 1"
+        )
+    if not _shape_ok(spec, tensor.shape):
+        raise InvalidInput(
+            f"input '{tensor.name}': shape {list(tensor.shape)} does not match the model's "
+            f"{list(spec.shape)} (-1 is any size)"
+        )
+    if max_batch_size > 0 and tensor.shape and tensor.shape[0] > max_batch_size:
+        raise InvalidInput(
+            f"input '{tensor.name}': batch size {tensor.shape[0]} exceeds the model's "
+            f"max_batch_size {max_batch_size}"
+        )
+    if spec.datatype == "BYTES":
+        check_strings(spec, tensor.data)
+
+
+def _requested_output_names(
+    request: InferRequest, outputs: tuple[TensorSpec, ...]
+) -> list[str] | None:
+    """Names of the outputs the request asks for (None: all), each one the model has."""
+    if not request.outputs:
+        return None
+    known = {s.name for s in outputs}
+    names = []
+    for out in request.outputs:
+        if out.name not in known:
+            raise InvalidInput(
+                f"unknown output '{out.name}' requested; the model has: {sorted(known)}"
+            )
+        names.append(out.name)
+    return names
+
+
 def validate_request(
     request: InferRequest,
     inputs: tuple[TensorSpec, ...],
@@ -56,30 +101,7 @@ def validate_request(
             )
         if tensor.name in feeds:
             raise InvalidInput(f"input '{tensor.name}' is given more than once")
-        if tensor.datatype != spec.datatype:
-            raise InvalidInput(
-                f"input '{tensor.name}': datatype {tensor.datatype} does not match "
-                f"the model's {spec.datatype}"
-            )
-        if 0 in tensor.shape:
-            # Triton refuses these too; an empty batch would also reach the model as a run of
-            # nothing, which backends answer with errors of their own or not at all.
-            raise InvalidInput(
-                f"input '{tensor.name}': shape {list(tensor.shape)} has a dimension of size 0; "
-                "every dimension must be at least 1"
-            )
-        if not _shape_ok(spec, tensor.shape):
-            raise InvalidInput(
-                f"input '{tensor.name}': shape {list(tensor.shape)} does not match the model's "
-                f"{list(spec.shape)} (-1 is any size)"
-            )
-        if max_batch_size > 0 and tensor.shape and tensor.shape[0] > max_batch_size:
-            raise InvalidInput(
-                f"input '{tensor.name}': batch size {tensor.shape[0]} exceeds the model's "
-                f"max_batch_size {max_batch_size}"
-            )
-        if spec.datatype == "BYTES":
-            check_strings(spec, tensor.data)
+        _check_input(tensor, spec, max_batch_size)
         feeds[tensor.name] = tensor.data
     missing = sorted(set(declared) - set(feeds))
     if missing:
@@ -88,17 +110,7 @@ def validate_request(
         batches = {name: a.shape[0] for name, a in feeds.items() if a.ndim}
         if len(set(batches.values())) > 1:
             raise InvalidInput(f"inputs disagree on the batch size: {batches}")
-    names = None
-    if request.outputs:
-        known = {s.name for s in outputs}
-        names = []
-        for out in request.outputs:
-            if out.name not in known:
-                raise InvalidInput(
-                    f"unknown output '{out.name}' requested; the model has: {sorted(known)}"
-                )
-            names.append(out.name)
-    return feeds, names
+    return feeds, _requested_output_names(request, outputs)
 
 
 def queue_params(params: dict[str, Any]) -> tuple[int, int]:

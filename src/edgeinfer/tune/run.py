@@ -13,6 +13,7 @@ from typing import Any
 
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.repository import Repository
+from edgeinfer.repository.layout import ModelEntry, VersionEntry
 from edgeinfer.runtime import backend_of
 from edgeinfer.tune import report
 from edgeinfer.tune.apply import apply, config_text
@@ -134,52 +135,66 @@ def _llm_candidate(fields: dict[str, Any]) -> LlmCandidate:
     return LlmCandidate(**fields)
 
 
-def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
-    repo = Repository(args.repo)
-    entry = repo.model(args.model)
+@dataclass
+class _Space:
+    """What one run searches: its backends, precisions, stages and what was pruned."""
+
+    backends: list[str]
+    precisions: list[str]
+    stages: list[Stage]
+    pruned: list[Pruned]
+    revive: Callable[[dict[str, Any]], Any]
+    generates: bool
+
+
+def _version(args: TuneArgs) -> tuple[ModelEntry, VersionEntry]:
+    entry = Repository(args.repo).model(args.model)
     if not entry.versions:
         raise TuneError(f"model {args.model} has no published version")
-    versions = {v.version: v for v in entry.versions}
-    chosen = versions.get(args.version or entry.versions[-1].version)
+    chosen = {v.version: v for v in entry.versions}.get(args.version or entry.versions[-1].version)
     if chosen is None:
         raise TuneError(f"model {args.model} has no version {args.version}")
-    device = device or device_now()
-    objective = Objective(args.objective, args.latency_budget_ms, args.concurrency)
-    generates = backend_of(chosen.path, entry.config).kind == "llm"
-    revive: Callable[[dict[str, Any]], Any] = _candidate
-    if generates:  # llama.cpp: its own settings, one backend, the GGUF's own precision
-        backends, precisions, pruned = ["llama.cpp"], ["gguf"], list[Pruned]()
-        plan_stages = llm_stages(device, max(args.concurrency))
-        revive = _llm_candidate
-    else:
-        can_calibrate = args.calibration is not None or args.eval is not None
-        facts = facts_of(chosen.path, can_calibrate)
-        backends = list(args.backends or tensor_backends())
-        precisions = list(
-            args.precisions
-            or (["fp32", "int8-dynamic"] + (["int8-static"] if can_calibrate else []))
+    return entry, chosen
+
+
+def _space(
+    args: TuneArgs, entry: ModelEntry, chosen: VersionEntry, device: Device, objective: Objective
+) -> _Space:
+    if backend_of(chosen.path, entry.config).kind == "llm":
+        # llama.cpp: its own settings, one backend, the GGUF's own precision.
+        return _Space(
+            ["llama.cpp"],
+            ["gguf"],
+            llm_stages(device, max(args.concurrency)),
+            [],
+            _llm_candidate,
+            generates=True,
         )
-        kept, pruned = everything(device, facts, backends, precisions)
-        plan_stages = stages(kept, objective, device, facts)
-    folder = entry.path / "tune"
-    settings = {
-        "version": chosen.version,
-        "objective": objective.__dict__,
-        "backends": backends,
-        "precisions": precisions,
-        "seconds": args.seconds,
-        "repetitions": args.repetitions,
-        "eval": str(args.eval or ""),
-        "usable_cpus": device.usable_cpus,
-    }
-    checkpoint = Checkpoint(folder / "checkpoint.json", json.loads(json.dumps(settings)))
-    plan = Plan(
+    can_calibrate = args.calibration is not None or args.eval is not None
+    facts = facts_of(chosen.path, can_calibrate)
+    backends = list(args.backends or tensor_backends())
+    precisions = list(
+        args.precisions or (["fp32", "int8-dynamic"] + (["int8-static"] if can_calibrate else []))
+    )
+    kept, pruned = everything(device, facts, backends, precisions)
+    return _Space(
+        backends,
+        precisions,
+        stages(kept, objective, device, facts),
+        pruned,
+        _candidate,
+        generates=False,
+    )
+
+
+def _plan(args: TuneArgs, entry: ModelEntry, chosen: VersionEntry) -> Plan:
+    return Plan(
         args.model,
         chosen.version,
         chosen.path,
         entry.path / "config.toml",
         entry.config.max_batch_size,
-        folder / "work",
+        entry.path / "tune" / "work",
         args.concurrency,
         args.seconds,
         args.repetitions,
@@ -189,16 +204,68 @@ def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
         metric=args.metric,
         max_drop=args.max_drop,
     )
-    measurer = Measurer(plan)
+
+
+def _checkpoint(
+    args: TuneArgs,
+    folder: Path,
+    chosen: VersionEntry,
+    space: _Space,
+    objective: Objective,
+    device: Device,
+) -> Checkpoint:
+    """A checkpoint is reused only by a run with the same settings."""
+    settings = {
+        "version": chosen.version,
+        "objective": objective.__dict__,
+        "backends": space.backends,
+        "precisions": space.precisions,
+        "seconds": args.seconds,
+        "repetitions": args.repetitions,
+        "eval": str(args.eval or ""),
+        "usable_cpus": device.usable_cpus,
+    }
+    return Checkpoint(folder / "checkpoint.json", json.loads(json.dumps(settings)))
+
+
+def _winner(
+    args: TuneArgs, entry: ModelEntry, chosen: VersionEntry, measurer: Measurer, winner: Any
+) -> dict[str, Any]:
+    """Apply the winner, or say what to set. Always a new version: the server swaps it in
+    through the verified hot-reload path (a changed config.toml alone does not reload the
+    version it serves)."""
+    overrides = winner.overrides(entry.config.max_batch_size)
+    made_int8 = winner.precision.startswith("int8")
+    variant = measurer.variant(winner.precision) if made_int8 else chosen.path
+    assert not isinstance(variant, str)  # a refused INT8 model never wins
+    if args.apply:
+        published = apply(entry.path, overrides, variant)
+        return {
+            "applied": {
+                "config": str(entry.path / "config.toml"),
+                "version": str(published) if published else None,
+            }
+        }
+    current = (entry.path / "config.toml").read_text()
+    return {"config": config_text(current, overrides), "variant": str(variant)}
+
+
+def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
+    entry, chosen = _version(args)
+    device = device or device_now()
+    objective = Objective(args.objective, args.latency_budget_ms, args.concurrency)
+    space = _space(args, entry, chosen, device, objective)
+    folder = entry.path / "tune"
+    measurer = Measurer(_plan(args, entry, chosen))
     started = time.monotonic()
     search = Search(
         measurer,
         objective,
-        checkpoint,
+        _checkpoint(args, folder, chosen, space, objective, device),
         args.budget_minutes * 60,
-        plan_stages,
+        space.stages,
         _progress,
-        revive=revive,
+        revive=space.revive,
     )
     trials = search.run()
     decision = report.decide(trials, objective)
@@ -208,32 +275,16 @@ def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
         "device": device.__dict__,
         "seconds": time.monotonic() - started,
         "skipped_for_budget": search.skipped,
-        "unit": "tok/s" if generates else "req/s",
-        "latency": "time to first token" if generates else "request latency",
+        "unit": "tok/s" if space.generates else "req/s",
+        "latency": "time to first token" if space.generates else "request latency",
     }
-    pruned_list = [(p.candidate.key, p.reason) for p in pruned]
-    md = report.write(folder, trials, pruned_list, objective, decision, meta)
+    pruned = [(p.candidate.key, p.reason) for p in space.pruned]
+    md = report.write(folder, trials, pruned, objective, decision, meta)
     result: dict[str, Any] = {
         "report": str(md),
         "decision": decision,
         "summary": report.summary_line(decision, objective),
     }
     if decision["changed"]:
-        winner = revive(decision["candidate"])
-        overrides = winner.overrides(entry.config.max_batch_size)
-        # Always a new version: the server swaps it in through the verified hot-reload path
-        # (a changed config.toml alone does not reload the version it serves).
-        made_int8 = winner.precision.startswith("int8")
-        variant = measurer.variant(winner.precision) if made_int8 else chosen.path
-        assert not isinstance(variant, str)  # a refused INT8 model never wins
-        if args.apply:
-            published = apply(entry.path, overrides, variant)
-            result["applied"] = {
-                "config": str(entry.path / "config.toml"),
-                "version": str(published) if published else None,
-            }
-        else:
-            current = (entry.path / "config.toml").read_text()
-            result["config"] = config_text(current, overrides)
-            result["variant"] = str(variant)
+        result.update(_winner(args, entry, chosen, measurer, space.revive(decision["candidate"])))
     return result

@@ -1,10 +1,10 @@
 import pytest
 
-from edgeinfer.cli.fleet import main
+from edgeinfer.cli import main
 
 
 def test_unreachable_registry_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["status", "--registry", "etcd://127.0.0.1:9/x?ttl=3"]) == 1
+    assert main(["fleet", "status", "--registry", "etcd://127.0.0.1:9/x?ttl=3"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("edgeinfer fleet: error: ") and "unreachable" in err
 
@@ -23,5 +23,5 @@ def test_bad_arguments_are_explained(
 ) -> None:
     if "--registry" not in args:
         args = [*args, "--registry", "etcd://127.0.0.1:9/x"]
-    assert main(args) == 1
+    assert main(["fleet", *args]) == 1
     assert words in capsys.readouterr().err

@@ -5,7 +5,6 @@ worker is restarted. A real engine with tiny ONNX models; the only fake is a har
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from edgeinfer.lifecycle import Engine
 from edgeinfer.repository import Repository
 from edgeinfer.testing import models
 from edgeinfer.types import InferRequest, Tensor
+from tests.helpers import until
 
 DEADLINE_S = 20.0
 
@@ -47,13 +47,6 @@ async def engine_on(root: Path, before_start: Callable[[Engine], None] | None = 
         yield engine
     finally:
         await engine.close()
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from edgeinfer.lifecycle import Engine
 from edgeinfer.registry import STATE_FILE, Canary, DesiredModel, FileSource, FleetAgent
 from edgeinfer.repository import Repository
 from edgeinfer.testing import models
+from tests.helpers import until
 from tests.unit.registry.fakes import MemoryRegistry
 
 
@@ -53,18 +53,6 @@ async def running(root: Path, reg: MemoryRegistry) -> AsyncIterator[tuple[Engine
     finally:
         await agent.close()
         await engine.close()
-
-
-async def until(cond: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while True:
-        ok = cond()
-        if not isinstance(ok, bool):
-            ok = await ok
-        if ok:
-            return
-        assert time.monotonic() < end, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def _route(engine: Engine) -> tuple[str | None, dict | None]:

@@ -31,7 +31,7 @@ if how.startswith("has:"):  # has:AMX,CPU_REPACK:crash-on:AMX  (as the real chil
 elif how == "sigill":
     os.kill(os.getpid(), signal.SIGILL)
 elif how == "hang":
-    time.sleep(30)
+    time.sleep(30)  # a probe child that hangs: the behaviour under test
 elif how == "fail":
     sys.exit("ImportError: no module named gguf")
 """

@@ -21,6 +21,7 @@ from edgeinfer.runtime.llm_types import BatchItem
 from edgeinfer.serving.llm_loop import GenChunk, LlmLoop, LoopLimits
 from edgeinfer.serving.sampling import SamplingParams
 from edgeinfer.telemetry.metrics import LlmStats
+from tests.helpers import until
 
 VOCAB = 40
 EOS = 0
@@ -93,15 +94,6 @@ def make_loop(backend: FakeBackend | None = None, **limits: int) -> LlmLoop:
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 10))
-
-
-async def until(check: Any) -> None:
-    """Let the engine thread run until `check()` holds."""
-    for _ in range(5000):
-        if check():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("timed out")
 
 
 async def collect(loop: LlmLoop, prompt: list[int], **params: Any) -> list[GenChunk]:

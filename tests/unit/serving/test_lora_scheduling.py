@@ -22,6 +22,7 @@ from edgeinfer.runtime.llm_types import BatchItem
 from edgeinfer.serving.llm_loop import GenerationStream, LlmLoop, LoopAdapter, LoopLimits
 from edgeinfer.serving.sampling import SamplingParams
 from edgeinfer.telemetry.metrics import LlmStats
+from tests.helpers import until
 
 VOCAB = 40
 ADAPTERS = {name: LoopAdapter(name, handle=name) for name in "ABCD"}
@@ -131,14 +132,6 @@ def submit(loop: LlmLoop, prompt: list[int], adapter: str | None, n: int) -> Gen
 
 async def tokens(stream: GenerationStream) -> list[int]:
     return [t async for chunk in stream for t in chunk.token_ids]
-
-
-async def until(check: Callable[[], bool]) -> None:
-    for _ in range(5000):
-        if check():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("timed out")
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
