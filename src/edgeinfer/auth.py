@@ -91,8 +91,9 @@ class KeyStore:
                     f"--api-keys {path}: key #{i + 1} needs sha256 = <64 hex> and role = "
                     f"one of {ROLES}"
                 )
-            entries.append((digest.lower(), Principal(raw.get("name", f"key{i + 1}"), role,
-                                                      raw.get("tenant"))))  # fmt: skip
+            entries.append(
+                (digest.lower(), Principal(raw.get("name", f"key{i + 1}"), role, raw.get("tenant")))
+            )
         if not entries:
             raise ConfigError(f"--api-keys {path}: no [[keys]] entries")
         return cls(entries)
@@ -211,8 +212,9 @@ class Authenticator:
             self._refuse(token, client)
         if not principal.allows(needed):
             self.failures["forbidden"] += 1
-            raise PermissionDenied(f"key '{principal.name}' has role '{principal.role}'; this "
-                                   f"call needs '{needed}'")  # fmt: skip
+            raise PermissionDenied(
+                f"key '{principal.name}' has role '{principal.role}'; this call needs '{needed}'"
+            )
         return principal
 
     def _refuse(self, token: str | None, client: str) -> NoReturn:

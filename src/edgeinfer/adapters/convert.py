@@ -32,10 +32,14 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 MAX_CONFIG_BYTES = 1 << 20  # PEFT configs are a few hundred bytes
 _HF_TO_GGUF = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
-}  # fmt: skip
+}
 _LAYER = re.compile(r"layers\.(\d+)\.(.+)$")
 
 
@@ -60,16 +64,19 @@ def read_peft(peft_dir: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
         if b is None:
             raise InvalidInput(f"{weights}: '{key}' has no matching lora_B")
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-            raise InvalidInput(f"{weights}: module '{module}': lora_A {a.shape} and lora_B "
-                               f"{b.shape} do not share a rank (want [r, in] and [out, r])")  # fmt: skip
+            raise InvalidInput(
+                f"{weights}: module '{module}': lora_A {a.shape} and lora_B "
+                f"{b.shape} do not share a rank (want [r, in] and [out, r])"
+            )
         pairs[module] = (a.astype(np.float32), b.astype(np.float32))
     if not pairs:
         raise InvalidInput(f"{weights}: no '<module>.lora_A.weight' tensors")
     ranks = {a.shape[0] for a, _ in pairs.values()}
     r, alpha = cfg.get("r", max(ranks)), cfg.get("lora_alpha")
     if isinstance(r, bool) or not isinstance(r, int) or ranks != {r}:
-        raise InvalidInput(f"{peft_dir}: adapter_config r = {r!r} but the tensors have ranks "
-                           f"{sorted(ranks)}")  # fmt: skip
+        raise InvalidInput(
+            f"{peft_dir}: adapter_config r = {r!r} but the tensors have ranks {sorted(ranks)}"
+        )
     if alpha is None:
         alpha = r
     if isinstance(alpha, bool) or not isinstance(alpha, int | float):
@@ -83,8 +90,9 @@ def _read_config(path: Path) -> dict[str, Any]:
         return {}
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
-        raise InvalidInput(f"{path} is {size} bytes; an adapter config may have at most "
-                           f"{MAX_CONFIG_BYTES}")  # fmt: skip
+        raise InvalidInput(
+            f"{path} is {size} bytes; an adapter config may have at most {MAX_CONFIG_BYTES}"
+        )
     try:
         cfg = json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError) as e:
@@ -103,8 +111,11 @@ def _gguf_name(module: str) -> str | None:
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's HF converter's rotary permutation of q/k output rows."""
-    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))  # fmt: skip
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def peft_to_gguf(peft_dir: Path, base_gguf: Path, out: Path) -> Path:
@@ -128,13 +139,17 @@ def peft_to_gguf(peft_dir: Path, base_gguf: Path, out: Path) -> Path:
     for module, (a, b) in sorted(pairs.items()):
         name = _gguf_name(module)
         if name is None or name not in shapes:
-            problems.append(f"module '{module}' has no tensor in {base_gguf.name}"
-                            + (f" (looked for {name})" if name else ""))  # fmt: skip
+            problems.append(
+                f"module '{module}' has no tensor in {base_gguf.name}"
+                + (f" (looked for {name})" if name else "")
+            )
             continue
         d_in, d_out = shapes[name][0], shapes[name][1]
         if a.shape[1] != d_in or b.shape[0] != d_out:
-            problems.append(f"module '{module}': LoRA maps {a.shape[1]} -> {b.shape[0]} but "
-                            f"{name} maps {d_in} -> {d_out}")  # fmt: skip
+            problems.append(
+                f"module '{module}': LoRA maps {a.shape[1]} -> {b.shape[0]} but "
+                f"{name} maps {d_in} -> {d_out}"
+            )
             continue
         if name.endswith("attn_q.weight") and n_head:
             b = _permute(b, n_head)
@@ -161,19 +176,26 @@ def peft_to_onnx_adapter(peft_dir: Path, base_onnx: Path, out: Path) -> Path:
 
     pairs, alpha, r = read_peft(peft_dir)
     spec = LoraSpec.read(base_onnx.parent)
-    targets = spec.targets if spec else matmul_targets(onnx.load(str(base_onnx),
-                                                                 load_external_data=False))  # fmt: skip
+    targets = (
+        spec.targets
+        if spec
+        else matmul_targets(onnx.load(str(base_onnx), load_external_data=False))
+    )
     weights, problems = {}, []
     for module, (a, b) in sorted(pairs.items()):
         t = module.split(".")[-1]
         if t not in targets:
-            problems.append(f"module '{module}' is not a LoRA target of {base_onnx.name} "
-                            f"(targets: {sorted(targets)})")  # fmt: skip
+            problems.append(
+                f"module '{module}' is not a LoRA target of {base_onnx.name} "
+                f"(targets: {sorted(targets)})"
+            )
             continue
         d_in, d_out = targets[t]
         if a.shape[1] != d_in or b.shape[0] != d_out:
-            problems.append(f"module '{module}': LoRA maps {a.shape[1]} -> {b.shape[0]} but "
-                            f"'{t}' maps {d_in} -> {d_out}")  # fmt: skip
+            problems.append(
+                f"module '{module}': LoRA maps {a.shape[1]} -> {b.shape[0]} but "
+                f"'{t}' maps {d_in} -> {d_out}"
+            )
             continue
         if spec is not None and spec.mode == "stacked" and r > spec.rank:
             problems.append(f"rank {r} exceeds the stacked graph's rank {spec.rank}")
@@ -193,16 +215,18 @@ def convert_peft(peft_dir: Path, base: Path, out: Path) -> Path:
     raise InvalidInput(f"{base}: the base must be a .gguf or .onnx model file")
 
 
-def convert_graph(base_onnx: Path, out_dir: Path, targets: list[str], stacked: bool,
-                  rank: int) -> Path:  # fmt: skip
+def convert_graph(
+    base_onnx: Path, out_dir: Path, targets: list[str], stacked: bool, rank: int
+) -> Path:
     """Write `out_dir/model.onnx` (LoRA-ready) and `out_dir/lora.json`."""
     import onnx
 
     from edgeinfer.runtime.lora_onnx import add_lora, matmul_targets
 
     model = onnx.load(str(base_onnx))
-    model, spec = add_lora(model, targets or sorted(matmul_targets(model)),
-                           "stacked" if stacked else "per_run", rank)  # fmt: skip
+    model, spec = add_lora(
+        model, targets or sorted(matmul_targets(model)), "stacked" if stacked else "per_run", rank
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_dir / "model.onnx"))
     spec.write(out_dir)
@@ -231,8 +255,9 @@ def resolve_adapter_path(path: Path, base_file: Path, name: str) -> tuple[Path, 
         raise
 
 
-def write_peft(out_dir: Path, pairs: dict[str, tuple[np.ndarray, np.ndarray]], alpha: float,
-               r: int) -> Path:  # fmt: skip
+def write_peft(
+    out_dir: Path, pairs: dict[str, tuple[np.ndarray, np.ndarray]], alpha: float, r: int
+) -> Path:
     """A PEFT-style adapter directory (for tests, demos and benchmarks)."""
     from safetensors.numpy import save_file
 
@@ -242,8 +267,14 @@ def write_peft(out_dir: Path, pairs: dict[str, tuple[np.ndarray, np.ndarray]], a
         tensors[f"base_model.model.{module}.lora_A.weight"] = np.ascontiguousarray(a, np.float32)
         tensors[f"base_model.model.{module}.lora_B.weight"] = np.ascontiguousarray(b, np.float32)
     save_file(tensors, str(out_dir / PEFT_WEIGHTS))
-    (out_dir / PEFT_CONFIG).write_text(json.dumps({
-        "peft_type": "LORA", "r": r, "lora_alpha": alpha,
-        "target_modules": sorted({m.split(".")[-1] for m in pairs}),
-    }))  # fmt: skip
+    (out_dir / PEFT_CONFIG).write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "r": r,
+                "lora_alpha": alpha,
+                "target_modules": sorted({m.split(".")[-1] for m in pairs}),
+            }
+        )
+    )
     return out_dir

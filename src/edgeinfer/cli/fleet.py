@@ -84,9 +84,11 @@ async def _artifacts(specs: list[str], shas: list[str]) -> dict[str, FileSource]
 
 
 async def _update(
-    reg: EtcdRegistry, group: str, model: str,
+    reg: EtcdRegistry,
+    group: str,
+    model: str,
     change: Callable[[DesiredModel | None], Awaitable[DesiredModel]],
-) -> DesiredModel:  # fmt: skip
+) -> DesiredModel:
     """Read-modify-write with compare-and-swap, so a concurrent halt or rollout is never lost."""
     for _ in range(5):
         old = await reg.read(group, model)
@@ -117,19 +119,30 @@ async def _set(args: argparse.Namespace, reg: EtcdRegistry) -> int:
         if old is not None and old.version != args.version:
             previous = old.version
         return DesiredModel(
-            version=args.version, canary=canary, artifacts=artifacts,
+            version=args.version,
+            canary=canary,
+            artifacts=artifacts,
             adapters={**(old.adapters if old else {}), **grants},
-            max_error_rate=args.max_error_rate if args.max_error_rate is not None
-            else old.max_error_rate if old else 0.05,
-            min_requests=args.min_requests if args.min_requests is not None
-            else old.min_requests if old else 20,
-            halted="", previous=previous,
+            max_error_rate=args.max_error_rate
+            if args.max_error_rate is not None
+            else old.max_error_rate
+            if old
+            else 0.05,
+            min_requests=args.min_requests
+            if args.min_requests is not None
+            else old.min_requests
+            if old
+            else 20,
+            halted="",
+            previous=previous,
             config=config if config is not None else old.config if old else "",
-        )  # fmt: skip
+        )
 
     want = await _update(reg, args.group, args.model, change)
-    print(f"{args.group}/{args.model}: v{want.version}"
-          + (f", canary v{canary.version} at {canary.weight:.0%}" if canary else ""))  # fmt: skip
+    print(
+        f"{args.group}/{args.model}: v{want.version}"
+        + (f", canary v{canary.version} at {canary.weight:.0%}" if canary else "")
+    )
     return 0
 
 
@@ -154,15 +167,26 @@ async def _status(args: argparse.Namespace, reg: EtcdRegistry) -> int:
         groups = {g: m for g, m in groups.items() if g == args.group}
         devices = {d: s for d, s in devices.items() if s.get("group") == args.group}
     if args.json:
-        print(json.dumps({"desired": {g: {m: d.model.to_json() for m, d in ms.items()}
-                                      for g, ms in groups.items()},
-                          "devices": devices}, indent=2, sort_keys=True))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "desired": {
+                        g: {m: d.model.to_json() for m, d in ms.items()} for g, ms in groups.items()
+                    },
+                    "devices": devices,
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
         return 0
     print(f"{'GROUP':<12}{'MODEL':<16}{'DESIRED':<9}{'CANARY':<14}ROLLOUT")
     for group, models in sorted(groups.items()):
         for name, d in sorted(models.items()):
-            print(f"{group:<12}{name:<16}{'v' + str(d.model.version):<9}"
-                  f"{_canary_text(d.model.canary):<14}{_rollout(d.model, devices, group, name)}")  # fmt: skip
+            print(
+                f"{group:<12}{name:<16}{'v' + str(d.model.version):<9}"
+                f"{_canary_text(d.model.canary):<14}{_rollout(d.model, devices, group, name)}"
+            )
     print()
     print(f"{'DEVICE':<16}{'GROUP':<12}{'HEALTH':<10}{'MODEL':<16}{'LIVE':<6}{'CANARY':<14}ERROR")
     for device, doc in sorted(devices.items()):
@@ -171,9 +195,11 @@ async def _status(args: argparse.Namespace, reg: EtcdRegistry) -> int:
         for name, m in sorted(models.items()):
             canary = m.get("canary")
             ctext = f"v{canary['version']} @ {canary['weight']:.0%}" if canary else "-"
-            print(f"{device:<16}{doc.get('group', '?'):<12}{health:<10}{name:<16}"
-                  f"{'v' + str(m['live']) if m.get('live') else '-':<6}{ctext:<14}"
-                  f"{m.get('error') or '-'}")  # fmt: skip
+            print(
+                f"{device:<16}{doc.get('group', '?'):<12}{health:<10}{name:<16}"
+                f"{'v' + str(m['live']) if m.get('live') else '-':<6}{ctext:<14}"
+                f"{m.get('error') or '-'}"
+            )
     return 0
 
 
@@ -189,9 +215,9 @@ def _rollout(want: DesiredModel, devices: dict[str, Any], group: str, model: str
     return f"HALTED: {want.halted}" if want.halted else f"running ({rate})"
 
 
-def _run(func: Callable[[argparse.Namespace, EtcdRegistry], Awaitable[int]]) -> Callable[
-    [argparse.Namespace], int
-]:  # fmt: skip
+def _run(
+    func: Callable[[argparse.Namespace, EtcdRegistry], Awaitable[int]],
+) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         async def go() -> int:
             reg = _open(args.registry)
@@ -213,9 +239,11 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="fleet_cmd", required=True, metavar="COMMAND")
     registry = os.environ.get("EDGEINFER_REGISTRY") or DEFAULT_REGISTRY
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", default=registry,
-                        help="etcd://HOST:PORT/PREFIX (default: $EDGEINFER_REGISTRY or "
-                        f"{DEFAULT_REGISTRY})")  # fmt: skip
+    common.add_argument(
+        "--registry",
+        default=registry,
+        help=f"etcd://HOST:PORT/PREFIX (default: $EDGEINFER_REGISTRY or {DEFAULT_REGISTRY})",
+    )
 
     s = sub.add_parser("set", parents=[common], help="the version a group runs, with a canary")
     s.add_argument("model")
@@ -223,15 +251,22 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--group", required=True)
     s.add_argument("--canary", type=int, metavar="V", help="send a share of traffic to V")
     s.add_argument("--weight", type=float, help="the canary's share, 0..1")
-    s.add_argument("--artifact", action="append", metavar="[NAME=]PATH_OR_URL",
-                   help="a file of the version being rolled out (the canary's if given); "
-                   "repeatable")  # fmt: skip
+    s.add_argument(
+        "--artifact",
+        action="append",
+        metavar="[NAME=]PATH_OR_URL",
+        help="a file of the version being rolled out (the canary's if given); repeatable",
+    )
     s.add_argument("--sha256", action="append", help="the artifact's sha256 (in order)")
     s.add_argument("--max-error-rate", type=float, help="halt the canary above this (0.05)")
     s.add_argument("--min-requests", type=int, help="canary requests before judging (20)")
     s.add_argument("--config", type=Path, help="config.toml for devices new to the model")
-    s.add_argument("--adapter", action="append", metavar="NAME=TENANT[,TENANT...]",
-                   help="grant an adapter to tenants (stored for the devices; repeatable)")  # fmt: skip
+    s.add_argument(
+        "--adapter",
+        action="append",
+        metavar="NAME=TENANT[,TENANT...]",
+        help="grant an adapter to tenants (stored for the devices; repeatable)",
+    )
     s.set_defaults(func=_run(_set))
 
     st = sub.add_parser("status", parents=[common], help="devices, versions and health")
@@ -248,6 +283,9 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
 
 def add_fleet(sub: Any) -> None:
     """Register `edgeinfer fleet` on the main parser's subcommands."""
-    p = sub.add_parser("fleet", help="desired state for groups of devices (etcd)",
-                       description=__doc__.split("\n\n")[0] if __doc__ else None)  # fmt: skip
+    p = sub.add_parser(
+        "fleet",
+        help="desired state for groups of devices (etcd)",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
     _add_commands(p)

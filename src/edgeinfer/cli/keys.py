@@ -21,8 +21,9 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         f.write("\n[[keys]]\n" + "\n".join(entry) + "\n")
     os.chmod(args.file, 0o600)
     print(key)
-    print(f"(stored only as a hash in {args.file}; this is the one time it is shown)",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"(stored only as a hash in {args.file}; this is the one time it is shown)", file=sys.stderr
+    )
     return 0
 
 

@@ -75,9 +75,11 @@ def _lifecycle(args: argparse.Namespace, action: str, body: dict[str, Any]) -> i
         print(json.dumps(status, indent=2))
         return 0
     canary = status.get("canary")
-    print(f"{args.model}: live v{status['live']}"
-          + (f", canary v{canary['version']} at {canary['weight']:.0%}" if canary else "")
-          + f", resident {', '.join('v' + v for v in status['resident'])}")  # fmt: skip
+    print(
+        f"{args.model}: live v{status['live']}"
+        + (f", canary v{canary['version']} at {canary['weight']:.0%}" if canary else "")
+        + f", resident {', '.join('v' + v for v in status['resident'])}"
+    )
     for f in status.get("load_failures", [])[-3:]:
         print(f"  failed v{f['version']} ({f['reason']}): {f['message']}")
     return 0
@@ -104,8 +106,11 @@ def cmd_models_status(args: argparse.Namespace) -> int:
 
 
 def add_models(sub: Any) -> None:
-    p = sub.add_parser("models", help="list, add, load and unload models",
-                       description="Manage models in a repository or on a running server.")  # fmt: skip
+    p = sub.add_parser(
+        "models",
+        help="list, add, load and unload models",
+        description="Manage models in a repository or on a running server.",
+    )
     msub = p.add_subparsers(dest="models_cmd", required=True, metavar="COMMAND")
 
     ls = msub.add_parser("list", help="models and versions on a server (or in a repository)")
@@ -117,11 +122,18 @@ def add_models(sub: Any) -> None:
     add = msub.add_parser("add", help="publish a model file as a new version (atomically)")
     add.add_argument("repository", type=Path, help="repository folder")
     add.add_argument("model", help="model name (created with a default config if new)")
-    add.add_argument("file", type=Path,
-                     help="the model: .onnx, .tflite, .gguf, or OpenVINO .xml (its .bin beside it)")  # fmt: skip
+    add.add_argument(
+        "file",
+        type=Path,
+        help="the model: .onnx, .tflite, .gguf, or OpenVINO .xml (its .bin beside it)",
+    )
     add.add_argument("--version", type=int, help="version number (default: next)")
-    add.add_argument("--extra", type=Path, action="append",
-                     help="another file to place in the version (e.g. tokenizer.json)")  # fmt: skip
+    add.add_argument(
+        "--extra",
+        type=Path,
+        action="append",
+        help="another file to place in the version (e.g. tokenizer.json)",
+    )
     add.set_defaults(func=cmd_models_add)
 
     commands = (

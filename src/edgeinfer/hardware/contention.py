@@ -39,9 +39,15 @@ class ThreadGovernor:
     """`threads()`: how many threads the next decode should use, re-decided at most every
     `interval` seconds from `read()` (CPU pressure in percent)."""
 
-    def __init__(self, max_threads: int, read: Callable[[], float | None] = read_cpu_pressure,
-                 clock: Callable[[], float] = time.monotonic, interval: float = 2.0,
-                 high: float = 25.0, low: float = 10.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        max_threads: int,
+        read: Callable[[], float | None] = read_cpu_pressure,
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = 2.0,
+        high: float = 25.0,
+        low: float = 10.0,
+    ) -> None:
         self.max_threads = max(1, max_threads)
         self._read, self._clock, self._interval = read, clock, interval
         self._high, self._low = high, low

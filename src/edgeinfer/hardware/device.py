@@ -90,8 +90,13 @@ def cpu_allowance(
     if cgroup.cpuset is not None:
         allowed = allowed & set(cgroup.cpuset) if allowed else set(cgroup.cpuset)
     online = len(topology.online) or read_cpuinfo(root).processors or None
-    counts = [online, affinity, quota_cpus(cgroup),
-              len(cgroup.cpuset) if cgroup.cpuset else None, len(allowed) or None]  # fmt: skip
+    counts = [
+        online,
+        affinity,
+        quota_cpus(cgroup),
+        len(cgroup.cpuset) if cgroup.cpuset else None,
+        len(allowed) or None,
+    ]
     known = [n for n in counts if n]
     # When nothing in the tree says, trust the OS only for the real machine.
     fallback = (os.cpu_count() or 1) if _is_real_root(root) else 1

@@ -125,9 +125,16 @@ class Governor:
         with self._lock:
             r = self._readings
             return GovernorSnapshot(
-                r.temp_c, r.freq_cur_hz, r.freq_max_hz, r.memory_used_bytes,
-                r.memory_limit_bytes, r.throttled, self._factor, self._reason, self._read_at,
-            )  # fmt: skip
+                r.temp_c,
+                r.freq_cur_hz,
+                r.freq_max_hz,
+                r.memory_used_bytes,
+                r.memory_limit_bytes,
+                r.throttled,
+                self._factor,
+                self._reason,
+                self._read_at,
+            )
 
     def refresh(self) -> tuple[float, str]:
         """Read the sensors now, whatever the interval (e.g. from a background ticker)."""

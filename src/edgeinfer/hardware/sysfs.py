@@ -129,9 +129,11 @@ class CpuFreq:
     @property
     def throttle_flags(self) -> tuple[str, ...]:
         """Decoded Raspberry Pi flags, e.g. ("throttled", "under-voltage-occurred")."""
-        flags = [] if self.rpi_throttled is None else [
-            name for bit, name in _RPI_BITS.items() if self.rpi_throttled >> bit & 1
-        ]  # fmt: skip
+        flags = (
+            []
+            if self.rpi_throttled is None
+            else [name for bit, name in _RPI_BITS.items() if self.rpi_throttled >> bit & 1]
+        )
         if self.under_voltage and "under-voltage" not in flags:
             flags.insert(0, "under-voltage")
         return tuple(flags)

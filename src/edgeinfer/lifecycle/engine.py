@@ -90,9 +90,13 @@ class Engine:
         self._metrics.register(LlmCollector(self.llm_samples))
         self.restarts = RestartCounts()  # crashed workers and tasks restarted
         self._metrics.register(self.restarts)
-        adapter_budget = (MemoryBudget(settings.adapter_budget_mb * 2**20)
-                          if settings.adapter_budget_mb else self.gate.budget if self.gate
-                          else None)  # fmt: skip
+        adapter_budget = (
+            MemoryBudget(settings.adapter_budget_mb * 2**20)
+            if settings.adapter_budget_mb
+            else self.gate.budget
+            if self.gate
+            else None
+        )
         self.adapters = AdapterManager(repository.root, adapter_budget)
         self.adapters.stats.per_request = settings.metrics
         self._metrics.register(AdapterCollector(self.adapters, lambda: samples.loras(models())))
@@ -115,13 +119,17 @@ class Engine:
         if self.settings.model_control == "poll":
             from edgeinfer.lifecycle.watcher import watch_repository
 
-            self.supervise("repository watcher", "watcher",
-                           functools.partial(watch_repository, self))  # fmt: skip
+            self.supervise(
+                "repository watcher", "watcher", functools.partial(watch_repository, self)
+            )
 
     def supervise(self, what: str, task: str, run: Callable[[], Awaitable[None]]) -> None:
         """Run a server-wide loop, restarted if it crashes (counted), cancelled by close()."""
-        self._tasks.append(asyncio.create_task(
-            supervise(what, run, on_restart=functools.partial(self.restarts.add, "", task))))  # fmt: skip
+        self._tasks.append(
+            asyncio.create_task(
+                supervise(what, run, on_restart=functools.partial(self.restarts.add, "", task))
+            )
+        )
 
     async def close(self, timeout: float = 40.0) -> None:
         """Stop the loops, let queued requests finish (each scheduler drains for up to 30 s)
@@ -175,10 +183,15 @@ class Engine:
             if not create:
                 raise ModelNotReady(f"model '{name}' is not ready: not loaded")
             m = self._models[name] = ModelManager(
-                name, self.repository, self.runner, self._record_failure, self.gate,
-                self.governor.capacity, record_stats=self.settings.metrics,
+                name,
+                self.repository,
+                self.runner,
+                self._record_failure,
+                self.gate,
+                self.governor.capacity,
+                record_stats=self.settings.metrics,
                 restarts=self.restarts,
-            )  # fmt: skip
+            )
         return m
 
     async def _evict(self, model: str, version: int) -> bool:
@@ -189,8 +202,14 @@ class Engine:
         key = (model, version, reason)
         self.load_failures[key] = self.load_failures.get(key, 0) + 1
         recent = self.last_failures.setdefault(model, [])
-        recent.append({"version": str(version), "reason": reason, "message": message,
-                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})  # fmt: skip
+        recent.append(
+            {
+                "version": str(version),
+                "reason": reason,
+                "message": message,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
         del recent[:-10]
 
     async def load(self, name: str, *, _internal: bool = False, force: bool = True) -> None:
@@ -269,9 +288,13 @@ class Engine:
                     log.exception("automatic rollback check of %s crashed", m.name)
 
     # ---- lookups ---------------------------------------------------------------------------
-    def handle(self, name: str, version: str | None = None,
-               params: Mapping[str, Any] | None = None,
-               metadata: Mapping[str, str] | None = None) -> LoadedVersion:  # fmt: skip
+    def handle(
+        self,
+        name: str,
+        version: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> LoadedVersion:
         return self._manager(name).handle(version, params or {}, metadata or {})
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
@@ -284,8 +307,11 @@ class Engine:
 
     def metadata(self, name: str, version: str | None = None) -> ModelMetadata:
         h = self.handle(name, version)
-        versions = (str(h.version),) if version else tuple(
-            str(v) for v in sorted(self._models[name].versions))  # fmt: skip
+        versions = (
+            (str(h.version),)
+            if version
+            else tuple(str(v) for v in sorted(self._models[name].versions))
+        )
         return ModelMetadata(
             name=name,
             versions=versions,
@@ -302,8 +328,11 @@ class Engine:
         self, name: str | None = None, version: str | None = None
     ) -> list[dict[str, Any]]:
         if name:
-            handles = ([self.handle(name, version)] if version
-                       else list(self._manager(name).versions.values()))  # fmt: skip
+            handles = (
+                [self.handle(name, version)]
+                if version
+                else list(self._manager(name).versions.values())
+            )
         else:
             handles = [h for m in self._models.values() for h in m.versions.values()]
         return [h.stats.as_dict() for h in handles]
@@ -312,8 +341,11 @@ class Engine:
         return index_rows(self.repository.model_names(), self._models, ready_only)
 
     def ready_models(self) -> list[tuple[str, ModelConfig, ModelMetadata]]:
-        return [(n, m.config, self.metadata(n)) for n, m in list(self._models.items())
-                if m.versions and m.config is not None]  # fmt: skip
+        return [
+            (n, m.config, self.metadata(n))
+            for n, m in list(self._models.items())
+            if m.versions and m.config is not None
+        ]
 
     def _managers(self) -> list[ModelManager]:
         return list(self._models.values())
@@ -324,8 +356,9 @@ class Engine:
     def llm_samples(self) -> list[LlmSample]:
         return samples.llms(self._managers())
 
-    async def profile(self, name: str, version: str | None = None, batch: int = 1,
-                      runs: int = 10) -> dict[str, Any]:  # fmt: skip
+    async def profile(
+        self, name: str, version: str | None = None, batch: int = 1, runs: int = 10
+    ) -> dict[str, Any]:
         """Per-layer profile of a loaded version, run on a separate ONNX Runtime session in a
         worker thread: the live session and its queue are not touched."""
         from edgeinfer.runtime.profile import profile_model
@@ -367,19 +400,23 @@ class Engine:
         tenant = request.metadata.get(TENANT_IDENTITY)
         h = self.handle(model, request.version, request.parameters, request.metadata)
         if h.llm is not None:
-            raise InvalidInput(f"model '{request.model}' generates text: use /v1/completions, "
-                               f"/v1/chat/completions or /v2/models/{request.model}/generate")  # fmt: skip
+            raise InvalidInput(
+                f"model '{request.model}' generates text: use /v1/completions, "
+                f"/v1/chat/completions or /v2/models/{request.model}/generate"
+            )
         assert h.scheduler is not None
         if trace is not None:
             trace.set("edgeinfer.model.version", str(h.version))
         try:
             counts = class_counts(request.outputs, h.model.outputs)
-            feeds, names = await prepare_feeds(request, h.model, h.config.max_batch_size,
-                                               self.runner, self.settings.limits)  # fmt: skip
+            feeds, names = await prepare_feeds(
+                request, h.model, h.config.max_batch_size, self.runner, self.settings.limits
+            )
             priority, timeout_us = queue_params(request.parameters)
             self.adapters.record(tenant, model, request=True)
-            lease = (await self.adapters.acquire(model, adapter, tenant, h.model)
-                     if adapter else None)  # fmt: skip
+            lease = (
+                await self.adapters.acquire(model, adapter, tenant, h.model) if adapter else None
+            )
             try:
                 run_adapter = None
                 if lease is not None and lease.run_adapter is not None:
@@ -387,10 +424,15 @@ class Engine:
                 elif lease is not None:
                     rows = next(iter(feeds.values())).shape[0]
                     feeds = {**feeds, "adapter_index": np.full(rows, lease.index, np.int64)}
-                results, t = await h.scheduler.submit(feeds, priority, timeout_us, trace,
-                                                      adapter=run_adapter,
-                                                      received_ns=request.received_ns,
-                                                      outputs=tuple(names) if names else None)  # fmt: skip
+                results, t = await h.scheduler.submit(
+                    feeds,
+                    priority,
+                    timeout_us,
+                    trace,
+                    adapter=run_adapter,
+                    received_ns=request.received_ns,
+                    outputs=tuple(names) if names else None,
+                )
             finally:
                 if lease is not None:
                     lease.release()
@@ -401,8 +443,15 @@ class Engine:
             h.stats.record_failure(time.perf_counter_ns() - start, failure_reason(e))
             raise
         batched = h.config.max_batch_size > 0
-        outputs = [Tensor(n, classify(results[n], counts[n], h.labels.get(n, []), batched)
-                          if n in counts else results[n]) for n in (names or results)]  # fmt: skip
+        outputs = [
+            Tensor(
+                n,
+                classify(results[n], counts[n], h.labels.get(n, []), batched)
+                if n in counts
+                else results[n],
+            )
+            for n in (names or results)
+        ]
         h.stats.record_success(
             time.perf_counter_ns() - start, t.queue_ns, t.input_ns, t.infer_ns, t.output_ns
         )
@@ -440,10 +489,14 @@ class Engine:
                 lease.release()
 
         try:
-            stream = h.llm.submit(tokens, reply_params(model, request),
-                                  lease.loop_adapter if lease else None,
-                                  done, constraint,
-                                  cache_prompt=request.cache_prompt)  # fmt: skip
+            stream = h.llm.submit(
+                tokens,
+                reply_params(model, request),
+                lease.loop_adapter if lease else None,
+                done,
+                constraint,
+                cache_prompt=request.cache_prompt,
+            )
         except BaseException:
             if lease is not None:
                 lease.release()
@@ -467,16 +520,18 @@ class Engine:
         models = [n for n, _, _ in self.ready_models()]
         return [f"{s.model}:{s.name}" for s in self.adapters.visible(models, tenant)]
 
-    async def load_adapter(self, name: str, path: str, tenants: list[str] | None = None,
-                           scale: float = 1.0) -> str:  # fmt: skip
+    async def load_adapter(
+        self, name: str, path: str, tenants: list[str] | None = None, scale: float = 1.0
+    ) -> str:
         """Register an adapter (`base:adapter`) from a GGUF LoRA / .onnx_adapter file, an
         adapter version directory or a PEFT directory (converted for the base model), found
         under the base model's own adapters or a directory allowed by --adapter-dir."""
         base, adapter = self._lora_name(name)
         self._manager(base)  # ModelNotFound for unknown bases
         h = self.handle(base)
-        await self.adapters.load_path(base, adapter, path, h.model_file, tenants, scale,
-                                      self.settings.adapter_dirs)  # fmt: skip
+        await self.adapters.load_path(
+            base, adapter, path, h.model_file, tenants, scale, self.settings.adapter_dirs
+        )
         return f"{base}:{adapter}"
 
     def unload_adapter(self, name: str) -> str:

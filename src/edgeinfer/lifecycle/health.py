@@ -28,10 +28,14 @@ def regression(
         return None
     limit = max(baseline.error_rate * policy.error_ratio, baseline.error_rate + policy.error_floor)
     if candidate.error_rate > limit:
-        return (f"error rate {candidate.error_rate:.1%} over {candidate.requests} requests vs "
-                f"{baseline.error_rate:.1%} before")  # fmt: skip
-    if (baseline.p99_s and candidate.p99_s
-            and candidate.p99_s > baseline.p99_s * policy.latency_ratio):  # fmt: skip
-        return (f"p99 latency {candidate.p99_s * 1e3:.1f} ms vs {baseline.p99_s * 1e3:.1f} ms "
-                "before")  # fmt: skip
+        return (
+            f"error rate {candidate.error_rate:.1%} over {candidate.requests} requests vs "
+            f"{baseline.error_rate:.1%} before"
+        )
+    if (
+        baseline.p99_s
+        and candidate.p99_s
+        and candidate.p99_s > baseline.p99_s * policy.latency_ratio
+    ):
+        return f"p99 latency {candidate.p99_s * 1e3:.1f} ms vs {baseline.p99_s * 1e3:.1f} ms before"
     return None

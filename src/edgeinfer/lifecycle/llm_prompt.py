@@ -31,8 +31,11 @@ async def prompt_tokens(model: Any, request: GenerateRequest, context_length: in
     else:
         return list(request.prompt or []) or [model.bos]
     if size > limit:
-        raise InvalidParameter(param, f"the {param} is too long: this model's context holds "
-                               f"{context_length} tokens, at most {limit} bytes of text")  # fmt: skip
+        raise InvalidParameter(
+            param,
+            f"the {param} is too long: this model's context holds "
+            f"{context_length} tokens, at most {limit} bytes of text",
+        )
     if request.messages is not None:
         work = functools.partial(model.chat_tokens, request.messages)
     else:

@@ -168,18 +168,25 @@ class ModelManager:
                 continue  # same files failed before: do not thrash on every poll
             try:
                 if self._gate is not None:
-                    await self._gate.admit(self.name, ventry.version, ventry.path,
-                                           entry.config.instance_count)  # fmt: skip
+                    await self._gate.admit(
+                        self.name, ventry.version, ventry.path, entry.config.instance_count
+                    )
                 h = await asyncio.to_thread(load_version, ventry, entry.config)
             except EdgeInferError as e:
                 if self._gate is not None and not isinstance(e, BudgetExceeded):
                     self._gate.release(self.name, ventry.version)
-                reason = ("memory" if isinstance(e, BudgetExceeded)
-                          else e.reason if isinstance(e, VerifyError) else "load")  # fmt: skip
+                reason = (
+                    "memory"
+                    if isinstance(e, BudgetExceeded)
+                    else e.reason
+                    if isinstance(e, VerifyError)
+                    else "load"
+                )
                 self.failures[ventry.version] = (digest, reason, e.message)
                 self._on_failure(self.name, ventry.version, reason, e.message)
-                log.warning("%s v%d not loaded (%s): %s", self.name, ventry.version, reason,
-                            e.message)  # fmt: skip
+                log.warning(
+                    "%s v%d not loaded (%s): %s", self.name, ventry.version, reason, e.message
+                )
                 continue
             self.failures.pop(ventry.version, None)
             h.stats.enabled = self._record_stats
@@ -192,13 +199,22 @@ class ModelManager:
         if self._restarts is not None:
             self._restarts.add(self.name, "scheduler")
 
-    def _swap(self, config: ModelConfig, loaded: dict[int, LoadedVersion], live: int,
-              canary: Canary | None) -> None:  # fmt: skip
+    def _swap(
+        self,
+        config: ModelConfig,
+        loaded: dict[int, LoadedVersion],
+        live: int,
+        canary: Canary | None,
+    ) -> None:
         old = self.versions
         self.config = config
         self.versions = loaded  # one reference assignment each
-        self.route = Route(live, canary.version if canary else None,
-                           canary.weight if canary else 0.0, config.lifecycle.traffic_key)  # fmt: skip
+        self.route = Route(
+            live,
+            canary.version if canary else None,
+            canary.weight if canary else 0.0,
+            config.lifecycle.traffic_key,
+        )
         self.status, self.reason = State.READY, ""
         if self._gate is not None:
             for v in loaded:
@@ -272,8 +288,11 @@ class ModelManager:
             if version is not None and version not in {v.version for v in entry.versions}:
                 raise ModelNotFound(f"model '{self.name}' has no published version {version}")
             canary = Canary(version, weight) if version is not None else None
-            state = replace(self.state, canary=canary, blocked=tuple(
-                v for v in self.state.blocked if v != version))  # fmt: skip
+            state = replace(
+                self.state,
+                canary=canary,
+                blocked=tuple(v for v in self.state.blocked if v != version),
+            )
             state = state.event("canary" if canary else "abort", version=version, weight=weight)
             await asyncio.to_thread(save_state, entry.path, state)
             self.state = state
@@ -296,8 +315,12 @@ class ModelManager:
     # ---- automatic rollback ----------------------------------------------------------------
     def _start_watch(self, previous: int | None, candidate: int) -> None:
         old = self.versions.get(previous) if previous is not None else None
-        if (previous is None or old is None or self.config is None
-                or not self.config.lifecycle.auto_rollback):  # fmt: skip
+        if (
+            previous is None
+            or old is None
+            or self.config is None
+            or not self.config.lifecycle.auto_rollback
+        ):
             self.watch = None
             return
         now = time.monotonic()

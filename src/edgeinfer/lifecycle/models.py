@@ -75,20 +75,29 @@ class LoadedVersion:
     def healthy(self) -> bool:
         """False while a worker of this version (or its LLM engine thread) is down (crashed,
         waiting for its restart)."""
-        return ((self.scheduler is None or self.scheduler.healthy)
-                and (self.llm is None or self.llm.healthy))  # fmt: skip
+        return (self.scheduler is None or self.scheduler.healthy) and (
+            self.llm is None or self.llm.healthy
+        )
 
     def start(
-        self, runner: Runner, capacity: Callable[[], tuple[float, str]] | None = None,
+        self,
+        runner: Runner,
+        capacity: Callable[[], tuple[float, str]] | None = None,
         on_restart: Callable[[], None] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if self.generates:
             o = self.config.llm
-            limits = LoopLimits(o.slots, o.context_length, o.kv_cells, o.prefill_chunk,
-                                self.config.queue.max_queue_size,
-                                max_loras=o.max_loras, max_lora_wait=o.max_lora_wait,
-                                steps_per_switch=o.lora_steps_per_switch,
-                                prefix_cache=o.prefix_cache)  # fmt: skip
+            limits = LoopLimits(
+                o.slots,
+                o.context_length,
+                o.kv_cells,
+                o.prefill_chunk,
+                self.config.queue.max_queue_size,
+                max_loras=o.max_loras,
+                max_lora_wait=o.max_lora_wait,
+                steps_per_switch=o.lora_steps_per_switch,
+                prefix_cache=o.prefix_cache,
+            )
             backend = cast(LlmBackend, self.model)  # kind "llm": its models are LlmBackends
             self.queue = LlmLoop(backend, limits, LlmStats(self.name), self.stats)
             return
@@ -154,9 +163,12 @@ def load_version(entry: VersionEntry, config: ModelConfig) -> LoadedVersion:
     release_free_memory()  # loading leaves large temporaries behind in the heap
     measured = max(0, _rss() - rss_before)
     log.info(
-        "loaded %s v%d in %.0f ms (RSS +%.1f MB)", entry.model, entry.version,
-        (time.perf_counter() - start) * 1e3, measured / 2**20,
-    )  # fmt: skip
+        "loaded %s v%d in %.0f ms (RSS +%.1f MB)",
+        entry.model,
+        entry.version,
+        (time.perf_counter() - start) * 1e3,
+        measured / 2**20,
+    )
     return LoadedVersion(
         name=entry.model,
         version=entry.version,
@@ -179,11 +191,13 @@ def _verify(entry: VersionEntry, config: ModelConfig, instances: list[Model]) ->
                 model.warmup()
     except EdgeInferError as e:
         close_all(instances)
-        raise VerifyError(f"{entry.model} v{entry.version}: warm-up failed: {e.message}",
-                          "warmup") from e  # fmt: skip
+        raise VerifyError(
+            f"{entry.model} v{entry.version}: warm-up failed: {e.message}", "warmup"
+        ) from e
     try:
-        check_golden(instances[0], entry.path, config.lifecycle.golden_rtol,
-                     config.lifecycle.golden_atol)  # fmt: skip
+        check_golden(
+            instances[0], entry.path, config.lifecycle.golden_rtol, config.lifecycle.golden_atol
+        )
     except EdgeInferError as e:
         close_all(instances)
         if isinstance(e, VerifyError):

@@ -24,8 +24,9 @@ def versions(models: Sequence[ModelManager]) -> list[VersionSample]:
     ]
 
 
-def device(models: Sequence[ModelManager], governor: Governor,
-           gate: BudgetGate | None) -> DeviceSample:  # fmt: skip
+def device(
+    models: Sequence[ModelManager], governor: Governor, gate: BudgetGate | None
+) -> DeviceSample:
     snap = governor.snapshot()
     rejections: dict[str, int] = {}
     for m in models:
@@ -34,23 +35,30 @@ def device(models: Sequence[ModelManager], governor: Governor,
                 rejections[reason] = rejections.get(reason, 0) + n
     budget = gate.budget if gate else None
     return DeviceSample(
-        factor=snap.factor, reason=snap.reason, temp_c=snap.temp_c,
-        freq_hz=snap.freq_cur_hz, rejections=rejections,
+        factor=snap.factor,
+        reason=snap.reason,
+        temp_c=snap.temp_c,
+        freq_hz=snap.freq_cur_hz,
+        rejections=rejections,
         budget_limit=budget.limit_bytes if budget else None,
         budget_used=budget.used_bytes if budget else None,
-    )  # fmt: skip
+    )
 
 
-def lifecycle(models: Sequence[ModelManager],
-              load_failures: dict[tuple[str, int, str], int]) -> LifecycleSample:  # fmt: skip
+def lifecycle(
+    models: Sequence[ModelManager], load_failures: dict[tuple[str, int, str], int]
+) -> LifecycleSample:
     return LifecycleSample(
         live={m.name: m.route.live for m in models if m.route},
-        canary={(m.name, m.route.canary): m.route.weight for m in models
-                if m.route and m.route.canary is not None},
+        canary={
+            (m.name, m.route.canary): m.route.weight
+            for m in models
+            if m.route and m.route.canary is not None
+        },
         loads={(m.name, v): n for m in models for v, n in m.loads.items()},
         load_failures=dict(load_failures),
         rollbacks={(m.name, kind): n for m in models for kind, n in m.rollbacks.items()},
-    )  # fmt: skip
+    )
 
 
 def loras(models: Sequence[ModelManager]) -> list[LoraLoopSample]:
@@ -62,8 +70,9 @@ def loras(models: Sequence[ModelManager]) -> list[LoraLoopSample]:
                     [k.replace(":adapter:", ":").partition("@")[0] for k in keys]
                     for keys in h.llm.adapters()
                 )
-                out.append(LoraLoopSample(h.llm.limits.max_loras or h.llm.limits.slots,
-                                          running, waiting))  # fmt: skip
+                out.append(
+                    LoraLoopSample(h.llm.limits.max_loras or h.llm.limits.slots, running, waiting)
+                )
     return out
 
 

@@ -11,20 +11,33 @@ from edgeinfer.config import ModelConfig
 from edgeinfer.runtime import Model
 from edgeinfer.types import TensorSpec
 
-_TYPE = {"BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16",
-         "UINT32": "TYPE_UINT32", "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8",
-         "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
-         "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64",
-         "BYTES": "TYPE_STRING"}  # fmt: skip
+_TYPE = {
+    "BOOL": "TYPE_BOOL",
+    "UINT8": "TYPE_UINT8",
+    "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32",
+    "UINT64": "TYPE_UINT64",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "BYTES": "TYPE_STRING",
+}
 
 
 def _io(specs: tuple[TensorSpec, ...], batched: bool) -> list[dict[str, Any]]:
     # Triton's dims exclude the batch axis when max_batch_size > 0.
     return [
-        {"name": s.name, "data_type": _TYPE[s.datatype],
-         "dims": [int(d) for d in (s.shape[1:] if batched and s.shape else s.shape)]}
+        {
+            "name": s.name,
+            "data_type": _TYPE[s.datatype],
+            "dims": [int(d) for d in (s.shape[1:] if batched and s.shape else s.shape)],
+        }
         for s in specs
-    ]  # fmt: skip
+    ]
 
 
 def _outputs(config: ModelConfig, model: Model, batched: bool) -> list[dict[str, Any]]:

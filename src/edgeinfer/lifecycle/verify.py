@@ -34,8 +34,9 @@ def check_report(version_dir: Path) -> None:
         raise VerifyError(f"{path}: unreadable report: {e}", "rejected") from e
     if isinstance(report, dict) and report.get("status") == "rejected":
         why = report.get("gate", {}).get("reason", "accuracy gate failed")
-        raise VerifyError(f"{version_dir.name}: the optimizer rejected this version: {why}",
-                          "rejected")  # fmt: skip
+        raise VerifyError(
+            f"{version_dir.name}: the optimizer rejected this version: {why}", "rejected"
+        )
 
 
 def golden_cases(version_dir: Path) -> list[tuple[str, Path, Path]]:
@@ -67,8 +68,11 @@ def check_golden(model: Model, version_dir: Path, rtol: float, atol: float) -> i
         for name, want in expected.items():
             have = got[name]
             if have.shape != want.shape or not np.allclose(have, want, rtol=rtol, atol=atol):
-                diff = (float(np.max(np.abs(have.astype(np.float64) - want)))
-                        if have.shape == want.shape else float("nan"))  # fmt: skip
+                diff = (
+                    float(np.max(np.abs(have.astype(np.float64) - want)))
+                    if have.shape == want.shape
+                    else float("nan")
+                )
                 raise VerifyError(
                     f"golden case {case}: output '{name}' differs from the expected "
                     f"(max abs diff {diff:.3g}, rtol {rtol}, atol {atol})",

@@ -29,8 +29,14 @@ REAL_TRIES = 3
 Best = tuple[Path, dict[str, Any], dict[str, Any]]
 
 
-def repair(src: Path, settings: QuantSettings, calibration: Path | None, ev: Evaluator,
-           run: RunOptions, tmp: Path) -> tuple[dict[str, Any], Best | None]:  # fmt: skip
+def repair(
+    src: Path,
+    settings: QuantSettings,
+    calibration: Path | None,
+    ev: Evaluator,
+    run: RunOptions,
+    tmp: Path,
+) -> tuple[dict[str, Any], Best | None]:
     """`src` is the FP32 model with named nodes; `ev` holds the FP32 reference outputs."""
     started = time.perf_counter()
     session, nodes = _switch_session(src, settings, calibration, ev, tmp)
@@ -74,8 +80,9 @@ def repair(src: Path, settings: QuantSettings, calibration: Path | None, ev: Eva
     return section, best
 
 
-def _switch_session(src: Path, settings: QuantSettings, calibration: Path | None, ev: Evaluator,
-                    tmp: Path) -> tuple[Any, list[Any]]:  # fmt: skip
+def _switch_session(
+    src: Path, settings: QuantSettings, calibration: Path | None, ev: Evaluator, tmp: Path
+) -> tuple[Any, list[Any]]:
     """A session on the switch model (each quantized node switchable to FP32) and its nodes."""
     import onnx
 
@@ -85,14 +92,22 @@ def _switch_session(src: Path, settings: QuantSettings, calibration: Path | None
     fp32 = onnx.load(str(src))
     quantized = onnx.load(str(analysis))
     nodes = quantized_nodes(fp32, quantized)
-    session = new_session(switch_model(fp32, quantized, nodes).SerializeToString(),
-                          ev.source.config.onnxruntime)  # fmt: skip
+    session = new_session(
+        switch_model(fp32, quantized, nodes).SerializeToString(), ev.source.config.onnxruntime
+    )
     return session, nodes
 
 
-def _confirm(src: Path, settings: QuantSettings, calibration: Path | None, ev: Evaluator,
-             ranked: list[Ranked], k: int | None, limit: int,
-             tmp: Path) -> tuple[list[dict[str, Any]], Best | None]:  # fmt: skip
+def _confirm(
+    src: Path,
+    settings: QuantSettings,
+    calibration: Path | None,
+    ev: Evaluator,
+    ranked: list[Ranked],
+    k: int | None,
+    limit: int,
+    tmp: Path,
+) -> tuple[list[dict[str, Any]], Best | None]:
     """Quantize for real keeping the top k (then k+1, ...) in FP32; the first that passes wins.
     With no simulated k, tries nothing."""
     steps: list[dict[str, Any]] = []
@@ -100,8 +115,14 @@ def _confirm(src: Path, settings: QuantSettings, calibration: Path | None, ev: E
         path = tmp / f"auto-{k_real}.onnx"
         quantize(src, path, settings, calibration, [r.name for r in ranked[:k_real]])
         accuracy, gate = ev.judge(ev.outputs(path))
-        steps.append({"kept_fp32": k_real, "drop": gate["drop"], "passed": gate["passed"],
-                      "reason": gate["reason"]})  # fmt: skip
+        steps.append(
+            {
+                "kept_fp32": k_real,
+                "drop": gate["drop"],
+                "passed": gate["passed"],
+                "reason": gate["reason"],
+            }
+        )
         if gate["passed"]:
             return steps, (path, accuracy, gate)
     return steps, None
@@ -128,20 +149,32 @@ def _smallest_passing(passes: Any, limit: int) -> int | None:
 
 def _why(r: Ranked, rank_: int, base: float, metric: str) -> dict[str, Any]:
     share = r.score / base if base > 0 else 0.0
-    return {"node": r.name, "op_type": r.op_type, "rank": rank_, "score": r.score,
-            "why": f"alone in FP32 it removes {share:.0%} of the quantization error "
-                   f"({metric} {base:.3g} -> {base - r.score:.3g})"}  # fmt: skip
+    return {
+        "node": r.name,
+        "op_type": r.op_type,
+        "rank": rank_,
+        "score": r.score,
+        "why": f"alone in FP32 it removes {share:.0%} of the quantization error "
+        f"({metric} {base:.3g} -> {base - r.score:.3g})",
+    }
 
 
-def _summary(n: int, n_sub: int, metric: str, limit: int, steps: list[dict[str, Any]],
-             best: Best | None) -> str:  # fmt: skip
-    head = (f"Ranked {n} quantized nodes by how much keeping each alone in FP32 lowers the "
-            f"{metric} to FP32 on {n_sub} eval samples.")  # fmt: skip
+def _summary(
+    n: int, n_sub: int, metric: str, limit: int, steps: list[dict[str, Any]], best: Best | None
+) -> str:
+    head = (
+        f"Ranked {n} quantized nodes by how much keeping each alone in FP32 lowers the "
+        f"{metric} to FP32 on {n_sub} eval samples."
+    )
     if best is not None:
         k = steps[-1]["kept_fp32"]
         return f"{head} Keeping the top {k} in FP32 passes the gate: {best[2]['reason']}."
     if not steps:
-        return (f"{head} Even keeping the top {limit} (the most --auto allows) in FP32 "
-                "did not pass the gate in simulation; nothing was published.")  # fmt: skip
-    return (f"{head} Keeping up to {steps[-1]['kept_fp32']} in FP32 still failed the gate: "
-            f"{steps[-1]['reason']}.")  # fmt: skip
+        return (
+            f"{head} Even keeping the top {limit} (the most --auto allows) in FP32 "
+            "did not pass the gate in simulation; nothing was published."
+        )
+    return (
+        f"{head} Keeping up to {steps[-1]['kept_fp32']} in FP32 still failed the gate: "
+        f"{steps[-1]['reason']}."
+    )

@@ -143,9 +143,10 @@ class NpzDataset(Dataset):
         if missing or unknown:
             raise OptimizeError(
                 f"{where}: arrays {sorted(shapes)} do not match the model inputs "
-                f"{sorted(self._specs)}" + (f" (missing {missing})" if missing else "")
+                f"{sorted(self._specs)}"
+                + (f" (missing {missing})" if missing else "")
                 + (f" (unknown {unknown})" if unknown else "")
-            )  # fmt: skip
+            )
         counts = {name: shape[0] for name, (shape, _) in shapes.items()}
         if len(set(counts.values())) > 1:
             raise OptimizeError(f"{where}: arrays hold different numbers of samples: {counts}")
@@ -155,8 +156,9 @@ class NpzDataset(Dataset):
         if LABELS in shapes:
             shape, dtype = shapes[LABELS]
             if len(shape) != 1 or dtype.kind not in "iu":
-                raise OptimizeError(f"{where}: 'labels' must be a 1-D integer array, got "
-                                    f"{dtype} {list(shape)}")  # fmt: skip
+                raise OptimizeError(
+                    f"{where}: 'labels' must be a 1-D integer array, got {dtype} {list(shape)}"
+                )
         n = next(iter(counts.values()))
         if n == 0:
             raise OptimizeError(f"{where}: empty dataset (0 samples)")
@@ -176,8 +178,10 @@ class NpzDataset(Dataset):
             streams = {name: _NpyRows(zf, self._members[name], name) for name in self._specs}
             try:
                 for _ in range(0, self._n, batch_size):
-                    yield {name: cast(s.read(batch_size), self._specs[name])
-                           for name, s in streams.items()}  # fmt: skip
+                    yield {
+                        name: cast(s.read(batch_size), self._specs[name])
+                        for name, s in streams.items()
+                    }
             finally:
                 for s in streams.values():
                     s.close()
@@ -212,8 +216,9 @@ def cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 # ---- images ---------------------------------------------------------------------------------
 class ImageFolder(Dataset):
-    def __init__(self, path: Path, inputs: tuple[TensorSpec, ...],
-                 preprocess: dict[str, Any]) -> None:  # fmt: skip
+    def __init__(
+        self, path: Path, inputs: tuple[TensorSpec, ...], preprocess: dict[str, Any]
+    ) -> None:
         self.path = path
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise OptimizeError(

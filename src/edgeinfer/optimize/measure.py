@@ -33,15 +33,17 @@ def peak_rss_mb() -> float:
     return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
 
 
-def sample_feeds(inputs: tuple[TensorSpec, ...], data: Dataset | None,
-                 batch: int) -> tuple[dict[str, np.ndarray], str]:  # fmt: skip
+def sample_feeds(
+    inputs: tuple[TensorSpec, ...], data: Dataset | None, batch: int
+) -> tuple[dict[str, np.ndarray], str]:
     """Feeds of exactly `batch` samples: from `data` (rows repeated if it has fewer), else
     synthetic (normal floats, ones for integers) of the declared shapes."""
     if data is not None and data.fixed_batch in (None, batch):
         feeds = next(data.batches(batch))
         n = len(next(iter(feeds.values())))
-        return {k: np.resize(v, (batch, *v.shape[1:])) if n < batch else v
-                for k, v in feeds.items()}, "data"  # fmt: skip
+        return {
+            k: np.resize(v, (batch, *v.shape[1:])) if n < batch else v for k, v in feeds.items()
+        }, "data"
     rng = np.random.default_rng(0)
     feeds = {}
     for spec in inputs:
@@ -64,8 +66,13 @@ def _time(session: Any, feeds: dict[str, np.ndarray], seconds: float) -> list[fl
     return times
 
 
-def benchmark(models: dict[str, Path], opts: OrtOptions, feeds_1: dict[str, np.ndarray],
-              feeds_n: dict[str, np.ndarray], seconds: float) -> dict[str, dict[str, float]]:  # fmt: skip
+def benchmark(
+    models: dict[str, Path],
+    opts: OrtOptions,
+    feeds_1: dict[str, np.ndarray],
+    feeds_n: dict[str, np.ndarray],
+    seconds: float,
+) -> dict[str, dict[str, float]]:
     """Per model: p50 latency at batch 1 (ms) and throughput at batch n (samples/s, the median
     of the rounds). `seconds` is the time budget per model and batch size."""
     batch = len(next(iter(feeds_n.values())))
@@ -80,9 +87,13 @@ def benchmark(models: dict[str, Path], opts: OrtOptions, feeds_1: dict[str, np.n
             lat[name] += _time(s, feeds_1, seconds / ROUNDS)
             t = _time(s, feeds_n, seconds / ROUNDS)
             tput[name].append(batch * len(t) / sum(t))
-    return {name: {"latency_b1_ms": round(statistics.median(lat[name]) * 1e3, 3),
-                   f"throughput_b{batch}": round(statistics.median(tput[name]), 1)}
-            for name in models}  # fmt: skip
+    return {
+        name: {
+            "latency_b1_ms": round(statistics.median(lat[name]) * 1e3, 3),
+            f"throughput_b{batch}": round(statistics.median(tput[name]), 1),
+        }
+        for name in models
+    }
 
 
 def file_size(path: Path) -> int:

@@ -23,8 +23,9 @@ DEFAULT_MAX_DROP = 0.01
 _EPS = 1e-12
 
 
-def default_metric(output_shape: tuple[int, ...], output_name: str, has_labels: bool,
-                   is_text: bool) -> str:  # fmt: skip
+def default_metric(
+    output_shape: tuple[int, ...], output_name: str, has_labels: bool, is_text: bool
+) -> str:
     """Labels -> top1; a text model or an `*embed*` output -> cosine; [N, C] -> top1; else mse."""
     if has_labels:
         return "top1"
@@ -35,8 +36,9 @@ def default_metric(output_shape: tuple[int, ...], output_name: str, has_labels: 
     return "mse"
 
 
-def compare(metric: str, ref: np.ndarray, out: np.ndarray,
-            labels: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
+def compare(
+    metric: str, ref: np.ndarray, out: np.ndarray, labels: np.ndarray | None = None
+) -> dict[str, Any]:
     """Metrics of `out` (optimized) against `ref` (FP32), both [N, ...] for the same samples."""
     if ref.shape != out.shape:
         raise ValueError(f"output shapes differ: FP32 {ref.shape}, optimized {out.shape}")
@@ -127,8 +129,14 @@ class Gate:
             reason = f"{self._what()} {self._fmt(drop)} <= {self._fmt(self.max_drop)}"
             if self.min_agreement is not None:
                 reason += f", {self._agreement()} {agreement:.4f} >= {self.min_agreement}"
-        return {"passed": not failures, "reason": reason, "metric": self.metric, "drop": drop,
-                "max_drop": self.max_drop, "min_agreement": self.min_agreement}  # fmt: skip
+        return {
+            "passed": not failures,
+            "reason": reason,
+            "metric": self.metric,
+            "drop": drop,
+            "max_drop": self.max_drop,
+            "min_agreement": self.min_agreement,
+        }
 
     def _what(self) -> str:
         return {"top1": "top-1 drop", "cosine": "1 - mean cosine", "mse": "MSE"}[self.metric]

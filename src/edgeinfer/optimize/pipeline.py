@@ -75,8 +75,9 @@ class Outcome:
 class Evaluator:
     """The FP32 reference outputs on the eval set, computed once; candidates compared to them."""
 
-    def __init__(self, source: ModelSource, data: Dataset, gate: Gate, batch_size: int,
-                 output: str) -> None:  # fmt: skip
+    def __init__(
+        self, source: ModelSource, data: Dataset, gate: Gate, batch_size: int, output: str
+    ) -> None:
         self.source, self.data, self.gate, self.batch_size = source, data, gate, batch_size
         self.output = output
         self.labels = data.labels()
@@ -90,8 +91,9 @@ class Evaluator:
         try:
             return np.concatenate([session.run([self.output], f)[0] for f in self.batches()])
         except Exception as e:  # ORT rejects data the declared shapes allowed
-            raise OptimizeError(f"{self.data.path}: the model failed on this data: "
-                                f"{first_line(e)}") from e  # fmt: skip
+            raise OptimizeError(
+                f"{self.data.path}: the model failed on this data: {first_line(e)}"
+            ) from e
 
     def judge(self, out: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
         accuracy = compare(self.gate.metric, self.ref, out, self.labels)
@@ -108,8 +110,14 @@ class _Prepared:
     data_info: dict[str, Any]
 
 
-def _prepare(source: ModelSource, data: DataOptions, gate_opts: GateOptions, run: RunOptions,
-             tag: str, calibration: Dataset | None = None) -> _Prepared:  # fmt: skip
+def _prepare(
+    source: ModelSource,
+    data: DataOptions,
+    gate_opts: GateOptions,
+    run: RunOptions,
+    tag: str,
+    calibration: Dataset | None = None,
+) -> _Prepared:
     inputs, outputs = model_io(source.path)
     target = choose_target(source, run.output, tag)
     info: dict[str, Any] = {}
@@ -127,15 +135,24 @@ def _prepare(source: ModelSource, data: DataOptions, gate_opts: GateOptions, run
         except ValueError as e:
             raise OptimizeError(str(e)) from e
         evaluator = Evaluator(source, evalset, gate, data.batch_size, out.name)
-        info["eval"] = {"path": str(data.eval), "samples": len(evalset), "output": out.name,
-                        "labels": evaluator.labels is not None}  # fmt: skip
+        info["eval"] = {
+            "path": str(data.eval),
+            "samples": len(evalset),
+            "output": out.name,
+            "labels": evaluator.labels is not None,
+        }
     elif run.auto:
         raise OptimizeError("--auto needs --eval DATA to measure what each node costs")
     return _Prepared(source, inputs, evaluator, gate, target, info)
 
 
-def run_quantize(source_arg: str | Path, settings: QuantSettings, data: DataOptions,
-                 gate_opts: GateOptions, run: RunOptions) -> Outcome:  # fmt: skip
+def run_quantize(
+    source_arg: str | Path,
+    settings: QuantSettings,
+    data: DataOptions,
+    gate_opts: GateOptions,
+    run: RunOptions,
+) -> Outcome:
     import onnx
 
     started = time.perf_counter()
@@ -145,8 +162,10 @@ def run_quantize(source_arg: str | Path, settings: QuantSettings, data: DataOpti
     weighted = weighted_nodes(fp32, settings.mode)
     del fp32  # the weights are not needed here; ONNX Runtime loads its own copies
     if not weighted:
-        raise OptimizeError(f"{source.path}: nothing to quantize: --mode {settings.mode} needs "
-                            "MatMul/Conv/Gemm/Gather nodes with constant weights")  # fmt: skip
+        raise OptimizeError(
+            f"{source.path}: nothing to quantize: --mode {settings.mode} needs "
+            "MatMul/Conv/Gemm/Gather nodes with constant weights"
+        )
     inputs, _ = model_io(source.path)
     calib = None
     if data.calibration is not None:
@@ -159,8 +178,13 @@ def run_quantize(source_arg: str | Path, settings: QuantSettings, data: DataOpti
         cache = None
         if settings.mode == "static":
             assert calib is not None
-            cache = calibrate(src, _Limited(calib, data.calibration_samples),
-                              settings.method, data.calibration_batch, tmp)  # fmt: skip
+            cache = calibrate(
+                src,
+                _Limited(calib, data.calibration_samples),
+                settings.method,
+                data.calibration_batch,
+                tmp,
+            )
         candidate = tmp / "candidate.onnx"
         quantize(src, candidate, settings, cache)
         _check_changed(src, candidate, settings.mode)
@@ -174,12 +198,23 @@ def run_quantize(source_arg: str | Path, settings: QuantSettings, data: DataOpti
                 if best is not None:
                     candidate, accuracy, gate_result = best
         described = {**settings.describe(), "advice": advice}
-        return _finish(p, candidate, tmp, run, "edgeinfer quantize", described, accuracy,
-                       gate_result, auto, started)  # fmt: skip
+        return _finish(
+            p,
+            candidate,
+            tmp,
+            run,
+            "edgeinfer quantize",
+            described,
+            accuracy,
+            gate_result,
+            auto,
+            started,
+        )
 
 
-def run_optimize(source_arg: str | Path, level: str, data: DataOptions, gate_opts: GateOptions,
-                 run: RunOptions) -> Outcome:  # fmt: skip
+def run_optimize(
+    source_arg: str | Path, level: str, data: DataOptions, gate_opts: GateOptions, run: RunOptions
+) -> Outcome:
     from edgeinfer.optimize.graph import optimize_graph
 
     started = time.perf_counter()
@@ -190,10 +225,23 @@ def run_optimize(source_arg: str | Path, level: str, data: DataOptions, gate_opt
         accuracy = gate_result = None
         if p.evaluator is not None:
             accuracy, gate_result = p.evaluator.judge(p.evaluator.outputs(candidate))
-        settings = {"level": level, "note": "the saved graph may hold CPU-specific fused ops; "
-                    "optimize on the machine that serves it"}  # fmt: skip
-        return _finish(p, candidate, tmp, run, "edgeinfer optimize", settings, accuracy,
-                       gate_result, None, started)  # fmt: skip
+        settings = {
+            "level": level,
+            "note": "the saved graph may hold CPU-specific fused ops; "
+            "optimize on the machine that serves it",
+        }
+        return _finish(
+            p,
+            candidate,
+            tmp,
+            run,
+            "edgeinfer optimize",
+            settings,
+            accuracy,
+            gate_result,
+            None,
+            started,
+        )
 
 
 def _advice(model: Any, settings: QuantSettings) -> list[str]:
@@ -201,8 +249,10 @@ def _advice(model: Any, settings: QuantSettings) -> list[str]:
     ops = {n.op_type for n in model.graph.node}
     out = []
     if settings.mode == "dynamic" and "Conv" in ops:
-        out.append("dynamic INT8 runs Conv as ConvInteger, several times slower than FP32 on "
-                   "x86: use --mode static for CNNs")  # fmt: skip
+        out.append(
+            "dynamic INT8 runs Conv as ConvInteger, several times slower than FP32 on "
+            "x86: use --mode static for CNNs"
+        )
     if settings.mode != "int4" and not settings.per_channel:
         out.append("per-tensor weight scales lose accuracy on transformers and depthwise convs")
     if settings.reduce_range:
@@ -230,40 +280,72 @@ def _check_changed(src: Path, candidate: Path, mode: str) -> None:
     before = onnx.load(str(src), load_external_data=False)
     after = onnx.load(str(candidate), load_external_data=False)
     if not quantized_nodes(before, after):
-        raise OptimizeError(f"{src}: --mode {mode} quantized no node of this model "
-                            "(no supported op with constant weights)")  # fmt: skip
+        raise OptimizeError(
+            f"{src}: --mode {mode} quantized no node of this model "
+            "(no supported op with constant weights)"
+        )
 
 
-def _finish(p: _Prepared, candidate: Path, tmp: Path, run: RunOptions, tool: str,
-            settings: dict[str, Any], accuracy: dict[str, Any] | None,
-            gate_result: dict[str, Any] | None, auto: dict[str, Any] | None,
-            started: float) -> Outcome:  # fmt: skip
+def _finish(
+    p: _Prepared,
+    candidate: Path,
+    tmp: Path,
+    run: RunOptions,
+    tool: str,
+    settings: dict[str, Any],
+    accuracy: dict[str, Any] | None,
+    gate_result: dict[str, Any] | None,
+    auto: dict[str, Any] | None,
+    started: float,
+) -> Outcome:
     opts = p.source.config.onnxruntime
     data = p.evaluator.data if p.evaluator else None
     feeds_1, kind = measure.sample_feeds(p.inputs, data, 1)
     feeds_n, _ = measure.sample_feeds(p.inputs, data, run.bench_batch)
-    speed = measure.benchmark({"fp32": p.source.path, "optimized": candidate}, opts,
-                              feeds_1, feeds_n, run.bench_seconds)  # fmt: skip
+    speed = measure.benchmark(
+        {"fp32": p.source.path, "optimized": candidate}, opts, feeds_1, feeds_n, run.bench_seconds
+    )
     if gate_result is None:
-        gate_result = {"passed": True, "evaluated": False,
-                       "reason": "not evaluated (no --eval data given)"}  # fmt: skip
-    settings = {**settings, "onnxruntime": {"intra_op_threads": opts.intra_op_threads,
-                                            "graph_optimization_level":
-                                                opts.graph_optimization_level}}  # fmt: skip
+        gate_result = {
+            "passed": True,
+            "evaluated": False,
+            "reason": "not evaluated (no --eval data given)",
+        }
+    settings = {
+        **settings,
+        "onnxruntime": {
+            "intra_op_threads": opts.intra_op_threads,
+            "graph_optimization_level": opts.graph_optimization_level,
+        },
+    }
     body = report.build(
-        tool=tool, source=str(p.source.version_dir or p.source.path),
-        target=p.target.describe(), settings=settings, gate=gate_result, accuracy=accuracy,
-        size={"fp32_bytes": measure.file_size(p.source.path),
-              "optimized_bytes": measure.file_size(candidate)},
-        speed=speed, speed_inputs=kind, data=p.data_info, auto=auto,
-        peak_rss_mb=measure.peak_rss_mb(), seconds=time.perf_counter() - started,
-    )  # fmt: skip
+        tool=tool,
+        source=str(p.source.version_dir or p.source.path),
+        target=p.target.describe(),
+        settings=settings,
+        gate=gate_result,
+        accuracy=accuracy,
+        size={
+            "fp32_bytes": measure.file_size(p.source.path),
+            "optimized_bytes": measure.file_size(candidate),
+        },
+        speed=speed,
+        speed_inputs=kind,
+        data=p.data_info,
+        auto=auto,
+        peak_rss_mb=measure.peak_rss_mb(),
+        seconds=time.perf_counter() - started,
+    )
     (tmp / REPORT_JSON).write_text(json.dumps(body, indent=2) + "\n")
     (tmp / REPORT_MD).write_text(report.markdown(body))
     published = None
     if body["status"] == report.ACCEPTED or run.keep_rejected:
-        files = {**p.source.extra_files(), "model.onnx": candidate,
-                 REPORT_JSON: tmp / REPORT_JSON, REPORT_MD: tmp / REPORT_MD}  # fmt: skip
+        files = {
+            **p.source.extra_files(),
+            "model.onnx": candidate,
+            REPORT_JSON: tmp / REPORT_JSON,
+            REPORT_MD: tmp / REPORT_MD,
+        }
         published = publish(p.target, files)
         body = {**body, "published": str(published)}
     return Outcome(body, published)

@@ -50,9 +50,11 @@ class QuantSettings:
     block_size: int = 32
 
     def __post_init__(self) -> None:
-        for value, allowed, flag in ((self.mode, MODES, "--mode"),
-                                     (self.method, METHODS, "--method"),
-                                     (self.format, FORMATS, "--format")):  # fmt: skip
+        for value, allowed, flag in (
+            (self.mode, MODES, "--mode"),
+            (self.method, METHODS, "--method"),
+            (self.format, FORMATS, "--format"),
+        ):
             if value not in allowed:
                 raise OptimizeError(f"{flag} must be one of {', '.join(allowed)}, not {value!r}")
         if self.mode == "int4" and (
@@ -108,8 +110,11 @@ def weighted_nodes(model: Any, mode: str) -> list[str]:
     """Names of the nodes `mode` can quantize: the op types above with a constant weight."""
     consts = {i.name for i in model.graph.initializer}
     consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return [n.name for n in model.graph.node
-            if n.op_type in WEIGHTED_OPS[mode] and any(i in consts for i in n.input)]  # fmt: skip
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in WEIGHTED_OPS[mode] and any(i in consts for i in n.input)
+    ]
 
 
 def reader(batches: Iterator[dict[str, Any]]) -> Any:
@@ -128,15 +133,21 @@ def calibrate(model: Path, data: Dataset, method: str, batch_size: int, workdir:
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    ort_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[method]  # fmt: skip
+    ort_method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
     options: dict[str, Any] = {"entropy": {"num_bins": ENTROPY_BINS}}.get(method, {})
     try:
         with quiet():
             calibrator = create_calibrator(
-                model, None, augmented_model_path=str(workdir / "augmented.onnx"),
-                calibrate_method=ort_method, extra_options=options,
-            )  # fmt: skip
+                model,
+                None,
+                augmented_model_path=str(workdir / "augmented.onnx"),
+                calibrate_method=ort_method,
+                extra_options=options,
+            )
             batches = data.batches(batch_size)
             while chunk := list(itertools.islice(batches, CALIBRATION_CHUNK)):
                 calibrator.collect_data(reader(iter(chunk)))
@@ -150,8 +161,13 @@ def calibrate(model: Path, data: Dataset, method: str, batch_size: int, workdir:
     return cache
 
 
-def quantize(src: Path, dst: Path, settings: QuantSettings, calibration: Path | None = None,
-             exclude: list[str] | None = None) -> None:  # fmt: skip
+def quantize(
+    src: Path,
+    dst: Path,
+    settings: QuantSettings,
+    calibration: Path | None = None,
+    exclude: list[str] | None = None,
+) -> None:
     """Write the quantized model to `dst`; `exclude` names nodes to keep in FP32."""
     exclude = list(exclude or [])
     try:
@@ -159,9 +175,14 @@ def quantize(src: Path, dst: Path, settings: QuantSettings, calibration: Path | 
             if settings.mode == "dynamic":
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-                quantize_dynamic(src, dst, per_channel=settings.per_channel,
-                                 reduce_range=settings.reduce_range, weight_type=QuantType.QInt8,
-                                 nodes_to_exclude=exclude)  # fmt: skip
+                quantize_dynamic(
+                    src,
+                    dst,
+                    per_channel=settings.per_channel,
+                    reduce_range=settings.reduce_range,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude,
+                )
             elif settings.mode == "static":
                 _static(src, dst, settings, calibration, exclude)
             else:
@@ -172,23 +193,30 @@ def quantize(src: Path, dst: Path, settings: QuantSettings, calibration: Path | 
         raise OptimizeError(f"{src}: ONNX Runtime could not quantize it: {first_line(e)}") from e
 
 
-def _static(src: Path, dst: Path, settings: QuantSettings, calibration: Path | None,
-            exclude: list[str]) -> None:  # fmt: skip
+def _static(
+    src: Path, dst: Path, settings: QuantSettings, calibration: Path | None, exclude: list[str]
+) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if calibration is None:
         raise OptimizeError("--mode static needs --calibration DATA")
     quantize_static(
-        src, dst, None,
+        src,
+        dst,
+        None,
         quant_format=QuantFormat.QDQ if settings.format == "qdq" else QuantFormat.QOperator,
-        per_channel=settings.per_channel, reduce_range=settings.reduce_range,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        per_channel=settings.per_channel,
+        reduce_range=settings.reduce_range,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
         nodes_to_exclude=exclude,
-        calibrate_method={"minmax": CalibrationMethod.MinMax,
-                          "entropy": CalibrationMethod.Entropy,
-                          "percentile": CalibrationMethod.Percentile}[settings.method],
+        calibrate_method={
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[settings.method],
         calibration_cache_path=calibration,
-    )  # fmt: skip
+    )
 
 
 def _int4(src: Path, dst: Path, settings: QuantSettings, exclude: list[str]) -> None:
@@ -201,8 +229,13 @@ def _int4(src: Path, dst: Path, settings: QuantSettings, exclude: list[str]) -> 
             f"--mode int4 needs ONNX Runtime's MatMulNBitsQuantizer, which cannot be imported "
             f"({e}); install onnx-ir (pip install onnx-ir)"
         ) from e
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=settings.block_size,
-                                     is_symmetric=True, accuracy_level=4,
-                                     nodes_to_exclude=exclude)  # fmt: skip
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(src)),
+        bits=4,
+        block_size=settings.block_size,
+        is_symmetric=True,
+        accuracy_level=4,
+        nodes_to_exclude=exclude,
+    )
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)

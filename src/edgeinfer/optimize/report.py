@@ -24,10 +24,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def build(*, tool: str, source: str, target: str, settings: dict[str, Any],
-          gate: dict[str, Any], accuracy: dict[str, Any] | None, size: dict[str, int],
-          speed: dict[str, dict[str, float]], speed_inputs: str, data: dict[str, Any],
-          auto: dict[str, Any] | None, peak_rss_mb: float, seconds: float) -> dict[str, Any]:  # fmt: skip
+def build(
+    *,
+    tool: str,
+    source: str,
+    target: str,
+    settings: dict[str, Any],
+    gate: dict[str, Any],
+    accuracy: dict[str, Any] | None,
+    size: dict[str, int],
+    speed: dict[str, dict[str, float]],
+    speed_inputs: str,
+    data: dict[str, Any],
+    auto: dict[str, Any] | None,
+    peak_rss_mb: float,
+    seconds: float,
+) -> dict[str, Any]:
     fp32, opt = speed["fp32"], speed["optimized"]
     tput_key = next(k for k in fp32 if k.startswith("throughput_b"))
     return {
@@ -99,6 +111,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", "## Automatic mixed precision", "", auto["summary"]]
         if auto["kept_fp32"]:
             lines += ["", "| node kept in FP32 | op | rank | why |", "|---|---|---:|---|"]
-            lines += [f"| `{n['node']}` | {n['op_type']} | {n['rank']} | {n['why']} |"
-                      for n in auto["kept_fp32"]]  # fmt: skip
+            lines += [
+                f"| `{n['node']}` | {n['op_type']} | {n['rank']} | {n['why']} |"
+                for n in auto["kept_fp32"]
+            ]
     return "\n".join(lines) + "\n"

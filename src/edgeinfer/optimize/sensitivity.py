@@ -75,8 +75,13 @@ def switch_model(fp32: Any, quantized: Any, nodes: list[Any]) -> Any:
         p = producer_index[y]
         outputs = graph.node[p].output
         outputs[list(outputs).index(y)] = f"{y}__q{k}"
-        twin = helper.make_node(node.op_type, list(node.input), [f"{y}__f{k}"],
-                                name=f"{node.name}__fp32", domain=node.domain)  # fmt: skip
+        twin = helper.make_node(
+            node.op_type,
+            list(node.input),
+            [f"{y}__f{k}"],
+            name=f"{node.name}__fp32",
+            domain=node.domain,
+        )
         twin.attribute.extend(node.attribute)
         extra = []
         for name in node.input:
@@ -88,8 +93,9 @@ def switch_model(fp32: Any, quantized: Any, nodes: list[Any]) -> Any:
                 have.add(name)
         sel = SELECTOR.format(k)
         graph.input.append(helper.make_tensor_value_info(sel, TensorProto.BOOL, []))
-        where = helper.make_node("Where", [sel, twin.output[0], f"{y}__q{k}"], [y],
-                                 name=f"{node.name}__switch")  # fmt: skip
+        where = helper.make_node(
+            "Where", [sel, twin.output[0], f"{y}__q{k}"], [y], name=f"{node.name}__switch"
+        )
         after.setdefault(p, []).extend([*extra, twin, where])
     ordered = []
     for k, n in enumerate(graph.node):
@@ -114,22 +120,28 @@ def selectors(n: int, keep: set[int]) -> dict[str, np.ndarray]:
     return {SELECTOR.format(k): np.array(k in keep) for k in range(n)}
 
 
-def run_switched(session: Any, batches: Callable[[], Iterator[dict[str, np.ndarray]]],
-                 n: int, keep: set[int]) -> np.ndarray:  # fmt: skip
+def run_switched(
+    session: Any, batches: Callable[[], Iterator[dict[str, np.ndarray]]], n: int, keep: set[int]
+) -> np.ndarray:
     """First output of the switch model over all `batches()` with `keep` in FP32."""
     sel = selectors(n, keep)
     name = session.get_outputs()[0].name
     return np.concatenate([session.run([name], {**feeds, **sel})[0] for feeds in batches()])
 
 
-def rank(session: Any, nodes: list[Any], batches: Callable[[], Iterator[dict[str, np.ndarray]]],
-         proxy: Callable[[np.ndarray], float]) -> list[Ranked]:  # fmt: skip
+def rank(
+    session: Any,
+    nodes: list[Any],
+    batches: Callable[[], Iterator[dict[str, np.ndarray]]],
+    proxy: Callable[[np.ndarray], float],
+) -> list[Ranked]:
     """Leave-one-out: for each node, the proxy's improvement when only it stays FP32."""
     base = proxy(run_switched(session, batches, len(nodes), set()))
     ranked = [
-        Ranked(node.name, node.op_type,
-               base - proxy(run_switched(session, batches, len(nodes), {k})))
+        Ranked(
+            node.name, node.op_type, base - proxy(run_switched(session, batches, len(nodes), {k}))
+        )
         for k, node in enumerate(nodes)
-    ]  # fmt: skip
+    ]
     ranked.sort(key=lambda r: -r.score)
     return ranked

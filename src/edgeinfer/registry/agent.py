@@ -48,9 +48,15 @@ T = TypeVar("T")
 
 class FleetAgent:
     def __init__(
-        self, engine: Engine, registry: Registry, device_id: str, group: str, *,
-        resync_s: float = 10.0, backoff: tuple[float, float] = (0.5, 5.0),
-    ) -> None:  # fmt: skip
+        self,
+        engine: Engine,
+        registry: Registry,
+        device_id: str,
+        group: str,
+        *,
+        resync_s: float = 10.0,
+        backoff: tuple[float, float] = (0.5, 5.0),
+    ) -> None:
         self.engine = engine
         self.registry = registry
         self.device_id = device_id
@@ -78,8 +84,12 @@ class FleetAgent:
 
     @classmethod
     def from_settings(cls, engine: Engine, settings: ServerSettings) -> FleetAgent:
-        return cls(engine, open_registry(settings.registry),
-                   settings.device_id or socket.gethostname(), settings.device_group)  # fmt: skip
+        return cls(
+            engine,
+            open_registry(settings.registry),
+            settings.device_id or socket.gethostname(),
+            settings.device_group,
+        )
 
     # ---- start, stop -----------------------------------------------------------------------
     def prime(self) -> None:
@@ -89,8 +99,10 @@ class FleetAgent:
             doc = json.loads(self._state_path.read_text())
             if doc.get("group") != self.group:
                 return
-            self.desired = {n: Desired(DesiredModel.from_json(d["desired"]), int(d["mod_revision"]))
-                            for n, d in doc.get("models", {}).items()}  # fmt: skip
+            self.desired = {
+                n: Desired(DesiredModel.from_json(d["desired"]), int(d["mod_revision"]))
+                for n, d in doc.get("models", {}).items()
+            }
             self.revision = int(doc.get("revision", 0))
         except FileNotFoundError:
             return
@@ -99,19 +111,24 @@ class FleetAgent:
             return
         for name, d in self.desired.items():
             self.engine.pin_version(name, d.model.version)
-        log.info("restored desired state of %d model(s) at revision %d", len(self.desired),
-                 self.revision)  # fmt: skip
+        log.info(
+            "restored desired state of %d model(s) at revision %d", len(self.desired), self.revision
+        )
 
     def start(self) -> None:
         self.engine.register_collector(_Collector(self))
         self.engine.add_ready_gate(lambda: self.settled)
         restarted = functools.partial(self.engine.restarts.add, "", "fleet")
-        self._tasks = [asyncio.create_task(supervise(f"fleet {what} loop", loop,
-                                                     on_restart=restarted))
-                       for what, loop in (("registry", self._connection_loop),
-                                          ("apply", self._apply_loop))]  # fmt: skip
-        log.info("fleet: device %s in group %s, desired state from %s", self.device_id,
-                 self.group, self.registry.description)  # fmt: skip
+        self._tasks = [
+            asyncio.create_task(supervise(f"fleet {what} loop", loop, on_restart=restarted))
+            for what, loop in (("registry", self._connection_loop), ("apply", self._apply_loop))
+        ]
+        log.info(
+            "fleet: device %s in group %s, desired state from %s",
+            self.device_id,
+            self.group,
+            self.registry.description,
+        )
 
     async def close(self) -> None:
         """Stop both loops and close the registry; neither may hold up a shutdown."""
@@ -148,8 +165,11 @@ class FleetAgent:
                 error = repr(e)
             if not self.settled and not self._snapshot_seen:
                 self.settled = True
-                log.warning("fleet: no desired state from the registry at start (%s); ready "
-                            "with the last known one", error)  # fmt: skip
+                log.warning(
+                    "fleet: no desired state from the registry at start (%s); ready "
+                    "with the last known one",
+                    error,
+                )
             # A session that got through retries soon; repeated failures back off.
             delay = self._backoff[0] if self.connected else min(delay * 2, self._backoff[1])
             self._set_connected(False, error)
@@ -158,9 +178,10 @@ class FleetAgent:
     def _set_connected(self, up: bool, error: str) -> None:
         if up != self.connected:
             (log.info if up else log.warning)(
-                "fleet: registry %s%s", "connected" if up else "unreachable",
+                "fleet: registry %s%s",
+                "connected" if up else "unreachable",
                 "" if up else f" ({error}); serving the last desired state, retrying",
-            )  # fmt: skip
+            )
         self.connected, self.registry_error = up, error
 
     async def _session(self) -> None:
@@ -202,8 +223,9 @@ class FleetAgent:
             if reason is None:
                 continue
             halted = d.model.with_changes(halted=reason)
-            if await self._call(self.registry.write(self.group, name, halted,
-                                                    expect=d.mod_revision)):  # fmt: skip
+            if await self._call(
+                self.registry.write(self.group, name, halted, expect=d.mod_revision)
+            ):
                 log.warning("fleet: halted the rollout of %s: %s", name, reason)
 
     # ---- desired state ---------------------------------------------------------------------
@@ -224,9 +246,14 @@ class FleetAgent:
         self._changed.set()
 
     def _persist(self) -> None:
-        doc = {"group": self.group, "revision": self.revision,
-               "models": {n: {"desired": d.model.to_json(), "mod_revision": d.mod_revision}
-                          for n, d in sorted(self.desired.items())}}  # fmt: skip
+        doc = {
+            "group": self.group,
+            "revision": self.revision,
+            "models": {
+                n: {"desired": d.model.to_json(), "mod_revision": d.mod_revision}
+                for n, d in sorted(self.desired.items())
+            },
+        }
         try:
             _write_atomic(self._state_path, json.dumps(doc, indent=2).encode())
         except OSError as e:  # a read-only repository: restarts then wait for the registry
@@ -258,8 +285,9 @@ class FleetAgent:
         self.engine.pin_version(name, want.version)
         repo = self.engine.repository
         try:
-            await ensure_version(repo, name, want.version, want.artifacts.get(want.version),
-                                 want.config)  # fmt: skip
+            await ensure_version(
+                repo, name, want.version, want.artifacts.get(want.version), want.config
+            )
             canary_error = ""
             if want.active_canary is not None:
                 c = want.active_canary.version
@@ -295,9 +323,13 @@ class FleetAgent:
         except EdgeInferError:
             return False
         last = st.history[-1] if st.history else {}
-        if (st.live is not None and st.live != want.version
-                and last.get("event") == "rollback" and str(last.get("reason", "")).startswith("auto")
-                and last.get("from") == want.version):  # fmt: skip
+        if (
+            st.live is not None
+            and st.live != want.version
+            and last.get("event") == "rollback"
+            and str(last.get("reason", "")).startswith("auto")
+            and last.get("from") == want.version
+        ):
             self.errors[name] = f"v{want.version} was rolled back here: {last['reason']}"
             return True
         return False
@@ -311,8 +343,13 @@ class FleetAgent:
             models[name]["error"] = self.errors.get(name, "")
             d = self.desired.get(name)
             models[name]["desired"] = d.model.version if d else None
-        return {"device": self.device_id, "group": self.group, "healthy": self.engine.ready(),
-                "revision": self.revision, "models": models}  # fmt: skip
+        return {
+            "device": self.device_id,
+            "group": self.group,
+            "healthy": self.engine.ready(),
+            "revision": self.revision,
+            "models": models,
+        }
 
 
 class _Collector:
@@ -320,10 +357,16 @@ class _Collector:
         self._agent = agent
 
     def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily("edgeinfer_registry_connected", "1 while the desired-state "
-                                "registry is reachable", value=int(self._agent.connected))  # fmt: skip
-        yield GaugeMetricFamily("edgeinfer_registry_revision", "Registry revision of the "
-                                "desired state this device knows", value=self._agent.revision)  # fmt: skip
+        yield GaugeMetricFamily(
+            "edgeinfer_registry_connected",
+            "1 while the desired-state registry is reachable",
+            value=int(self._agent.connected),
+        )
+        yield GaugeMetricFamily(
+            "edgeinfer_registry_revision",
+            "Registry revision of the desired state this device knows",
+            value=self._agent.revision,
+        )
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

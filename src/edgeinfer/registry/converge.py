@@ -62,8 +62,10 @@ def observe(engine: Engine, model: str) -> dict[str, Any]:
             stats = engine.handle(model, v).stats
         except EdgeInferError:
             continue
-        versions[v] = {"requests": stats.success.count + stats.fail.count,
-                       "errors": stats.failures.get("BACKEND", 0)}  # fmt: skip
+        versions[v] = {
+            "requests": stats.success.count + stats.fail.count,
+            "errors": stats.failures.get("BACKEND", 0),
+        }
     return {
         "live": st.to_json()["live"],
         "canary": st.to_json()["canary"],

@@ -80,16 +80,19 @@ class DesiredModel:
         return {
             "version": self.version,
             "canary": {"version": self.canary.version, "weight": self.canary.weight}
-            if self.canary else None,
-            "artifacts": {str(v): {n: {"url": s.url, "sha256": s.sha256} for n, s in files.items()}
-                          for v, files in sorted(self.artifacts.items())},
+            if self.canary
+            else None,
+            "artifacts": {
+                str(v): {n: {"url": s.url, "sha256": s.sha256} for n, s in files.items()}
+                for v, files in sorted(self.artifacts.items())
+            },
             "adapters": {a: list(t) for a, t in sorted(self.adapters.items())},
             "max_error_rate": self.max_error_rate,
             "min_requests": self.min_requests,
             "halted": self.halted,
             "previous": self.previous,
             "config": self.config,
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_json(cls, doc: Any) -> DesiredModel:
@@ -98,10 +101,11 @@ class DesiredModel:
         try:
             canary = doc.get("canary")
             artifacts = {
-                int(v): {n: FileSource(str(s["url"]), str(s["sha256"]).lower())
-                         for n, s in files.items()}
+                int(v): {
+                    n: FileSource(str(s["url"]), str(s["sha256"]).lower()) for n, s in files.items()
+                }
                 for v, files in (doc.get("artifacts") or {}).items()
-            }  # fmt: skip
+            }
             previous = doc.get("previous")
             return cls(
                 version=int(doc["version"]),

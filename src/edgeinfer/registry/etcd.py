@@ -110,8 +110,11 @@ class EtcdClient:
         """Write `value` only if `key` was last modified at `mod_revision` (0: does not exist).
         False when someone else wrote it first."""
         compare = {"key": _b64(key), "result": "EQUAL"}
-        compare.update({"target": "MOD", "mod_revision": str(mod_revision)} if mod_revision
-                       else {"target": "CREATE", "create_revision": "0"})  # fmt: skip
+        compare.update(
+            {"target": "MOD", "mod_revision": str(mod_revision)}
+            if mod_revision
+            else {"target": "CREATE", "create_revision": "0"}
+        )
         put = {"request_put": {"key": _b64(key), "value": _b64(value)}}
         doc = await self._call("/kv/txn", {"compare": [compare], "success": [put]})
         return bool(doc.get("succeeded", False))
@@ -132,12 +135,16 @@ class EtcdClient:
         """Changes under `prefix` from `start_revision` on (events missed while disconnected
         included). Ends with EtcdError when the stream breaks, Compacted when the revision is
         gone; never ends quietly."""
-        create = {"key": _b64(prefix), "range_end": prefix_end(prefix),
-                  "start_revision": str(start_revision)}  # fmt: skip
+        create = {
+            "key": _b64(prefix),
+            "range_end": prefix_end(prefix),
+            "start_revision": str(start_revision),
+        }
         timeout = httpx.Timeout(self._http.timeout.connect, read=None)  # a quiet watch is fine
         try:
-            async with self._http.stream("POST", "/watch", json={"create_request": create},
-                                         timeout=timeout) as resp:  # fmt: skip
+            async with self._http.stream(
+                "POST", "/watch", json={"create_request": create}, timeout=timeout
+            ) as resp:
                 if resp.status_code != 200:
                     raise EtcdError(f"etcd watch answered {resp.status_code}")
                 async for line in resp.aiter_lines():

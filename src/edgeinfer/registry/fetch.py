@@ -36,9 +36,12 @@ class FetchError(Exception):
 
 
 async def ensure_version(
-    repository: Repository, model: str, version: int,
-    files: Mapping[str, FileSource] | None, config: str = "",
-) -> bool:  # fmt: skip
+    repository: Repository,
+    model: str,
+    version: int,
+    files: Mapping[str, FileSource] | None,
+    config: str = "",
+) -> bool:
     """Make `<repo>/<model>/<version>` exist with the desired files. True if it was fetched now.
     A version already on disk is kept only if its manifest matches the registry's sha256s."""
     model_dir = repository.root / model
@@ -48,13 +51,18 @@ async def ensure_version(
             on_disk = await asyncio.to_thread(read_manifest, target)
             wrong = sorted(n for n, src in files.items() if on_disk.get(n) != src.sha256)
             if wrong:
-                raise FetchError(f"{model} v{version} on this device differs from the registry's "
-                                 f"sha256 for {', '.join(wrong)}; remove it to re-fetch",
-                                 permanent=True)  # fmt: skip
+                raise FetchError(
+                    f"{model} v{version} on this device differs from the registry's "
+                    f"sha256 for {', '.join(wrong)}; remove it to re-fetch",
+                    permanent=True,
+                )
         return False
     if not files:
-        raise FetchError(f"{model} v{version} is not on this device and the registry names no "
-                         "artifact for it (fleet set … --artifact)", permanent=True)  # fmt: skip
+        raise FetchError(
+            f"{model} v{version} is not on this device and the registry names no "
+            "artifact for it (fleet set … --artifact)",
+            permanent=True,
+        )
     model_dir.mkdir(parents=True, exist_ok=True)
     if not (model_dir / CONFIG_NAME).exists():
         (model_dir / CONFIG_NAME).write_text(config or DEFAULT_CONFIG)
@@ -65,9 +73,11 @@ async def ensure_version(
             local[name] = tmp / name.replace("/", "__")
             digest = await _download(src.url, local[name])
             if digest != src.sha256:
-                raise FetchError(f"{model} v{version}: {name} from {src.url} has sha256 "
-                                 f"{digest[:12]}…, the registry says {src.sha256[:12]}…; refused",
-                                 permanent=True)  # fmt: skip
+                raise FetchError(
+                    f"{model} v{version}: {name} from {src.url} has sha256 "
+                    f"{digest[:12]}…, the registry says {src.sha256[:12]}…; refused",
+                    permanent=True,
+                )
         await asyncio.to_thread(add_version, model_dir, local, version)
     finally:
         await asyncio.to_thread(shutil.rmtree, tmp, True)
@@ -79,11 +89,15 @@ async def _download(url: str, dst: Path) -> str:
     h = hashlib.sha256()
     if url.startswith(("http://", "https://")):
         try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client, \
-                    client.stream("GET", url, follow_redirects=True) as resp:  # fmt: skip
+            async with (
+                httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client,
+                client.stream("GET", url, follow_redirects=True) as resp,
+            ):
                 if resp.status_code != 200:
-                    raise FetchError(f"GET {url} answered {resp.status_code}",
-                                     permanent=resp.status_code in (403, 404, 410))  # fmt: skip
+                    raise FetchError(
+                        f"GET {url} answered {resp.status_code}",
+                        permanent=resp.status_code in (403, 404, 410),
+                    )
                 with dst.open("wb") as f:
                     async for chunk in resp.aiter_bytes(_CHUNK):
                         h.update(chunk)

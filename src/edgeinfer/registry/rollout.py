@@ -44,5 +44,7 @@ def halt_reason(
     n, errors, devices = canary_counts(statuses, group, model, canary.version)
     if n < want.min_requests or errors / n <= want.max_error_rate:
         return None
-    return (f"canary v{canary.version} error rate {errors}/{n} = {errors / n:.1%} over "
-            f"{want.max_error_rate:.1%} on {devices} device(s)")  # fmt: skip
+    return (
+        f"canary v{canary.version} error rate {errors}/{n} = {errors / n:.1%} over "
+        f"{want.max_error_rate:.1%} on {devices} device(s)"
+    )

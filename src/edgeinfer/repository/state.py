@@ -32,8 +32,11 @@ class ModelState:
     history: tuple[dict[str, Any], ...] = ()
 
     def event(self, kind: str, **details: Any) -> ModelState:
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": kind,
-                 **details}  # fmt: skip
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "event": kind,
+            **details,
+        }
         return replace(self, history=(*self.history, entry)[-_HISTORY:])
 
     def previous_live(self) -> int | None:
@@ -59,9 +62,11 @@ class ModelState:
         if live is not None and not _is_version(live):
             raise ValueError(f"'live' must be a version number or null, not {live!r}")
         if canary is not None and not (
-            isinstance(canary, dict) and _is_version(canary.get("version"))
-            and type(canary.get("weight")) in (int, float) and 0 <= canary["weight"] <= 1
-        ):  # fmt: skip
+            isinstance(canary, dict)
+            and _is_version(canary.get("version"))
+            and type(canary.get("weight")) in (int, float)
+            and 0 <= canary["weight"] <= 1
+        ):
             raise ValueError('\'canary\' must be null or {"version": N, "weight": 0..1}')
         if not isinstance(blocked, list) or not all(_is_version(v) for v in blocked):
             raise ValueError("'blocked' must be a list of version numbers")

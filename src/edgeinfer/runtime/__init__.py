@@ -62,16 +62,44 @@ class Backend:
             return None
 
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("onnxruntime", "edgeinfer.runtime.onnx", ("model.onnx",),
-            "onnxruntime", "onnxruntime", ""),
-    Backend("llama.cpp", "edgeinfer.runtime.llm_llamacpp", ("model.gguf",),
-            "llama-cpp-python", "llama_cpp", "llm", kind="llm"),
-    Backend("openvino", "edgeinfer.runtime.openvino", ("model.xml", "model.onnx"),
-            "openvino", "openvino", "openvino"),
-    Backend("litert", "edgeinfer.runtime.litert", ("model.tflite",),
-            "ai-edge-litert", "ai_edge_litert", "litert"),
-)}  # fmt: skip
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend(
+            "onnxruntime",
+            "edgeinfer.runtime.onnx",
+            ("model.onnx",),
+            "onnxruntime",
+            "onnxruntime",
+            "",
+        ),
+        Backend(
+            "llama.cpp",
+            "edgeinfer.runtime.llm_llamacpp",
+            ("model.gguf",),
+            "llama-cpp-python",
+            "llama_cpp",
+            "llm",
+            kind="llm",
+        ),
+        Backend(
+            "openvino",
+            "edgeinfer.runtime.openvino",
+            ("model.xml", "model.onnx"),
+            "openvino",
+            "openvino",
+            "openvino",
+        ),
+        Backend(
+            "litert",
+            "edgeinfer.runtime.litert",
+            ("model.tflite",),
+            "ai-edge-litert",
+            "ai_edge_litert",
+            "litert",
+        ),
+    )
+}
 
 
 def resolve(version_dir: Path, config: ModelConfig) -> tuple[Backend, Path]:

@@ -58,8 +58,11 @@ class ChatTemplate:
         self._template = env.from_string(source)
         self.vocab = vocab
         # Only control tokens the template can write: its literals, BOS and EOS.
-        used = {t: i for t, i in vocab.specials.items()
-                if t and (t in source or t in (vocab.bos_text, vocab.eos_text))}  # fmt: skip
+        used = {
+            t: i
+            for t, i in vocab.specials.items()
+            if t and (t in source or t in (vocab.bos_text, vocab.eos_text))
+        }
         alternatives = sorted(used, key=len, reverse=True)  # longest first, as llama.cpp
         self._specials = used
         self._split = re.compile("|".join(map(re.escape, alternatives))) if used else None
@@ -74,9 +77,11 @@ class ChatTemplate:
         wrapped = [_wrap_message(m, opening, closing) for m in messages]
         try:
             text = self._template.render(
-                messages=wrapped, add_generation_prompt=True,
-                bos_token=self.vocab.bos_text, eos_token=self.vocab.eos_text,
-            )  # fmt: skip
+                messages=wrapped,
+                add_generation_prompt=True,
+                bos_token=self.vocab.bos_text,
+                eos_token=self.vocab.eos_text,
+            )
         except TemplateError as e:
             raise InvalidInput(f"the model's chat template failed on these messages: {e}") from e
         pieces: list[tuple[str, bool]] = []
@@ -84,8 +89,7 @@ class ChatTemplate:
             if i % 2:
                 pieces.append((part, False))  # the client's text
             elif nonce in part:  # a marker the template moved or split: trust none of it
-                pieces.append((re.sub(f"[\ue000-\ue003]?{nonce}[\ue000-\ue003]?", "", part),
-                               False))  # fmt: skip
+                pieces.append((re.sub(f"[\ue000-\ue003]?{nonce}[\ue000-\ue003]?", "", part), False))
             else:
                 pieces.append((part, True))
         return pieces
@@ -133,8 +137,10 @@ def check_roles(messages: list[dict[str, Any]]) -> None:
     for m in messages:
         role = m.get("role")
         if not isinstance(role, str) or not _ROLE.fullmatch(role):
-            raise InvalidParameter("messages", "each message's 'role' must be a word such as "
-                                   "'system', 'user' or 'assistant'")  # fmt: skip
+            raise InvalidParameter(
+                "messages",
+                "each message's 'role' must be a word such as 'system', 'user' or 'assistant'",
+            )
 
 
 def _wrap_message(message: dict[str, Any], opening: str, closing: str) -> dict[str, Any]:

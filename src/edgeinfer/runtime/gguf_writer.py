@@ -181,8 +181,15 @@ def _weights(shape: LlamaShape, rng: np.random.Generator, silent: list[int]) -> 
     yield "output.weight", out
 
 
-def _add_metadata(writer: Any, name: str, shape: LlamaShape, file_type: Any, tokens: list[str],
-                  types: list[int], merges: list[str]) -> None:  # fmt: skip
+def _add_metadata(
+    writer: Any,
+    name: str,
+    shape: LlamaShape,
+    file_type: Any,
+    tokens: list[str],
+    types: list[int],
+    merges: list[str],
+) -> None:
     """Llama hyperparameters, the GPT-2 style tokenizer and the chat template."""
     writer.add_name(name)
     writer.add_context_length(shape.context)
@@ -234,12 +241,18 @@ def build_gguf(path: Path, size: str = "tiny", qtype: str = "f32", seed: int = 0
     shape = SHAPES[size]
     tok = train_tokenizer(shape.vocab)
     tokens, types, merges = _vocab(tok, shape.vocab)
-    ggml_type = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-                 "q8_0": gguf.GGMLQuantizationType.Q8_0,
-                 "q4_0": gguf.GGMLQuantizationType.Q4_0}[qtype]  # fmt: skip
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-                 "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[qtype]  # fmt: skip
+    ggml_type = {
+        "f32": gguf.GGMLQuantizationType.F32,
+        "f16": gguf.GGMLQuantizationType.F16,
+        "q8_0": gguf.GGMLQuantizationType.Q8_0,
+        "q4_0": gguf.GGMLQuantizationType.Q4_0,
+    }[qtype]
+    file_type = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+    }[qtype]
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

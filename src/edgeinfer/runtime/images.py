@@ -66,22 +66,32 @@ class Preprocess:
             raise ConfigError(f"[preprocess] has unknown keys {sorted(unknown)}")
         shape = spec.shape
         if len(shape) != 4:
-            raise ConfigError(f"input '{spec.name}' has shape {list(shape)}; an image input "
-                              "is 4-D (NCHW or NHWC)")  # fmt: skip
-        layout = prep.get("layout") or ("NHWC" if shape[3] in (1, 3) and shape[1] not in (1, 3)
-                                         else "NCHW")  # fmt: skip
+            raise ConfigError(
+                f"input '{spec.name}' has shape {list(shape)}; an image input is 4-D (NCHW or NHWC)"
+            )
+        layout = prep.get("layout") or (
+            "NHWC" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "NCHW"
+        )
         if layout not in ("NCHW", "NHWC"):
             raise ConfigError("[preprocess] layout must be 'NCHW' or 'NHWC'")
         c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], *shape[1:3])
         size = prep.get("size", [h, w])
-        if (c not in (1, 3) or not isinstance(size, list) or len(size) != 2
-                or not all(isinstance(d, int) and d > 0 for d in size)):  # fmt: skip
-            raise ConfigError(f"cannot tell the image size/channels of input '{spec.name}' "
-                              f"{list(shape)}; set [preprocess] size = [H, W] and layout")  # fmt: skip
+        if (
+            c not in (1, 3)
+            or not isinstance(size, list)
+            or len(size) != 2
+            or not all(isinstance(d, int) and d > 0 for d in size)
+        ):
+            raise ConfigError(
+                f"cannot tell the image size/channels of input '{spec.name}' "
+                f"{list(shape)}; set [preprocess] size = [H, W] and layout"
+            )
         resize = prep.get("resize", 0)
         if not isinstance(resize, int) or resize < 0 or (resize and resize < max(size)):
-            raise ConfigError("[preprocess] resize (the shorter side before the centre crop) "
-                              "must be 0 or at least the larger of size = [H, W]")  # fmt: skip
+            raise ConfigError(
+                "[preprocess] resize (the shorter side before the centre crop) "
+                "must be 0 or at least the larger of size = [H, W]"
+            )
         interpolation = prep.get("interpolation", "bicubic")
         if interpolation not in _INTERPOLATIONS:
             raise ConfigError(f"[preprocess] interpolation must be one of {_INTERPOLATIONS}")
@@ -90,8 +100,18 @@ class Preprocess:
             raise ConfigError("[preprocess] std must not be 0")
         if spec.datatype not in DTYPE_TO_NUMPY or spec.datatype == "BYTES":
             raise ConfigError(f"input '{spec.name}' of type {spec.datatype} cannot take images")
-        return cls(size[0], size[1], c, layout, resize, interpolation,
-                   float(prep.get("scale", 1 / 255)), mean, std, spec.datatype)  # fmt: skip
+        return cls(
+            size[0],
+            size[1],
+            c,
+            layout,
+            resize,
+            interpolation,
+            float(prep.get("scale", 1 / 255)),
+            mean,
+            std,
+            spec.datatype,
+        )
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -165,22 +185,26 @@ def decode(data: bytes, prep: Preprocess, max_pixels: int = 0, draft: bool = Tru
     with img:
         w, h = img.size
         if max_pixels and w * h > max_pixels:
-            raise ImageError(f"{w}x{h} is {w * h} pixels, above the limit of {max_pixels} "
-                             "([image] max_pixels): refused before decoding as a possible "
-                             "decompression bomb")  # fmt: skip
+            raise ImageError(
+                f"{w}x{h} is {w * h} pixels, above the limit of {max_pixels} "
+                "([image] max_pixels): refused before decoding as a possible "
+                "decompression bomb"
+            )
         if draft and img.format == "JPEG":
             scaled = prep.region(w, h)[0]
             img.draft(None if prep.channels == 3 else "L", scaled)
         try:
             img.load()
         except Exception as e:
-            raise ImageError(f"cannot decode the {img.format} image (truncated or corrupt): "
-                             f"{e}") from None  # fmt: skip
+            raise ImageError(
+                f"cannot decode the {img.format} image (truncated or corrupt): {e}"
+            ) from None
         try:
             return prep.sample(img)
         except ValueError as e:  # conversions Pillow does not have (e.g. from LAB)
-            raise ImageError(f"cannot convert mode {img.mode} to "
-                             f"{'RGB' if prep.channels == 3 else 'L'}: {e}") from None  # fmt: skip
+            raise ImageError(
+                f"cannot convert mode {img.mode} to {'RGB' if prep.channels == 3 else 'L'}: {e}"
+            ) from None
 
 
 class ImageDecoder:
@@ -210,15 +234,22 @@ class ImageDecoder:
 class ImageModel:
     """A tensor model whose image input also takes encoded images (BYTES, one per row)."""
 
-    def __init__(self, inner: Any, version_dir: Path, options: ImageOptions,
-                 preprocess: dict[str, Any] | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        inner: Any,
+        version_dir: Path,
+        options: ImageOptions,
+        preprocess: dict[str, Any] | None,
+    ) -> None:
         images = [s for s in inner.inputs if len(s.shape) == 4]
         name = options.input or (images[0].name if len(images) == 1 else "")
         spec = next((s for s in inner.inputs if s.name == name), None)
         if spec is None:
-            raise LoadError(f"{version_dir}: [image] input {name or '(unset)'!r} is not one of "
-                            f"the model's inputs {[s.name for s in inner.inputs]}; set "
-                            "[image] input to the 4-D image input")  # fmt: skip
+            raise LoadError(
+                f"{version_dir}: [image] input {name or '(unset)'!r} is not one of "
+                f"the model's inputs {[s.name for s in inner.inputs]}; set "
+                "[image] input to the 4-D image input"
+            )
         try:
             prep = Preprocess.from_table(preprocess, spec)
         except ConfigError as e:
@@ -227,12 +258,14 @@ class ImageModel:
         self.decoder = ImageDecoder(name, prep, options)
         self.platform = inner.platform
         self.tensor_inputs: tuple[TensorSpec, ...] = inner.inputs
-        self.inputs = tuple(TensorSpec(name, "BYTES", (s.shape[0],)) if s.name == name else s
-                            for s in inner.inputs)  # fmt: skip
+        self.inputs = tuple(
+            TensorSpec(name, "BYTES", (s.shape[0],)) if s.name == name else s for s in inner.inputs
+        )
         self.outputs = inner.outputs
 
-    def run(self, feeds: dict[str, np.ndarray],
-            output_names: list[str] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    def run(
+        self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
         rows = feeds.get(self.decoder.name)
         if rows is not None and rows.dtype == object:  # not decoded before queueing
             feeds = {**feeds, self.decoder.name: self.decoder.decode_batch(rows)}

@@ -231,8 +231,9 @@ def load_instances(path: Path, config: ModelConfig) -> list[Model]:
     return repeat(lambda: LiteRtModel(path, config), config.instance_count)
 
 
-def profile(path: Path, config: ModelConfig, batch: int, warmup: int,
-            runs: int) -> tuple[dict[str, tuple[str, list[float]]], list[float], dict[str, np.ndarray], str]:  # fmt: skip
+def profile(
+    path: Path, config: ModelConfig, batch: int, warmup: int, runs: int
+) -> tuple[dict[str, tuple[str, list[float]]], list[float], dict[str, np.ndarray], str]:
     """Whole-run µs only: LiteRT's Python API exposes no per-op profiler."""
     check_file(path)
     model = LiteRtModel(path, replace(config, instance_count=1))

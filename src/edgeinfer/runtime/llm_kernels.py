@@ -31,10 +31,12 @@ def _lib() -> Any:
 
         llama_cpp.llama_backend_init()
         vp = ctypes.c_void_p
-        for name, res, args in (("ggml_backend_dev_by_type", vp, [ctypes.c_int]),
-                                ("ggml_backend_dev_backend_reg", vp, [vp]),
-                                ("ggml_backend_reg_get_proc_address", vp, [vp, ctypes.c_char_p]),
-                                ("ggml_backend_buft_name", ctypes.c_char_p, [vp])):  # fmt: skip
+        for name, res, args in (
+            ("ggml_backend_dev_by_type", vp, [ctypes.c_int]),
+            ("ggml_backend_dev_backend_reg", vp, [vp]),
+            ("ggml_backend_reg_get_proc_address", vp, [vp, ctypes.c_char_p]),
+            ("ggml_backend_buft_name", ctypes.c_char_p, [vp]),
+        ):
             fn = getattr(g, name)
             fn.restype, fn.argtypes = res, args
         _ggml = g

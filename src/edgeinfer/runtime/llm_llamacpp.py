@@ -83,8 +83,9 @@ class LlamaCppModel:
     inputs: tuple[TensorSpec, ...] = (TensorSpec("text_input", "BYTES", (1,)),)
     outputs: tuple[TensorSpec, ...] = (TensorSpec("text_output", "BYTES", (1,)),)
 
-    def __init__(self, path: Path, options: LlmOptions, threads: int,
-                 threads_batch: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self, path: Path, options: LlmOptions, threads: int, threads_batch: int = 0
+    ) -> None:
         lib = self._lib = _llama()
         self.options = options
         self.threads = threads
@@ -116,10 +117,12 @@ class LlamaCppModel:
             self.bos = int(lib.llama_vocab_bos(self._vocab))
             self.eos = int(lib.llama_vocab_eos(self._vocab))
             self.add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
-            self.eog = frozenset(t for t in range(self.n_vocab)
-                                 if lib.llama_vocab_is_eog(self._vocab, t))  # fmt: skip
-            self.chat_format = chat_format(options.chat_template,
-                                           _meta(lib, model, "tokenizer.chat_template"))  # fmt: skip
+            self.eog = frozenset(
+                t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self._vocab, t)
+            )
+            self.chat_format = chat_format(
+                options.chat_template, _meta(lib, model, "tokenizer.chat_template")
+            )
             self.chat_template = self.chat_format.template
             self.name = _meta(lib, model, "general.name") or path.parent.parent.name
             self._pieces = [self._piece(t) for t in range(self.n_vocab)]
@@ -136,8 +139,12 @@ class LlamaCppModel:
             self.close()
             raise
         if options.context_length > self.n_ctx_train:
-            log.warning("%s: context_length %d exceeds the %d tokens it was trained on",
-                        path, options.context_length, self.n_ctx_train)  # fmt: skip
+            log.warning(
+                "%s: context_length %d exceeds the %d tokens it was trained on",
+                path,
+                options.context_length,
+                self.n_ctx_train,
+            )
 
     @classmethod
     def load(cls, version_dir: Path, config: ModelConfig) -> LlamaCppModel:
@@ -203,8 +210,9 @@ class LlamaCppModel:
         """The bytes a token stands for (b"" for control tokens)."""
         return self._pieces[token] if 0 <= token < self.n_vocab else b""
 
-    def tokenize(self, text: str, add_special: bool = True,
-                 parse_special: bool = True) -> list[int]:  # fmt: skip
+    def tokenize(
+        self, text: str, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         """Token ids of `text`; with `parse_special`, special tokens written in the text
         (<|im_start|>) are parsed (a raw completion prompt may use them; chat content never)."""
         data = text.encode("utf-8")
@@ -230,8 +238,9 @@ class LlamaCppModel:
                 try:
                     from llguidance import LLTokenizer
                 except ImportError as e:
-                    raise LoadError("constrained decoding needs llguidance: "
-                                    "pip install -e '.[llm]'") from e  # fmt: skip
+                    raise LoadError(
+                        "constrained decoding needs llguidance: pip install -e '.[llm]'"
+                    ) from e
                 lib, vocab = self._lib, self._vocab
                 tokens = list(self._pieces)
                 for t in range(self.n_vocab):
@@ -239,8 +248,12 @@ class LlamaCppModel:
                         tokens[t] = b"\xff" + self._piece(t, special=True)
                 tokenize = ctypes.cast(lib.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
                 self._grammar_tokenizer = LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
-                    tokens=tokens, vocab_ptr=vocab, tokenize_fptr=tokenize, eos_token=self.eos,
-                    slices=None)  # fmt: skip
+                    tokens=tokens,
+                    vocab_ptr=vocab,
+                    tokenize_fptr=tokenize,
+                    eos_token=self.eos,
+                    slices=None,
+                )
             return self._grammar_tokenizer
 
     def chat_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
@@ -253,9 +266,14 @@ class LlamaCppModel:
             if self._chat is None:
                 from jinja2 import TemplateError
 
-                vocab = Vocab(lambda text, special: self.tokenize(text, False, special),
-                              self._controls, self.bos, self.add_bos,
-                              self.piece_text(self.bos), self.piece_text(self.eos))  # fmt: skip
+                vocab = Vocab(
+                    lambda text, special: self.tokenize(text, False, special),
+                    self._controls,
+                    self.bos,
+                    self.add_bos,
+                    self.piece_text(self.bos),
+                    self.piece_text(self.eos),
+                )
                 try:
                     self._chat = ChatTemplate(self.chat_template, vocab)
                 except TemplateError as e:
@@ -305,8 +323,9 @@ class LlamaCppModel:
             self._fit_threads(self._governor.threads())
         rc = self._lib.llama_decode(self._ctx, self._batch)
         if rc != 0:
-            raise BackendError(f"llama_decode failed with code {rc}"
-                               + (" (no free KV cells)" if rc == 1 else ""))  # fmt: skip
+            raise BackendError(
+                f"llama_decode failed with code {rc}" + (" (no free KV cells)" if rc == 1 else "")
+            )
         out = np.empty((len(rows), self.n_vocab), np.float32)
         for r, j in enumerate(rows):
             ptr = self._lib.llama_get_logits_ith(self._ctx, j)  # index in the batch, not row
@@ -318,8 +337,12 @@ class LlamaCppModel:
         want = (min(self.threads, allowed), min(self.threads_batch, allowed))
         if want != self._n_threads:
             self._lib.llama_set_n_threads(self._ctx, *want)
-            log.info("llama.cpp threads %s -> %s (CPU pressure %s%%)", self._n_threads, want,
-                     self._governor.pressure if self._governor else None)  # fmt: skip
+            log.info(
+                "llama.cpp threads %s -> %s (CPU pressure %s%%)",
+                self._n_threads,
+                want,
+                self._governor.pressure if self._governor else None,
+            )
             self._n_threads = want
 
     @property
@@ -349,8 +372,10 @@ class LlamaCppModel:
         """Load a GGUF LoRA for this model (the model stays mmapped); an opaque handle."""
         handle = self._lib.llama_adapter_lora_init(self._model, str(path).encode())
         if not handle:
-            raise LoadError(f"{path}: llama.cpp could not load this LoRA adapter (not a GGUF "
-                            "LoRA for this model's architecture and shapes?)")  # fmt: skip
+            raise LoadError(
+                f"{path}: llama.cpp could not load this LoRA adapter (not a GGUF "
+                "LoRA for this model's architecture and shapes?)"
+            )
         self._adapters.add(ctypes.addressof(handle.contents))
         return handle
 
@@ -373,10 +398,13 @@ class LlamaCppModel:
             self._lib.llama_adapter_lora_free(handle)
 
     # ---- the Model protocol ----------------------------------------------------------------
-    def run(self, feeds: dict[str, np.ndarray],
-            output_names: list[str] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
-        raise InvalidInput("this is a generative model: use /v1/completions, "
-                           "/v1/chat/completions or /v2/models/{m}/generate")  # fmt: skip
+    def run(
+        self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        raise InvalidInput(
+            "this is a generative model: use /v1/completions, "
+            "/v1/chat/completions or /v2/models/{m}/generate"
+        )
 
     def warmup(self) -> None:
         """A one-token generation: touches every weight page and the compute buffers."""
@@ -398,6 +426,8 @@ def load_instances(path: Path, config: ModelConfig) -> list[LlamaCppModel]:
     """The backend entry point (runtime.BACKENDS): one model, one context with `slots`
     sequences; concurrency comes from the slots, not from instances."""
     if config.instance_count != 1:
-        raise LoadError(f"model {config.name}: llama.cpp models run one context; use [llm] "
-                        "slots for concurrency and leave instance_count at 1")  # fmt: skip
+        raise LoadError(
+            f"model {config.name}: llama.cpp models run one context; use [llm] "
+            "slots for concurrency and leave instance_count at 1"
+        )
     return [LlamaCppModel.load(path.parent, config)]

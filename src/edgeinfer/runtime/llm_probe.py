@@ -53,8 +53,10 @@ class Verdict:
 
 def probe_key(llama_cpp_version: str, cpu_model: str, cpu_flags: Sequence[str]) -> str:
     flags = hashlib.sha256(" ".join(sorted(cpu_flags)).encode()).hexdigest()[:16]
-    return (f"llama-cpp-python {llama_cpp_version} | {cpu_model or 'unknown CPU'} | flags {flags}"
-            f" | probe {PROBE_VERSION}")  # fmt: skip
+    return (
+        f"llama-cpp-python {llama_cpp_version} | {cpu_model or 'unknown CPU'} | flags {flags}"
+        f" | probe {PROBE_VERSION}"
+    )
 
 
 def this_machine() -> str:
@@ -80,8 +82,12 @@ def child_command() -> list[str]:
     return [sys.executable, "-m", "edgeinfer.runtime.llm_probe"]
 
 
-def verdict(key: str | None = None, cache_dir: Path | None = None,
-            command: Sequence[str] | None = None, timeout: float = TIMEOUT_S) -> Verdict:  # fmt: skip
+def verdict(
+    key: str | None = None,
+    cache_dir: Path | None = None,
+    command: Sequence[str] | None = None,
+    timeout: float = TIMEOUT_S,
+) -> Verdict:
     """The cached verdict for `key` (default: this machine), or run `command` (default: the
     probe child; the child gets the cache folder as its last argument) and cache what it says."""
     key = key or this_machine()
@@ -131,22 +137,34 @@ def _staged(cmd: list[str], folder: str, timeout: float) -> Verdict:
         enabled, _, seen = _run(cmd, folder, timeout, without)
     kernels = tuple(seen.get("kernels", ()))
     if without:
-        reason = (f"{first}; without {', '.join(without)} the probe decoded, so "
-                  f"{', '.join(kernels) or 'no extra buffer type'} stays on")  # fmt: skip
+        reason = (
+            f"{first}; without {', '.join(without)} the probe decoded, so "
+            f"{', '.join(kernels) or 'no extra buffer type'} stays on"
+        )
     return Verdict(True, reason, "", "", tuple(without), kernels)
 
 
-def _run(cmd: list[str], folder: str, timeout: float,
-         without: Sequence[str]) -> tuple[bool, str, dict[str, Any]]:  # fmt: skip
+def _run(
+    cmd: list[str], folder: str, timeout: float, without: Sequence[str]
+) -> tuple[bool, str, dict[str, Any]]:
     """(decoded, why not, what the child said it had: {"available", "kernels"})."""
     env = {**os.environ, WITHOUT_ENV: ",".join(without)}
     try:
-        proc = subprocess.run([*cmd, folder], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, env=env)  # fmt: skip
+        proc = subprocess.run(
+            [*cmd, folder],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
-        return False, (f"the probe of llama.cpp's AMX/repacked kernels did not finish in "
-                       f"{timeout:g} s"), _said(out or "")  # fmt: skip
+        return (
+            False,
+            (f"the probe of llama.cpp's AMX/repacked kernels did not finish in {timeout:g} s"),
+            _said(out or ""),
+        )
     seen = _said(proc.stdout)
     ok, reason = _fate(proc)
     return ok, reason, seen
@@ -191,14 +209,23 @@ def extra_buffer_types(setting: str | bool) -> bool:
             v = _decided[key] = verdict(key)
             again = f", or delete {v.path} to probe again" if v.path else ""
             if not v.enabled:
-                log.warning("%s; loading GGUF models without extra buffer types (slower Q4_0; "
-                            "[llm] extra_buffer_types = true forces them%s)", v.reason, again)  # fmt: skip
+                log.warning(
+                    "%s; loading GGUF models without extra buffer types (slower Q4_0; "
+                    "[llm] extra_buffer_types = true forces them%s)",
+                    v.reason,
+                    again,
+                )
             elif v.disabled:
                 from edgeinfer.runtime import llm_kernels
 
                 left = llm_kernels.drop(v.disabled)
-                log.warning("%s; loading GGUF models with %s only ([llm] extra_buffer_types = "
-                            "true forces all%s)", v.reason, ", ".join(left) or "none", again)  # fmt: skip
+                log.warning(
+                    "%s; loading GGUF models with %s only ([llm] extra_buffer_types = "
+                    "true forces all%s)",
+                    v.reason,
+                    ", ".join(left) or "none",
+                    again,
+                )
         return _decided[key].enabled
 
 
@@ -211,8 +238,14 @@ def _probe(folder: Path) -> None:
     from edgeinfer.runtime.llm_llamacpp import LlamaCppModel
     from edgeinfer.runtime.llm_types import BatchItem
 
-    options = LlmOptions(context_length=64, slots=1, n_batch=64, prefill_chunk=32,
-                         kv_cache_type="f32", extra_buffer_types=True)  # fmt: skip
+    options = LlmOptions(
+        context_length=64,
+        slots=1,
+        n_batch=64,
+        prefill_chunk=32,
+        kv_cache_type="f32",
+        extra_buffer_types=True,
+    )
     available = llm_kernels.in_use()
     without = [n for n in os.environ.get(WITHOUT_ENV, "").split(",") if n]
     kernels = llm_kernels.drop(without)

@@ -55,8 +55,11 @@ class LoraSpec:
             return None
         try:
             doc = json.loads(path.read_text())
-            spec = cls(str(doc["mode"]), int(doc["rank"]),
-                       {str(k): (int(v[0]), int(v[1])) for k, v in doc["targets"].items()})  # fmt: skip
+            spec = cls(
+                str(doc["mode"]),
+                int(doc["rank"]),
+                {str(k): (int(v[0]), int(v[1])) for k, v in doc["targets"].items()},
+            )
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise LoadError(f"{path}: malformed LoRA spec: {e}") from e
         if spec.mode not in MODES or spec.rank < 1 or not spec.targets:
@@ -64,8 +67,11 @@ class LoraSpec:
         return spec
 
     def write(self, version_dir: Path) -> None:
-        doc = {"mode": self.mode, "rank": self.rank,
-               "targets": {k: list(v) for k, v in self.targets.items()}}  # fmt: skip
+        doc = {
+            "mode": self.mode,
+            "rank": self.rank,
+            "targets": {k: list(v) for k, v in self.targets.items()},
+        }
         (version_dir / LORA_SPEC).write_text(json.dumps(doc, indent=2, sort_keys=True))
 
 
@@ -90,8 +96,10 @@ def add_lora(model: Any, targets: list[str], mode: str, rank: int) -> tuple[Any,
     available = matmul_targets(model)
     missing = [t for t in targets if t not in available]
     if missing or not targets:
-        raise InvalidInput(f"LoRA targets {missing or targets} are not MatMul weights of this "
-                           f"model; available: {sorted(available)}")  # fmt: skip
+        raise InvalidInput(
+            f"LoRA targets {missing or targets} are not MatMul weights of this "
+            f"model; available: {sorted(available)}"
+        )
     g = model.graph
     f32 = TensorProto.FLOAT
     if mode == "stacked":
@@ -172,11 +180,15 @@ class StackedTable:
         free slot; returns the slot."""
         for t, (a, _b) in weights.items():
             if t not in self.spec.targets:
-                raise InvalidInput(f"adapter targets '{t}', which this model's LoRA graph does "
-                                   f"not have; targets: {sorted(self.spec.targets)}")  # fmt: skip
+                raise InvalidInput(
+                    f"adapter targets '{t}', which this model's LoRA graph does "
+                    f"not have; targets: {sorted(self.spec.targets)}"
+                )
             if a.shape[1] > self.spec.rank:
-                raise InvalidInput(f"adapter rank {a.shape[1]} exceeds the stacked graph's rank "
-                                   f"{self.spec.rank}; convert the base with a larger --rank")  # fmt: skip
+                raise InvalidInput(
+                    f"adapter rank {a.shape[1]} exceeds the stacked graph's rank "
+                    f"{self.spec.rank}; convert the base with a larger --rank"
+                )
         with self._lock:
             if key in self._slots:
                 return self._slots[key]
@@ -252,8 +264,12 @@ class LoraOnnxModel:
     def path(self) -> Path:
         return Path(self.inner.path)
 
-    def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None,
-            adapter: Any = None) -> dict[str, np.ndarray]:  # fmt: skip
+    def run(
+        self,
+        feeds: dict[str, np.ndarray],
+        output_names: list[str] | None = None,
+        adapter: Any = None,
+    ) -> dict[str, np.ndarray]:
         """`adapter`: an `ort.LoraAdapter` (per_run mode) or None for the base model. In stacked
         mode `feeds` may carry `adapter_index` (one slot per row; absent: the base model)."""
         if self.table is not None:

@@ -103,9 +103,10 @@ def new_session(model: Path | bytes, opts: OrtOptions, configure: Any = None) ->
     where = "model" if isinstance(model, bytes) else str(model)
     try:
         return ort.InferenceSession(
-            model if isinstance(model, bytes) else str(model), so,
+            model if isinstance(model, bytes) else str(model),
+            so,
             providers=["CPUExecutionProvider"],
-        )  # fmt: skip
+        )
     except Exception as e:  # ORT raises several unrelated exception types
         raise LoadError(f"{where}: ONNX Runtime could not load the model: {e}") from e
 

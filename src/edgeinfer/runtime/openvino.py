@@ -172,8 +172,9 @@ def load_instances(path: Path, config: ModelConfig) -> list[OpenVinoModel]:
     return [OpenVinoModel(shared) for _ in range(config.instance_count)]
 
 
-def profile(path: Path, config: ModelConfig, batch: int, warmup: int,
-            runs: int) -> tuple[dict[str, tuple[str, list[float]]], list[float], dict[str, np.ndarray], str]:  # fmt: skip
+def profile(
+    path: Path, config: ModelConfig, batch: int, warmup: int, runs: int
+) -> tuple[dict[str, tuple[str, list[float]]], list[float], dict[str, np.ndarray], str]:
     """Per-layer µs of each measured run from the CPU plugin's performance counters, on a
     compiled model of its own (the serving one is not touched)."""
     compiled = compile_model(path, replace(config, instance_count=1), {"PERF_COUNT": "YES"})

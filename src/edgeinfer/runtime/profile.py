@@ -43,11 +43,19 @@ _KERNEL_SUFFIX = "_kernel_time"
 _LOCK = threading.Lock()  # one profile at a time: each one keeps the CPU busy
 
 _NUMPY_OF_ORT = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int8)": np.int8, "tensor(int16)": np.int16, "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64, "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16,
-    "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
-}  # fmt: skip
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+}
 
 
 # ---- running the profiler -------------------------------------------------------------------
@@ -85,15 +93,17 @@ def profile_model(
     return doc
 
 
-def _profile_other(backend: Backend, path: Path, config: ModelConfig, batch: int,
-                   runs: int) -> dict[str, Any]:  # fmt: skip
+def _profile_other(
+    backend: Backend, path: Path, config: ModelConfig, batch: int, runs: int
+) -> dict[str, Any]:
     """A backend module's own `profile(path, config, feeds, runs)`, which returns per-node µs of
     each measured run, each run's µs and a note on what its profiler can see."""
     import importlib
 
     if not backend.installed():
-        raise LoadError(f"backend {backend.name} is not installed; "
-                        f"pip install 'edgeinfer[{backend.extra}]'")  # fmt: skip
+        raise LoadError(
+            f"backend {backend.name} is not installed; pip install 'edgeinfer[{backend.extra}]'"
+        )
     run_profile = getattr(importlib.import_module(backend.module), "profile", None)
     if run_profile is None:
         raise InvalidInput(f"backend {backend.name} has no per-layer profiler")
@@ -106,29 +116,55 @@ def _profile_other(backend: Backend, path: Path, config: ModelConfig, batch: int
     finally:
         _LOCK.release()
     doc = summarize_runs(nodes, run_us, backend.name)
-    doc.update(batch=batch, inputs={k: list(a.shape) for k, a in feeds.items()},
-               wall_seconds=round(wall, 3), backend=backend.name, note=note)  # fmt: skip
+    doc.update(
+        batch=batch,
+        inputs={k: list(a.shape) for k, a in feeds.items()},
+        wall_seconds=round(wall, 3),
+        backend=backend.name,
+        note=note,
+    )
     return doc
 
 
-def summarize_runs(nodes: Mapping[str, tuple[str, list[float]]], run_us: list[float],
-                   provider: str) -> dict[str, Any]:  # fmt: skip
+def summarize_runs(
+    nodes: Mapping[str, tuple[str, list[float]]], run_us: list[float], provider: str
+) -> dict[str, Any]:
     """The `summarize` document from per-node µs of each run (node -> (op type, µs per run))."""
     n = len(run_us)
     total = sum(sum(d) for _, d in nodes.values()) / n if nodes else 0.0
-    rows: list[dict[str, Any]] = [{"node": name, "op_type": op, "layer": name, "original_nodes": [name],
-             "mean_us": round(sum(d) / n, 2), "p50_us": round(statistics.median(d), 2),
-             "share": round(sum(d) / n / total, 4) if total else 0.0, "calls_per_run": 1.0,
-             "provider": provider, "order": i}
-            for i, (name, (op, d)) in enumerate(nodes.items())]  # fmt: skip
+    rows: list[dict[str, Any]] = [
+        {
+            "node": name,
+            "op_type": op,
+            "layer": name,
+            "original_nodes": [name],
+            "mean_us": round(sum(d) / n, 2),
+            "p50_us": round(statistics.median(d), 2),
+            "share": round(sum(d) / n / total, 4) if total else 0.0,
+            "calls_per_run": 1.0,
+            "provider": provider,
+            "order": i,
+        }
+        for i, (name, (op, d)) in enumerate(nodes.items())
+    ]
     rows.sort(key=lambda r: (-r["mean_us"], r["order"]))
-    return {"runs": n, "warmup_runs": WARMUP_RUNS, "run_us": _run_stats(run_us),
-            "kernel_us": round(total, 2), "nodes": rows, "op_types": _op_types(rows, total)}  # fmt: skip
+    return {
+        "runs": n,
+        "warmup_runs": WARMUP_RUNS,
+        "run_us": _run_stats(run_us),
+        "kernel_us": round(total, 2),
+        "nodes": rows,
+        "op_types": _op_types(rows, total),
+    }
 
 
 def _run_stats(run_us: list[float]) -> dict[str, float]:
-    return {"mean": round(statistics.fmean(run_us), 2), "p50": round(statistics.median(run_us), 2),
-            "min": min(run_us), "max": max(run_us)}  # fmt: skip
+    return {
+        "mean": round(statistics.fmean(run_us), 2),
+        "p50": round(statistics.median(run_us), 2),
+        "min": min(run_us),
+        "max": max(run_us),
+    }
 
 
 def _op_types(rows: list[dict[str, Any]], total: float) -> list[dict[str, Any]]:
@@ -137,13 +173,20 @@ def _op_types(rows: list[dict[str, Any]], total: float) -> list[dict[str, Any]]:
     for r in rows:
         op_us[r["op_type"]] += r["mean_us"]
         op_nodes[r["op_type"]] += 1
-    return [{"op_type": op, "mean_us": round(us, 2), "share": round(us / total, 4) if total else 0.0,
-             "nodes": op_nodes[op]}
-            for op, us in sorted(op_us.items(), key=lambda kv: -kv[1])]  # fmt: skip
+    return [
+        {
+            "op_type": op,
+            "mean_us": round(us, 2),
+            "share": round(us / total, 4) if total else 0.0,
+            "nodes": op_nodes[op],
+        }
+        for op, us in sorted(op_us.items(), key=lambda kv: -kv[1])
+    ]
 
 
-def _run_profiled(path: Path, config: ModelConfig, batch: int, runs: int,
-                  tmp: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], float]:  # fmt: skip
+def _run_profiled(
+    path: Path, config: ModelConfig, batch: int, runs: int, tmp: Path
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], float]:
     from edgeinfer.runtime.onnx import new_session  # the live sessions' exact options
 
     def profiling(so: Any) -> None:
@@ -165,8 +208,9 @@ def _run_profiled(path: Path, config: ModelConfig, batch: int, runs: int,
     return events, feeds, wall
 
 
-def example_feeds(inputs: Iterable[Any], batch: int, config: ModelConfig,
-                  version_dir: Path) -> dict[str, np.ndarray]:  # fmt: skip
+def example_feeds(
+    inputs: Iterable[Any], batch: int, config: ModelConfig, version_dir: Path
+) -> dict[str, np.ndarray]:
     """Inputs of the declared shapes: the leading variable dimension is `batch`, other variable
     dimensions 1; floats uniform in [0, 1), integers and booleans zero, strings empty. Text
     models ([text] in the config) get the token ids of a short sentence instead."""
@@ -176,8 +220,10 @@ def example_feeds(inputs: Iterable[Any], batch: int, config: ModelConfig,
     rng = np.random.default_rng(0)
     feeds = {}
     for node in inputs:
-        shape = [d if isinstance(d, int) and d >= 0 else (batch if i == 0 else 1)
-                 for i, d in enumerate(node.shape)]  # fmt: skip
+        shape = [
+            d if isinstance(d, int) and d >= 0 else (batch if i == 0 else 1)
+            for i, d in enumerate(node.shape)
+        ]
         if config.max_batch_size and shape and shape[0] != batch:
             raise InvalidInput(f"input '{node.name}' has a fixed batch dimension of {shape[0]}")
         if node.type == "tensor(string)":
@@ -195,16 +241,20 @@ def example_feeds(inputs: Iterable[Any], batch: int, config: ModelConfig,
     return feeds
 
 
-def _token_feeds(inputs: list[Any], batch: int, config: ModelConfig,
-                 version_dir: Path) -> dict[str, np.ndarray]:  # fmt: skip
+def _token_feeds(
+    inputs: list[Any], batch: int, config: ModelConfig, version_dir: Path
+) -> dict[str, np.ndarray]:
     from tokenizers import Tokenizer
 
     assert config.text is not None
     tok = Tokenizer.from_file(str(version_dir / config.text.tokenizer))
     tok.enable_truncation(config.text.max_length)
     enc = tok.encode(SAMPLE_TEXT)
-    rows: dict[str, list[int]] = {"input_ids": enc.ids, "attention_mask": enc.attention_mask,
-                                  "token_type_ids": enc.type_ids}  # fmt: skip
+    rows: dict[str, list[int]] = {
+        "input_ids": enc.ids,
+        "attention_mask": enc.attention_mask,
+        "token_type_ids": enc.type_ids,
+    }
     feeds = {}
     for node in inputs:
         if node.name not in rows:
@@ -258,9 +308,14 @@ class _Origins:
         found = self.by_name.get(clean) or self.by_auto.get(clean)
         if found is None:
             # ORT builds new names from old ones plus a suffix: "<tensor>_nchwc", "<node>_1".
-            prefix = next((p for p in self._prefixes
-                           if clean.startswith(p) and clean[len(p) : len(p) + 1] in ("", "_")),
-                          None)  # fmt: skip
+            prefix = next(
+                (
+                    p
+                    for p in self._prefixes
+                    if clean.startswith(p) and clean[len(p) : len(p) + 1] in ("", "_")
+                ),
+                None,
+            )
             if prefix is None:
                 return []
             found = self.by_name.get(prefix) or self.producer[prefix]
@@ -284,13 +339,18 @@ def _same_op(original: str, executed: str) -> bool:
 
 
 # ---- summarizing ----------------------------------------------------------------------------
-def summarize(events: list[dict[str, Any]], nodes: list[GraphNode] | None = None,
-              warmup_runs: int = WARMUP_RUNS) -> dict[str, Any]:  # fmt: skip
+def summarize(
+    events: list[dict[str, Any]],
+    nodes: list[GraphNode] | None = None,
+    warmup_runs: int = WARMUP_RUNS,
+) -> dict[str, Any]:
     """Aggregate a profile trace: per node, mean and median µs per measured run and share of
     the kernel time; per op type, mean µs and share. `run_us` is the whole `model_run` (kernels
     plus executor overhead)."""
-    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
-                  key=lambda e: e["ts"])  # fmt: skip
+    runs = sorted(
+        (e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+        key=lambda e: e["ts"],
+    )
     measured = runs[warmup_runs:]
     if not measured:
         raise ValueError(f"profile has {len(runs)} runs; nothing left after {warmup_runs} warm-up")
@@ -321,19 +381,21 @@ def summarize(events: list[dict[str, Any]], nodes: list[GraphNode] | None = None
     for name, durs in per_run.items():
         mean = sum(durs) / n
         from_nodes = origins.of(name, op_of[name])
-        rows.append({
-            "node": name,
-            "op_type": op_of[name],
-            "layer": " + ".join(o.label for o in from_nodes) or name,
-            "original_nodes": [o.name or o.label for o in from_nodes],
-            "mean_us": round(mean, 2),
-            # The median resists the outliers a busy machine adds to the mean.
-            "p50_us": round(statistics.median(durs), 2),
-            "share": round(mean / total, 4) if total else 0.0,
-            "calls_per_run": round(calls[name] / n, 2),
-            "provider": provider[name],
-            "order": first_seen[name],
-        })  # fmt: skip
+        rows.append(
+            {
+                "node": name,
+                "op_type": op_of[name],
+                "layer": " + ".join(o.label for o in from_nodes) or name,
+                "original_nodes": [o.name or o.label for o in from_nodes],
+                "mean_us": round(mean, 2),
+                # The median resists the outliers a busy machine adds to the mean.
+                "p50_us": round(statistics.median(durs), 2),
+                "share": round(mean / total, 4) if total else 0.0,
+                "calls_per_run": round(calls[name] / n, 2),
+                "provider": provider[name],
+                "order": first_seen[name],
+            }
+        )
     rows.sort(key=lambda r: (-r["mean_us"], r["order"]))
     return {
         "runs": n,
@@ -348,17 +410,22 @@ def summarize(events: list[dict[str, Any]], nodes: list[GraphNode] | None = None
 # ---- rendering ------------------------------------------------------------------------------
 def render(profile: Mapping[str, Any], top: int = 15, markdown: bool = False) -> str:
     """The top `top` nodes and the per-op-type shares as a text (or Markdown) table."""
-    head = (f"{profile.get('model', '?')} v{profile.get('version', '?')}: batch "
-            f"{profile.get('batch', '?')}, {profile['runs']} runs; model_run mean "
-            f"{profile['run_us']['mean']:.1f} µs (p50 {profile['run_us']['p50']:.1f}), "
-            f"kernels {profile['kernel_us']:.1f} µs")  # fmt: skip
+    head = (
+        f"{profile.get('model', '?')} v{profile.get('version', '?')}: batch "
+        f"{profile.get('batch', '?')}, {profile['runs']} runs; model_run mean "
+        f"{profile['run_us']['mean']:.1f} µs (p50 {profile['run_us']['p50']:.1f}), "
+        f"kernels {profile['kernel_us']:.1f} µs"
+    )
     if profile.get("note"):
         head += f"\n{profile['note']}"
-    nodes = [(r["layer"], r["op_type"], f"{r['mean_us']:.1f}", f"{r['p50_us']:.1f}",
-              f"{r['share']:.1%}")
-             for r in profile["nodes"][:top]]  # fmt: skip
-    ops = [(r["op_type"], str(r["nodes"]), f"{r['mean_us']:.1f}", f"{r['share']:.1%}")
-           for r in profile["op_types"]]  # fmt: skip
+    nodes = [
+        (r["layer"], r["op_type"], f"{r['mean_us']:.1f}", f"{r['p50_us']:.1f}", f"{r['share']:.1%}")
+        for r in profile["nodes"][:top]
+    ]
+    ops = [
+        (r["op_type"], str(r["nodes"]), f"{r['mean_us']:.1f}", f"{r['share']:.1%}")
+        for r in profile["op_types"]
+    ]
     more = len(profile["nodes"]) - top
     parts = [head, "", _table(("layer", "op", "mean µs", "p50 µs", "share"), nodes, markdown)]
     if more > 0:
@@ -370,14 +437,17 @@ def render(profile: Mapping[str, Any], top: int = 15, markdown: bool = False) ->
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], markdown: bool) -> str:
     numeric = [i > 0 for i in range(len(header))]  # first column text, the rest numbers
     if markdown:
-        lines = ["| " + " | ".join(header) + " |",
-                 "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]  # fmt: skip
+        lines = [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join("---:" if num else "---" for num in numeric) + "|",
+        ]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     out = []
     for r in (header, *rows):
-        cells = [c.rjust(w) if num else c.ljust(w)
-                 for c, w, num in zip(r, widths, numeric, strict=True)]  # fmt: skip
+        cells = [
+            c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric, strict=True)
+        ]
         out.append("  ".join(cells).rstrip())
     return "\n".join(out)

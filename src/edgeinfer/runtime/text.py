@@ -31,9 +31,11 @@ def load_tokenizer(path: Path, max_length: int) -> Any:
 def encode(tok: Any, texts: list[str], names: list[str]) -> dict[str, np.ndarray]:
     """Token-id feeds (int64) for the model inputs in `names`."""
     enc = tok.encode_batch(texts)
-    feeds = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-             "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
-             "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}  # fmt: skip
+    feeds = {
+        "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+        "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
+    }
     return {n: feeds[n] for n in names}
 
 

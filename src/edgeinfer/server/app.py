@@ -50,10 +50,15 @@ def build_app(
 ) -> Starlette:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        detail = {404: f"no route {request.method} {request.url.path}",
-                  405: f"method {request.method} not allowed on {request.url.path}"}  # fmt: skip
-        return json_response({"error": detail.get(exc.status_code, exc.detail)}, exc.status_code,
-                             dict(exc.headers or {}))  # 405 carries Allow  # fmt: skip
+        detail = {
+            404: f"no route {request.method} {request.url.path}",
+            405: f"method {request.method} not allowed on {request.url.path}",
+        }
+        return json_response(
+            {"error": detail.get(exc.status_code, exc.detail)},
+            exc.status_code,
+            dict(exc.headers or {}),
+        )  # 405 carries Allow
 
     async def client_gone(request: Request, exc: Exception) -> Response:
         return Response(status_code=499)  # the client left mid-request: nobody reads this
@@ -126,11 +131,18 @@ class _SideServer:
             self._sock = socket.create_server((settings.host, port), family=family)
         except OSError as e:
             raise ConfigError(f"--metrics-port {port}: {e.strerror}") from None
-        self._server = Quiet(uvicorn.Config(
-            app, ssl_certfile=settings.tls_cert or None, ssl_keyfile=settings.tls_key or None,
-            log_level=settings.log_level.lower(), access_log=False, lifespan="off", loop="none",
-            **connection_options(settings),
-        ))  # fmt: skip
+        self._server = Quiet(
+            uvicorn.Config(
+                app,
+                ssl_certfile=settings.tls_cert or None,
+                ssl_keyfile=settings.tls_key or None,
+                log_level=settings.log_level.lower(),
+                access_log=False,
+                lifespan="off",
+                loop="none",
+                **connection_options(settings),
+            )
+        )
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -148,11 +160,15 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
 
     from edgeinfer.telemetry.tracing import from_endpoint
 
-    auth = Authenticator(KeyStore.load(Path(settings.api_keys)) if settings.api_keys else None,
-                         tenants=settings.tenant_names)  # fmt: skip
+    auth = Authenticator(
+        KeyStore.load(Path(settings.api_keys)) if settings.api_keys else None,
+        tenants=settings.tenant_names,
+    )
     if not auth.enabled:
-        log.warning("no API keys configured: anyone who can reach %s may use every route "
-                    "(see --api-keys)", settings.host)  # fmt: skip
+        log.warning(
+            "no API keys configured: anyone who can reach %s may use every route (see --api-keys)",
+            settings.host,
+        )
     tracer = from_endpoint(settings.otlp_endpoint)  # None unless --otlp-endpoint is set
     engine = Engine(repository, settings, tracer)
     engine.register_collector(
@@ -164,10 +180,15 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
         )
     )
     if not settings.metrics:
-        log.warning("--no-metrics: no /metrics or /dashboard, and a newly swapped-in version is "
-                    "not watched for automatic rollback")  # fmt: skip
-    side = (_SideServer(build_metrics_app(engine, settings, auth), settings, settings.metrics_port)
-            if settings.metrics_port else None)  # fmt: skip
+        log.warning(
+            "--no-metrics: no /metrics or /dashboard, and a newly swapped-in version is "
+            "not watched for automatic rollback"
+        )
+    side = (
+        _SideServer(build_metrics_app(engine, settings, auth), settings, settings.metrics_port)
+        if settings.metrics_port
+        else None
+    )
     fleet = None
     if settings.registry:
         from edgeinfer.registry import FleetAgent
@@ -250,8 +271,11 @@ def _freeze_startup_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(2000, 10, 100)
-    log.info("froze %d start-up objects in %.0f ms", gc.get_freeze_count(),
-             (time.perf_counter() - start) * 1e3)  # fmt: skip
+    log.info(
+        "froze %d start-up objects in %.0f ms",
+        gc.get_freeze_count(),
+        (time.perf_counter() - start) * 1e3,
+    )
 
 
 def run(settings: ServerSettings, repository: Repository) -> None:

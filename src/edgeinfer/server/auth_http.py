@@ -55,8 +55,9 @@ class AuthMiddleware:
         headers = scope["headers"]
         principal = None
         if self.auth.enabled:
-            token = bearer(next((v.decode("latin-1") for k, v in headers
-                                 if k == b"authorization"), None))  # fmt: skip
+            token = bearer(
+                next((v.decode("latin-1") for k, v in headers if k == b"authorization"), None)
+            )
             client = (scope.get("client") or ("unknown", 0))[0]
             needed = required_role(scope["method"], scope["path"], self.open_metrics)
             try:

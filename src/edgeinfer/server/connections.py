@@ -19,8 +19,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("edgeinfer.server")
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large",
-            503: b"Service Unavailable"}  # fmt: skip
+_REASONS = {
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
 
 
 def guarded_protocol(
@@ -121,7 +124,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 async def _head_too_large(scope: Any, receive: Any, send: Any) -> None:
     body = b"request line and headers are too large"
-    await send({"type": "http.response.start", "status": 431,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", b"%d" % len(body)), (b"connection", b"close")]})  # fmt: skip
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 431,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", b"%d" % len(body)),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

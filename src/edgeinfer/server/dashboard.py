@@ -32,8 +32,9 @@ _STARTED = time.time()
 
 def routes(engine: EngineControl) -> list[Route]:
     async def page(request: Request) -> Response:
-        return Response(_page(), media_type="text/html; charset=utf-8",
-                        headers={"Cache-Control": "no-cache"})  # fmt: skip
+        return Response(
+            _page(), media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"}
+        )
 
     async def data(request: Request) -> Response:
         return json_response(dashboard_data(engine), headers={"Cache-Control": "no-store"})
@@ -68,8 +69,16 @@ def dashboard_data(
             status = {"live": None, "canary": None}
         versions = [_version(s, status, t) for s in samples.get(name, [])]
         versions.sort(key=lambda v: int(v["version"]))
-        models.append({"name": name, "state": state, "reason": reason, "live": status["live"],
-                       "canary": status["canary"], "versions": versions})  # fmt: skip
+        models.append(
+            {
+                "name": name,
+                "state": state,
+                "reason": reason,
+                "live": status["live"],
+                "canary": status["canary"],
+                "versions": versions,
+            }
+        )
     return {
         "server": {
             "version": __version__,
@@ -103,8 +112,10 @@ def _llm(engine: EngineControl, t: float) -> dict[str, Any] | None:
         if before is not None and t > before[0] and tokens >= before[1]:
             rate += (tokens - before[1]) / (t - before[0])
         _last_tokens[model] = (t, tokens)
-    return {"tokens_per_s": rate,
-            "detail": f"{running} generating, {waiting} waiting, {sum(totals.values())} tokens"}  # fmt: skip
+    return {
+        "tokens_per_s": rate,
+        "detail": f"{running} generating, {waiting} waiting, {sum(totals.values())} tokens",
+    }
 
 
 def _version(sample: VersionSample, status: dict[str, Any], t: float) -> dict[str, Any]:

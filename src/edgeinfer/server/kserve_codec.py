@@ -75,8 +75,10 @@ def decode_bytes_elements(
         (n,) = struct.unpack_from("<I", buf, pos)
         pos += 4
         if n > max_string_bytes:
-            raise InvalidInput(f"input '{name}': BYTES element {i} has {n} bytes; the limit is "
-                               f"{max_string_bytes} (--max-string-bytes, --max-image-bytes)")  # fmt: skip
+            raise InvalidInput(
+                f"input '{name}': BYTES element {i} has {n} bytes; the limit is "
+                f"{max_string_bytes} (--max-string-bytes, --max-image-bytes)"
+            )
         if pos + n > end:
             raise InvalidInput(f"input '{name}': BYTES element {i} runs past the end of its data")
         out[i] = bytes(buf[pos : pos + n])
@@ -115,9 +117,11 @@ def _json_array(
                 raise InvalidInput(f"input '{name}': BYTES elements must be strings in JSON")
             out[i] = v.encode()
             if len(out[i]) > limits.max_element_bytes:
-                raise InvalidInput(f"input '{name}': string {i} is longer than "
-                                   f"{limits.max_element_bytes} bytes (--max-string-bytes, "
-                                   "--max-image-bytes)")  # fmt: skip
+                raise InvalidInput(
+                    f"input '{name}': string {i} is longer than "
+                    f"{limits.max_element_bytes} bytes (--max-string-bytes, "
+                    "--max-image-bytes)"
+                )
         return out.reshape(shape)
     try:
         arr = np.asarray(data, dtype=DTYPE_TO_NUMPY[datatype])
@@ -157,9 +161,11 @@ def _split_body(body: bytes, header_length: int | None, limits: Limits) -> tuple
     else:
         head, binary = body, memoryview(b"")
     if len(head) > limits.max_json_bytes:
-        raise PayloadTooLarge(f"JSON of {len(head)} bytes exceeds the limit of "
-                              f"{limits.max_json_bytes} bytes (--max-json-bytes); send large "
-                              "tensors with the binary tensor extension")  # fmt: skip
+        raise PayloadTooLarge(
+            f"JSON of {len(head)} bytes exceeds the limit of "
+            f"{limits.max_json_bytes} bytes (--max-json-bytes); send large "
+            "tensors with the binary tensor extension"
+        )
     return head, binary
 
 
@@ -289,8 +295,9 @@ def _json_data(arr: np.ndarray) -> Any:
 
 def output_bytes(response: InferResponse) -> int:
     """Roughly what encoding `response` works through (BYTES counted by element)."""
-    return sum(t.data.nbytes if t.data.dtype != object else 64 * t.data.size
-               for t in response.outputs)  # fmt: skip
+    return sum(
+        t.data.nbytes if t.data.dtype != object else 64 * t.data.size for t in response.outputs
+    )
 
 
 def encode_response(request: InferRequest, response: InferResponse) -> tuple[bytes, int | None]:

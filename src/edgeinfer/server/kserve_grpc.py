@@ -153,9 +153,11 @@ def _tensor(inp: Any, raw: bytes | None, limits: Limits) -> Tensor:
         if inp.datatype == "BYTES" and any(
             len(b) > limits.max_element_bytes for b in inp.contents.bytes_contents
         ):
-            raise InvalidInput(f"input '{inp.name}': a BYTES element is longer than "
-                               f"{limits.max_element_bytes} bytes (--max-string-bytes, "
-                               "--max-image-bytes)")  # fmt: skip
+            raise InvalidInput(
+                f"input '{inp.name}': a BYTES element is longer than "
+                f"{limits.max_element_bytes} bytes (--max-string-bytes, "
+                "--max-image-bytes)"
+            )
         return Tensor(inp.name, _from_contents(inp.contents, inp.datatype, shape, inp.name))
     if inp.HasField("contents"):
         raise InvalidInput(f"input '{inp.name}' has both contents and raw_input_contents")
@@ -255,8 +257,12 @@ def _guarded(method: Method) -> Method:
 
 
 # Health is open; repository changes need an admin key; everything else an infer key.
-_ROLES: dict[str, str | None] = {"ServerLive": None, "ServerReady": None,
-                                 "RepositoryModelLoad": "admin", "RepositoryModelUnload": "admin"}  # fmt: skip
+_ROLES: dict[str, str | None] = {
+    "ServerLive": None,
+    "ServerReady": None,
+    "RepositoryModelLoad": "admin",
+    "RepositoryModelUnload": "admin",
+}
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "edgeinfer_principal", default=None
 )

@@ -79,10 +79,15 @@ class _Handlers:
             md = self.engine.metadata(request.path_params["model"], self._version(request))
         except EdgeInferError as e:
             return error_response(e)
-        return json_response({
-            "name": md.name, "versions": list(md.versions), "platform": md.platform,
-            "inputs": [_spec(s) for s in md.inputs], "outputs": [_spec(s) for s in md.outputs],
-        })  # fmt: skip
+        return json_response(
+            {
+                "name": md.name,
+                "versions": list(md.versions),
+                "platform": md.platform,
+                "inputs": [_spec(s) for s in md.inputs],
+                "outputs": [_spec(s) for s in md.outputs],
+            }
+        )
 
     async def model_ready(self, request: Request) -> Response:
         ok = self.engine.model_ready(request.path_params["model"], self._version(request))
@@ -153,8 +158,15 @@ class _Handlers:
         received = time.perf_counter_ns()
         try:
             body, head_length = await self._read_infer_body(request)
-            req = await off_loop(len(body), decode_request, model, self._version(request), body,
-                                 head_length, self.limits)  # fmt: skip
+            req = await off_loop(
+                len(body),
+                decode_request,
+                model,
+                self._version(request),
+                body,
+                head_length,
+                self.limits,
+            )
             del body  # the tensors keep what they need (binary ones are views of it)
             req.metadata = request.headers
             req.received_ns = received

@@ -50,22 +50,37 @@ def _embedding_body(vectors: np.ndarray, fmt: str, model: str, tokens: int) -> b
         v = np.ascontiguousarray(vec, dtype=np.float32)
         emb: Any = base64.b64encode(v.tobytes()).decode() if fmt == "base64" else v
         items.append({"object": "embedding", "index": i, "embedding": emb})
-    return orjson.dumps({
-        "object": "list", "data": items, "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }, option=orjson.OPT_SERIALIZE_NUMPY)  # fmt: skip
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": items,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
 
 
 def routes(engine: EngineClient, max_json_bytes: int) -> list[Route]:
     created = int(time.time())
 
     async def list_models(request: Request) -> Response:
-        data = [{"id": name, "object": "model", "created": created, "owned_by": "edgeinfer"}
-                for name, _, _ in engine.ready_models()]  # fmt: skip
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "edgeinfer"}
+            for name, _, _ in engine.ready_models()
+        ]
         # Adapters as `base:adapter` (vLLM lists them with `parent`); a tenant sees its own.
-        data += [{"id": ident, "object": "model", "created": created, "owned_by": "edgeinfer",
-                  "parent": ident.partition(":")[0], "root": ident}
-                 for ident in engine.adapter_listing(request.headers.get(TENANT_IDENTITY))]  # fmt: skip
+        data += [
+            {
+                "id": ident,
+                "object": "model",
+                "created": created,
+                "owned_by": "edgeinfer",
+                "parent": ident.partition(":")[0],
+                "root": ident,
+            }
+            for ident in engine.adapter_listing(request.headers.get(TENANT_IDENTITY))
+        ]
         return json_response({"object": "list", "data": data})
 
     async def embeddings(request: Request) -> Response:
@@ -101,8 +116,12 @@ def routes(engine: EngineClient, max_json_bytes: int) -> list[Route]:
             data = await off_loop(size, _encode, texts)
             if trace is not None:
                 trace.set("edgeinfer.model", model)
-            req = InferRequest(model, [Tensor(md.inputs[0].name, data)],
-                               metadata=request.headers, received_ns=received)  # fmt: skip
+            req = InferRequest(
+                model,
+                [Tensor(md.inputs[0].name, data)],
+                metadata=request.headers,
+                received_ns=received,
+            )
             resp = await engine.infer(req, trace)
             vectors = resp.outputs[0].data
             tokens = await engine.count_tokens(model, texts)

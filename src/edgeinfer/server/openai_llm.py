@@ -37,8 +37,14 @@ from edgeinfer.serving.sampling import SamplingParams, TokenLogprob
 from edgeinfer.telemetry.tracing import traced
 
 SSE = "text/event-stream; charset=utf-8"
-_NUMBERS = {"temperature": 1.0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0,
-            "presence_penalty": 0.0, "frequency_penalty": 0.0}  # fmt: skip
+_NUMBERS = {
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
 MAX_CHOICES = 8
 
 
@@ -98,8 +104,11 @@ def choices(doc: dict[str, Any]) -> int:
     return n
 
 
-def sampling_params(doc: dict[str, Any], max_tokens: int | None, logprobs: int | None,
-                    ) -> SamplingParams:  # fmt: skip
+def sampling_params(
+    doc: dict[str, Any],
+    max_tokens: int | None,
+    logprobs: int | None,
+) -> SamplingParams:
     """The sampling fields OpenAI and vLLM clients send (top_k, min_p, repetition_penalty,
     stop_token_ids and ignore_eos are vLLM's extensions)."""
     if doc.get("suffix"):
@@ -112,11 +121,16 @@ def sampling_params(doc: dict[str, Any], max_tokens: int | None, logprobs: int |
     if not isinstance(ids, list | tuple) or not all(type(t) is int for t in ids):
         raise InvalidParameter("stop_token_ids", "'stop_token_ids' must be a list of integers")
     return SamplingParams(
-        max_tokens=max_tokens, top_k=_int(doc, "top_k", 0) or 0, seed=_int(doc, "seed", None),
-        stop=tuple(stop), stop_token_ids=tuple(ids), ignore_eos=bool(doc.get("ignore_eos")),
-        logprobs=logprobs, logit_bias=_logit_bias(doc.get("logit_bias")),
+        max_tokens=max_tokens,
+        top_k=_int(doc, "top_k", 0) or 0,
+        seed=_int(doc, "seed", None),
+        stop=tuple(stop),
+        stop_token_ids=tuple(ids),
+        ignore_eos=bool(doc.get("ignore_eos")),
+        logprobs=logprobs,
+        logit_bias=_logit_bias(doc.get("logit_bias")),
         **{k: _float(doc, k, v) for k, v in _NUMBERS.items()},
-    )  # fmt: skip
+    )
 
 
 def _messages(raw: Any) -> list[dict[str, Any]]:
@@ -199,8 +213,11 @@ async def _start(engine: EngineClient, req: GenerateRequest, n: int) -> list[Gen
     return streams
 
 
-def _openai_request(doc: dict[str, Any], chat: bool, headers: dict[str, str],
-                    ) -> tuple[GenerateRequest, Reply]:  # fmt: skip
+def _openai_request(
+    doc: dict[str, Any],
+    chat: bool,
+    headers: dict[str, str],
+) -> tuple[GenerateRequest, Reply]:
     if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
         raise InvalidInput("body must be a JSON object with a string 'model'")
     fmt = response_format(doc)
@@ -224,11 +241,23 @@ def _openai_request(doc: dict[str, Any], chat: bool, headers: dict[str, str],
     options = doc.get("stream_options") or {}
     if not isinstance(options, dict):
         raise InvalidParameter("stream_options", "'stream_options' must be an object")
-    reply = Reply(chat, doc["model"], bool(doc.get("stream") and options.get("include_usage")),
-                  choices(doc), tools is not None and tools.envelope, logprobs is not None)  # fmt: skip
-    req = GenerateRequest(doc["model"], params, prompt=prompt, messages=messages,
-                          metadata=headers, constraint=fmt,
-                          cache_prompt=_cache_prompt(doc))  # fmt: skip
+    reply = Reply(
+        chat,
+        doc["model"],
+        bool(doc.get("stream") and options.get("include_usage")),
+        choices(doc),
+        tools is not None and tools.envelope,
+        logprobs is not None,
+    )
+    req = GenerateRequest(
+        doc["model"],
+        params,
+        prompt=prompt,
+        messages=messages,
+        metadata=headers,
+        constraint=fmt,
+        cache_prompt=_cache_prompt(doc),
+    )
     return req, reply
 
 
@@ -292,16 +321,24 @@ async def _start_generation(
     if not isinstance(extra, dict):
         raise InvalidInput("'parameters' must be an object")
     params.update(extra)
-    sampling = sampling_params(params, _int(params, "max_tokens", 16),
-                               _int(params, "logprobs", None))  # fmt: skip
+    sampling = sampling_params(
+        params, _int(params, "max_tokens", 16), _int(params, "logprobs", None)
+    )
     if isinstance(params.get("response_format"), str):  # Triton parameters are scalars
         params["response_format"] = orjson.loads(params["response_format"])
     model = request.path_params["model"]
-    stream = await engine.generate(GenerateRequest(
-        model, sampling, prompt=doc["text_input"],
-        version=request.path_params.get("version"), parameters=params,
-        metadata=dict(request.headers), constraint=response_format(params),
-        cache_prompt=_cache_prompt(params)))  # fmt: skip
+    stream = await engine.generate(
+        GenerateRequest(
+            model,
+            sampling,
+            prompt=doc["text_input"],
+            version=request.path_params.get("version"),
+            parameters=params,
+            metadata=dict(request.headers),
+            constraint=response_format(params),
+            cache_prompt=_cache_prompt(params),
+        )
+    )
     prefix = doc["text_input"] if params.get("exclude_input_in_output") is False else ""
     head = {"model_name": model, "model_version": stream.version}
     if isinstance(doc.get("id"), str):
@@ -328,16 +365,23 @@ def _generate_routes(engine: EngineClient, max_request_bytes: int) -> list[Route
             except EdgeInferError as e:
                 return fail(e)
             if streaming:
-                return StreamingResponse(_sse(_generate_events(head, prefix, stream), done=False),
-                                         media_type=SSE)  # fmt: skip
+                return StreamingResponse(
+                    _sse(_generate_events(head, prefix, stream), done=False), media_type=SSE
+                )
             try:
                 text, last, _ = await unless_disconnected(request, _collect(stream))
             except EdgeInferError as e:
                 return fail(e)
             except ClientDisconnected:
                 return Response(status_code=499)
-            return json_response({**head, "text_output": prefix + text,
-                                  "finish_reason": last.finish_reason, "usage": _usage(last)})  # fmt: skip
+            return json_response(
+                {
+                    **head,
+                    "text_output": prefix + text,
+                    "finish_reason": last.finish_reason,
+                    "usage": _usage(last),
+                }
+            )
 
         return generate
 
@@ -349,8 +393,9 @@ def _generate_routes(engine: EngineClient, max_request_bytes: int) -> list[Route
     ]
 
 
-async def _generate_events(head: dict[str, Any], prefix: str,
-                           stream: GenerationStream) -> AsyncIterator[Any]:  # fmt: skip
+async def _generate_events(
+    head: dict[str, Any], prefix: str, stream: GenerationStream
+) -> AsyncIterator[Any]:
     async for c in stream:
         if c.text or c.finish_reason or prefix:
             event = {**head, "text_output": prefix + c.text}

@@ -35,8 +35,9 @@ def routes(engine: EngineControl, max_request_bytes: int) -> list[Route]:
             path, tenants = doc.get("lora_path"), doc.get("tenants")
             if not isinstance(path, str) or not path:
                 raise InvalidInput("'lora_path' must be a non-empty string")
-            if tenants is not None and (not isinstance(tenants, list)
-                                        or not all(isinstance(t, str) for t in tenants)):  # fmt: skip
+            if tenants is not None and (
+                not isinstance(tenants, list) or not all(isinstance(t, str) for t in tenants)
+            ):
                 raise InvalidInput("'tenants' must be a list of strings")
             scale = parse_float(doc.get("scale", 1.0), "'scale'", -100.0, 100.0)
             name = await engine.load_adapter(doc["lora_name"], path, tenants, scale)

@@ -32,28 +32,38 @@ def completion_logprobs(lps: list[TokenLogprob], offset: int) -> dict[str, Any]:
     return {
         "tokens": tokens,
         "token_logprobs": [lp.logprob for lp in lps],
-        "top_logprobs": [{_text(p): v for p, (_, v) in zip(lp.top_pieces, lp.top, strict=True)}
-                         for lp in lps],
+        "top_logprobs": [
+            {_text(p): v for p, (_, v) in zip(lp.top_pieces, lp.top, strict=True)} for lp in lps
+        ],
         "text_offset": offsets,
-    }  # fmt: skip
+    }
 
 
 def chat_logprobs(lps: list[TokenLogprob]) -> dict[str, Any]:
     def entry(piece: bytes, logprob: float) -> dict[str, Any]:
         return {"token": _text(piece), "logprob": logprob, "bytes": list(piece)}
 
-    return {"content": [
-        {**entry(lp.piece, lp.logprob),
-         "top_logprobs": [entry(p, v) for p, (_, v) in zip(lp.top_pieces, lp.top, strict=True)]}
-        for lp in lps
-    ]}  # fmt: skip
+    return {
+        "content": [
+            {
+                **entry(lp.piece, lp.logprob),
+                "top_logprobs": [
+                    entry(p, v) for p, (_, v) in zip(lp.top_pieces, lp.top, strict=True)
+                ],
+            }
+            for lp in lps
+        ]
+    }
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
     """OpenAI's usage; `cached_tokens`: prompt tokens served from the prefix cache."""
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}  # fmt: skip
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
 
 
 async def merged(streams: Sequence[GenerationStream]) -> AsyncIterator[tuple[int, GenChunk]]:
@@ -102,8 +112,15 @@ class Reply:
     """One request's reply: `n` choices of a completion or chat completion. With `tools` the
     chat reply is the generic tool-call JSON, turned into `tool_calls` or `content`."""
 
-    def __init__(self, chat: bool, model: str, include_usage: bool, n: int = 1,
-                 tools: bool = False, logprobs: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        chat: bool,
+        model: str,
+        include_usage: bool,
+        n: int = 1,
+        tools: bool = False,
+        logprobs: bool = False,
+    ) -> None:
         self.chat = chat
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.model = model
@@ -115,8 +132,13 @@ class Reply:
         self.logprobs = logprobs
 
     def _head(self, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "system_fingerprint": None}  # fmt: skip
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+        }
 
     def _usage(self, lasts: Sequence[GenChunk | None]) -> dict[str, Any]:
         done = [c for c in lasts if c is not None]
@@ -153,8 +175,11 @@ class Reply:
                 choice["logprobs"] = completion_logprobs(lps, 0) if lps is not None else None
             choice["finish_reason"] = finish
             out.append(choice)
-        return {**self._head(self.object), "choices": out,
-                "usage": self._usage([c.last for c in choices])}  # fmt: skip
+        return {
+            **self._head(self.object),
+            "choices": out,
+            "usage": self._usage([c.last for c in choices]),
+        }
 
     async def events(self, pairs: AsyncIterator[tuple[int, GenChunk]]) -> AsyncIterator[Any]:
         """SSE events: a role chunk per choice (chat), then the text as it comes; with tools, an
@@ -163,8 +188,12 @@ class Reply:
         extra = {"usage": None} if self.include_usage else {}
         if self.chat:
             for i in range(self.n):
-                first = {"index": i, "delta": {"role": "assistant", "content": ""},
-                         "logprobs": None, "finish_reason": None}  # fmt: skip
+                first = {
+                    "index": i,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
                 yield {**self._head(obj), "choices": [first], **extra}
         offsets = [0] * self.n
         held: list[list[str]] = [[] for _ in range(self.n)]
@@ -177,8 +206,18 @@ class Reply:
                 if c.finish_reason is None:
                     if piece := answers[i].push(c.text):
                         offsets[i] += len(piece)
-                        yield {**self._head(obj), "choices": [{"index": i, "logprobs": None,
-                               "delta": {"content": piece}, "finish_reason": None}], **extra}  # fmt: skip
+                        yield {
+                            **self._head(obj),
+                            "choices": [
+                                {
+                                    "index": i,
+                                    "logprobs": None,
+                                    "delta": {"content": piece},
+                                    "finish_reason": None,
+                                }
+                            ],
+                            **extra,
+                        }
                     continue
                 text = "".join(held[i])
                 for delta in self._tool_deltas(i, text, c.finish_reason, offsets[i]):
@@ -188,8 +227,11 @@ class Reply:
                 continue  # held back (a possible stop string or an incomplete character)
             lp: Any = None
             if self.logprobs and c.logprobs:
-                lp = (chat_logprobs(c.logprobs) if self.chat
-                      else completion_logprobs(c.logprobs, offsets[i]))  # fmt: skip
+                lp = (
+                    chat_logprobs(c.logprobs)
+                    if self.chat
+                    else completion_logprobs(c.logprobs, offsets[i])
+                )
             offsets[i] += len(c.text)
             choice: dict[str, Any] = {"index": i, "logprobs": lp, "finish_reason": c.finish_reason}
             if self.chat:
@@ -208,8 +250,12 @@ class Reply:
         out: list[dict[str, Any]] = []
         for k, call in enumerate(message.get("tool_calls", [])):
             fn = call["function"]
-            head = {"index": k, "id": call["id"], "type": "function",
-                    "function": {"name": fn["name"], "arguments": ""}}  # fmt: skip
+            head = {
+                "index": k,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": fn["name"], "arguments": ""},
+            }
             out.append({"tool_calls": [head]})
             out.append({"tool_calls": [{"index": k, "function": {"arguments": fn["arguments"]}}]})
         if message["content"] and message["content"][sent:]:

@@ -44,16 +44,22 @@ def response_format(doc: dict[str, Any]) -> JsonConstraint | None:
     if kind == "json_object":
         return JsonConstraint({"type": "object"})
     if kind != "json_schema":
-        raise InvalidParameter("response_format", "'response_format.type' must be 'text', "
-                         "'json_object' or 'json_schema'")  # fmt: skip
+        raise InvalidParameter(
+            "response_format",
+            "'response_format.type' must be 'text', 'json_object' or 'json_schema'",
+        )
     spec = fmt.get("json_schema")
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise InvalidParameter("response_format", "'response_format.json_schema' must be an object "
-                         "with a string 'name' and a 'schema'")  # fmt: skip
+        raise InvalidParameter(
+            "response_format",
+            "'response_format.json_schema' must be an object with a string 'name' and a 'schema'",
+        )
     schema = spec.get("schema", {})
     if not isinstance(schema, dict):
-        raise InvalidParameter("response_format", "'response_format.json_schema.schema' must be an "
-                         "object (a JSON schema)")  # fmt: skip
+        raise InvalidParameter(
+            "response_format",
+            "'response_format.json_schema.schema' must be an object (a JSON schema)",
+        )
     return JsonConstraint(schema, "response_format")
 
 
@@ -82,11 +88,15 @@ def _tools(raw: Any) -> list[Tool]:
     for t in raw:
         fn = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise InvalidParameter("tools", "each tool must be {'type': 'function', 'function': "
-                             "{'name': ..., 'parameters': {...}}}")  # fmt: skip
+            raise InvalidParameter(
+                "tools",
+                "each tool must be {'type': 'function', 'function': "
+                "{'name': ..., 'parameters': {...}}}",
+            )
         if not _NAME.match(fn["name"]):
-            raise InvalidParameter("tools", f"tool name {fn['name']!r} must be 1-64 letters, digits, "
-                             "'_' or '-'")  # fmt: skip
+            raise InvalidParameter(
+                "tools", f"tool name {fn['name']!r} must be 1-64 letters, digits, '_' or '-'"
+            )
         params = fn.get("parameters") or _NO_ARGUMENTS
         if not isinstance(params, dict):
             raise InvalidParameter(
@@ -109,8 +119,11 @@ def _choice(raw: Any, tools: list[Tool]) -> str:
     fn = raw.get("function") if isinstance(raw, dict) else None
     name = fn.get("name") if isinstance(fn, dict) else None
     if not isinstance(name, str):
-        raise InvalidParameter("tool_choice", "'tool_choice' must be 'none', 'auto', 'required' or "
-                         "{'type': 'function', 'function': {'name': ...}}")  # fmt: skip
+        raise InvalidParameter(
+            "tool_choice",
+            "'tool_choice' must be 'none', 'auto', 'required' or "
+            "{'type': 'function', 'function': {'name': ...}}",
+        )
     if name not in {t.name for t in tools}:
         raise InvalidParameter(
             "tool_choice", f"tool_choice names {name!r}, which is not in 'tools'"
@@ -118,27 +131,44 @@ def _choice(raw: Any, tools: list[Tool]) -> str:
     return name
 
 
-def _schema(tools: list[Tool], choice: str, parallel: bool,
-            response: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+def _schema(
+    tools: list[Tool], choice: str, parallel: bool, response: dict[str, Any] | None
+) -> dict[str, Any]:
     chosen = [t for t in tools if choice in ("auto", "required", t.name)]
-    calls = [{"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-              "required": ["name", "arguments"], "additionalProperties": False}
-             for t in chosen]  # fmt: skip
+    calls = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in chosen
+    ]
     items = calls[0] if len(calls) == 1 else {"anyOf": calls}
     most = MAX_PARALLEL_CALLS if parallel and choice in ("auto", "required") else 1
-    call = {"type": "object", "required": ["tool_calls"], "additionalProperties": False,
-            "properties": {"tool_calls": {"type": "array", "items": items, "minItems": 1,
-                                          "maxItems": most}}}  # fmt: skip
+    call = {
+        "type": "object",
+        "required": ["tool_calls"],
+        "additionalProperties": False,
+        "properties": {
+            "tool_calls": {"type": "array", "items": items, "minItems": 1, "maxItems": most}
+        },
+    }
     if choice != "auto":
         return call
-    answer = {"type": "object", "properties": {"response": response or {"type": "string"}},
-              "required": ["response"], "additionalProperties": False}  # fmt: skip
+    answer = {
+        "type": "object",
+        "properties": {"response": response or {"type": "string"}},
+        "required": ["response"],
+        "additionalProperties": False,
+    }
     return {"anyOf": [call, answer]}
 
 
 def _instructions(tools: list[Tool], choice: str) -> str:
-    listing = orjson.dumps([{"name": t.name, "description": t.description,
-                             "parameters": t.parameters} for t in tools]).decode()  # fmt: skip
+    listing = orjson.dumps(
+        [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in tools]
+    ).decode()
     call = '{"tool_calls": [{"name": "<tool name>", "arguments": {<its arguments>}}]}'
     if choice == "auto":
         how = f'{call} to call tools, or {{"response": "<your reply>"}} to answer directly.'
@@ -146,8 +176,10 @@ def _instructions(tools: list[Tool], choice: str) -> str:
         how = f"{call} to call one or more tools."
     else:
         how = f"{call} to call the tool {choice}."
-    return (f"You can call these tools (the JSON schema of each one's arguments):\n{listing}\n"
-            f"Reply with one JSON object and nothing else: {how}")  # fmt: skip
+    return (
+        f"You can call these tools (the JSON schema of each one's arguments):\n{listing}\n"
+        f"Reply with one JSON object and nothing else: {how}"
+    )
 
 
 def _history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -185,8 +217,9 @@ def _past_call(call: Any) -> dict[str, Any]:
     return {"name": fn["name"], "arguments": parsed}
 
 
-def plan(doc: dict[str, Any], messages: list[dict[str, Any]],
-         fmt: JsonConstraint | None) -> ToolPlan:  # fmt: skip
+def plan(
+    doc: dict[str, Any], messages: list[dict[str, Any]], fmt: JsonConstraint | None
+) -> ToolPlan:
     """Validate `tools`, `tool_choice` and `parallel_tool_calls` and shape the request."""
     for old in ("functions", "function_call"):
         if doc.get(old) is not None:
@@ -202,16 +235,20 @@ def plan(doc: dict[str, Any], messages: list[dict[str, Any]],
         return ToolPlan(messages, fmt, False)
     text = _instructions(tools, choice)
     if messages[0]["role"] == "system":
-        messages = [{**messages[0], "content": messages[0]["content"] + "\n\n" + text},
-                    *messages[1:]]  # fmt: skip
+        messages = [
+            {**messages[0], "content": messages[0]["content"] + "\n\n" + text},
+            *messages[1:],
+        ]
     else:
         messages = [{"role": "system", "content": text}, *messages]
     schema = _schema(tools, choice, parallel, fmt.schema if fmt else None)
     return ToolPlan(messages, JsonConstraint(schema, "tools"), True)
 
 
-def parse_reply(text: str, finish_reason: str | None,
-                ) -> tuple[str | None, list[dict[str, Any]] | None, str | None]:  # fmt: skip
+def parse_reply(
+    text: str,
+    finish_reason: str | None,
+) -> tuple[str | None, list[dict[str, Any]] | None, str | None]:
     """(content, tool_calls, finish_reason) of a reply in the generic format. A reply cut by
     max_tokens keeps what is complete: the calls before the cut (finish_reason stays "length")
     or the answer so far."""
@@ -226,14 +263,20 @@ def parse_reply(text: str, finish_reason: str | None,
         return None, calls, "tool_calls" if finish_reason == "stop" else finish_reason
     if isinstance(doc, dict) and "response" in doc:
         answer = doc["response"]
-        return (answer if isinstance(answer, str) else orjson.dumps(answer).decode(), None,
-                finish_reason)  # fmt: skip
+        return (
+            answer if isinstance(answer, str) else orjson.dumps(answer).decode(),
+            None,
+            finish_reason,
+        )
     return text, None, finish_reason
 
 
 def _call(c: dict[str, Any]) -> dict[str, Any]:
-    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
-            "function": {"name": c["name"], "arguments": orjson.dumps(c["arguments"]).decode()}}  # fmt: skip
+    return {
+        "id": "call_" + uuid.uuid4().hex[:24],
+        "type": "function",
+        "function": {"name": c["name"], "arguments": orjson.dumps(c["arguments"]).decode()},
+    }
 
 
 _CALLS_HEAD = '{"tool_calls": ['

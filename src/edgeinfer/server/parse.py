@@ -48,8 +48,9 @@ def parse_int(value: Any, field: str, lo: int = 0, hi: int = INT64_MAX) -> int:
         value = value.decode("latin-1")
     if isinstance(value, str):
         if len(value) > _MAX_TEXT or not _INT.fullmatch(value):
-            raise InvalidInput(f"{field} must be {_integer(lo, hi)} in ASCII digits, "
-                               f"got {_show(value)}")  # fmt: skip
+            raise InvalidInput(
+                f"{field} must be {_integer(lo, hi)} in ASCII digits, got {_show(value)}"
+            )
         value = int(value)
     elif isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"{field} must be {_integer(lo, hi)}, got {_show(value)}")
@@ -65,8 +66,10 @@ def parse_float(value: Any, field: str, lo: float = -math.inf, hi: float = math.
         value = value.decode("latin-1")
     if isinstance(value, str):
         if len(value) > _MAX_TEXT or not _FLOAT.fullmatch(value):
-            raise InvalidInput(f"{field} must be a number ({_range(lo, hi)}) in ASCII decimal "
-                               f"notation, got {_show(value)}")  # fmt: skip
+            raise InvalidInput(
+                f"{field} must be a number ({_range(lo, hi)}) in ASCII decimal "
+                f"notation, got {_show(value)}"
+            )
         value = float(value)
     elif isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInput(f"{field} must be a number ({_range(lo, hi)}), got {_show(value)}")

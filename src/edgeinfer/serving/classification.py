@@ -25,8 +25,9 @@ MAX_ELEMENTS = 1_000_000  # Triton's bound on one classified tensor
 MAX_LABELS_BYTES = 64 << 20
 
 
-def class_counts(requested: list[RequestedOutput] | None,
-                 outputs: tuple[TensorSpec, ...]) -> dict[str, int]:  # fmt: skip
+def class_counts(
+    requested: list[RequestedOutput] | None, outputs: tuple[TensorSpec, ...]
+) -> dict[str, int]:
     """Output name -> K for the outputs a request wants classified; checked before any work."""
     counts: dict[str, int] = {}
     types = {s.name: s.datatype for s in outputs}
@@ -35,11 +36,15 @@ def class_counts(requested: list[RequestedOutput] | None,
         if k is None:
             continue
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise InvalidInput(f"output '{out.name}': parameter 'classification' must be a "
-                               f"non-negative integer (the number of classes), got {k!r}")  # fmt: skip
+            raise InvalidInput(
+                f"output '{out.name}': parameter 'classification' must be a "
+                f"non-negative integer (the number of classes), got {k!r}"
+            )
         if types.get(out.name) in ("BYTES", "BOOL"):
-            raise InvalidInput(f"output '{out.name}': class result not available for output "
-                               f"of type {types[out.name]}")  # fmt: skip
+            raise InvalidInput(
+                f"output '{out.name}': class result not available for output "
+                f"of type {types[out.name]}"
+            )
         if k:
             counts[out.name] = k
     return counts
@@ -86,13 +91,17 @@ def read_labels(version_dir: Path, config: ModelConfig) -> dict[str, list[str]]:
             continue
         rel = Path(opts.label_filename)
         if rel.is_absolute() or ".." in rel.parts:
-            raise LoadError(f"outputs.{name}.label_filename must be a file name in the version "
-                            f"or model directory, got {opts.label_filename!r}")  # fmt: skip
-        path = next((d / rel for d in (version_dir, version_dir.parent) if (d / rel).is_file()),
-                    None)  # fmt: skip
+            raise LoadError(
+                f"outputs.{name}.label_filename must be a file name in the version "
+                f"or model directory, got {opts.label_filename!r}"
+            )
+        path = next(
+            (d / rel for d in (version_dir, version_dir.parent) if (d / rel).is_file()), None
+        )
         if path is None:
-            raise LoadError(f"outputs.{name}.label_filename: no {rel} in {version_dir} or "
-                            f"{version_dir.parent}")  # fmt: skip
+            raise LoadError(
+                f"outputs.{name}.label_filename: no {rel} in {version_dir} or {version_dir.parent}"
+            )
         if path.stat().st_size > MAX_LABELS_BYTES:
             raise LoadError(f"{path}: a labels file above {MAX_LABELS_BYTES >> 20} MB")
         try:

@@ -49,8 +49,17 @@ def _llguidance() -> Any:
 
 _SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
-_SCHEMA_ONE = ("items", "additionalProperties", "contains", "propertyNames", "if", "then", "else",
-               "unevaluatedProperties", "unevaluatedItems")  # fmt: skip
+_SCHEMA_ONE = (
+    "items",
+    "additionalProperties",
+    "contains",
+    "propertyNames",
+    "if",
+    "then",
+    "else",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+)
 
 
 def closed(schema: Any) -> Any:
@@ -82,8 +91,9 @@ def grammar_of(spec: JsonConstraint) -> str:
         raise InvalidInput(f"{spec.name}: the schema is larger than {MAX_SCHEMA_BYTES} bytes")
     llg = _llguidance()
     try:
-        grammar: str = llg.LLMatcher.grammar_from_json_schema(closed(spec.schema),
-                                                              defaults=_JSON_OPTIONS)  # fmt: skip
+        grammar: str = llg.LLMatcher.grammar_from_json_schema(
+            closed(spec.schema), defaults=_JSON_OPTIONS
+        )
     except ValueError as e:
         raise InvalidInput(f"{spec.name}: not a valid JSON schema: {e}") from e
     error = llg.LLMatcher.validate_grammar(grammar, None)

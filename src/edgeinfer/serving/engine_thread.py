@@ -107,8 +107,9 @@ class EngineThread:
                 restarted = True
                 self._notifier = None
             if self._notifier is None:
-                self._notifier = threading.Thread(target=self._notify, daemon=True,
-                                                  name=self._name + "-notify")  # fmt: skip
+                self._notifier = threading.Thread(
+                    target=self._notify, daemon=True, name=self._name + "-notify"
+                )
                 self._notifier.start()
         self._wakeup.set()
         self._ready_event.set()

@@ -18,8 +18,9 @@ from edgeinfer.types import InferRequest, Tensor
 def _check_strings(tensor: Tensor, limit: int, flag: str) -> None:
     for i, v in enumerate(tensor.data.reshape(-1)):
         if isinstance(v, bytes | str) and len(v) > limit:
-            raise InvalidInput(f"input '{tensor.name}': string {i} is longer than {limit} bytes "
-                               f"({flag})")  # fmt: skip
+            raise InvalidInput(
+                f"input '{tensor.name}': string {i} is longer than {limit} bytes ({flag})"
+            )
 
 
 async def prepare_feeds(
@@ -35,17 +36,22 @@ async def prepare_feeds(
             _check_strings(tensor, limits.max_string_bytes, "--max-string-bytes")
             continue
         if tensor.data.ndim != 1 or (max_batch_size and len(tensor.data) > max_batch_size):
-            raise InvalidInput(f"input '{tensor.name}': encoded images go in a 1-D BYTES tensor "
-                               f"of at most {max_batch_size or 'any number of'} elements "
-                               f"(one image each), got shape {list(tensor.shape)}")  # fmt: skip
+            raise InvalidInput(
+                f"input '{tensor.name}': encoded images go in a 1-D BYTES tensor "
+                f"of at most {max_batch_size or 'any number of'} elements "
+                f"(one image each), got shape {list(tensor.shape)}"
+            )
         _check_strings(tensor, limits.max_image_bytes, "--max-image-bytes")
         rows = list(tensor.data)
         if not rows:
             raise InvalidInput(f"input '{tensor.name}' holds no images")
         loop = asyncio.get_running_loop()
-        samples = await asyncio.gather(*(
-            loop.run_in_executor(runner.prep_pool, decoder.decode_one, i, v)
-            for i, v in enumerate(rows)))  # fmt: skip
+        samples = await asyncio.gather(
+            *(
+                loop.run_in_executor(runner.prep_pool, decoder.decode_one, i, v)
+                for i, v in enumerate(rows)
+            )
+        )
         inputs = [*inputs[:pos], Tensor(tensor.name, np.stack(samples)), *inputs[pos + 1 :]]
     specs = model.tensor_inputs if decoder is not None else model.inputs
     checked = InferRequest(request.model, inputs, outputs=request.outputs)

@@ -67,8 +67,14 @@ from edgeinfer.telemetry.metrics import LlmStats
 from edgeinfer.telemetry.stats import VersionStats
 
 # The request types live in llm_request; importers of this module use them from here too.
-__all__ = ["GenChunk", "GenerateRequest", "GenerationStream", "LlmLoop", "LoopAdapter",
-           "LoopLimits"]  # fmt: skip
+__all__ = [
+    "GenChunk",
+    "GenerateRequest",
+    "GenerationStream",
+    "LlmLoop",
+    "LoopAdapter",
+    "LoopLimits",
+]
 
 log = logging.getLogger("edgeinfer.llm")
 
@@ -96,8 +102,7 @@ class LlmLoop:
         self._clock = clock
         self._lock = threading.Lock()  # guards `waiting` between submit and the engine thread
         self._outbox: Delivery = []  # this step's (request, chunk or error) pairs
-        self._engine = EngineThread(self._engine_step, self._step_failed, self._recover,
-                                    _publish)  # fmt: skip
+        self._engine = EngineThread(self._engine_step, self._step_failed, self._recover, _publish)
         self._calls = self._engine.calls  # run on the engine thread between steps
         self._accepting = True
         self._shutdown_error: EdgeInferError | None = None  # set by shutdown(): fail all
@@ -109,11 +114,15 @@ class LlmLoop:
         self.decodes = 0  # backend decode calls
 
     # ---- requests --------------------------------------------------------------------------
-    def submit(self, prompt: list[int], params: SamplingParams,
-               adapter: LoopAdapter | None = None,
-               on_done: Callable[[int, int], None] | None = None,
-               constraint: TokenConstraint | None = None,
-               cache_prompt: bool = True) -> GenerationStream:  # fmt: skip
+    def submit(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        adapter: LoopAdapter | None = None,
+        on_done: Callable[[int, int], None] | None = None,
+        constraint: TokenConstraint | None = None,
+        cache_prompt: bool = True,
+    ) -> GenerationStream:
         """Queue a generation; raises at once when it cannot be served. `on_done` is called
         once the request is retired (it may run on the engine thread). `constraint` masks the
         sequence's logits before each token is sampled (structured output). `cache_prompt=False`
@@ -132,15 +141,25 @@ class LlmLoop:
             )
         if any(not 0 <= t < self.backend.n_vocab for t in prompt):
             raise InvalidInput(f"prompt token ids must be in [0, {self.backend.n_vocab})")
-        req = _Request(prompt, params, max_tokens, Sampler(params, prompt, self.backend.n_vocab),
-                       TextStream(params.stop), self._clock(), adapter=adapter,
-                       on_done=on_done, constraint=constraint,
-                       cache_prompt=cache_prompt)  # fmt: skip
+        req = _Request(
+            prompt,
+            params,
+            max_tokens,
+            Sampler(params, prompt, self.backend.n_vocab),
+            TextStream(params.stop),
+            self._clock(),
+            adapter=adapter,
+            on_done=on_done,
+            constraint=constraint,
+            cache_prompt=cache_prompt,
+        )
         with self._lock:
             if self.limits.max_waiting and len(self.waiting) >= self.limits.max_waiting:
                 wait = self._avg_e2e * (len(self.waiting) + 1) / self.limits.slots
-                raise QueueFull(f"{len(self.waiting)} requests are already waiting for a slot; "
-                                "retry later", retry_after=max(1.0, wait))  # fmt: skip
+                raise QueueFull(
+                    f"{len(self.waiting)} requests are already waiting for a slot; retry later",
+                    retry_after=max(1.0, wait),
+                )
             self.waiting.append(req)
         self._wake()
         return GenerationStream(self, req)
@@ -275,8 +294,11 @@ class LlmLoop:
         if admitted:  # idle slots' cached prefixes give way to the new reservations
             self._slots.fit(self.limits.kv_cells - self._reserved)
         turn = self._turn()
-        plan = [(r, BatchItem(r.seq, [r.generated[-1]], len(r.prompt) + len(r.generated) - 1,
-                              True)) for r in turn if r.decoding]  # fmt: skip
+        plan = [
+            (r, BatchItem(r.seq, [r.generated[-1]], len(r.prompt) + len(r.generated) - 1, True))
+            for r in turn
+            if r.decoding
+        ]
         budget = self.limits.prefill_chunk
         for req in turn:
             if budget == 0:
@@ -303,8 +325,7 @@ class LlmLoop:
             if holder in groups:
                 self._since[holder] = self.steps  # it gives up the context: it waits from now
             # The longest waiting goes next; min() keeps running order among equals.
-            self._holder = min((g for g in groups if g is not holder),
-                               key=self._since.__getitem__)  # fmt: skip
+            self._holder = min((g for g in groups if g is not holder), key=self._since.__getitem__)
             self._held = 0
         self._held += 1
         return groups.get(self._holder, [])
@@ -316,8 +337,11 @@ class LlmLoop:
         active = {r.adapter_key for r in self.running}
         now = self._clock()
         i = 0
-        while (i < len(self.waiting) and len(admitted) < self._slots.idle
-               and self._reserved + self.waiting[i].need <= self.limits.kv_cells):  # fmt: skip
+        while (
+            i < len(self.waiting)
+            and len(admitted) < self._slots.idle
+            and self._reserved + self.waiting[i].need <= self.limits.kv_cells
+        ):
             req = self.waiting[i]
             if max_loras and req.adapter_key not in active and len(active) >= max_loras:
                 if now - req.arrival > self.limits.max_lora_wait:
@@ -355,8 +379,13 @@ class LlmLoop:
                 self._emit(req, scores, now)
             except Exception as e:  # this sequence fails alone; the others go on
                 log.exception("sampling failed for request %d", req.id)
-                self._finish(req, "abort", error=BackendError(
-                    f"internal error while sampling the next token ({type(e).__name__})"))  # fmt: skip
+                self._finish(
+                    req,
+                    "abort",
+                    error=BackendError(
+                        f"internal error while sampling the next token ({type(e).__name__})"
+                    ),
+                )
 
     def _emit(self, req: _Request, scores: np.ndarray, now: float) -> None:
         if req.constraint is not None:
@@ -376,12 +405,26 @@ class LlmLoop:
         reason, text = self._ending(req, token)
         if reason == "error":
             assert req.constraint is not None
-            self._finish(req, "abort", error=BackendError(
-                f"constrained decoding failed: {req.constraint.error}"))  # fmt: skip
+            self._finish(
+                req,
+                "abort",
+                error=BackendError(f"constrained decoding failed: {req.constraint.error}"),
+            )
             return
-        self._outbox.append((req, GenChunk(text, [token], [logprob] if logprob else None, reason,
-                                           len(req.prompt), len(req.generated),
-                                           req.cached)))  # fmt: skip
+        self._outbox.append(
+            (
+                req,
+                GenChunk(
+                    text,
+                    [token],
+                    [logprob] if logprob else None,
+                    reason,
+                    len(req.prompt),
+                    len(req.generated),
+                    req.cached,
+                ),
+            )
+        )
         if reason is not None:
             self._finish(req, reason)
 
@@ -450,8 +493,12 @@ class LlmLoop:
     def _recover(self) -> None:
         """First thing on a restarted engine thread: fail the running requests (the dead thread
         may have left them half-stepped); waiting ones start normally."""
-        self._fail_all(BackendError("the model's generation loop stopped and was restarted; "
-                                    "retry the request"), waiting=False)  # fmt: skip
+        self._fail_all(
+            BackendError(
+                "the model's generation loop stopped and was restarted; retry the request"
+            ),
+            waiting=False,
+        )
 
     def _fail_all(self, error: EdgeInferError, waiting: bool = True) -> None:
         queued: list[_Request] = []
@@ -474,13 +521,14 @@ class LlmLoop:
         at most `timeout` seconds, and not at all while the engine thread is dead)."""
         self._accepting = False
         end = time.monotonic() + timeout
-        while (drain and (self.waiting or self.running) and self.healthy
-               and time.monotonic() < end):  # fmt: skip
+        while drain and (self.waiting or self.running) and self.healthy and time.monotonic() < end:
             await asyncio.sleep(0.01)
         gone = Unavailable("model version was unloaded before the request finished")
         if not await self._engine.stop(max(1.0, end - time.monotonic())):
-            log.error("the engine thread is still inside a step: its requests are failed and "
-                      "the model's memory is left allocated")  # fmt: skip
+            log.error(
+                "the engine thread is still inside a step: its requests are failed and "
+                "the model's memory is left allocated"
+            )
             _publish([(req, gone) for req in [*self.waiting, *self.running]])
             return
         self._engine.run_calls()

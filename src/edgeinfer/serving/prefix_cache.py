@@ -85,8 +85,9 @@ class SlotCache:
         """KV cells held by idle slots (a running request's cells are in its reservation)."""
         return sum(len(s.tokens) for s in self._idle)
 
-    def take(self, prompt: Sequence[int], adapter: object | None = None,
-             reuse: bool = True) -> tuple[int, int]:  # fmt: skip
+    def take(
+        self, prompt: Sequence[int], adapter: object | None = None, reuse: bool = True
+    ) -> tuple[int, int]:
         """An idle slot for `prompt`: (sequence id, prompt tokens already in its cells)."""
         want = np.asarray(prompt, np.int32)
         best, match = None, 0
@@ -107,8 +108,9 @@ class SlotCache:
             self.backend.free(best.seq)
         return best.seq, max(0, keep)
 
-    def give_back(self, seq: int, tokens: Sequence[int] | None,
-                  adapter: object | None = None) -> None:  # fmt: skip
+    def give_back(
+        self, seq: int, tokens: Sequence[int] | None, adapter: object | None = None
+    ) -> None:
         """A retired request's slot is idle again; its cells hold `tokens` (None: unknown,
         e.g. after a failed decode, so they are dropped)."""
         self._clock += 1

@@ -64,31 +64,61 @@ class SamplingParams:
             object.__setattr__(self, "seed", None)
         # NaN fails every comparison below, so it is refused with the range.
         checks = (
-            ("max_tokens", self.max_tokens is None or self.max_tokens >= 1,
-             "max_tokens must be >= 1"),
-            ("temperature", 0.0 <= self.temperature <= 100.0,
-             "temperature must be between 0 and 100"),
+            (
+                "max_tokens",
+                self.max_tokens is None or self.max_tokens >= 1,
+                "max_tokens must be >= 1",
+            ),
+            (
+                "temperature",
+                0.0 <= self.temperature <= 100.0,
+                "temperature must be between 0 and 100",
+            ),
             ("top_p", 0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
             ("top_k", self.top_k >= -1, "top_k must be -1, 0 (off) or a positive integer"),
             ("min_p", 0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
-            ("repetition_penalty", 0.0 < self.repetition_penalty <= 10.0,
-             "repetition_penalty must be in (0, 10]"),
-            ("presence_penalty", -2.0 <= self.presence_penalty <= 2.0,
-             "presence_penalty must be in [-2, 2]"),
-            ("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0,
-             "frequency_penalty must be in [-2, 2]"),
-            ("seed", self.seed is None or 0 <= self.seed < _SEEDS,
-             "seed must be -1 (random) or an integer in [0, 2^64)"),
-            ("stop", all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in self.stop),
-             f"stop strings must be non-empty and at most {MAX_STOP_CHARS} characters"),
+            (
+                "repetition_penalty",
+                0.0 < self.repetition_penalty <= 10.0,
+                "repetition_penalty must be in (0, 10]",
+            ),
+            (
+                "presence_penalty",
+                -2.0 <= self.presence_penalty <= 2.0,
+                "presence_penalty must be in [-2, 2]",
+            ),
+            (
+                "frequency_penalty",
+                -2.0 <= self.frequency_penalty <= 2.0,
+                "frequency_penalty must be in [-2, 2]",
+            ),
+            (
+                "seed",
+                self.seed is None or 0 <= self.seed < _SEEDS,
+                "seed must be -1 (random) or an integer in [0, 2^64)",
+            ),
+            (
+                "stop",
+                all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in self.stop),
+                f"stop strings must be non-empty and at most {MAX_STOP_CHARS} characters",
+            ),
             ("stop", len(self.stop) <= MAX_STOPS, f"at most {MAX_STOPS} stop strings"),
-            ("logprobs", self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
-             f"logprobs must be between 0 and {MAX_LOGPROBS}"),
-            ("logit_bias", len(self.logit_bias) <= MAX_LOGIT_BIAS,
-             f"logit_bias may hold at most {MAX_LOGIT_BIAS} tokens"),
-            ("logit_bias", all(-100.0 <= b <= 100.0 for _, b in self.logit_bias),
-             "logit_bias values must be between -100 and 100"),
-        )  # fmt: skip
+            (
+                "logprobs",
+                self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+                f"logprobs must be between 0 and {MAX_LOGPROBS}",
+            ),
+            (
+                "logit_bias",
+                len(self.logit_bias) <= MAX_LOGIT_BIAS,
+                f"logit_bias may hold at most {MAX_LOGIT_BIAS} tokens",
+            ),
+            (
+                "logit_bias",
+                all(-100.0 <= b <= 100.0 for _, b in self.logit_bias),
+                "logit_bias values must be between -100 and 100",
+            ),
+        )
         for param, ok, message in checks:
             if not ok:
                 raise InvalidParameter(param, message)
@@ -119,8 +149,10 @@ class Sampler:
         self._seen[prompt_ids[(prompt_ids >= 0) & (prompt_ids < n_vocab)]] = True
         if any(not 0 <= t < n_vocab for t, _ in params.logit_bias):
             raise InvalidParameter("logit_bias", f"logit_bias token ids must be in [0, {n_vocab})")
-        self._bias = (np.array([t for t, _ in params.logit_bias], np.int64),
-                      np.array([b for _, b in params.logit_bias], np.float32))  # fmt: skip
+        self._bias = (
+            np.array([t for t, _ in params.logit_bias], np.int64),
+            np.array([b for _, b in params.logit_bias], np.float32),
+        )
 
     def accept(self, token: int) -> None:
         if 0 <= token < len(self._counts):
@@ -130,8 +162,11 @@ class Sampler:
     @property
     def _penalizes(self) -> bool:
         p = self.params
-        return (p.repetition_penalty != 1.0 or bool(p.presence_penalty or p.frequency_penalty)
-                or bool(p.logit_bias))  # fmt: skip
+        return (
+            p.repetition_penalty != 1.0
+            or bool(p.presence_penalty or p.frequency_penalty)
+            or bool(p.logit_bias)
+        )
 
     def penalized(self, logits: np.ndarray) -> np.ndarray:
         """The row after penalties and logit_bias, as float64 with NaN -> -inf and +inf -> the
@@ -141,8 +176,9 @@ class Sampler:
         with np.errstate(over="ignore", invalid="ignore"):
             if p.repetition_penalty != 1.0:
                 seen = out[self._seen]
-                out[self._seen] = np.where(seen > 0, seen / p.repetition_penalty,
-                                           seen * p.repetition_penalty)  # fmt: skip
+                out[self._seen] = np.where(
+                    seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty
+                )
             if p.presence_penalty or p.frequency_penalty:
                 out -= p.presence_penalty * (self._counts > 0) + p.frequency_penalty * self._counts
             if p.logit_bias:

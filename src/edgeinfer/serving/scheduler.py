@@ -151,9 +151,12 @@ class Scheduler:
     def _worker(self, index: int) -> asyncio.Task[None]:
         """Worker `index`, restarted if it ever crashes (it is down meanwhile)."""
         what = f"model '{self._stats.name}' version {self._stats.version}: worker {index}"
-        loop = supervise(what, functools.partial(self._work, index),
-                         on_crash=functools.partial(self.down.add, index),
-                         on_restart=functools.partial(self._restarted, index))  # fmt: skip
+        loop = supervise(
+            what,
+            functools.partial(self._work, index),
+            on_crash=functools.partial(self.down.add, index),
+            on_restart=functools.partial(self._restarted, index),
+        )
         return asyncio.create_task(loop, name=what)
 
     def _restarted(self, index: int) -> None:
@@ -171,9 +174,14 @@ class Scheduler:
             limit = self.policy.max_queue_size
             if factor < 1.0 and limit and len(self.queue) >= max(1, int(limit * factor)):
                 drain = self.rate.seconds_for(self.queue.rows) or 1.0
-                raise self._reject(why, Unavailable(
-                    f"device capacity reduced to {factor:.0%} ({why}) and the queue is full; "
-                    "retry later", retry_after=max(drain, 1.0)))  # fmt: skip
+                raise self._reject(
+                    why,
+                    Unavailable(
+                        f"device capacity reduced to {factor:.0%} ({why}) and the queue is full; "
+                        "retry later",
+                        retry_after=max(drain, 1.0),
+                    ),
+                )
         timeout_us = entry.timeout_us or self.policy.default_timeout_us
         # Rows ahead (queued at this priority or higher, and running now) plus its own; its
         # reply comes when its whole batch ends, so count up to that batch's end.
@@ -221,8 +229,14 @@ class Scheduler:
             asyncio.get_running_loop().create_future()
         )
         signature = (_signature(feeds), adapter, outputs) if self._dynamic else None
-        entry = Entry(rows, signature, 0.0, priority, timeout_us,
-                      payload=Work(feeds, fut, trace, adapter, outputs))  # fmt: skip
+        entry = Entry(
+            rows,
+            signature,
+            0.0,
+            priority,
+            timeout_us,
+            payload=Work(feeds, fut, trace, adapter, outputs),
+        )
         self._admit(entry, self._clock())
         wakeup.set()
         try:
@@ -256,8 +270,12 @@ class Scheduler:
                 horizon = self.rate.bound(min(self.queue.rows, limit), RUN_MARGIN, RUN_SPREADS)
                 decision = self.queue.take(self._clock(), max_rows, horizon or 0.0)
             for e in decision.expired:
-                _fail(e, DeadlineExceeded(
-                    "request timed out in the queue: it could not finish within its timeout"))  # fmt: skip
+                _fail(
+                    e,
+                    DeadlineExceeded(
+                        "request timed out in the queue: it could not finish within its timeout"
+                    ),
+                )
             if decision.batch:
                 rows = sum(e.batch for e in decision.batch)
                 gap = self._clock() - backlog_since if backlog_since is not None else 0.0
@@ -301,9 +319,10 @@ class Scheduler:
         try:
             results, infer_ns = await self._runner.run(
                 self._timers[index],
-                (lambda: model.run(feeds, names)) if adapter is None
+                (lambda: model.run(feeds, names))
+                if adapter is None
                 else (lambda: model.run(feeds, names, adapter=adapter)),  # type: ignore[call-arg]
-            )  # fmt: skip
+            )
         except Exception as exc:
             self._trace(live, start, t0, time.perf_counter_ns(), rows, index, exc)
             raise
@@ -314,13 +333,20 @@ class Scheduler:
         self._stats.record_execution(rows, infer_ns)
         for e in live:
             fut = e.payload.future
-            part = results if len(live) == 1 else {
-                k: v[offset : offset + e.batch] for k, v in results.items()
-            }  # fmt: skip
+            part = (
+                results
+                if len(live) == 1
+                else {k: v[offset : offset + e.batch] for k, v in results.items()}
+            )
             offset += e.batch
             if not fut.done():
-                timing = Timing(int((start - e.enqueued) * 1e9), t1 - t0, infer_ns,
-                                time.perf_counter_ns() - t2, rows)  # fmt: skip
+                timing = Timing(
+                    int((start - e.enqueued) * 1e9),
+                    t1 - t0,
+                    infer_ns,
+                    time.perf_counter_ns() - t2,
+                    rows,
+                )
                 fut.set_result((part, timing))
 
     def _batch_failed(self, batch: list[Entry], exc: Exception) -> None:
@@ -332,15 +358,33 @@ class Scheduler:
                 _fail(e, exc)
             return
         s = self._stats
-        log.error("model '%s' version %s: a batch of %d request(s) failed", s.name, s.version,
-                  len(batch), exc_info=exc)  # fmt: skip
+        log.error(
+            "model '%s' version %s: a batch of %d request(s) failed",
+            s.name,
+            s.version,
+            len(batch),
+            exc_info=exc,
+        )
         what = f"{type(exc).__name__}: {str(exc)[:200]}".rstrip(": ")
         for e in batch:
-            _fail(e, BackendError(f"model '{s.name}' version {s.version} failed while running "
-                                  f"the request's batch ({what}); see the server log"))  # fmt: skip
+            _fail(
+                e,
+                BackendError(
+                    f"model '{s.name}' version {s.version} failed while running "
+                    f"the request's batch ({what}); see the server log"
+                ),
+            )
 
-    def _trace(self, live: list[Entry], start: float, t0: int, t1: int, rows: int, index: int,
-               error: BaseException | None = None) -> None:  # fmt: skip
+    def _trace(
+        self,
+        live: list[Entry],
+        start: float,
+        t0: int,
+        t1: int,
+        rows: int,
+        index: int,
+        error: BaseException | None = None,
+    ) -> None:
         """Queue and batch spans for the traced requests of a run (none when tracing is off)."""
         traced = [e for e in live if e.payload.trace is not None]
         if not traced:

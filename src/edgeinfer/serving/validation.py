@@ -23,8 +23,10 @@ def check_strings(spec: TensorSpec, data: np.ndarray | Sequence[bytes | str]) ->
     A str is measured in characters (a lower bound on its UTF-8 bytes)."""
     count = data.size if isinstance(data, np.ndarray) else len(data)
     if spec.max_count and count > spec.max_count:
-        raise InvalidInput(f"input '{spec.name}': {count} strings; the model takes at most "
-                           f"{spec.max_count} per request")  # fmt: skip
+        raise InvalidInput(
+            f"input '{spec.name}': {count} strings; the model takes at most "
+            f"{spec.max_count} per request"
+        )
     if not spec.max_bytes or not count:
         return
     if isinstance(data, np.ndarray) and data.dtype.kind in "SU":
@@ -34,8 +36,10 @@ def check_strings(spec: TensorSpec, data: np.ndarray | Sequence[bytes | str]) ->
         lengths = [len(v) for v in items if isinstance(v, bytes | str)]
     longest = max(lengths, default=0)
     if longest > spec.max_bytes:
-        raise InvalidInput(f"input '{spec.name}': a string of {longest} bytes; the model takes "
-                           f"at most {spec.max_bytes} bytes per string")  # fmt: skip
+        raise InvalidInput(
+            f"input '{spec.name}': a string of {longest} bytes; the model takes "
+            f"at most {spec.max_bytes} bytes per string"
+        )
 
 
 def _check_input(tensor: Tensor, spec: TensorSpec, max_batch_size: int) -> None:

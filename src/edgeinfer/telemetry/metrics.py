@@ -61,33 +61,46 @@ class DeviceCollector:
 
     def collect(self) -> Iterator[Metric]:
         s = self._source()
-        factor = GaugeMetricFamily("edgeinfer_capacity_factor", "Share of full capacity the "
-                                   "device governor allows (1 = full)", labels=["reason"])  # fmt: skip
+        factor = GaugeMetricFamily(
+            "edgeinfer_capacity_factor",
+            "Share of full capacity the device governor allows (1 = full)",
+            labels=["reason"],
+        )
         factor.add_metric([s.reason or "none"], s.factor)
         yield factor
         if s.temp_c is not None:
-            yield GaugeMetricFamily("edgeinfer_cpu_temperature_celsius", "CPU temperature",
-                                    value=s.temp_c)  # fmt: skip
+            yield GaugeMetricFamily(
+                "edgeinfer_cpu_temperature_celsius", "CPU temperature", value=s.temp_c
+            )
         if s.freq_hz is not None:
-            yield GaugeMetricFamily("edgeinfer_cpu_frequency_hertz", "Mean current CPU clock",
-                                    value=s.freq_hz)  # fmt: skip
-        rej = CounterMetricFamily("edgeinfer_admission_rejections", "Requests refused at "
-                                  "admission", labels=["reason"])  # fmt: skip
+            yield GaugeMetricFamily(
+                "edgeinfer_cpu_frequency_hertz", "Mean current CPU clock", value=s.freq_hz
+            )
+        rej = CounterMetricFamily(
+            "edgeinfer_admission_rejections", "Requests refused at admission", labels=["reason"]
+        )
         for reason in ("queue_full", "predicted_wait", "thermal", "memory"):
             rej.add_metric([reason], s.rejections.get(reason, 0))
         yield rej
         if s.budget_limit is not None:
-            yield GaugeMetricFamily("edgeinfer_memory_budget_bytes", "Byte budget for resident "
-                                    "models", value=s.budget_limit)  # fmt: skip
-            yield GaugeMetricFamily("edgeinfer_memory_budget_used_bytes", "Bytes reserved by "
-                                    "resident models (estimated)", value=s.budget_used or 0)  # fmt: skip
+            yield GaugeMetricFamily(
+                "edgeinfer_memory_budget_bytes",
+                "Byte budget for resident models",
+                value=s.budget_limit,
+            )
+            yield GaugeMetricFamily(
+                "edgeinfer_memory_budget_used_bytes",
+                "Bytes reserved by resident models (estimated)",
+                value=s.budget_used or 0,
+            )
 
 
 class CountersCollector:
     """One counter family with one label, read from a dict at scrape time."""
 
-    def __init__(self, name: str, doc: str, label: str,
-                 source: Callable[[], dict[str, int]]) -> None:  # fmt: skip
+    def __init__(
+        self, name: str, doc: str, label: str, source: Callable[[], dict[str, int]]
+    ) -> None:
         self._name, self._doc, self._label, self._source = name, doc, label, source
 
     def collect(self) -> Iterator[Metric]:
@@ -108,8 +121,11 @@ class RestartCounts:
         self.counts[(model, task)] = self.counts.get((model, task), 0) + 1
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily("edgeinfer_worker_restarts", "Worker tasks restarted after "
-                                     "they crashed", labels=["model", "task"])  # fmt: skip
+        family = CounterMetricFamily(
+            "edgeinfer_worker_restarts",
+            "Worker tasks restarted after they crashed",
+            labels=["model", "task"],
+        )
         for (model, task), n in sorted(self.counts.items()):
             family.add_metric([model, task], n)
         yield family
@@ -121,51 +137,88 @@ class LifecycleCollector:
 
     def collect(self) -> Iterator[Metric]:
         s = self._source()
-        live = GaugeMetricFamily("edgeinfer_model_live_version", "The version serving requests "
-                                 "that name none", labels=["model"])  # fmt: skip
+        live = GaugeMetricFamily(
+            "edgeinfer_model_live_version",
+            "The version serving requests that name none",
+            labels=["model"],
+        )
         for model, version in s.live.items():
             live.add_metric([model], version)
         yield live
-        canary = GaugeMetricFamily("edgeinfer_model_canary_weight", "Share of traffic sent to a "
-                                   "canary version", labels=["model", "version"])  # fmt: skip
+        canary = GaugeMetricFamily(
+            "edgeinfer_model_canary_weight",
+            "Share of traffic sent to a canary version",
+            labels=["model", "version"],
+        )
         for (model, version), weight in s.canary.items():
             canary.add_metric([model, str(version)], weight)
         yield canary
-        loads = CounterMetricFamily("edgeinfer_model_loads", "Versions loaded, verified and "
-                                    "started", labels=["model", "version"])  # fmt: skip
+        loads = CounterMetricFamily(
+            "edgeinfer_model_loads",
+            "Versions loaded, verified and started",
+            labels=["model", "version"],
+        )
         for (model, version), n in s.loads.items():
             loads.add_metric([model, str(version)], n)
         yield loads
-        fails = CounterMetricFamily("edgeinfer_model_load_failures", "Versions that failed to "
-                                    "load or verify", labels=["model", "version", "reason"])  # fmt: skip
+        fails = CounterMetricFamily(
+            "edgeinfer_model_load_failures",
+            "Versions that failed to load or verify",
+            labels=["model", "version", "reason"],
+        )
         for (model, version, reason), n in s.load_failures.items():
             fails.add_metric([model, str(version), reason], n)
         yield fails
-        rollbacks = CounterMetricFamily("edgeinfer_model_rollbacks", "Rollbacks performed",
-                                        labels=["model", "kind"])  # fmt: skip
+        rollbacks = CounterMetricFamily(
+            "edgeinfer_model_rollbacks", "Rollbacks performed", labels=["model", "kind"]
+        )
         for (model, kind), n in s.rollbacks.items():
             rollbacks.add_metric([model, kind], n)
         yield rollbacks
 
 
 _TRITON_COUNTERS: tuple[tuple[str, str, Callable[[VersionStats], float]], ...] = (
-    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes",
-     lambda s: s.success.count),
-    ("nv_inference_count", "Number of inferences performed (a batch of N counts N)",
-     lambda s: s.inference_count),
-    ("nv_inference_exec_count", "Number of model executions performed",
-     lambda s: s.execution_count),
-    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds",
-     lambda s: (s.success.ns + s.fail.ns) // 1000),
-    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds",
-     lambda s: s.queue.ns // 1000),
-    ("nv_inference_compute_input_duration_us",
-     "Cumulative compute input duration in microseconds", lambda s: s.compute_input.ns // 1000),
-    ("nv_inference_compute_infer_duration_us",
-     "Cumulative compute inference duration in microseconds", lambda s: s.compute_infer.ns // 1000),
-    ("nv_inference_compute_output_duration_us",
-     "Cumulative compute output duration in microseconds", lambda s: s.compute_output.ns // 1000),
-)  # fmt: skip
+    (
+        "nv_inference_request_success",
+        "Number of successful inference requests, all batch sizes",
+        lambda s: s.success.count,
+    ),
+    (
+        "nv_inference_count",
+        "Number of inferences performed (a batch of N counts N)",
+        lambda s: s.inference_count,
+    ),
+    (
+        "nv_inference_exec_count",
+        "Number of model executions performed",
+        lambda s: s.execution_count,
+    ),
+    (
+        "nv_inference_request_duration_us",
+        "Cumulative inference request duration in microseconds",
+        lambda s: (s.success.ns + s.fail.ns) // 1000,
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "Cumulative inference queuing duration in microseconds",
+        lambda s: s.queue.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_input_duration_us",
+        "Cumulative compute input duration in microseconds",
+        lambda s: s.compute_input.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative compute inference duration in microseconds",
+        lambda s: s.compute_infer.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "Cumulative compute output duration in microseconds",
+        lambda s: s.compute_output.ns // 1000,
+    ),
+)
 
 
 def _untyped(name: str, doc: str) -> Metric:
@@ -191,22 +244,29 @@ class TensorModelCollector:
                 fail_labels = {"model": v.stats.name, "version": v.stats.version, "reason": reason}
                 fail.add_sample("nv_inference_request_failure", fail_labels, n)
         yield fail
-        pending = GaugeMetricFamily("nv_inference_pending_request_count",
-                                    "Instantaneous number of pending requests awaiting execution",
-                                    labels=["model", "version"])  # fmt: skip
-        executing = GaugeMetricFamily("edgeinfer_inference_executing",
-                                      "Batches executing now (at most instance_count)",
-                                      labels=["model", "version"])  # fmt: skip
-        hist = HistogramMetricFamily("edgeinfer_request_duration_seconds",
-                                     "End-to-end request latency in the server",
-                                     labels=["model", "version"])  # fmt: skip
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution",
+            labels=["model", "version"],
+        )
+        executing = GaugeMetricFamily(
+            "edgeinfer_inference_executing",
+            "Batches executing now (at most instance_count)",
+            labels=["model", "version"],
+        )
+        hist = HistogramMetricFamily(
+            "edgeinfer_request_duration_seconds",
+            "End-to-end request latency in the server",
+            labels=["model", "version"],
+        )
         for v in samples:
             labels = [v.stats.name, v.stats.version]
             pending.add_metric(labels, v.pending)
             executing.add_metric(labels, v.executing)
             cumulative, buckets = 0, []
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), v.stats.latency_buckets,
-                                    strict=True):  # fmt: skip
+            for bound, count in zip(
+                (*LATENCY_BUCKETS, float("inf")), v.stats.latency_buckets, strict=True
+            ):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             hist.add_metric(labels, buckets, v.stats.latency_sum_s)
@@ -216,12 +276,68 @@ class TensorModelCollector:
 
 
 # vLLM's histogram buckets, with finer low ends: small models on small CPUs answer in ms.
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
-                5.0, 7.5, 10.0, 20.0, 40.0, 80.0)  # fmt: skip
-ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4,
-               0.5, 0.75, 1.0, 2.5, 5.0)  # fmt: skip
-E2E_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
-               40.0, 50.0, 60.0, 120.0)  # fmt: skip
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+ITL_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+)
+E2E_BUCKETS = (
+    0.01,
+    0.05,
+    0.1,
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+)
 
 
 @dataclass
@@ -287,9 +403,12 @@ class LlmCollector:
         gauges = (
             ("vllm:num_requests_running", "Requests in the running batch", lambda s: s.running),
             ("vllm:num_requests_waiting", "Requests waiting for a slot", lambda s: s.waiting),
-            ("vllm:kv_cache_usage_perc", "KV-cache usage; 1 means 100 percent",
-             lambda s: s.kv_usage),
-        )  # fmt: skip
+            (
+                "vllm:kv_cache_usage_perc",
+                "KV-cache usage; 1 means 100 percent",
+                lambda s: s.kv_usage,
+            ),
+        )
         for name, doc, get in gauges:
             g = GaugeMetricFamily(name, doc, labels=label)
             for model, samples in by_model.items():
@@ -297,33 +416,50 @@ class LlmCollector:
             yield g
         counters = (
             ("vllm:prompt_tokens", "Prefill tokens processed", lambda s: s.stats.prompt_tokens),
-            ("vllm:generation_tokens", "Generation tokens processed",
-             lambda s: s.stats.generation_tokens),
-            ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
-             lambda s: s.stats.prefix_cache_queries),
-            ("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache",
-             lambda s: s.stats.prefix_cache_hits),
-            ("edgeinfer_llm_engine_restarts", "Engine threads restarted after they died",
-             lambda s: s.stats.engine_restarts),
-        )  # fmt: skip
+            (
+                "vllm:generation_tokens",
+                "Generation tokens processed",
+                lambda s: s.stats.generation_tokens,
+            ),
+            (
+                "vllm:prefix_cache_queries",
+                "Prompt tokens looked up in the prefix cache",
+                lambda s: s.stats.prefix_cache_queries,
+            ),
+            (
+                "vllm:prefix_cache_hits",
+                "Prompt tokens found in the prefix cache",
+                lambda s: s.stats.prefix_cache_hits,
+            ),
+            (
+                "edgeinfer_llm_engine_restarts",
+                "Engine threads restarted after they died",
+                lambda s: s.stats.engine_restarts,
+            ),
+        )
         for name, doc, get in counters:
             c = CounterMetricFamily(name, doc, labels=label)  # exposed as name + "_total"
             for model, samples in by_model.items():
                 c.add_metric([model], sum(get(s) for s in samples))
             yield c
-        success = CounterMetricFamily("vllm:request_success", "Finished requests",
-                                      labels=["model_name", "finished_reason"])  # fmt: skip
+        success = CounterMetricFamily(
+            "vllm:request_success", "Finished requests", labels=["model_name", "finished_reason"]
+        )
         for model, samples in by_model.items():
             for reason in FINISH_REASONS:
-                success.add_metric([model, reason],
-                                   sum(s.stats.finished.get(reason, 0) for s in samples))  # fmt: skip
+                success.add_metric(
+                    [model, reason], sum(s.stats.finished.get(reason, 0) for s in samples)
+                )
         yield success
         hists = (
             ("vllm:time_to_first_token_seconds", "Time to first token", lambda s: s.stats.ttft),
             ("vllm:inter_token_latency_seconds", "Time between tokens", lambda s: s.stats.itl),
-            ("vllm:e2e_request_latency_seconds", "End-to-end request latency",
-             lambda s: s.stats.e2e),
-        )  # fmt: skip
+            (
+                "vllm:e2e_request_latency_seconds",
+                "End-to-end request latency",
+                lambda s: s.stats.e2e,
+            ),
+        )
         for name, doc, get in hists:
             h = HistogramMetricFamily(name, doc, labels=label)
             for model, samples in by_model.items():

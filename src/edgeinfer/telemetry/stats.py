@@ -14,8 +14,22 @@ from dataclasses import dataclass, field
 from edgeinfer.errors import BackendError, DeadlineExceeded, EdgeInferError, QueueFull, Unavailable
 
 # Request latency histogram buckets, in seconds.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                   5.0, 10.0)  # fmt: skip
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 RECENT = 4096  # outcomes kept for windowed p99 and error rates
 

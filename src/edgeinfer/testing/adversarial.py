@@ -56,8 +56,10 @@ class GrpcCase:
 def header_bytes(headers: dict[str, str]) -> dict[str, bytes]:
     """Header values as bytes a server decodes back to the same text: latin-1 where it fits
     (so '²' arrives as '²', which passes str.isdigit()), else UTF-8."""
-    return {k: v.encode("latin-1" if max(map(ord, v), default=0) < 256 else "utf-8")
-            for k, v in headers.items()}  # fmt: skip
+    return {
+        k: v.encode("latin-1" if max(map(ord, v), default=0) < 256 else "utf-8")
+        for k, v in headers.items()
+    }
 
 
 def _json(doc: object) -> Callable[[], bytes]:
@@ -69,8 +71,11 @@ def tensor_doc(t: Target, rows: int = 1, value: float = 1.0) -> dict[str, object
     count = rows
     for d in t.row_shape:
         count *= d
-    return {"inputs": [{"name": t.tensor_input, "datatype": "FP32", "shape": shape,
-                        "data": [value] * count}]}  # fmt: skip
+    return {
+        "inputs": [
+            {"name": t.tensor_input, "datatype": "FP32", "shape": shape, "data": [value] * count}
+        ]
+    }
 
 
 def bytes_elements(items: list[bytes]) -> bytes:
@@ -81,11 +86,22 @@ def bytes_elements(items: list[bytes]) -> bytes:
 def binary_strings(t: Target, items: list[bytes]) -> tuple[bytes, dict[str, str]]:
     """A KServe binary-extension body carrying `items` as the text model's BYTES input."""
     raw = bytes_elements(items)
-    head = orjson.dumps({"inputs": [{
-        "name": t.text_input, "datatype": "BYTES", "shape": [len(items)],
-        "parameters": {"binary_data_size": len(raw)}}]})  # fmt: skip
-    return head + raw, {"Inference-Header-Content-Length": str(len(head)),
-                        "Content-Type": "application/octet-stream"}  # fmt: skip
+    head = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": t.text_input,
+                    "datatype": "BYTES",
+                    "shape": [len(items)],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    )
+    return head + raw, {
+        "Inference-Header-Content-Length": str(len(head)),
+        "Content-Type": "application/octet-stream",
+    }
 
 
 def _sixty_megabytes_of_json() -> bytes:
@@ -209,11 +225,22 @@ def http_cases(t: Target = Target()) -> list[HttpCase]:
             big=True,
         ),
     ]
-    cases += [HttpCase(f"profile batch={d}", "GET", f"{m}/profile?batch={d}", (400,))
-              for d in UNICODE_DIGITS[:2]]  # fmt: skip
+    cases += [
+        HttpCase(f"profile batch={d}", "GET", f"{m}/profile?batch={d}", (400,))
+        for d in UNICODE_DIGITS[:2]
+    ]
     body, headers = binary_strings(t, [b"word " * (MB // 5)] * 8)
-    cases.append(HttpCase("8 x 1 MB strings to the text model", "POST", tm + "/infer", (400,),
-                          lambda: body, headers, big=True))  # fmt: skip
+    cases.append(
+        HttpCase(
+            "8 x 1 MB strings to the text model",
+            "POST",
+            tm + "/infer",
+            (400,),
+            lambda: body,
+            headers,
+            big=True,
+        )
+    )
     return cases
 
 
@@ -225,8 +252,12 @@ def grpc_cases(t: Target = Target()) -> list[GrpcCase]:
             from tritonclient.grpc import service_pb2
 
             p = {"edgeinfer.action": service_pb2.ModelRepositoryParameter(string_param=action)}
-            p.update({f"edgeinfer.{k}": service_pb2.ModelRepositoryParameter(string_param=v)
-                      for k, v in params.items()})  # fmt: skip
+            p.update(
+                {
+                    f"edgeinfer.{k}": service_pb2.ModelRepositoryParameter(string_param=v)
+                    for k, v in params.items()
+                }
+            )
             return service_pb2.RepositoryModelLoadRequest(model_name=t.tensor_model, parameters=p)
 
         return build

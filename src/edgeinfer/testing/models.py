@@ -26,8 +26,9 @@ def _init(name: str, array: np.ndarray) -> Any:
     return numpy_helper.from_array(array, name)
 
 
-def mlp(path: Path, n_in: int = 16, hidden: int = 32, n_out: int = 4, seed: int = 0,
-        scale: float = 1.0) -> Path:  # fmt: skip
+def mlp(
+    path: Path, n_in: int = 16, hidden: int = 32, n_out: int = 4, seed: int = 0, scale: float = 1.0
+) -> Path:
     """A two-layer MLP: `x` FP32 [N, n_in] -> `y` FP32 [N, n_out]. ~10 µs per call."""
     from onnx import TensorProto, helper
 
@@ -42,11 +43,12 @@ def mlp(path: Path, n_in: int = 16, hidden: int = 32, n_out: int = 4, seed: int 
         helper.make_node("MatMul", ["h2", "w2"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_in])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n_out])],
         [_init("w1", w1), _init("b1", b1), _init("w2", w2)],
-    )  # fmt: skip
+    )
     return _save(graph, path)
 
 
@@ -57,26 +59,48 @@ def identity_multi(path: Path) -> Path:
 
     nodes = [helper.make_node("Identity", [i], [i + "_out"]) for i in ("a", "b", "s")]
     graph = helper.make_graph(
-        nodes, "identity_multi",
-        [helper.make_tensor_value_info("a", TensorProto.INT32, ["N", 3]),
-         helper.make_tensor_value_info("b", TensorProto.DOUBLE, ["N", 2]),
-         helper.make_tensor_value_info("s", TensorProto.STRING, ["N"])],
-        [helper.make_tensor_value_info("a_out", TensorProto.INT32, ["N", 3]),
-         helper.make_tensor_value_info("b_out", TensorProto.DOUBLE, ["N", 2]),
-         helper.make_tensor_value_info("s_out", TensorProto.STRING, ["N"])],
-    )  # fmt: skip
+        nodes,
+        "identity_multi",
+        [
+            helper.make_tensor_value_info("a", TensorProto.INT32, ["N", 3]),
+            helper.make_tensor_value_info("b", TensorProto.DOUBLE, ["N", 2]),
+            helper.make_tensor_value_info("s", TensorProto.STRING, ["N"]),
+        ],
+        [
+            helper.make_tensor_value_info("a_out", TensorProto.INT32, ["N", 3]),
+            helper.make_tensor_value_info("b_out", TensorProto.DOUBLE, ["N", 2]),
+            helper.make_tensor_value_info("s_out", TensorProto.STRING, ["N"]),
+        ],
+    )
     return _save(graph, path)
 
 
-def _conv_bn_relu(nodes: list, inits: list, rng: np.random.Generator, x: str, name: str,
-                  cin: int, cout: int, k: int, stride: int, relu: bool = True) -> str:  # fmt: skip
+def _conv_bn_relu(
+    nodes: list,
+    inits: list,
+    rng: np.random.Generator,
+    x: str,
+    name: str,
+    cin: int,
+    cout: int,
+    k: int,
+    stride: int,
+    relu: bool = True,
+) -> str:
     from onnx import helper
 
     w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))).astype(np.float32)
     inits += [_init(f"{name}_w", w), _init(f"{name}_b", np.zeros(cout, np.float32))]
-    nodes.append(helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [f"{name}_c"],
-                                  kernel_shape=[k, k], strides=[stride, stride],
-                                  pads=[k // 2] * 4))  # fmt: skip
+    nodes.append(
+        helper.make_node(
+            "Conv",
+            [x, f"{name}_w", f"{name}_b"],
+            [f"{name}_c"],
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            pads=[k // 2] * 4,
+        )
+    )
     if not relu:
         return f"{name}_c"
     nodes.append(helper.make_node("Relu", [f"{name}_c"], [f"{name}_r"]))
@@ -92,8 +116,11 @@ def resnet18_like(path: Path, image: int = 224, seed: int = 0) -> Path:
     nodes: list = []
     inits: list = []
     x = _conv_bn_relu(nodes, inits, rng, "input", "stem", 3, 64, 7, 2)
-    nodes.append(helper.make_node("MaxPool", [x], ["pool"], kernel_shape=[3, 3], strides=[2, 2],
-                                  pads=[1, 1, 1, 1]))  # fmt: skip
+    nodes.append(
+        helper.make_node(
+            "MaxPool", [x], ["pool"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]
+        )
+    )
     x, cin = "pool", 64
     for stage, cout in enumerate((64, 128, 256, 512)):
         for block in range(2):
@@ -113,16 +140,23 @@ def resnet18_like(path: Path, image: int = 224, seed: int = 0) -> Path:
     inits += [_init("fc_w", fc), _init("fc_b", np.zeros(1000, np.float32))]
     nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"]))
     graph = helper.make_graph(
-        nodes, "resnet18_like",
+        nodes,
+        "resnet18_like",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, image, image])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])],
         inits,
-    )  # fmt: skip
+    )
     return _save(graph, path)
 
 
-def publish(repo: Path, name: str, onnx_path: Path, config: str = "",
-            version: int | None = None, extra: dict[str, Path] | None = None) -> Path:  # fmt: skip
+def publish(
+    repo: Path,
+    name: str,
+    onnx_path: Path,
+    config: str = "",
+    version: int | None = None,
+    extra: dict[str, Path] | None = None,
+) -> Path:
     """Write `repo/name/config.toml` (if new) and publish `onnx_path` as a version."""
     from edgeinfer.repository import add_version
 
@@ -145,8 +179,10 @@ def slow(path: Path, depth: int = 30, side: int = 256, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((16, side * side)) / (2 * np.sqrt(side))).astype(np.float32)
     shape = np.array([-1, side, side], np.int64)
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["flat"]),
-             helper.make_node("Reshape", ["flat", "shape"], ["h0"])]  # fmt: skip
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["flat"]),
+        helper.make_node("Reshape", ["flat", "shape"], ["h0"]),
+    ]
     for i in range(depth):
         nodes.append(helper.make_node("MatMul", [f"h{i}", f"h{i}"], [f"m{i}"]))
         nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"]))
@@ -154,11 +190,12 @@ def slow(path: Path, depth: int = 30, side: int = 256, seed: int = 0) -> Path:
     nodes.append(helper.make_node("ReduceMean", ["a"], ["y"], axes=[1, 2], keepdims=0))
     nodes.append(helper.make_node("Unsqueeze", ["y", "one"], ["y1"]))
     graph = helper.make_graph(
-        nodes, "slow",
+        nodes,
+        "slow",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
         [helper.make_tensor_value_info("y1", TensorProto.FLOAT, ["N", 1])],
         [_init("w", w), _init("shape", shape), _init("one", np.array([1], np.int64))],
-    )  # fmt: skip
+    )
     return _save(graph, path)
 
 
@@ -175,11 +212,12 @@ def failing(path: Path, limit: int = 4) -> Path:
         helper.make_node("Gather", ["table", "idx"], ["y"], axis=0),
     ]
     graph = helper.make_graph(
-        nodes, "failing",
+        nodes,
+        "failing",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
         [_init("table", table)],
-    )  # fmt: skip
+    )
     return _save(graph, path)
 
 
@@ -197,11 +235,12 @@ def colours(path: Path, side: int = 16, layout: str = "NCHW") -> Path:
         helper.make_node("MatMul", ["m", "w"], ["scores"]),
     ]
     graph = helper.make_graph(
-        nodes, "colours",
+        nodes,
+        "colours",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])],
         [_init("w", w)],
-    )  # fmt: skip
+    )
     return _save(graph, path)
 
 
@@ -226,7 +265,13 @@ def qdq_int8(onnx_path: Path, out: Path, samples: list[dict[str, np.ndarray]]) -
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.rows, None)
 
-    q.quantize_static(str(onnx_path), str(out), Reader(), quant_format=q.QuantFormat.QDQ,
-                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                      per_channel=True)  # fmt: skip
+    q.quantize_static(
+        str(onnx_path),
+        str(out),
+        Reader(),
+        quant_format=q.QuantFormat.QDQ,
+        activation_type=q.QuantType.QUInt8,
+        weight_type=q.QuantType.QInt8,
+        per_channel=True,
+    )
     return out

@@ -290,8 +290,17 @@ def two_signatures(path: Path, n: int = 4) -> Path:
     return _write(path, codes, buffers, subgraphs, sigs)
 
 
-def _conv(g: _Graph, rng: np.random.Generator, x: int, name: str, shape: tuple[int, ...],
-          cout: int, k: int, stride: int, relu: bool) -> tuple[int, tuple[int, ...]]:  # fmt: skip
+def _conv(
+    g: _Graph,
+    rng: np.random.Generator,
+    x: int,
+    name: str,
+    shape: tuple[int, ...],
+    cout: int,
+    k: int,
+    stride: int,
+    relu: bool,
+) -> tuple[int, tuple[int, ...]]:
     fb = _fb()
     f32 = fb.TensorType.FLOAT32
     n, h, w, cin = shape
