@@ -4,8 +4,6 @@ served by a polling server, a killed run that resumes, one-line errors for bad i
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +91,40 @@ def test_tune_reports_applies_and_the_server_serves_the_winner(repo: Path, tmp_p
         server.stop()
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_a_trial_never_outlives_a_killed_tune(repo: Path) -> None:
+    proc = subprocess.Popen(
+        [*CLI, str(repo), "cnn", "--seconds", "60", "--precision", "fp32"],
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: bool(children(proc.pid)), 60, "a trial process")
+    trials = children(proc.pid)
+    proc.kill()  # SIGKILL to `edgeinfer tune` alone; its trial had minutes of work left
+    proc.wait()
+    wait_until(lambda: not any(running(pid) for pid in trials), 10, "the orphaned trial to exit")
+
+
 def test_a_killed_run_resumes_where_it_stopped(repo: Path) -> None:
     proc = subprocess.Popen(
         [*CLI, str(repo), "cnn", *FAST, "--budget-minutes", "5", "--precision", "fp32"],
@@ -102,8 +134,11 @@ def test_a_killed_run_resumes_where_it_stopped(repo: Path) -> None:
     )
     assert proc.stderr is not None
     seen = [proc.stderr.readline() for _ in range(2)]  # the default and one more trial
-    os.killpg(proc.pid, signal.SIGKILL)
+    wait_until(lambda: bool(children(proc.pid)), 60, "a trial process")
+    trials = children(proc.pid)
+    proc.kill()  # SIGKILL to `edgeinfer tune` alone: its trial must not outlive it
     proc.wait()
+    wait_until(lambda: not any(running(pid) for pid in trials), 10, "the orphaned trial to exit")
     assert all(line.startswith("[") for line in seen), seen
     checkpoint = repo / "cnn" / "tune" / "checkpoint.json"
     saved = {t["key"]: t for t in json.loads(checkpoint.read_text())["trials"]}

@@ -5,6 +5,7 @@ its accuracy gate; every trial's outputs are compared with the default configura
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from edgeinfer.repository.manifest import write_manifest
 from edgeinfer.tune.llm import LlmCandidate
 from edgeinfer.tune.search import DEFAULT_KEY, Trial
 from edgeinfer.tune.space import Candidate
-from edgeinfer.tune.trial import TrialSpec
+from edgeinfer.tune.trial import PARENT_ENV, TrialSpec
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Measurer:
             proc = subprocess.run(
                 [sys.executable, "-m", "edgeinfer.tune.trial"],
                 input=json.dumps(asdict(spec)),
+                env={**os.environ, PARENT_ENV: str(os.getpid())},
                 capture_output=True,
                 text=True,
                 timeout=p.trial_timeout_s,

@@ -9,8 +9,12 @@ Output (stdout, one JSON line): {"levels": [...], "rss_peak_bytes": N, "load_s":
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import json
+import os
 import pickle
+import signal
 import sys
 import time
 import tomllib
@@ -193,7 +197,23 @@ def run(spec: TrialSpec) -> dict[str, Any]:
     return {"levels": levels, "rss_peak_bytes": _rss_peak(), "load_s": load_s}
 
 
+PARENT_ENV = "EDGEINFER_TUNE_PARENT"  # the pid of the `edgeinfer tune` that started the trial
+
+
+def _die_with_parent() -> None:
+    """A trial never outlives `edgeinfer tune`: killed (even with SIGKILL) or interrupted, its
+    trial goes too (Linux's PR_SET_PDEATHSIG; elsewhere the parent's timeout still applies)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    parent = os.environ.get(PARENT_ENV, "")
+    if parent.isdigit() and os.getppid() != int(parent):  # it died before prctl took effect
+        os._exit(1)
+
+
 def main() -> int:
+    _die_with_parent()
     spec = TrialSpec(**json.loads(sys.stdin.read()))
     try:
         result = run(spec)
