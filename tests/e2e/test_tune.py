@@ -160,7 +160,19 @@ def test_a_killed_run_resumes_where_it_stopped(repo: Path) -> None:
         (["nope"], "model 'nope' is not in the repository"),
         (["cnn", "--version", "7"], "no version 7"),
         (["cnn", "--concurrency", "a,b"], "--concurrency"),
-        (["cnn", "--concurrency", "0"], "must be positive"),
+        (["cnn", "--concurrency", "0"], "--concurrency must be in 1..1024"),
+        (["cnn", "--concurrency", "100000"], "--concurrency must be in 1..1024"),
+        (["cnn", "--budget-minutes", "0"], "--budget-minutes must be in"),
+        (["cnn", "--budget-minutes", "-1"], "--budget-minutes must be in"),
+        (["cnn", "--budget-minutes", "nan"], "--budget-minutes must be in"),
+        (["cnn", "--seconds", "1e308"], "--seconds must be in (0, 600]"),
+        (["cnn", "--seconds", "nan"], "--seconds must be in (0, 600]"),
+        (["cnn", "--repetitions", "1000000"], "--repetitions must be in 1..100"),
+        (["cnn", "--max-drop", "-3"], "--max-drop must be in [0, 1]"),
+        (["cnn", "--max-drop", "nan"], "--max-drop must be in [0, 1]"),
+        (["cnn", "--latency-budget-ms", "-5"], "--latency-budget-ms must be in"),
+        (["cnn", "--precision", "fp64"], "--precision: unknown fp64; use fp32"),
+        (["cnn", "--backend", "nope,onnxruntime"], "--backend: unknown nope; use onnxruntime"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(repo: Path, args: list[str], message: str) -> None:
@@ -168,6 +180,28 @@ def test_bad_input_is_one_line_and_exit_2(repo: Path, args: list[str], message: 
     assert got.returncode == 2
     assert message in got.stderr and len(got.stderr.strip().splitlines()) == 1
     assert "Traceback" not in got.stderr
+
+
+def test_bad_arguments_write_nothing(repo: Path) -> None:
+    got = tune(repo, "cnn", "--budget-minutes", "0")
+    assert got.returncode == 2
+    assert not (repo / "cnn" / "tune").exists()
+
+
+def test_a_model_with_a_fixed_batch_dimension_is_tuned(tmp_path: Path) -> None:
+    import onnx
+
+    model = onnx.load(models.mlp(tmp_path / "mlp.onnx"))
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = 1  # exported for batch 1 only
+    onnx.save(model, tmp_path / "fixed.onnx")
+    repo = tmp_path / "repo"
+    models.publish(repo, "fixed", tmp_path / "fixed.onnx", "max_batch_size = 0\n")
+    got = tune(repo, "fixed", *FAST, "--budget-minutes", "0.2", "--backend", "onnxruntime")
+    assert got.returncode == 0, got.stderr
+    body = json.loads((repo / "fixed" / "tune" / "report.json").read_text())
+    int8 = [t for t in body["trials"] if "int8-dynamic" in t["key"]]
+    assert int8 and all(t["status"] in ("ok", "rejected") for t in int8), int8
 
 
 def test_a_gguf_model_is_tuned_through_the_generation_loop(tmp_path: Path) -> None:

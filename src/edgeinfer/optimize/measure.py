@@ -36,8 +36,8 @@ def peak_rss_mb() -> float:
 def sample_feeds(
     inputs: tuple[TensorSpec, ...], data: Dataset | None, batch: int
 ) -> tuple[dict[str, np.ndarray], str]:
-    """Feeds of exactly `batch` samples: from `data` (rows repeated if it has fewer), else
-    synthetic (normal floats, ones for integers) of the declared shapes."""
+    """Feeds of `batch` samples: from `data` (rows repeated if it has fewer), else synthetic
+    (normal floats, ones for integers) of the declared shapes, whose fixed dimensions win."""
     if data is not None and data.fixed_batch in (None, batch):
         feeds = next(data.batches(batch))
         n = len(next(iter(feeds.values())))
@@ -47,7 +47,8 @@ def sample_feeds(
     rng = np.random.default_rng(0)
     feeds = {}
     for spec in inputs:
-        shape = [batch if i == 0 else (d if d > 0 else 1) for i, d in enumerate(spec.shape)]
+        # a fixed first dimension (a model exported for batch 1) is kept: it accepts no other
+        shape = [d if d > 0 else (batch if i == 0 else 1) for i, d in enumerate(spec.shape)]
         dtype = DTYPE_TO_NUMPY[spec.datatype]
         if dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(dtype)

@@ -178,6 +178,10 @@ class Measurer:
             )
         except EdgeInferError as e:
             return f"quantize failed: {e.message}"
+        except Exception as e:  # a model the quantizer cannot handle: that trial only
+            return (
+                f"quantize failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            )
         if outcome.published is None:
             gate = outcome.report.get("gate", {})
             return f"quantize gate refused it: {gate.get('reason', 'accuracy dropped')}"

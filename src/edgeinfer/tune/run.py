@@ -4,6 +4,7 @@ this device through the serving path, gated on accuracy; report, and apply with 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from edgeinfer.tune.llm import LlmCandidate, llm_stages
 from edgeinfer.tune.measure import Measurer, Plan
 from edgeinfer.tune.search import Checkpoint, Objective, Search, Stage, Trial
 from edgeinfer.tune.space import (
+    PRECISIONS,
     Candidate,
     Device,
     ModelFacts,
@@ -58,6 +60,47 @@ class TuneArgs:
     backends: tuple[str, ...] | None = None  # None: every backend that can load the model
     apply: bool = False
     trial_timeout_s: float = 120.0
+
+
+MAX_CONCURRENCY = 1024  # client tasks of one trial
+MAX_SECONDS = 600.0  # one measurement
+MAX_REPETITIONS = 100
+MAX_BUDGET_MINUTES = 7 * 24 * 60.0
+
+
+def _in(value: float, low: float, high: float) -> bool:
+    return math.isfinite(value) and low < value <= high
+
+
+def check(args: TuneArgs, generates: bool) -> None:
+    """Every argument bounded and every name known before the first trial (one-line errors)."""
+    problems = [
+        f"{flag} must be in {bound}"
+        for flag, ok, bound in (
+            ("--budget-minutes", _in(args.budget_minutes, 0, MAX_BUDGET_MINUTES), "(0, 10080]"),
+            ("--seconds", _in(args.seconds, 0, MAX_SECONDS), "(0, 600]"),
+            ("--repetitions", 1 <= args.repetitions <= MAX_REPETITIONS, "1..100"),
+            ("--concurrency", all(1 <= c <= MAX_CONCURRENCY for c in args.concurrency), "1..1024"),
+            ("--max-drop", math.isfinite(args.max_drop) and 0 <= args.max_drop <= 1, "[0, 1]"),
+            (
+                "--latency-budget-ms",
+                args.latency_budget_ms is None or _in(args.latency_budget_ms, 0, math.inf),
+                "(0, inf)",
+            ),
+        )
+        if not ok
+    ]
+    known_backends = ["llama.cpp"] if generates else tensor_backends()
+    known_precisions = ["gguf"] if generates else list(PRECISIONS)
+    for flag, given, known in (
+        ("--backend", args.backends, known_backends),
+        ("--precision", args.precisions, known_precisions),
+    ):
+        unknown = [name for name in given or () if name not in known]
+        if unknown:
+            problems.append(f"{flag}: unknown {', '.join(unknown)}; use {', '.join(known)}")
+    if problems:
+        raise TuneError("; ".join(problems))
 
 
 def facts_of(version_dir: Path, can_calibrate: bool) -> ModelFacts:
@@ -225,7 +268,7 @@ def _checkpoint(
         "eval": str(args.eval or ""),
         "usable_cpus": device.usable_cpus,
     }
-    return Checkpoint(folder / "checkpoint.json", json.loads(json.dumps(settings)))
+    return Checkpoint(folder / "checkpoint.json", json.loads(json.dumps(settings)), space.revive)
 
 
 def _winner(
@@ -254,6 +297,7 @@ def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
     entry, chosen = _version(args)
     device = device or device_now()
     objective = Objective(args.objective, args.latency_budget_ms, args.concurrency)
+    check(args, backend_of(chosen.path, entry.config).kind == "llm")
     space = _space(args, entry, chosen, device, objective)
     folder = entry.path / "tune"
     measurer = Measurer(_plan(args, entry, chosen))

@@ -91,17 +91,25 @@ class Objective:
 class Checkpoint:
     """Trials so far, rewritten atomically after each one (`kill -9` loses at most one trial)."""
 
-    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        settings: dict[str, Any],
+        revive: Callable[[dict[str, Any]], Any] = lambda d: Candidate(**d),
+    ) -> None:
         self.path = path
         self.settings = settings
         self.trials: dict[str, Trial] = {}
         if path.is_file():
             try:
                 saved = json.loads(path.read_text())
-            except (OSError, ValueError):
-                saved = {}
-            if saved.get("settings") == settings:  # other settings: start over
-                self.trials = {t["key"]: Trial(**t) for t in saved.get("trials", [])}
+                if saved.get("settings") == settings:  # other settings: start over
+                    self.trials = {t.key: t for t in map(_trial_of, saved["trials"])}
+                    for t in self.trials.values():
+                        if t.candidate is not None:
+                            revive(t.candidate)
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                self.trials = {}  # not a checkpoint this version wrote: start over
 
     def add(self, trial: Trial) -> None:
         self.trials[trial.key] = trial
@@ -110,6 +118,19 @@ class Checkpoint:
         body = {"settings": self.settings, "trials": [t.__dict__ for t in self.trials.values()]}
         tmp.write_text(json.dumps(body, indent=1))
         os.replace(tmp, self.path)
+
+
+def _trial_of(saved: dict[str, Any]) -> Trial:
+    """A checkpointed trial, its fields checked as far as the search and the report read them."""
+    trial = Trial(**saved)
+    for levels in [trial.levels, *trial.runs]:
+        for lv in levels:
+            for name in ("concurrency", "throughput", "spread", "p50_ms", "p99_ms", "requests"):
+                if not isinstance(lv[name], int | float):
+                    raise TypeError(name)
+    if not isinstance(trial.key, str) or not isinstance(trial.status, str):
+        raise TypeError("key")
+    return trial
 
 
 Progress = Callable[[int, int, str, Trial, Trial | None, float], None]

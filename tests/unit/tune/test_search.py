@@ -194,6 +194,48 @@ def test_a_checkpoint_of_other_settings_is_not_reused(tmp_path: Path) -> None:
     assert again.measured[0] == DEFAULT_KEY
 
 
+def _corrupt(saved: dict, how: str) -> object:
+    trials = saved["trials"]
+    if how == "list":
+        return []
+    if how == "string":
+        return "x"
+    if how == "unknown field":
+        trials[0]["bogus"] = 1
+    elif how == "levels not a list":
+        trials[1]["levels"] = "zzz"
+    elif how == "candidate of other fields":
+        trials[1]["candidate"] = {"nope": 1}
+    elif how == "throughput not a number":
+        trials[1]["levels"][0]["throughput"] = "fast"
+    elif how == "no trials":
+        del saved["trials"]
+    return saved
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "list",
+        "string",
+        "unknown field",
+        "levels not a list",
+        "candidate of other fields",
+        "throughput not a number",
+        "no trials",
+    ],
+)
+def test_a_corrupted_checkpoint_starts_over(tmp_path: Path, how: str) -> None:
+    clock = [0.0]
+    search(tmp_path, FakeMeasurer(clock), clock).run()
+    path = tmp_path / "checkpoint.json"
+    path.write_text(json.dumps(_corrupt(json.loads(path.read_text()), how)))
+    again = FakeMeasurer(clock)
+    trials = search(tmp_path, again, clock).run()
+    assert again.measured[0] == DEFAULT_KEY  # measured again, not read back
+    assert all(t.status == "ok" for t in trials.values())
+
+
 def _trial(key: str, tput: float, spread: float = 0.02, status: str = "ok") -> Trial:
     c = None if key == DEFAULT_KEY else Candidate(threads=int(key)).as_dict()
     return Trial(
