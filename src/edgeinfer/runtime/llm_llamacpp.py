@@ -110,20 +110,7 @@ class LlamaCppModel:
         self._grammar_tokenizer: Any = None  # llguidance's view of the vocabulary, on first use
         self._grammar_lock = threading.Lock()
         try:
-            self._vocab = lib.llama_model_get_vocab(model)
-            self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
-            self.n_ctx_train = int(lib.llama_model_n_ctx_train(model))
-            self.n_swa = int(lib.llama_model_n_swa(model))  # 0: no sliding-window layers
-            # A recurrent state holds the whole sequence: no prefix of it can be copied.
-            self._recurrent = bool(
-                lib.llama_model_is_recurrent(model) or lib.llama_model_is_hybrid(model)
-            )
-            self.bos = int(lib.llama_vocab_bos(self._vocab))
-            self.eos = int(lib.llama_vocab_eos(self._vocab))
-            self.add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
-            self.eog = frozenset(
-                t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self._vocab, t)
-            )
+            self._read_facts(model)
             self.chat_format = chat_format(
                 options.chat_template, _meta(lib, model, "tokenizer.chat_template")
             )
@@ -149,6 +136,24 @@ class LlamaCppModel:
                 options.context_length,
                 self.n_ctx_train,
             )
+
+    def _read_facts(self, model: Any) -> None:
+        """The model's vocabulary and shape facts the loop and the cache need."""
+        lib = self._lib
+        self._vocab = lib.llama_model_get_vocab(model)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(lib.llama_model_n_ctx_train(model))
+        self.n_swa = int(lib.llama_model_n_swa(model))  # 0: no sliding-window layers
+        # A recurrent state holds the whole sequence: no prefix of it can be copied.
+        self._recurrent = bool(
+            lib.llama_model_is_recurrent(model) or lib.llama_model_is_hybrid(model)
+        )
+        self.bos = int(lib.llama_vocab_bos(self._vocab))
+        self.eos = int(lib.llama_vocab_eos(self._vocab))
+        self.add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
+        self.eog = frozenset(
+            t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self._vocab, t)
+        )
 
     @classmethod
     def load(cls, version_dir: Path, config: ModelConfig) -> LlamaCppModel:
