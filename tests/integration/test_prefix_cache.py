@@ -141,3 +141,24 @@ def test_completions_reuse_a_shared_prefix(client: Any) -> None:
     assert ours.choices[0].text == plain.choices[0].text
     assert ours.usage.prompt_tokens_details.cached_tokens > ours.usage.prompt_tokens // 2
     assert plain.usage.prompt_tokens_details.cached_tokens == 0
+
+
+def test_n_choices_prefill_the_prompt_once_and_sample_as_without_the_cache(
+    server: ServerProcess, client: Any
+) -> None:
+    prompt = "Sensor report 4711 from the north field: all quiet. " * 4  # in no slot yet
+
+    def four(model: str) -> Any:
+        return client.completions.create(model=model, prompt=prompt, n=4, max_tokens=8,
+                                         temperature=0.9, seed=11)  # fmt: skip
+
+    before = counters(server, CACHED)
+    ours, plain = four(CACHED), four(PLAIN)
+    queries, hits = (a - b for a, b in zip(counters(server, CACHED), before, strict=True))
+    assert [c.index for c in ours.choices] == [0, 1, 2, 3]
+    assert [c.text for c in ours.choices] == [c.text for c in plain.choices]
+    assert len({c.text for c in ours.choices}) > 1  # seeds 11..14: distinct samples
+    n = ours.usage.prompt_tokens
+    assert queries == 4 * n
+    # Prefilled once: the other three copied all but the last prompt token (its logits).
+    assert hits >= 3 * (n - 1) and queries - hits <= n + 3
