@@ -11,7 +11,7 @@ import httpx
 import llama_cpp  # noqa: F401  (missing: these tests fail, never skip)
 import pytest
 
-from tests.conftest import ServerProcess, start_server
+from tests.helpers import ServerProcess, serve
 
 EDGEINFER = [sys.executable, "-m", "edgeinfer.cli"]
 
@@ -22,9 +22,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
     root = tmp_path_factory.mktemp("chat-repo")
     build_llm_demo(root / "llm-demo", tmp_path_factory.mktemp("scratch"))
-    s = start_server(root, tmp_path_factory.mktemp("chat-logs") / "server.log")
-    yield s
-    s.stop()
+    with serve(root, tmp_path_factory.mktemp("chat-logs") / "server.log") as s:
+        yield s
 
 
 def chat(server: ServerProcess, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from edgeinfer.testing import models
-from tests.conftest import start_server
+from tests.helpers import serve
 
 EDGEINFER = [sys.executable, "-m", "edgeinfer.cli"]
 
@@ -66,8 +66,7 @@ def test_errors_are_one_line_with_exit_code(tmp_path: Path) -> None:
 def test_load_unload_against_a_running_server(tiny_repo: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(tiny_repo, repo)
-    server = start_server(repo, tmp_path / "server.log")
-    try:
+    with serve(repo, tmp_path / "server.log") as server:
         url = ["--url", server.url]
         listing = run("models", "list", *url).stdout
         assert "ids" in listing and "READY" in listing
@@ -89,18 +88,13 @@ def test_load_unload_against_a_running_server(tiny_repo: Path, tmp_path: Path) -
         md = httpx.get(f"{server.url}/v2/models/ids").json()
         assert md["versions"] == ["1", "2"]  # v1 stays resident for an instant rollback
         assert "live v2" in run("models", "status", "ids", *url).stdout
-    finally:
-        server.stop()
 
 
 def test_set_overrides_a_models_config(tiny_repo: Path, tmp_path: Path) -> None:
-    server = start_server(tiny_repo, tmp_path / "server.log", "--set", "mlp.max_batch_size=2",
-                          "--set", "mlp.dynamic_batching.max_queue_delay_us=100")  # fmt: skip
-    try:
+    with serve(tiny_repo, tmp_path / "server.log", "--set", "mlp.max_batch_size=2",
+               "--set", "mlp.dynamic_batching.max_queue_delay_us=100") as server:  # fmt: skip
         cfg = httpx.get(f"{server.url}/v2/models/mlp/config").json()
         assert cfg["max_batch_size"] == 2
-    finally:
-        server.stop()
     proc = run("serve", "--repository", str(tiny_repo), "--set", "mlp.queue.timeout_action=boom",
                ok=False)  # fmt: skip
     assert proc.returncode == 2
@@ -112,8 +106,7 @@ def test_server_commands_send_the_api_key(tiny_repo: Path, tmp_path: Path) -> No
     """Every command that talks to a server takes --api-key (or EDGEINFER_API_KEY)."""
     keys = tmp_path / "keys.toml"
     admin = run("keys", "create", "--role", "admin", "--file", str(keys)).stdout.strip()
-    server = start_server(tiny_repo, tmp_path / "server.log", "--api-keys", str(keys))
-    try:
+    with serve(tiny_repo, tmp_path / "server.log", "--api-keys", str(keys)) as server:
         url = ["--url", server.url]
         proc = run("models", "status", "mlp", *url, ok=False)
         assert proc.returncode == 1 and "server answered 401" in proc.stderr
@@ -128,5 +121,3 @@ def test_server_commands_send_the_api_key(tiny_repo: Path, tmp_path: Path) -> No
             timeout=120,
         )
         assert proc.returncode == 0, proc.stderr
-    finally:
-        server.stop()

@@ -16,7 +16,7 @@ import pytest
 from edgeinfer.adapters.convert import convert_graph
 from edgeinfer.runtime.lora_onnx import export_onnx_adapter
 from edgeinfer.testing import models
-from tests.conftest import ServerProcess, free_port, start_server
+from tests.helpers import ServerProcess, free_port, serve
 
 EDGEINFER = [sys.executable, "-m", "edgeinfer.cli", "adapters"]
 
@@ -75,10 +75,9 @@ def repo(build: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(
     repo: Path, build: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    srv = start_server(repo, tmp_path_factory.mktemp("cli-logs") / "server.log",
-                       "--adapter-dir", str(build))  # fmt: skip
-    yield srv
-    srv.stop()
+    with serve(repo, tmp_path_factory.mktemp("cli-logs") / "server.log",
+               "--adapter-dir", str(build)) as srv:  # fmt: skip
+        yield srv
 
 
 def infer(server: ServerProcess, adapter: str | None) -> httpx.Response:

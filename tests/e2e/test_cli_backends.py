@@ -8,8 +8,8 @@ import httpx
 import numpy as np
 
 from edgeinfer.testing import models, tflite
-from tests.conftest import start_server
 from tests.e2e.test_cli import run
+from tests.helpers import serve
 from tests.integration.test_backend_conformance import reference
 
 
@@ -24,8 +24,7 @@ def test_models_add_tflite_and_openvino_ir_then_serve(tmp_path: Path) -> None:
         "manifest.json", "model.bin", "model.xml"]  # fmt: skip
     assert (repo / "lite" / "config.toml").read_text() == 'backend = "litert"\n'
     assert (repo / "ov" / "config.toml").read_text() == 'backend = "openvino"\n'
-    server = start_server(repo, tmp_path / "log")
-    try:
+    with serve(repo, tmp_path / "log") as server:
         x = np.random.default_rng(0).uniform(-1, 1, (2, 16)).astype(np.float32)
         body = {"inputs": [{"name": "x", "shape": [2, 16], "datatype": "FP32",
                             "data": x.ravel().tolist()}]}  # fmt: skip
@@ -34,8 +33,6 @@ def test_models_add_tflite_and_openvino_ir_then_serve(tmp_path: Path) -> None:
             r = httpx.post(f"{server.url}/v2/models/{name}/infer", json=body, timeout=60)
             y = np.array(r.json()["outputs"][0]["data"], np.float32).reshape(2, 4)
             assert np.abs(y - reference(x)).max() <= 0.02 * np.abs(reference(x)).max()
-    finally:
-        server.stop()
 
 
 def test_models_add_refuses_with_one_line(tmp_path: Path) -> None:

@@ -20,8 +20,7 @@ from edgeinfer.adapters.convert import convert_graph
 from edgeinfer.adapters.store import ADAPTERS_DIR, add_adapter, scan
 from edgeinfer.repository import Repository, verify_manifest
 from edgeinfer.testing import models
-from tests.conftest import ServerProcess, start_server
-from tests.helpers import wait_until
+from tests.helpers import ServerProcess, serve, wait_until
 
 
 def big_model(path: Path) -> Path:
@@ -135,8 +134,7 @@ def test_kill_9_during_adapters_add(tmp_path: Path) -> None:
     small = onnx_adapter(build / "small.onnx_adapter", 2)
     add_adapter(repo / "m", "x", onnx_adapter(build / "x.onnx_adapter", 4, seed=0))
     # A server runs throughout, as on a device where adapters are added next to it.
-    server = start_server(repo, tmp_path / "server.log")
-    try:
+    with serve(repo, tmp_path / "server.log") as server:
         base = output(infer(server, None))
         assert not np.allclose(output(infer(server, "x")), base)  # adapters really apply
         # One add that runs to the end: how long the whole command and its copy take.
@@ -196,5 +194,3 @@ def test_kill_9_during_adapters_add(tmp_path: Path) -> None:
         for name in listed:  # every listed adapter serves (all but x leave the output as is)
             out = output(infer(server, name))
             assert np.allclose(out, base) == (name != "x"), name
-    finally:
-        server.stop()

@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 
 from edgeinfer.testing import models
-from tests.conftest import ServerProcess, start_server
-from tests.helpers import samples, wait_until
+from tests.helpers import ServerProcess, samples, serve, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -54,9 +53,8 @@ def server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                    "max_batch_size = 8\ncanary = { version = 1, weight = 0.25 }\n"
                    "[version_policy]\nall = true\n[dynamic_batching]\nmax_queue_delay_us = 500\n")  # fmt: skip
     models.publish(root, "mlp", models.mlp(build / "mlp2.onnx", seed=2))
-    proc = start_server(root, tmp_path_factory.mktemp("dash-logs") / "server.log")
-    yield proc
-    proc.stop()
+    with serve(root, tmp_path_factory.mktemp("dash-logs") / "server.log") as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import ServerProcess
+from tests.helpers import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

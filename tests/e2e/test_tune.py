@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from edgeinfer.testing import models
-from tests.conftest import start_server
-from tests.helpers import wait_until
+from tests.helpers import serve, wait_until
 
 CLI = [sys.executable, "-m", "edgeinfer.cli", "tune"]
 FAST = ["--seconds", "0.2", "--repetitions", "2", "--concurrency", "1,4"]
@@ -42,8 +41,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 def test_tune_reports_applies_and_the_server_serves_the_winner(repo: Path, tmp_path: Path) -> None:
-    server = start_server(repo, tmp_path / "server.log", "--model-control", "poll")
-    try:
+    with serve(repo, tmp_path / "server.log", "--model-control", "poll") as server:
         x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
         before = httpx.post(
             f"{server.url}/v2/models/cnn/infer",
@@ -87,8 +85,6 @@ def test_tune_reports_applies_and_the_server_serves_the_winner(repo: Path, tmp_p
         wait_until(lambda: want in live(), 60, f"cnn version {want} to be ready", interval=0.1)
         after = httpx.post(f"{server.url}/v2/models/cnn/infer", json=request(x), timeout=30)
         assert after.status_code == 200, after.text
-    finally:
-        server.stop()
 
 
 def running(pid: int) -> bool:

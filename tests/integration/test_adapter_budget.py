@@ -19,8 +19,7 @@ from edgeinfer.adapters.convert import convert_graph
 from edgeinfer.adapters.store import add_adapter
 from edgeinfer.runtime.lora_onnx import export_onnx_adapter
 from edgeinfer.testing import models
-from tests.conftest import ServerProcess, start_server
-from tests.helpers import Samples, samples
+from tests.helpers import Samples, ServerProcess, samples, serve
 
 BUDGET = 1 << 20  # --adapter-budget-mb 1
 N_IN, HIDDEN, N_OUT = 64, 256, 8
@@ -76,10 +75,9 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     add_adapter(root / "m", "toobig", huge)
     size = (build / "a0.onnx_adapter").stat().st_size
     assert 3 * size <= BUDGET < 4 * size < BUDGET + size < huge.stat().st_size + size, size
-    server = start_server(root, build / "server.log", "--adapter-budget-mb", "1",
-                          "--adapter-dir", str(build))  # fmt: skip
-    yield {"server": server, "base": base, "loras": loras, "huge": huge, "mode": mode}
-    server.stop()
+    with serve(root, build / "server.log", "--adapter-budget-mb", "1",
+               "--adapter-dir", str(build)) as server:  # fmt: skip
+        yield {"server": server, "base": base, "loras": loras, "huge": huge, "mode": mode}
 
 
 def _body(x: np.ndarray, adapter: str | None) -> dict:

@@ -22,8 +22,7 @@ from edgeinfer.demo.lora import lora_pairs, write_gguf_lora
 from edgeinfer.repository import add_version
 from edgeinfer.runtime import gguf_writer
 from edgeinfer.testing import models
-from tests.conftest import ServerProcess, start_server
-from tests.helpers import wait_until
+from tests.helpers import ServerProcess, serve, wait_until
 
 KEYS = {"admin": ("admin", None), "acme": ("infer", "acme"), "globex": ("infer", "globex")}
 RANK = 4
@@ -90,11 +89,10 @@ def lora_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                      f'sha256 = "{hash_key(keys[name])}"\n'
                      + (f'tenant = "{tenant}"\n' if tenant else ""))  # fmt: skip
     (build / "keys.toml").write_text("\n".join(lines))
-    server = start_server(root, build / "server.log", "--api-keys", str(build / "keys.toml"),
-                          "--adapter-dir", str(build))  # fmt: skip
-    yield {"server": server, "keys": keys, "weights": weights, "onnx_loras": onnx_loras,
-           "gguf_loras": gguf_loras, "build": build, "root": root, "graphs": graphs}  # fmt: skip
-    server.stop()
+    with serve(root, build / "server.log", "--api-keys", str(build / "keys.toml"),
+               "--adapter-dir", str(build)) as server:  # fmt: skip
+        yield {"server": server, "keys": keys, "weights": weights, "onnx_loras": onnx_loras,
+               "gguf_loras": gguf_loras, "build": build, "root": root, "graphs": graphs}  # fmt: skip
 
 
 def _h(env: dict, who: str) -> dict[str, str]:

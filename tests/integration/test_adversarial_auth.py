@@ -25,21 +25,10 @@ from edgeinfer.adapters.convert import PEFT_CONFIG, convert_graph, convert_peft,
 from edgeinfer.adapters.store import add_adapter
 from edgeinfer.auth import hash_key
 from edgeinfer.testing import models
-from tests.conftest import ServerProcess, start_server
-from tests.helpers import wait_until
+from tests.helpers import ServerProcess, free_port, serve, wait_until
 
 KEYS = {"admin": ("admin", None), "acme": ("infer", "acme"), "ops": ("infer", None)}
 X = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}]}
-
-
-def _start(repo: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
-    old = dict(os.environ)
-    os.environ.update(env or {})
-    try:
-        return start_server(repo, log, *args)
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
 
 
 def _keys(d: Path) -> tuple[Path, dict[str, str]]:
@@ -85,11 +74,10 @@ def secured(lora_repo: tuple[Path, Path], tmp_path_factory: pytest.TempPathFacto
     keys_file, keys = _keys(d)
     (d / "allowed").mkdir()
     (d / "tmp").mkdir()
-    server = _start(root, d / "server.log", "--api-keys", str(keys_file),
-                    env={"EDGEINFER_ADAPTER_DIRS": str(d / "allowed"), "TMPDIR": str(d / "tmp"),
-                         "EDGEINFER_TENANTS": "globex"})  # fmt: skip
-    yield server, keys, d
-    server.stop()
+    with serve(root, d / "server.log", "--api-keys", str(keys_file),
+               env={"EDGEINFER_ADAPTER_DIRS": str(d / "allowed"), "TMPDIR": str(d / "tmp"),
+                    "EDGEINFER_TENANTS": "globex"}) as server:  # fmt: skip
+        yield server, keys, d
 
 
 def _infer_x(server: ServerProcess, headers: dict[str, str]) -> httpx.Response:
@@ -102,8 +90,7 @@ def test_wrong_keys_never_lock_out_valid_keys_nor_hide_behind_forwarded_headers(
     lora_repo: tuple[Path, Path], tmp_path: Path
 ) -> None:
     keys_file, keys = _keys(tmp_path)
-    server = _start(lora_repo[0], tmp_path / "server.log", "--api-keys", str(keys_file))
-    try:
+    with serve(lora_repo[0], tmp_path / "server.log", "--api-keys", str(keys_file)) as server:
         url = f"{server.url}/v2/models/m/infer"
         # X-Forwarded-For from 127.0.0.1 is not trusted by default: all count as 127.0.0.1.
         codes = [httpx.post(url, json=X, headers=_h(f"guess-{i:03d}", **{
@@ -125,17 +112,14 @@ def test_wrong_keys_never_lock_out_valid_keys_nor_hide_behind_forwarded_headers(
             out = client.infer("m", [inp], headers={"authorization": f"Bearer {keys[who]}"})
             assert out.as_numpy("y").shape == (1, 4)
         client.load_model("m", headers={"authorization": f"Bearer {keys['admin']}"})
-    finally:
-        server.stop()
 
 
 def test_forwarded_headers_are_trusted_only_from_allowed_proxies(
     tiny_repo: Path, tmp_path: Path
 ) -> None:
     keys_file, keys = _keys(tmp_path)
-    server = _start(tiny_repo, tmp_path / "server.log", "--api-keys", str(keys_file),
-                    env={"EDGEINFER_FORWARDED_ALLOW_IPS": "127.0.0.1"})  # fmt: skip
-    try:
+    with serve(tiny_repo, tmp_path / "server.log", "--api-keys", str(keys_file),
+               env={"EDGEINFER_FORWARDED_ALLOW_IPS": "127.0.0.1"}) as server:  # fmt: skip
         url = f"{server.url}/v2/models/mlp/infer"
 
         def post(key: str, client: str) -> int:
@@ -145,8 +129,6 @@ def test_forwarded_headers_are_trusted_only_from_allowed_proxies(
         assert [post(f"guess-{i:03d}", "10.1.2.3") for i in range(11)][-1] == 429
         assert post("guess-other", "10.9.9.9") == 401  # another client behind the proxy
         assert post(keys["ops"], "10.1.2.3") == 200  # the limited client's valid key
-    finally:
-        server.stop()
 
 
 # ---- /metrics and tenants ------------------------------------------------------------------
@@ -154,28 +136,16 @@ def test_metrics_need_a_key_when_keys_are_configured(
     lora_repo: tuple[Path, Path], tmp_path: Path
 ) -> None:
     keys_file, keys = _keys(tmp_path)
-    side = str(_free())
-    server = _start(lora_repo[0], tmp_path / "server.log", "--api-keys", str(keys_file),
-                    "--metrics-port", side)  # fmt: skip
-    try:
+    side = str(free_port())
+    with serve(lora_repo[0], tmp_path / "server.log", "--api-keys", str(keys_file),
+               "--metrics-port", side) as server:  # fmt: skip
         for base in (server.url, f"http://127.0.0.1:{side}"):
             assert httpx.get(f"{base}/metrics").status_code == 401, base
             assert httpx.get(f"{base}/metrics", headers=_h(keys["ops"])).status_code == 200
         assert httpx.get(f"{server.url}/dashboard").status_code == 401
-    finally:
-        server.stop()
-    server = _start(lora_repo[0], tmp_path / "open.log", "--api-keys", str(keys_file),
-                    "--open-metrics")  # fmt: skip
-    try:
+    with serve(lora_repo[0], tmp_path / "open.log", "--api-keys", str(keys_file),
+               "--open-metrics") as server:  # fmt: skip
         assert httpx.get(f"{server.url}/metrics").status_code == 200
-    finally:
-        server.stop()
-
-
-def _free() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_a_key_without_tenant_cannot_claim_one(secured: tuple) -> None:
@@ -206,8 +176,7 @@ def test_a_key_without_tenant_cannot_claim_one(secured: tuple) -> None:
 
 
 def test_tenant_headers_do_not_grow_metrics(tiny_repo: Path, tmp_path: Path) -> None:
-    server = _start(tiny_repo, tmp_path / "server.log")  # no keys
-    try:
+    with serve(tiny_repo, tmp_path / "server.log") as server:  # no keys
         before = len(httpx.get(f"{server.url}/metrics").content)
         with httpx.Client() as client:
             for i in range(300):
@@ -218,8 +187,6 @@ def test_tenant_headers_do_not_grow_metrics(tiny_repo: Path, tmp_path: Path) -> 
         text = httpx.get(f"{server.url}/metrics").text
         assert "tttttttttt" not in text
         assert len(text) < before + 20_000, (before, len(text))
-    finally:
-        server.stop()
 
 
 # ---- adapter paths -------------------------------------------------------------------------
@@ -298,9 +265,8 @@ def test_slow_header_connections_are_closed_and_others_are_served(
     tiny_repo: Path, tmp_path: Path
 ) -> None:
     timeout = 3.0
-    server = _start(tiny_repo, tmp_path / "server.log",
-                    env={"EDGEINFER_HEADER_TIMEOUT_S": str(timeout)})  # fmt: skip
-    try:
+    with serve(tiny_repo, tmp_path / "server.log",
+               env={"EDGEINFER_HEADER_TIMEOUT_S": str(timeout)}) as server:  # fmt: skip
         baseline = _fds(server.proc.pid)
         socks = [socket.create_connection(("127.0.0.1", server.http_port)) for _ in range(200)]
         closed: set[int] = set()
@@ -342,16 +308,13 @@ def test_slow_header_connections_are_closed_and_others_are_served(
         for s in socks:
             s.close()
         assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
-    finally:
-        server.stop()
 
 
 def test_grpc_connections_that_never_speak_http2_are_closed(
     tiny_repo: Path, tmp_path: Path
 ) -> None:
-    server = _start(tiny_repo, tmp_path / "server.log",
-                    env={"EDGEINFER_HEADER_TIMEOUT_S": "2"})  # fmt: skip
-    try:
+    with serve(tiny_repo, tmp_path / "server.log",
+               env={"EDGEINFER_HEADER_TIMEOUT_S": "2"}) as server:  # fmt: skip
         socks = [socket.create_connection(("127.0.0.1", server.grpc_port)) for _ in range(50)]
         for s in socks[::2]:
             s.sendall(b"PRI * HTTP/2.0\r\n")  # half a connection preface, then silence
@@ -368,5 +331,3 @@ def test_grpc_connections_that_never_speak_http2_are_closed(
             except OSError:
                 pass  # reset: closed as well
             s.close()
-    finally:
-        server.stop()

@@ -28,7 +28,7 @@ from edgeinfer.testing.adversarial import (
     header_bytes,
     http_cases,
 )
-from tests.conftest import ServerProcess, start_server
+from tests.helpers import ServerProcess, serve
 from tests.unit.fuzz.adversarial import GRPC_BAD, grpc_requests, http_requests
 from tests.unit.fuzz.budget import fuzz
 
@@ -58,9 +58,8 @@ SAYS = {
 @pytest.fixture(scope="module")
 def server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("adversarial-limits") / "server.log"
-    server = start_server(demo_repo, log, "--tenants", TENANT)
-    yield server
-    server.stop()
+    with serve(demo_repo, log, "--tenants", TENANT) as server:
+        yield server
     assert "Traceback" not in server.log()
 
 

@@ -22,7 +22,7 @@ import llama_cpp  # noqa: F401  (missing: these tests fail, never skip)
 import openai
 import pytest
 
-from tests.conftest import ServerProcess, start_server
+from tests.helpers import ServerProcess, serve
 
 MODEL = "llm-demo"
 SLOW = "llm-small"
@@ -48,9 +48,8 @@ def llm_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(llm_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_server(llm_repo, tmp_path_factory.mktemp("adv-llm-logs") / "server.log")
-    yield s
-    s.stop()
+    with serve(llm_repo, tmp_path_factory.mktemp("adv-llm-logs") / "server.log") as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +157,7 @@ def test_special_tokens_in_chat_content_are_plain_text(
 def test_sigterm_ends_open_streams_with_an_error_event_and_exits(
     llm_repo: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    s = start_server(llm_repo, tmp_path_factory.mktemp("adv-sigterm") / "server.log")
-    try:
+    with serve(llm_repo, tmp_path_factory.mktemp("adv-sigterm") / "server.log") as s:
         body = {"model": SLOW, "prompt": "hi", "max_tokens": 4000, "temperature": 0,
                 "ignore_eos": True, "stream": True}  # fmt: skip
         with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=60) as r:
@@ -170,5 +168,3 @@ def test_sigterm_ends_open_streams_with_an_error_event_and_exits(
         assert '"text"' in first
         assert rest and "shutting down" in rest[-2] and rest[-1] == "data: [DONE]", rest[-3:]
         assert s.proc.wait(30) == 0 or s.proc.returncode == -signal.SIGTERM
-    finally:
-        s.stop()

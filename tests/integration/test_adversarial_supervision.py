@@ -7,7 +7,6 @@ request to the model hung."""
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from edgeinfer.testing import models
-from tests.conftest import ServerProcess, start_server
+from tests.helpers import ServerProcess, serve, wait_until
 
 DEADLINE_S = 15.0
 ZERO_BATCH = {"inputs": [{"name": "x", "shape": [0, 16], "datatype": "FP32", "data": []}]}
@@ -44,9 +43,8 @@ def repo(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_server(repo, tmp_path_factory.mktemp("sup-logs") / "server.log")
-    yield s
-    s.stop()
+    with serve(repo, tmp_path_factory.mktemp("sup-logs") / "server.log") as s:
+        yield s
 
 
 @pytest.fixture
@@ -132,20 +130,16 @@ def test_a_broken_model_dropped_into_a_polled_repository_leaves_readiness_as_it_
 ) -> None:
     root = tmp_path / "repo"
     shutil.copytree(tiny_repo, root)
-    s = start_server(root, tmp_path / "server.log", "--model-control", "poll")
-    try:
-        with httpx.Client(base_url=s.url, timeout=DEADLINE_S) as http:
-            _broken(root, tmp_path)
-            end = time.monotonic() + 60
-            while not _failed_to_load(http, "broken"):  # the watcher tried and failed
-                assert time.monotonic() < end, "the watcher never tried the new model"
-                time.sleep(0.1)
-            assert http.get("/v2/health/ready").status_code == 200
-            assert http.get("/v2/models/broken/ready").status_code != 200
-            grpc = grpcclient.InferenceServerClient(s.grpc_addr)
-            _serving(http, grpc)
-    finally:
-        s.stop()
+    log = tmp_path / "server.log"
+    with (serve(root, log, "--model-control", "poll") as s,
+          httpx.Client(base_url=s.url, timeout=DEADLINE_S) as http):  # fmt: skip
+        _broken(root, tmp_path)
+        wait_until(lambda: _failed_to_load(http, "broken"), 60,
+                   "the watcher trying (and failing) the new model", 0.1)  # fmt: skip
+        assert http.get("/v2/health/ready").status_code == 200
+        assert http.get("/v2/models/broken/ready").status_code != 200
+        grpc = grpcclient.InferenceServerClient(s.grpc_addr)
+        _serving(http, grpc)
 
 
 def _failed_to_load(http: httpx.Client, name: str) -> bool:

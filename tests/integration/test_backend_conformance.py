@@ -21,7 +21,7 @@ from edgeinfer import runtime
 from edgeinfer.config import ModelConfig
 from edgeinfer.repository import add_version
 from edgeinfer.testing import models, tflite
-from tests.conftest import ServerProcess, start_server
+from tests.helpers import ServerProcess, serve
 
 BACKENDS = ("onnxruntime", "openvino", "litert")
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino", "litert": "litert_tflite"}
@@ -76,11 +76,10 @@ def served(
     publish(root, "int8", *int8_files(backend, build))
     publish(root, "reload", fp32_files(backend, build, 1), FP32_CONFIG)
     home = tmp_path_factory.mktemp(f"{backend}-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EDGEINFER_HOME", str(home))  # OpenVINO's compiled-model cache goes here
-        server = start_server(root, home / "server.log", "--model-control", "explicit")
-    yield backend, server, root
-    server.stop()
+    # EDGEINFER_HOME: OpenVINO's compiled-model cache goes there.
+    with serve(root, home / "server.log", "--model-control", "explicit",
+               env={"EDGEINFER_HOME": str(home)}) as server:  # fmt: skip
+        yield backend, server, root
 
 
 def rows(n: int, seed: int = 0) -> np.ndarray:

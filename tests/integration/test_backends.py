@@ -4,7 +4,6 @@ serving an ONNX file chosen by --set and its compiled-model cache."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,14 +13,14 @@ import numpy as np
 import pytest
 
 from edgeinfer.testing import models, tflite
-from tests.conftest import ServerProcess, start_server
+from tests.helpers import ServerProcess, serve, wait_until
 from tests.integration.test_backend_conformance import infer_json, output, publish, reference, rows
 
 
 @pytest.mark.parametrize(("backend", "package"), [("openvino", "openvino"),
                                                   ("litert", "ai_edge_litert")])  # fmt: skip
 def test_a_model_whose_backend_is_missing_fails_alone_with_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str, package: str
+    tmp_path: Path, backend: str, package: str
 ) -> None:
     root, build = tmp_path / "repo", tmp_path / "build"
     publish(root, "plain", {"model.onnx": models.mlp(build / "m.onnx")}, "")
@@ -31,16 +30,18 @@ def test_a_model_whose_backend_is_missing_fails_alone_with_one_line(
     hide = tmp_path / "hide"
     hide.mkdir()  # the package cannot be imported in the server process
     (hide / "sitecustomize.py").write_text(f"import sys\nsys.modules[{package!r}] = None\n")
-    monkeypatch.setenv("PYTHONPATH", f"{hide}:{Path('src').resolve()}")
-    server = start_server(root, tmp_path / "log", wait_ready=False)
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # until both loads have ended
-            index = {m["name"]: m for m in httpx.post(f"{server.url}/v2/repository/index").json()}
-            if {index[m]["state"] for m in ("plain", "needs")} <= {"READY", "UNAVAILABLE"}:
-                break
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.05)
+    path = {"PYTHONPATH": f"{hide}:{Path('src').resolve()}"}
+    with serve(root, tmp_path / "log", env=path, wait="live") as server:
+
+        def states() -> dict[str, dict]:
+            return {m["name"]: m for m in httpx.post(f"{server.url}/v2/repository/index").json()}
+
+        def ended() -> bool:  # both loads, one way or the other
+            index = states()
+            return {index[m]["state"] for m in ("plain", "needs")} <= {"READY", "UNAVAILABLE"}
+
+        wait_until(ended, 60, lambda: f"both loads to end; log:\n{server.log()}", 0.05)
+        index = states()
         assert (index["plain"]["state"], index["needs"]["state"]) == ("READY", "UNAVAILABLE")
         reason = index["needs"]["reason"]
         assert "\n" not in reason and reason.endswith(
@@ -49,8 +50,6 @@ def test_a_model_whose_backend_is_missing_fails_alone_with_one_line(
         assert httpx.get(f"{server.url}/v2/models/needs/ready").status_code != 200
         close = output(infer_json(server, "plain", rows(2)))
         np.testing.assert_allclose(close, reference(rows(2)), rtol=1e-4, atol=1e-4)
-    finally:
-        server.stop()
 
 
 LITERT = {
@@ -68,9 +67,8 @@ def litert_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     for name, (maker, config) in LITERT.items():
         path = getattr(tflite, maker)(build / f"{name}.tflite")
         publish(root, name, {"model.tflite": path}, config)
-    server = start_server(root, build / "log")
-    yield server
-    server.stop()
+    with serve(root, build / "log") as server:
+        yield server
 
 
 def test_litert_without_a_resizable_batch_axis_runs_one_row_at_a_time(
@@ -114,15 +112,16 @@ def test_litert_dequantized_outputs_are_fp32(litert_server: ServerProcess) -> No
 
 
 def test_openvino_serves_an_onnx_file_by_set_and_caches_the_compiled_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     root = tmp_path / "repo"
     publish(root, "m", {"model.onnx": models.mlp(tmp_path / "m.onnx")}, "max_batch_size = 8\n")
-    monkeypatch.setenv("EDGEINFER_HOME", str(tmp_path / "home"))
+    home = {"EDGEINFER_HOME": str(tmp_path / "home")}
     cache = tmp_path / "home" / "openvino"
     for start in ("cold", "cached"):
-        server = start_server(root, tmp_path / f"{start}.log", "--set", "m.backend=openvino")
-        try:
+        with serve(
+            root, tmp_path / f"{start}.log", "--set", "m.backend=openvino", env=home
+        ) as server:
             assert httpx.get(f"{server.url}/v2/models/m").json()["platform"] == "openvino"
             x = rows(2)
             close = output(infer_json(server, "m", x))
@@ -132,8 +131,6 @@ def test_openvino_serves_an_onnx_file_by_set_and_caches_the_compiled_model(
                                 timeout=120).json()  # fmt: skip
                 assert doc["backend"] == "openvino" and doc["runs"] == 2
                 assert {n["op_type"].split()[0] for n in doc["nodes"]} >= {"FullyConnected"}
-        finally:
-            server.stop()
         blobs = sorted(p.name for p in cache.glob("*.blob"))
         if start == "cold":
             first = blobs

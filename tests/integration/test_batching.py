@@ -17,8 +17,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from edgeinfer.testing import models
-from tests.conftest import ServerProcess, infer_body, start_server
-from tests.helpers import metric, samples, wait_until
+from tests.conftest import infer_body
+from tests.helpers import ServerProcess, metric, samples, serve, wait_until
 
 SLOW_QUEUE = """max_batch_size = 4
 [queue]
@@ -50,9 +50,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_server(repo, tmp_path_factory.mktemp("batching-logs") / "server.log")
-    yield s
-    s.stop()
+    with serve(repo, tmp_path_factory.mktemp("batching-logs") / "server.log") as s:
+        yield s
 
 
 def infer(server: ServerProcess, model: str, x: np.ndarray, **params: object) -> httpx.Response:

@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from tokenizers import Tokenizer
 
-from tests.conftest import ServerProcess
+from tests.helpers import ServerProcess
 
 SENTENCES = [
     "A man is playing a guitar.",

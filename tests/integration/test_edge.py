@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from edgeinfer.testing import models
-from tests.conftest import ServerProcess, start_server
-from tests.helpers import metric, wait_until
+from tests.helpers import ServerProcess, metric, serve, wait_until
 from tests.unit.hardware.trees import raspberry_pi
 
 SLOW = """max_batch_size = 8
@@ -34,10 +33,9 @@ def pi(tmp_path: Path) -> Path:
 def server(pi: Path, tmp_path: Path) -> Iterator[ServerProcess]:
     repo = tmp_path / "repo"
     models.publish(repo, "slow", models.slow(tmp_path / "slow.onnx", depth=40), SLOW)
-    s = start_server(repo, tmp_path / "log", "--hardware-root", str(pi), "--temp-soft-c", "60",
-                     "--temp-hard-c", "80")  # fmt: skip
-    yield s
-    s.stop()
+    with serve(repo, tmp_path / "log", "--hardware-root", str(pi), "--temp-soft-c", "60",
+               "--temp-hard-c", "80") as s:  # fmt: skip
+        yield s
 
 
 def burst(server: ServerProcess, n: int = 24) -> list[httpx.Response]:
@@ -85,8 +83,7 @@ def test_memory_budget_refuses_what_does_not_fit(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     models.publish(repo, "small", models.mlp(tmp_path / "small.onnx"))
     models.publish(repo, "big", models.resnet18_like(tmp_path / "big.onnx", image=32))
-    s = start_server(repo, tmp_path / "log", "--memory-budget-mb", "40", wait_ready=False)
-    try:
+    with serve(repo, tmp_path / "log", "--memory-budget-mb", "40", wait="live") as s:
         wait_until(lambda: httpx.get(f"{s.url}/v2/models/small/ready").status_code == 200)
         body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [1] * 16}]}
         assert httpx.post(f"{s.url}/v2/models/small/infer", json=body).status_code == 200
@@ -97,5 +94,3 @@ def test_memory_budget_refuses_what_does_not_fit(tmp_path: Path) -> None:
         assert httpx.post(f"{s.url}/v2/models/small/infer", json=body).status_code == 200
         st = httpx.get(f"{s.url}/v2/models/small/stats").json()["lifecycle"]["memory"]["1"]
         assert st["estimated_bytes"] > 0
-    finally:
-        s.stop()

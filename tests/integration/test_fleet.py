@@ -33,8 +33,7 @@ from edgeinfer.cli import main
 from edgeinfer.registry import Canary, DesiredModel, EtcdRegistry, FileSource
 from edgeinfer.registry.source import parse_url
 from edgeinfer.testing import models
-from tests.conftest import ServerProcess, free_port, start_server
-from tests.helpers import samples, wait_until
+from tests.helpers import ServerProcess, free_port, samples, serve, wait_until
 
 X = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
 BODY = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": X.ravel().tolist()}]}
@@ -118,11 +117,12 @@ def artifacts_url(builds: dict[str, Path]) -> Iterator[str]:
 
 
 def device(tmp: Path, name: str, builds: dict[str, Path], registry: str,
-           group: str = "g") -> ServerProcess:  # fmt: skip
+           group: str = "g") -> contextlib.AbstractContextManager[ServerProcess]:  # fmt: skip
+    """A server on its own copy of v1 in the fleet `registry` (started on entering)."""
     repo = tmp / name
     models.publish(repo, "m", builds["v1"], "max_batch_size = 8\n")
-    return start_server(repo, tmp / f"{name}.log", "--registry", registry,
-                        "--device-id", name, "--device-group", group)  # fmt: skip
+    return serve(repo, tmp / f"{name}.log", "--registry", registry,
+                 "--device-id", name, "--device-group", group)  # fmt: skip
 
 
 def status(server: ServerProcess) -> dict:
@@ -157,10 +157,8 @@ def test_devices_converge_obey_the_canary_refuse_bad_artifacts_and_halt(
     etcd: Etcd, builds: dict[str, Path], artifacts_url: str, tmp_path: Path
 ) -> None:
     reg = etcd.registry("t1")
-    a = device(tmp_path, "a", builds, reg)
-    b = device(tmp_path, "b", builds, reg)
-    both = (a, b)
-    try:
+    with device(tmp_path, "a", builds, reg) as a, device(tmp_path, "b", builds, reg) as b:
+        both = (a, b)
         # Roll out v2 from a local artifact: both devices fetch, verify and promote it.
         assert run_fleet("set", "m", "2", "--group", "g", "--artifact", str(builds["v2"]),
                          "--adapter", "bot=acme,globex", "--registry", reg) == 0  # fmt: skip
@@ -209,9 +207,6 @@ def test_devices_converge_obey_the_canary_refuse_bad_artifacts_and_halt(
         assert all(status(s)["live"] == "2" for s in both)
         print(f"converged in {converged_s:.1f}s")
         assert converged_s < 10
-    finally:
-        for s in both:
-            s.stop()
 
 
 async def write_desired(registry: str, desired: DesiredModel) -> None:
@@ -233,10 +228,10 @@ def test_etcd_outage_keeps_serving_then_converges_and_dead_devices_leave(
     reg = etcd.registry("t2")
     assert run_fleet("set", "m", "2", "--group", "g", "--artifact", str(builds["v2"]),
                      "--registry", reg) == 0  # fmt: skip
-    a = device(tmp_path, "a", builds, reg)
-    b = device(tmp_path, "b", builds, reg)
-    both = (a, b)
-    try:
+    with contextlib.ExitStack() as running:
+        a = running.enter_context(device(tmp_path, "a", builds, reg))
+        b = running.enter_context(device(tmp_path, "b", builds, reg))
+        both = (a, b)
         # Ready means converged: the desired v2 serves the moment a device reports ready.
         assert all(status(s)["live"] == "2" for s in both)
         assert all(infer(s).json()["model_version"] == "2" for s in both)
@@ -249,8 +244,8 @@ def test_etcd_outage_keeps_serving_then_converges_and_dead_devices_leave(
         assert (tmp_path / "a" / ".fleet-state.json").is_file()
         # A device restarted while the registry is down gets ready on its last known state.
         b.stop()
-        b = start_server(tmp_path / "b", tmp_path / "b-restart.log", "--registry", reg,
-                         "--device-id", "b", "--device-group", "g")  # fmt: skip
+        b = running.enter_context(serve(tmp_path / "b", tmp_path / "b-restart.log", "--registry",
+                                        reg, "--device-id", "b", "--device-group", "g"))  # fmt: skip
         both = (a, b)
         assert status(b)["live"] == "2" and infer(b).json()["model_version"] == "2"
         assert "no desired state from the registry at start" in b.log()
@@ -270,9 +265,6 @@ def test_etcd_outage_keeps_serving_then_converges_and_dead_devices_leave(
         # A clean stop revokes the lease: gone at once.
         b.stop()
         assert fleet_status(reg)["devices"] == {}
-    finally:
-        for s in both:
-            s.stop()
 
 
 def test_a_device_is_ready_only_once_the_desired_state_is_applied(
@@ -284,12 +276,9 @@ def test_a_device_is_ready_only_once_the_desired_state_is_applied(
     slow = models.slow(tmp_path / "slow.onnx", depth=40)
     assert run_fleet("set", "m", "2", "--group", "g", "--artifact", str(slow),
                      "--registry", reg) == 0  # fmt: skip
-    server = device(tmp_path, "a", builds, reg)
-    try:
+    with device(tmp_path, "a", builds, reg) as server:
         assert status(server)["live"] == "2"
         assert infer(server).json()["model_version"] == "2"
-    finally:
-        server.stop()
 
 
 def _free_run(n: int) -> int:

@@ -19,7 +19,7 @@ import pytest
 
 from edgeinfer.demo import DEMO_JSON
 from edgeinfer.demo.gemma import NAME, TERMS_FILE, add_gemma
-from tests.conftest import ServerProcess, start_server
+from tests.helpers import ServerProcess, serve
 
 QUESTION = "What is the capital of France?"
 
@@ -33,9 +33,8 @@ def gemma_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(gemma_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_server(gemma_repo, tmp_path_factory.mktemp("gemma-logs") / "server.log")
-    yield s
-    s.stop()
+    with serve(gemma_repo, tmp_path_factory.mktemp("gemma-logs") / "server.log") as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

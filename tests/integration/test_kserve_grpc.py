@@ -18,7 +18,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 import edgeinfer
-from tests.conftest import ServerProcess, start_server
+from tests.helpers import ServerProcess, serve
 
 RNG = np.random.default_rng(0)
 
@@ -320,9 +320,8 @@ def own_server(
 ) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("grpc_own")
     shutil.copytree(tiny_repo, root / "repo")
-    server = start_server(root / "repo", root / "server.log", "--max-request-bytes", "4096")
-    yield server
-    server.stop()
+    with serve(root / "repo", root / "server.log", "--max-request-bytes", "4096") as server:
+        yield server
 
 
 def test_unload_and_load(own_server: ServerProcess) -> None:

@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import ServerProcess
+from tests.helpers import ServerProcess
 
 
 def ort_run(repo: Path, model: str, version: int, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -22,8 +22,7 @@ import tritonclient.grpc as grpcclient
 
 from edgeinfer.repository import add_version
 from edgeinfer.testing import models
-from tests.conftest import ServerProcess, start_server
-from tests.helpers import metric, wait_until
+from tests.helpers import ServerProcess, metric, serve, wait_until
 
 X = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
 BODY = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": X.ravel().tolist()}]}
@@ -62,34 +61,33 @@ def test_twenty_reloads_under_load_drop_nothing(tmp_path: Path, builds: dict[str
     repo = make_repo(tmp_path / "repo", builds,
                      "max_batch_size = 8\n[lifecycle]\nauto_rollback = false\n")  # fmt: skip
     out_a, out_b = expected(builds["a"]), expected(builds["b"])
-    server = start_server(repo, tmp_path / "log", "--model-control", "explicit")
-    results: list[tuple[int, str, np.ndarray | None]] = []
-    stop = threading.Event()
+    with serve(repo, tmp_path / "log", "--model-control", "explicit") as server:
+        results: list[tuple[int, str, np.ndarray | None]] = []
+        stop = threading.Event()
 
-    def client() -> None:
-        with httpx.Client(timeout=30) as c:
-            while not stop.is_set():
-                r = c.post(f"{server.url}/v2/models/m/infer", json=BODY)
-                data = r.json()
-                y = np.array(data["outputs"][0]["data"], np.float32).reshape(1, 4) if \
-                    r.status_code == 200 else None  # fmt: skip
-                results.append((r.status_code, data.get("model_version", ""), y))
+        def client() -> None:
+            with httpx.Client(timeout=30) as c:
+                while not stop.is_set():
+                    r = c.post(f"{server.url}/v2/models/m/infer", json=BODY)
+                    data = r.json()
+                    y = np.array(data["outputs"][0]["data"], np.float32).reshape(1, 4) if \
+                        r.status_code == 200 else None  # fmt: skip
+                    results.append((r.status_code, data.get("model_version", ""), y))
 
-    threads = [threading.Thread(target=client) for _ in range(16)]
-    try:
-        for t in threads:
-            t.start()
-        for i in range(20):
-            src = builds["b"] if i % 2 == 0 else builds["a"]
-            add_version(repo / "m", {"model.onnx": src})
-            r = httpx.post(f"{server.url}/v2/repository/models/m/load", timeout=60)
-            assert r.status_code == 200, r.text
-            assert status(server)["live"] == str(i + 2)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-        server.stop()
+        threads = [threading.Thread(target=client) for _ in range(16)]
+        try:
+            for t in threads:
+                t.start()
+            for i in range(20):
+                src = builds["b"] if i % 2 == 0 else builds["a"]
+                add_version(repo / "m", {"model.onnx": src})
+                r = httpx.post(f"{server.url}/v2/repository/models/m/load", timeout=60)
+                assert r.status_code == 200, r.text
+                assert status(server)["live"] == str(i + 2)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
     assert len(results) > 200
     assert [code for code, _, _ in results if code != 200] == []
     for _, version, y in results:
@@ -104,23 +102,22 @@ def test_memory_is_flat_across_50_reloads(tmp_path: Path) -> None:
     b = models.resnet18_like(build / "b.onnx", image=32, seed=2)
     repo = tmp_path / "repo"
     models.publish(repo, "cnn", a, "max_batch_size = 4\n")
-    server = start_server(repo, tmp_path / "log", "--model-control", "explicit")
-    body = {"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
-                        "data": [0.5] * 3072}]}  # fmt: skip
+    with serve(repo, tmp_path / "log", "--model-control", "explicit") as server:
+        body = {"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                            "data": [0.5] * 3072}]}  # fmt: skip
 
-    def rss() -> int:
-        for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
+        def rss() -> int:
+            for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+            raise AssertionError("no VmRSS")
 
-    def cycle(src: Path) -> None:
-        add_version(repo / "cnn", {"model.onnx": src})
-        r = httpx.post(f"{server.url}/v2/repository/models/cnn/load", timeout=60)
-        assert r.status_code == 200, r.text
-        assert httpx.post(f"{server.url}/v2/models/cnn/infer", json=body).status_code == 200
+        def cycle(src: Path) -> None:
+            add_version(repo / "cnn", {"model.onnx": src})
+            r = httpx.post(f"{server.url}/v2/repository/models/cnn/load", timeout=60)
+            assert r.status_code == 200, r.text
+            assert httpx.post(f"{server.url}/v2/models/cnn/infer", json=body).status_code == 200
 
-    try:
         cycle(b)
         cycle(a)  # two versions resident from here on (live + one previous)
         after_first = rss()
@@ -128,8 +125,6 @@ def test_memory_is_flat_across_50_reloads(tmp_path: Path) -> None:
             cycle(b if i % 2 == 0 else a)
         wait_until(lambda: len(status(server, "cnn")["resident"]) == 2)
         after_fifty = rss()
-    finally:
-        server.stop()
     assert after_fifty <= after_first * 1.10, (after_first, after_fifty)
 
 
@@ -138,8 +133,7 @@ def test_verification_failures_keep_the_old_version(
     tmp_path: Path, builds: dict[str, Path], breakage: str
 ) -> None:
     repo = make_repo(tmp_path / "repo", builds)
-    server = start_server(repo, tmp_path / "log", "--model-control", "explicit")
-    try:
+    with serve(repo, tmp_path / "log", "--model-control", "explicit") as server:
         extra = tmp_path / "extra"
         extra.mkdir()
         files = {"model.onnx": builds["b"]}
@@ -163,8 +157,6 @@ def test_verification_failures_keep_the_old_version(
         assert st["load_failures"][-1]["reason"] == reason
         assert metric(server.url, "edgeinfer_model_load_failures_total", model="m",
                       reason=reason, version="2") == 1  # fmt: skip
-    finally:
-        server.stop()
 
 
 def test_golden_match_is_accepted(tmp_path: Path, builds: dict[str, Path]) -> None:
@@ -175,20 +167,16 @@ def test_golden_match_is_accepted(tmp_path: Path, builds: dict[str, Path]) -> No
     np.savez(extra / "out.npz", y=expected(builds["b"]))
     add_version(repo / "m", {"model.onnx": builds["b"], "golden/c.input.npz": extra / "in.npz",
                              "golden/c.output.npz": extra / "out.npz"})  # fmt: skip
-    server = start_server(repo, tmp_path / "log")
-    try:
+    with serve(repo, tmp_path / "log") as server:
         assert infer(server).json()["model_version"] == "2"
         assert metric(server.url, "edgeinfer_model_loads_total", model="m", version="2") == 1
-    finally:
-        server.stop()
 
 
 def test_manual_rollback_http_grpc_cli_and_restart(tmp_path: Path, builds: dict[str, Path]) -> None:
     repo = make_repo(tmp_path / "repo", builds)
     add_version(repo / "m", {"model.onnx": builds["b"]})
     add_version(repo / "m", {"model.onnx": builds["a"]})
-    server = start_server(repo, tmp_path / "log", "--model-control", "explicit")
-    try:
+    with serve(repo, tmp_path / "log", "--model-control", "explicit") as server:
         assert status(server)["live"] == "3"
         r = post(server, "rollback")  # to the previous live version... v3 was first live: none
         assert r.status_code == 400 and "no previous version" in r.json()["error"]
@@ -215,15 +203,10 @@ def test_manual_rollback_http_grpc_cli_and_restart(tmp_path: Path, builds: dict[
         # A reload does not silently re-promote what was rolled back from.
         assert post(server, "load").status_code == 200
         assert status(server)["live"] == "3"
-    finally:
-        server.stop()
     # State survives a restart.
-    server = start_server(repo, tmp_path / "log2", "--model-control", "explicit")
-    try:
+    with serve(repo, tmp_path / "log2", "--model-control", "explicit") as server:
         assert status(server)["live"] == "3"
         assert infer(server).json()["model_version"] == "3"
-    finally:
-        server.stop()
 
 
 def test_canary_split_and_sticky_ab(tmp_path: Path, builds: dict[str, Path]) -> None:
@@ -231,8 +214,7 @@ def test_canary_split_and_sticky_ab(tmp_path: Path, builds: dict[str, Path]) -> 
         tmp_path / "repo", builds, "max_batch_size = 8\n[version_policy]\nall = true\n"
     )
     add_version(repo / "m", {"model.onnx": builds["b"]})
-    server = start_server(repo, tmp_path / "log", "--model-control", "explicit")
-    try:
+    with serve(repo, tmp_path / "log", "--model-control", "explicit") as server:
         assert post(server, "rollback", version=1).status_code == 200
         r = post(server, "canary", version=2, weight=0.2)
         assert r.status_code == 200 and r.json()["canary"] == {"version": "2", "weight": 0.2}
@@ -261,8 +243,6 @@ def test_canary_split_and_sticky_ab(tmp_path: Path, builds: dict[str, Path]) -> 
         assert post(server, "promote").json()["live"] == "2"
         assert status(server)["canary"] is None
         assert {infer(server).json()["model_version"] for _ in range(20)} == {"2"}
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("bad", ["failing", "slow"])
@@ -271,35 +251,35 @@ def test_automatic_rollback_of_a_regressed_version(
 ) -> None:
     config = "max_batch_size = 8\n[lifecycle]\nmin_requests = 10\nwindow_s = 60\n"
     repo = make_repo(tmp_path / "repo", builds, config)
-    server = start_server(repo, tmp_path / "log", "--model-control", "explicit")
-    body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [9.0] * 16}]}
-    try:
+    with serve(repo, tmp_path / "log", "--model-control", "explicit") as server:
+        body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [9.0] * 16}]}
         with httpx.Client(timeout=30) as c:
             for _ in range(60):  # baseline traffic on v1
                 assert c.post(f"{server.url}/v2/models/m/infer", json=body).status_code == 200
             add_version(repo / "m", {"model.onnx": builds[bad]})
             assert post(server, "load").status_code == 200
             assert status(server)["live"] == "2"
-            end = time.monotonic() + 30
-            while status(server)["live"] == "2":
-                assert time.monotonic() < end, "no automatic rollback"
+
+            def rolled_back() -> bool:  # traffic on v2 until it is rolled back
+                if status(server)["live"] != "2":
+                    return True
                 c.post(f"{server.url}/v2/models/m/infer", json=body)
+                return False
+
+            wait_until(rolled_back, 30, "an automatic rollback", interval=0)
         st = status(server)
         assert st["live"] == "1" and st["blocked"] == ["2"]
         last = st["history"][-1]
         assert last["event"] == "rollback" and last["reason"].startswith("auto: ")
         assert ("error rate" if bad == "failing" else "p99 latency") in last["reason"]
         assert metric(server.url, "edgeinfer_model_rollbacks_total", kind="auto", model="m") == 1
-    finally:
-        server.stop()
 
 
 def test_poll_mode_picks_up_a_version_added_by_the_cli(
     tmp_path: Path, builds: dict[str, Path]
 ) -> None:
     repo = make_repo(tmp_path / "repo", builds)
-    server = start_server(repo, tmp_path / "log", "--model-control", "poll")
-    try:
+    with serve(repo, tmp_path / "log", "--model-control", "poll") as server:
         subprocess.run([sys.executable, "-m", "edgeinfer.cli", "models", "add", str(repo), "m",
                         str(builds["b"])], check=True, capture_output=True)  # fmt: skip
         wait_until(lambda: infer(server).json()["model_version"] == "2")
@@ -308,8 +288,6 @@ def test_poll_mode_picks_up_a_version_added_by_the_cli(
         (v3 / "model.onnx").write_bytes(b"garbage")
         wait_until(lambda: any(f["version"] == "3" for f in status(server)["load_failures"]))
         assert infer(server).json()["model_version"] == "2"
-    finally:
-        server.stop()
 
 
 def test_kill_9_mid_rollback_leaves_a_loadable_repository(
@@ -320,29 +298,27 @@ def test_kill_9_mid_rollback_leaves_a_loadable_repository(
         add_version(repo / "m", {"model.onnx": builds[src]})
     rng = random.Random(7)
     for i in range(5):
-        server = start_server(repo, tmp_path / f"log{i}", "--model-control", "explicit")
-        stop = threading.Event()
+        with serve(repo, tmp_path / f"log{i}", "--model-control", "explicit") as server:
+            stop = threading.Event()
 
-        def churn(s: ServerProcess = server, stop: threading.Event = stop) -> None:
-            while not stop.is_set():
-                try:
-                    post(s, "rollback", version=rng.choice([1, 2, 3, 4]))
-                    post(s, "canary", version=rng.choice([1, 2, 3, 4]), weight=0.3)
-                    post(s, "promote")
-                except httpx.HTTPError:
-                    return
+            def churn(s: ServerProcess = server, stop: threading.Event = stop) -> None:
+                while not stop.is_set():
+                    try:
+                        post(s, "rollback", version=rng.choice([1, 2, 3, 4]))
+                        post(s, "canary", version=rng.choice([1, 2, 3, 4]), weight=0.3)
+                        post(s, "promote")
+                    except httpx.HTTPError:
+                        return
 
-        t = threading.Thread(target=churn)
-        t.start()
-        time.sleep(rng.uniform(0.2, 1.0))  # a random moment to kill at: the behaviour under test
-        os.kill(server.proc.pid, signal.SIGKILL)
-        server.proc.wait()
-        stop.set()
-        t.join()
+            t = threading.Thread(target=churn)
+            t.start()
+            # A random moment to kill at: the behaviour under test.
+            time.sleep(rng.uniform(0.2, 1.0))
+            os.kill(server.proc.pid, signal.SIGKILL)
+            server.proc.wait()
+            stop.set()
+            t.join()
         doc = json.loads((repo / "m" / "state.json").read_text())  # never torn
         assert doc["live"] in (1, 2, 3, 4)
-    server = start_server(repo, tmp_path / "final", "--model-control", "explicit")
-    try:
+    with serve(repo, tmp_path / "final", "--model-control", "explicit") as server:
         assert infer(server).status_code == 200
-    finally:
-        server.stop()

@@ -17,8 +17,7 @@ import llama_cpp
 import openai
 import pytest
 
-from tests.conftest import ServerProcess, start_server
-from tests.helpers import Samples, samples, wait_until
+from tests.helpers import Samples, ServerProcess, samples, serve, wait_until
 
 MODEL = "llm-demo"
 SLOW = "llm-small"  # ~10 ms per token: generations that last long enough to interrupt
@@ -46,9 +45,8 @@ def llm_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(llm_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_server(llm_repo, tmp_path_factory.mktemp("llm-logs") / "server.log")
-    yield s
-    s.stop()
+    with serve(llm_repo, tmp_path_factory.mktemp("llm-logs") / "server.log") as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -244,10 +242,9 @@ def test_generate_extension(server: ServerProcess, client: openai.OpenAI) -> Non
 
 @pytest.fixture(scope="module")
 def one_slot(llm_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_server(llm_repo, tmp_path_factory.mktemp("llm-slot") / "server.log",
-                     "--set", f"{SLOW}.llm.slots=1", "--set", f"{SLOW}.queue.max_queue_size=1")  # fmt: skip
-    yield s
-    s.stop()
+    with serve(llm_repo, tmp_path_factory.mktemp("llm-slot") / "server.log",
+               "--set", f"{SLOW}.llm.slots=1", "--set", f"{SLOW}.queue.max_queue_size=1") as s:  # fmt: skip
+        yield s
 
 
 def test_full_queue_is_429_with_retry_after(one_slot: ServerProcess) -> None:

@@ -13,7 +13,7 @@ import httpx
 import llama_cpp  # noqa: F401  (missing: these tests fail, never skip)
 import pytest
 
-from tests.conftest import ServerProcess, start_server
+from tests.helpers import ServerProcess, serve
 
 TYPES = ("q8_0", "q4_0")
 
@@ -38,11 +38,9 @@ def server(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
             'backend = "llama.cpp"\n[llm]\ncontext_length = 256\nslots = 2\n'
         )
         add_version(root / qtype, {"model.gguf": scratch / f"{qtype}.gguf"})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EDGEINFER_HOME", str(home))
-        s = start_server(root, tmp_path_factory.mktemp("logs") / "server.log")
-    yield s
-    s.stop()
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    with serve(root, log, env={"EDGEINFER_HOME": str(home)}) as s:
+        yield s
 
 
 @pytest.mark.parametrize("qtype", TYPES)

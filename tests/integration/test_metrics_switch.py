@@ -3,16 +3,13 @@ statistics, no /metrics or /dashboard), against the real server."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import free_port, start_server
-from tests.helpers import samples
+from tests.helpers import free_port, samples, serve
 
 
 def infer(url: str) -> httpx.Response:
@@ -31,8 +28,7 @@ def test_metrics_port_serves_the_same_counters_and_nothing_else(
     tiny_repo: Path, tmp_path: Path
 ) -> None:
     port = free_port()
-    server = start_server(tiny_repo, tmp_path / "server.log", "--metrics-port", str(port))
-    try:
+    with serve(tiny_repo, tmp_path / "server.log", "--metrics-port", str(port)) as server:
         side = f"http://127.0.0.1:{port}"
         before = successes(side)
         for _ in range(3):
@@ -41,16 +37,13 @@ def test_metrics_port_serves_the_same_counters_and_nothing_else(
         assert successes(server.url) == before + 3
         assert httpx.get(f"{side}/v2/health/ready").status_code == 404
         assert httpx.post(f"{side}/v2/models/mlp/infer", json={}).status_code == 404
-    finally:
-        server.stop()
     # Both listeners stop on SIGTERM (uvicorn re-raises it after a graceful shutdown).
     assert server.proc.returncode == -15, server.log()
     assert "Traceback" not in server.log()
 
 
 def test_no_metrics_serves_inference_and_records_nothing(tiny_repo: Path, tmp_path: Path) -> None:
-    server = start_server(tiny_repo, tmp_path / "server.log", "--no-metrics")
-    try:
+    with serve(tiny_repo, tmp_path / "server.log", "--no-metrics") as server:
         for _ in range(3):
             assert infer(server.url).status_code == 200
         assert httpx.get(f"{server.url}/v2/models/mlp/versions/1/infer").status_code == 405
@@ -59,8 +52,6 @@ def test_no_metrics_serves_inference_and_records_nothing(tiny_repo: Path, tmp_pa
         stats = httpx.get(f"{server.url}/v2/models/mlp/versions/1/stats").json()
         assert stats["model_stats"][0]["inference_count"] == 0
         assert "--no-metrics" in server.log()  # the trade-off is logged at start
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize(
@@ -74,27 +65,21 @@ def test_no_metrics_serves_inference_and_records_nothing(tiny_repo: Path, tmp_pa
     ],
 )
 def test_bad_metrics_flags_are_one_line_errors(
-    tiny_repo: Path, args: list[str], message: str
+    tiny_repo: Path, tmp_path: Path, args: list[str], message: str
 ) -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "edgeinfer.cli", "serve", "--repository", str(tiny_repo), *args],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [f"edgeinfer: error: {message}"]
+    with serve(tiny_repo, tmp_path / "log", *args, wait="exit", timeout=60) as s:
+        assert s.proc.returncode == 2
+        assert s.log().strip().splitlines() == [f"edgeinfer: error: {message}"]
 
 
-def test_a_taken_metrics_port_is_a_one_line_error(tiny_repo: Path) -> None:
+def test_a_taken_metrics_port_is_a_one_line_error(tiny_repo: Path, tmp_path: Path) -> None:
     import socket
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        r = subprocess.run(
-            [sys.executable, "-m", "edgeinfer.cli", "serve", "--repository", str(tiny_repo),
-             "--http-port", str(free_port()), "--grpc-port", "0", "--metrics-port", str(port)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-    assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
-    assert lines[-1].startswith(f"edgeinfer: error: --metrics-port {port}: "), r.stderr
-    assert "Traceback" not in r.stderr
+        flags = ("--grpc-port", "0", "--metrics-port", str(port))
+        with serve(tiny_repo, tmp_path / "log", *flags, wait="exit", timeout=60) as s:
+            assert s.proc.returncode == 2
+    lines = s.log().strip().splitlines()
+    assert lines[-1].startswith(f"edgeinfer: error: --metrics-port {port}: "), s.log()
+    assert "Traceback" not in s.log()

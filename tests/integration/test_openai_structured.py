@@ -17,7 +17,7 @@ import openai
 import pydantic
 import pytest
 
-from tests.conftest import ServerProcess, start_server
+from tests.helpers import ServerProcess, serve
 
 MODEL = "llm-demo"
 SCHEMA = {
@@ -53,9 +53,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
     root = tmp_path_factory.mktemp("llm-repo")
     build_llm_demo(root / MODEL, tmp_path_factory.mktemp("scratch"))
-    s = start_server(root, tmp_path_factory.mktemp("logs") / "server.log")
-    yield s
-    s.stop()
+    with serve(root, tmp_path_factory.mktemp("logs") / "server.log") as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from edgeinfer.lifecycle import Engine
 from edgeinfer.repository import Repository
 from edgeinfer.server import openapi
 from edgeinfer.server.app import build_app
-from tests.conftest import ServerProcess, start_server
+from tests.helpers import ServerProcess, serve
 
 LONG = os.environ.get("FUZZ_LONG") == "1"
 EXAMPLES = 300 if LONG else 12
@@ -38,9 +38,8 @@ def fuzz_server(
     # A private copy: the fuzzer rolls back, unloads and sets canaries (state.json on disk).
     d = tmp_path_factory.mktemp("fuzz")
     repo = shutil.copytree(tiny_repo, d / "repo")
-    server = start_server(repo, d / "server.log", "--max-request-bytes", "65536")
-    yield server
-    server.stop()
+    with serve(repo, d / "server.log", "--max-request-bytes", "65536") as server:
+        yield server
 
 
 def test_schema_lists_every_route_and_nothing_else(tiny_repo: Path) -> None:
@@ -90,16 +89,13 @@ def test_schema_is_open_and_describes_auth_when_keys_are_on(
 
     keys = tmp_path / "keys.toml"
     create_key(keys, "infer")
-    server = start_server(tiny_repo, tmp_path / "log", "--api-keys", str(keys))
-    try:
+    with serve(tiny_repo, tmp_path / "log", "--api-keys", str(keys)) as server:
         doc = httpx.get(server.url + "/openapi.json").json()  # no key needed
         assert doc["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
         op = doc["paths"]["/v2/models/{model}/infer"]["post"]
         r = httpx.post(server.url + "/v2/models/mlp/infer", json={"inputs": []})
         assert str(r.status_code) in op["responses"] and set(r.json()) == {"error"}
         assert doc["paths"]["/v2/health/ready"]["get"]["security"] == []
-    finally:
-        server.stop()
 
 
 def test_unknown_route_and_method_use_the_error_shape(fuzz_server: ServerProcess) -> None:

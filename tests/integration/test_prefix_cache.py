@@ -19,8 +19,7 @@ import llama_cpp  # noqa: F401  (missing: these tests fail, never skip)
 import openai
 import pytest
 
-from tests.conftest import ServerProcess, start_server
-from tests.helpers import samples
+from tests.helpers import ServerProcess, samples, serve
 
 CACHED, PLAIN = "chat", "chat-nocache"
 # ~200 tokens: longer than the demo's prefill chunk (128), so prefill runs in chunks.
@@ -36,9 +35,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     build_llm_demo(root / PLAIN, tmp_path_factory.mktemp("b"))
     config = root / PLAIN / "config.toml"
     config.write_text(config.read_text() + "prefix_cache = false\n")
-    s = start_server(root, tmp_path_factory.mktemp("prefix-logs") / "server.log")
-    yield s
-    s.stop()
+    with serve(root, tmp_path_factory.mktemp("prefix-logs") / "server.log") as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

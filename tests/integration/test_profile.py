@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.helpers import ServerProcess
 
 
 def _infer_digits(url: str) -> int:

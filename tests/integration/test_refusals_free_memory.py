@@ -26,7 +26,8 @@ from edgeinfer.repository import Repository
 from edgeinfer.server.app import build_app
 from edgeinfer.server.kserve_grpc import start_grpc
 from edgeinfer.testing import models
-from tests.conftest import free_port, infer_body
+from tests.conftest import infer_body
+from tests.helpers import free_port
 
 # A batch waits up to 2 s for company: a lone request with a 50 ms timeout expires in the queue.
 CONFIG = """backend = "onnxruntime"

@@ -11,7 +11,7 @@ import pytest
 
 from edgeinfer.repository import add_version
 from edgeinfer.testing import models
-from tests.conftest import ServerProcess, start_server
+from tests.helpers import ServerProcess, serve
 
 X = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}]}
 
@@ -21,9 +21,8 @@ def server(tiny_repo: Path, tmp_path: Path) -> ServerProcess:
     repo = tmp_path / "repo"
     shutil.copytree(tiny_repo, repo)
     (repo / "mlp" / "config.toml").write_text("max_batch_size = 8\n")  # latest 1 -> v2
-    s = start_server(repo, tmp_path / "server.log")
-    yield s
-    s.stop()
+    with serve(repo, tmp_path / "server.log") as s:
+        yield s
 
 
 def _infer_version(server: ServerProcess) -> str:
@@ -84,13 +83,10 @@ def test_unload_unknown_model(server: ServerProcess) -> None:
 
 
 def test_model_control_none_refuses_load(tiny_repo: Path, tmp_path: Path) -> None:
-    s = start_server(tiny_repo, tmp_path / "log", "--model-control", "none")
-    try:
+    with serve(tiny_repo, tmp_path / "log", "--model-control", "none") as s:
         r = httpx.post(f"{s.url}/v2/repository/models/mlp/unload")
         assert r.status_code == 503 and "model control" in r.json()["error"]
         assert httpx.post(f"{s.url}/v2/models/mlp/infer", json=X).status_code == 200
-    finally:
-        s.stop()
 
 
 def test_sigterm_shuts_down_cleanly(server: ServerProcess) -> None:

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import ServerProcess, start_server
+from tests.helpers import serve
 
 X = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}]}
 
@@ -34,9 +34,8 @@ def secured(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     keys = d / "keys.toml"
     admin, infer = create_key(keys, "admin"), create_key(keys, "infer")
     assert admin not in keys.read_text() and infer not in keys.read_text()  # hashed at rest
-    server = start_server(tiny_repo, d / "log", "--api-keys", str(keys), "--no-open-metrics")
-    yield server, admin, infer
-    server.stop()
+    with serve(tiny_repo, d / "log", "--api-keys", str(keys), "--no-open-metrics") as server:
+        yield server, admin, infer
 
 
 def auth(key: str) -> dict[str, str]:
@@ -91,8 +90,7 @@ def test_grpc_roles(secured: tuple) -> None:
 def test_failed_attempts_are_rate_limited(tiny_repo: Path, tmp_path: Path) -> None:
     keys = tmp_path / "keys.toml"
     good = create_key(keys, "infer")
-    server = start_server(tiny_repo, tmp_path / "log", "--api-keys", str(keys))
-    try:
+    with serve(tiny_repo, tmp_path / "log", "--api-keys", str(keys)) as server:
         codes = [httpx.post(f"{server.url}/v2/models/mlp/infer", json=X,
                             headers=auth(f"guess{i}")).status_code for i in range(12)]  # fmt: skip
         assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
@@ -100,16 +98,12 @@ def test_failed_attempts_are_rate_limited(tiny_repo: Path, tmp_path: Path) -> No
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1  # this address waits
         r = httpx.post(f"{server.url}/v2/models/mlp/infer", json=X, headers=auth(good))
         assert r.status_code == 200  # but a valid key is never refused by the limiter
-    finally:
-        server.stop()
 
 
-def test_no_keys_means_loopback_only(tiny_repo: Path) -> None:
-    cmd = [sys.executable, "-m", "edgeinfer.cli", "serve", "--repository", str(tiny_repo),
-           "--host", "0.0.0.0"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert "without API keys" in proc.stderr and "--insecure" in proc.stderr
+def test_no_keys_means_loopback_only(tiny_repo: Path, tmp_path: Path) -> None:
+    with serve(tiny_repo, tmp_path / "log", "--host", "0.0.0.0", wait="exit", timeout=60) as s:
+        assert s.proc.returncode == 2
+        assert "without API keys" in s.log() and "--insecure" in s.log()
 
 
 def _self_signed(d: Path) -> tuple[Path, Path]:
@@ -139,8 +133,7 @@ def _self_signed(d: Path) -> tuple[Path, Path]:
 
 def test_tls_for_http_and_grpc(tiny_repo: Path, tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
-    server = _start_tls(tiny_repo, tmp_path, cert, key)
-    try:
+    with serve(tiny_repo, tmp_path / "tls.log", tls=(cert, key), timeout=60) as server:
         http_port = server.http_port
         with httpx.Client(verify=_ctx(cert)) as c:
             r = c.post(f"https://127.0.0.1:{http_port}/v2/models/mlp/infer", json=X)
@@ -153,42 +146,15 @@ def test_tls_for_http_and_grpc(tiny_repo: Path, tmp_path: Path) -> None:
         plain = grpcclient.InferenceServerClient(server.grpc_addr)
         with pytest.raises(InferenceServerException):
             plain.is_server_ready()
-    finally:
-        server.stop()
 
 
 def _ctx(cert: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cert))
 
 
-def _start_tls(repo: Path, d: Path, cert: Path, key: Path) -> ServerProcess:
-    import time
-
-    from tests.conftest import free_port
-
-    http_port, grpc_port = free_port(), free_port()
-    log = (d / "tls.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "edgeinfer.cli", "serve", "--repository",
-                             str(repo), "--http-port", str(http_port), "--grpc-port",
-                             str(grpc_port), "--tls-cert", str(cert), "--tls-key", str(key)],
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    server = ServerProcess(proc, http_port, grpc_port, d / "tls.log")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"https://127.0.0.1:{http_port}/v2/health/ready", verify=_ctx(cert),
-                         timeout=1).status_code == 200:  # fmt: skip
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(server.log())
-
-
 def test_limits_are_enforced_before_allocation(tiny_repo: Path, tmp_path: Path) -> None:
-    server = start_server(tiny_repo, tmp_path / "log", "--max-tensors", "3", "--max-elements",
-                          "1000", "--max-string-bytes", "8")  # fmt: skip
-    try:
+    with serve(tiny_repo, tmp_path / "log", "--max-tensors", "3", "--max-elements",
+               "1000", "--max-string-bytes", "8") as server:  # fmt: skip
         url = f"{server.url}/v2/models/ids/infer"
         # A 10 GB shape declared in a 100-byte body: refused, nothing allocated.
         huge = {"inputs": [{"name": "b", "shape": [50000, 50000], "datatype": "FP64",
@@ -212,5 +178,3 @@ def test_limits_are_enforced_before_allocation(tiny_repo: Path, tmp_path: Path) 
         assert "8" in e.value.message()
         rss = int(Path(f"/proc/{server.proc.pid}/status").read_text().split("VmRSS:")[1].split()[0])
         assert rss < 1_000_000  # kB: nothing near 10 GB was allocated
-    finally:
-        server.stop()

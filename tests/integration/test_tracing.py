@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from edgeinfer.repository import Repository, add_version
 from edgeinfer.server.app import build_app
 from edgeinfer.telemetry.tracing import Tracer
 from edgeinfer.testing import models
-from tests.conftest import free_port, start_server
+from tests.helpers import free_port, serve, wait_until
 
 BATCHED = "mlp_batched"  # dynamic batching: four requests make one run
 PLAIN = "mlp_plain"  # no batching: a single request runs at once
@@ -279,22 +278,20 @@ def receiver() -> Iterator[str]:
     httpd.server_close()
 
 
-def test_otlp_endpoint_exports_spans(repo: Path, receiver: str, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")  # export every 100 ms, not 5 s
-    server = start_server(repo, tmp_path / "server.log", "--otlp-endpoint", receiver)
-    try:
+def test_otlp_endpoint_exports_spans(repo: Path, receiver: str, tmp_path: Path) -> None:
+    every_100ms = {"OTEL_BSP_SCHEDULE_DELAY": "100"}  # export every 100 ms, not 5 s
+
+    def names() -> set[str]:
+        return {s.name for s in _Receiver.spans if s.trace_id.hex() == TRACE_ID}
+
+    with serve(repo, tmp_path / "server.log", "--otlp-endpoint", receiver,
+               env=every_100ms) as server:  # fmt: skip
         r = httpx.post(f"{server.url}/v2/models/{PLAIN}/infer", json=_body(),
                        headers={"traceparent": TRACEPARENT}, timeout=30)  # fmt: skip
         assert r.status_code == 200, r.text
-        deadline = time.monotonic() + 30
-        names: set[str] = set()
-        while time.monotonic() < deadline and len(names) < 4:
-            names = {s.name for s in _Receiver.spans if s.trace_id.hex() == TRACE_ID}
-            time.sleep(0.1)
-    finally:
-        server.stop()
-    assert names == {HTTP_SPAN, "queue", "batch execute", "encode"}, server.log()
+        wait_until(lambda: len(names()) >= 4, 30,
+                   lambda: f"four spans (have {names()}); log:\n{server.log()}", 0.1)  # fmt: skip
+    assert names() == {HTTP_SPAN, "queue", "batch execute", "encode"}, server.log()
     assert set(_Receiver.paths) == {"/v1/traces"}
     root = next(s for s in _Receiver.spans if s.name == HTTP_SPAN)
     assert root.parent_span_id.hex() == PARENT_ID

@@ -19,7 +19,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from edgeinfer.testing import models
-from tests.conftest import ServerProcess, start_server
+from tests.helpers import ServerProcess, serve
 
 COLOURS = ("red", "green", "blue")
 SIDE = 16
@@ -68,10 +68,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     onnx_path = models.colours(build / "colours.onnx", side=SIDE)
     models.publish(root, "colours", onnx_path, CONFIG, extra={"labels.txt": labels})
     models.publish(root, "plain", onnx_path, "max_batch_size = 8\n")
-    s = start_server(root, tmp_path_factory.mktemp("logs") / "server.log",
-                     "--max-string-bytes", "64")  # fmt: skip
-    yield s
-    s.stop()
+    with serve(root, tmp_path_factory.mktemp("logs") / "server.log",
+               "--max-string-bytes", "64") as s:  # fmt: skip
+        yield s
 
 
 def _images(module: Any, images: list[bytes]) -> Any:
@@ -166,12 +165,9 @@ def test_classification_of_a_bytes_output_or_a_bad_count_is_400(server: ServerPr
 def test_a_model_whose_label_file_is_missing_does_not_load(tmp_path: Path) -> None:
     onnx_path = models.colours(tmp_path / "c.onnx", side=SIDE)
     models.publish(tmp_path / "repo", "c", onnx_path, CONFIG)  # no labels.txt published
-    s = start_server(tmp_path / "repo", tmp_path / "log", wait_ready=False)
-    try:
+    with serve(tmp_path / "repo", tmp_path / "log", wait="live") as s:
         r = httpx.post(f"{s.url}/v2/repository/models/c/load", timeout=60)
         assert r.status_code >= 400 and "no labels.txt in" in r.json()["error"], r.text
-    finally:
-        s.stop()
 
 
 # ---- the demo's EfficientNet-Lite0 on real photos -----------------------------------------------

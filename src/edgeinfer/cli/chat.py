@@ -131,64 +131,77 @@ class ChatError(Exception):
 def cmd_chat(args: argparse.Namespace) -> int:
     import httpx
 
-    messages: list[dict[str, Any]] = []
-    extra: dict[str, Any] = {}
     try:
-        if args.json_schema:
-            schema = _json_file(args.json_schema, "--json-schema")
-            extra["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "reply", "schema": schema},
-            }
-        if args.tools:
-            extra["tools"] = _json_file(args.tools, "--tools")
-            choice = args.tool_choice
-            extra["tool_choice"] = (
-                choice
-                if choice in ("auto", "required", "none")
-                else {"type": "function", "function": {"name": choice}}
-            )
+        extra = _request_extras(args)
     except ChatError as e:
         print(f"edgeinfer: error: {e}", file=sys.stderr)
         return 2
+    messages: list[dict[str, Any]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
-    interactive = sys.stdin.isatty()
     timeout = httpx.Timeout(600, connect=10)
     with httpx.Client(timeout=timeout, headers=headers(args), verify=verify(args)) as client:
-        while True:
-            if interactive:
-                sys.stdout.write("> ")
-                sys.stdout.flush()
-            line = sys.stdin.readline()
-            if not line.strip():
-                return 0
-            messages.append({"role": "user", "content": line.rstrip("\n")})
-            body = {
-                "model": args.model,
-                "messages": messages,
-                "stream": True,
-                "max_tokens": args.max_tokens,
-                "temperature": args.temperature,
-                **extra,
+        return _converse(client, args, messages, extra)
+
+
+def _request_extras(args: argparse.Namespace) -> dict[str, Any]:
+    """The request fields given by --json-schema and --tools, the same for every turn."""
+    extra: dict[str, Any] = {}
+    if args.json_schema:
+        schema = _json_file(args.json_schema, "--json-schema")
+        extra["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "reply", "schema": schema},
+        }
+    if args.tools:
+        extra["tools"] = _json_file(args.tools, "--tools")
+        choice = args.tool_choice
+        extra["tool_choice"] = (
+            choice
+            if choice in ("auto", "required", "none")
+            else {"type": "function", "function": {"name": choice}}
+        )
+    return extra
+
+
+def _converse(
+    client: Any, args: argparse.Namespace, messages: list[dict[str, Any]], extra: dict[str, Any]
+) -> int:
+    """Read a line, stream the reply, repeat until an empty line or end of input."""
+    import httpx
+
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            sys.stdout.write("> ")
+            sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line.strip():
+            return 0
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        body = {
+            "model": args.model,
+            "messages": messages,
+            "stream": True,
+            "max_tokens": args.max_tokens,
+            "temperature": args.temperature,
+            **extra,
+        }
+        if args.seed is not None:
+            body["seed"] = args.seed
+        calls: list[dict[str, Any]] = []
+        try:
+            reply = stream_reply(client, args.url, body, sys.stdout, calls)
+        except httpx.HTTPError as e:
+            print(f"edgeinfer: error: cannot reach the server at {args.url}: {e}", file=sys.stderr)
+            return 1
+        except ChatError as e:
+            print(f"edgeinfer: error: {e}", file=sys.stderr)
+            return 1
+        messages.append(
+            {
+                "role": "assistant",
+                "content": reply or None,
+                **({"tool_calls": calls} if calls else {}),
             }
-            if args.seed is not None:
-                body["seed"] = args.seed
-            calls: list[dict[str, Any]] = []
-            try:
-                reply = stream_reply(client, args.url, body, sys.stdout, calls)
-            except httpx.HTTPError as e:
-                print(
-                    f"edgeinfer: error: cannot reach the server at {args.url}: {e}", file=sys.stderr
-                )
-                return 1
-            except ChatError as e:
-                print(f"edgeinfer: error: {e}", file=sys.stderr)
-                return 1
-            messages.append(
-                {
-                    "role": "assistant",
-                    "content": reply or None,
-                    **({"tool_calls": calls} if calls else {}),
-                }
-            )
+        )

@@ -11,12 +11,20 @@ import importlib.metadata
 import json
 import platform
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 from edgeinfer import __version__
+from edgeinfer.cli.doctor_advice import recommend
+from edgeinfer.cli.doctor_render import render
 from edgeinfer.hardware import (
+    Cgroup,
+    CpuAllowance,
+    CpuFreq,
+    CpuInfo,
+    MemInfo,
+    Thermal,
+    Topology,
     cpu_allowance,
     default_budget_bytes,
     read_cgroup,
@@ -27,28 +35,9 @@ from edgeinfer.hardware import (
     read_topology,
 )
 from edgeinfer.hardware.device import Readings, memory_view
-from edgeinfer.hardware.governor import GovernorConfig
-from edgeinfer.hardware.procfs import CpuInfo
-from edgeinfer.hardware.sysfs import Topology
-
-_KEY = 16  # width of the key column
 
 
 # ---- collect --------------------------------------------------------------------------------
-def _cpu_list(cpus: tuple[int, ...] | list[int]) -> str:
-    """(0, 1, 2, 3, 6) -> "0-3,6"."""
-    out: list[str] = []
-    run: list[int] = []
-    for cpu in sorted(cpus):
-        if run and cpu != run[-1] + 1:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-            run = []
-        run.append(cpu)
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(out)
-
-
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -140,347 +129,89 @@ def _extra_buffer_types() -> dict[str, Any]:
     }
 
 
-def _kernels_line(bufts: dict[str, Any]) -> str:
-    """llama.cpp's extra buffer types in use, the ones turned off and why; the build's ISA."""
-    isa = f"; CPU backend built for {' '.join(bufts.get('cpu_backend') or ['?'])}"
-    if not bufts["enabled"]:
-        return f"no extra buffer types: {bufts['reason']}{isa}"
-    kernels = ", ".join(bufts.get("kernels") or []) or "extra buffer types"
-    off = bufts.get("disabled") or []
-    why = f" ({', '.join(off)} off: {bufts['reason']})" if off else " (probed: they ran here)"
-    return f"{kernels}{why}{isa}"
-
-
 def collect(root: str | Path = "/", with_runtimes: bool = True) -> dict[str, Any]:
     """The whole report as one JSON-able dict."""
     topology, cgroup, cpuinfo = read_topology(root), read_cgroup(root), read_cpuinfo(root)
     freq, thermal, mem = read_cpufreq(root), read_thermal(root), read_meminfo(root)
     allowance = cpu_allowance(root, topology, cgroup)
-    used, limit = memory_view(cgroup, mem)
-    readings = Readings(
-        memory_available_bytes=mem.available_bytes,
-        cgroup_memory_limit_bytes=cgroup.memory_limit_bytes,
-    )
     report: dict[str, Any] = {
         "root": str(root),
-        "cpu": {
-            "model": cpuinfo.model,
-            "board": cpuinfo.board,
-            "arch": cpuinfo.arch or (platform.machine() if str(root) == "/" else ""),
-            "emulated": cpuinfo.emulated,
-            "online": allowance.online,
-            "online_cpus": list(topology.online),
-            "physical_cores": topology.physical_cores(),
-            "heterogeneous": topology.heterogeneous,
-            "big_cpus": list(topology.big),
-            "little_cpus": list(topology.little),
-            "capacity": {str(c.cpu): c.capacity for c in topology.cores if c.capacity},
-            "affinity": allowance.affinity,
-            "cgroup_cpu_quota": allowance.quota,
-            "cpuset": allowance.cpuset,
-            "usable_cpus": allowance.usable,
-            "simd": list(cpuinfo.simd),
-            "int8_dot": cpuinfo.int8_dot,
-        },
-        "frequency": {
-            "cur_mhz_mean": None if freq.cur_hz_mean is None else round(freq.cur_hz_mean / 1e6),
-            "max_mhz": None if freq.max_hz is None else round(freq.max_hz / 1e6),
-            "cpuinfo_mhz": cpuinfo.mhz,
-            "per_cpu": [
-                {"cpu": c.cpu, "cur_khz": c.cur_khz, "max_khz": c.max_khz} for c in freq.cores
-            ],
-            "throttle_count": freq.throttle_count,
-            "throttle_flags": list(freq.throttle_flags),
-            "throttled_now": freq.throttled_now,
-        },
-        "thermal": {
-            "cpu_temp_c": None if thermal.cpu_temp_c is None else round(thermal.cpu_temp_c, 1),
-            "source": thermal.source,
-            "zones": [
-                {"name": z.name, "type": z.type, "temp_c": round(z.temp_c, 1)}
-                for z in thermal.zones
-            ],
-        },
-        "memory": {
-            "total_bytes": mem.total_bytes,
-            "available_bytes": mem.available_bytes,
-            "cgroup_version": cgroup.version,
-            "cgroup_path": cgroup.path,
-            "cgroup_limit_bytes": cgroup.memory_limit_bytes,
-            "cgroup_usage_bytes": cgroup.memory_usage_bytes,
-            "cgroup_working_set_bytes": cgroup.memory_working_set_bytes,
-            "oom_events": cgroup.oom_events,
-            "oom_kills": cgroup.oom_kills,
-            "used_bytes": used,
-            "limit_bytes": limit,
-            "model_budget_bytes": default_budget_bytes(readings),
-        },
+        "cpu": _cpu(root, cpuinfo, topology, allowance),
+        "frequency": _frequency(freq, cpuinfo),
+        "thermal": _thermal(thermal),
+        "memory": _memory(cgroup, mem),
         "runtimes": runtimes() if with_runtimes else {},
     }
     report["recommendations"] = recommend(report, cpuinfo, topology, allowance.threads)
     return report
 
 
-# ---- recommend ------------------------------------------------------------------------------
-def _quantization(cpu: CpuInfo) -> list[str]:
-    simd = set(cpu.simd)
-    notes: list[str] = []
-    if cpu.arch == "x86":
-        if "amx_int8" in simd:
-            notes.append(
-                "AMX-INT8: INT8 MatMul/Conv run on the tile units, far faster than FP32: "
-                "static INT8 QDQ U8S8 per-channel for CNNs; dynamic INT8 per-channel "
-                "for transformers."
-            )
-        elif simd & {"avx512_vnni", "avx_vnni"}:
-            which = "AVX-512 VNNI" if "avx512_vnni" in simd else "AVX-VNNI"
-            notes.append(
-                f"{which}: INT8 is fast here (typically 2-4x FP32): static INT8 QDQ "
-                "U8S8 per-channel for CNNs; dynamic INT8 per-channel for transformers."
-            )
-        elif "avx2" in simd:
-            notes.append(
-                "AVX2 without VNNI: INT8 gains are smaller (~1.5-2x, some models none) "
-                "and U8S8 can saturate: quantize with reduce_range=True or U8U8; "
-                "measure before switching."
-            )
-        else:
-            notes.append(
-                "No AVX2: INT8 kernels fall back to SSE; expect little speed-up from "
-                "INT8 (the 4x smaller weights still help memory)."
-            )
-    elif cpu.arch == "arm":
-        if simd & {"i8mm", "dotprod"}:
-            which = " and ".join(n for n in ("dotprod", "i8mm") if n in simd)
-            notes.append(
-                f"ARM {which}: INT8 is fast here (typically 2-4x FP32): static INT8 "
-                "QDQ per-channel for CNNs; dynamic INT8 per-channel for transformers."
-            )
-            notes.append(
-                "GGUF (llama.cpp): Q4_0 is repacked at load for dotprod/i8mm and is "
-                "usually the fastest 4-bit format here."
-            )
-        elif "neon" in simd:
-            notes.append(
-                "NEON without dotprod (e.g. Cortex-A72, Raspberry Pi 4): INT8 gains "
-                "are modest (~1.3-2x); still worth it for the 4x smaller weights."
-            )
-        else:
-            notes.append("No NEON reported: expect slow INT8 and FP32 alike.")
-    else:
-        notes.append(
-            "CPU features unknown (no /proc/cpuinfo flags): cannot say which formats "
-            "are fast; measure with `edgeinfer bench`."
-        )
-    notes.append(
-        "Transformer MatMuls: INT4 weight-only (MatMulNBits, block 32) cuts weights 8x "
-        "vs FP32; decoding is memory-bound, so tokens/s grows with the cut"
-        + ("; use accuracy_level=4 to compute in INT8." if cpu.int8_dot else ".")
-    )
-    return notes
-
-
-def recommend(
-    report: dict[str, Any], cpu: CpuInfo, topology: Topology, threads: int
+def _cpu(
+    root: str | Path, cpuinfo: CpuInfo, topology: Topology, allowance: CpuAllowance
 ) -> dict[str, Any]:
-    c, mem, th = report["cpu"], report["memory"], report["thermal"]
-    notes: list[str] = []
-    usable = c["usable_cpus"]
-    if c["online"] and usable < c["online"]:
-        notes.append(
-            f"Only {usable} of {c['online']} CPUs are usable (affinity/cgroup): size "
-            "thread pools to that, not to os.cpu_count()."
-        )
-    if topology.heterogeneous:
-        notes.append(
-            f"big.LITTLE: keep inference threads on the big cores "
-            f"({_cpu_list(topology.big)}), e.g. `taskset -c {_cpu_list(topology.big)}`;"
-            " a parallel op waits for its slowest thread."
-        )
-    if threads > 1:
-        notes.append(
-            f"With N models busy at once give each intra_op_threads = {threads} // N; "
-            "more threads than cores only adds contention."
-        )
-    soft = GovernorConfig().temp_soft_c
-    if th["cpu_temp_c"] is None:
-        notes.append(
-            "No temperature sensor visible (VM or container): the thermal governor "
-            "will stay at full capacity."
-        )
-    elif th["cpu_temp_c"] >= soft:
-        notes.append(
-            f"CPU at {th['cpu_temp_c']} °C, above the governor's soft limit "
-            f"({soft:g} °C): add cooling or expect smaller batches."
-        )
-    flags = report["frequency"]["throttle_flags"]
-    if any(f.startswith("under-voltage") for f in flags):
-        notes.append(
-            "Under-voltage reported: use a stronger power supply; the firmware caps "
-            "the clock while it lasts."
-        )
-    if mem["oom_kills"]:
-        notes.append(
-            f"The cgroup has had {mem['oom_kills']} OOM kill(s): keep models within "
-            "the memory budget."
-        )
     return {
-        "intra_op_threads": threads,
-        "inter_op_threads": 1,
-        "model_budget_bytes": mem["model_budget_bytes"],
-        "quantization": _quantization(cpu),
-        "notes": notes,
+        "model": cpuinfo.model,
+        "board": cpuinfo.board,
+        "arch": cpuinfo.arch or (platform.machine() if str(root) == "/" else ""),
+        "emulated": cpuinfo.emulated,
+        "online": allowance.online,
+        "online_cpus": list(topology.online),
+        "physical_cores": topology.physical_cores(),
+        "heterogeneous": topology.heterogeneous,
+        "big_cpus": list(topology.big),
+        "little_cpus": list(topology.little),
+        "capacity": {str(c.cpu): c.capacity for c in topology.cores if c.capacity},
+        "affinity": allowance.affinity,
+        "cgroup_cpu_quota": allowance.quota,
+        "cpuset": allowance.cpuset,
+        "usable_cpus": allowance.usable,
+        "simd": list(cpuinfo.simd),
+        "int8_dot": cpuinfo.int8_dot,
     }
 
 
-# ---- render ---------------------------------------------------------------------------------
-def _bytes(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    if n >= 1 << 30:
-        return f"{n / (1 << 30):.1f} GB"
-    return f"{n / (1 << 20):.0f} MB"
+def _frequency(freq: CpuFreq, cpuinfo: CpuInfo) -> dict[str, Any]:
+    return {
+        "cur_mhz_mean": None if freq.cur_hz_mean is None else round(freq.cur_hz_mean / 1e6),
+        "max_mhz": None if freq.max_hz is None else round(freq.max_hz / 1e6),
+        "cpuinfo_mhz": cpuinfo.mhz,
+        "per_cpu": [{"cpu": c.cpu, "cur_khz": c.cur_khz, "max_khz": c.max_khz} for c in freq.cores],
+        "throttle_count": freq.throttle_count,
+        "throttle_flags": list(freq.throttle_flags),
+        "throttled_now": freq.throttled_now,
+    }
 
 
-def _cores_line(c: dict[str, Any]) -> str:
-    if not c["online"]:
-        return "unknown"
-    text = f"{c['online']} online"
-    if c["physical_cores"] and c["physical_cores"] != c["online"]:
-        text += f", {c['physical_cores']} physical"
-    if c["heterogeneous"]:
-        caps = c["capacity"]
-        big, little = c["big_cpus"], c["little_cpus"]
-        text += (
-            f"; big {_cpu_list(big)} (capacity {caps.get(str(big[0]), '?')}), LITTLE "
-            f"{_cpu_list(little)} (capacity {caps.get(str(little[0]), '?')})"
-        )
-    else:
-        text += ", all of one type"
-    return text
+def _thermal(thermal: Thermal) -> dict[str, Any]:
+    return {
+        "cpu_temp_c": None if thermal.cpu_temp_c is None else round(thermal.cpu_temp_c, 1),
+        "source": thermal.source,
+        "zones": [
+            {"name": z.name, "type": z.type, "temp_c": round(z.temp_c, 1)} for z in thermal.zones
+        ],
+    }
 
 
-def _usable_line(c: dict[str, Any]) -> str:
-    why = [
-        f"affinity {c['affinity']}" if c["affinity"] else "",
-        f"cgroup quota {c['cgroup_cpu_quota']:g} CPUs"
-        if c["cgroup_cpu_quota"]
-        else "no cgroup CPU quota",
-        f"cpuset {c['cpuset']}" if c["cpuset"] else "",
-    ]
-    return f"{c['usable_cpus']} ({', '.join(w for w in why if w)})"
-
-
-def _sections(r: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
-    c, f, t, m, rt, rec = (
-        r["cpu"],
-        r["frequency"],
-        r["thermal"],
-        r["memory"],
-        r["runtimes"],
-        r["recommendations"],
+def _memory(cgroup: Cgroup, mem: MemInfo) -> dict[str, Any]:
+    used, limit = memory_view(cgroup, mem)
+    readings = Readings(
+        memory_available_bytes=mem.available_bytes,
+        cgroup_memory_limit_bytes=cgroup.memory_limit_bytes,
     )
-    if f["cur_mhz_mean"] is not None:
-        freq = f"{f['cur_mhz_mean']} MHz now (mean), max {f['max_mhz'] or '?'} MHz"
-    else:
-        freq = "unknown (no cpufreq)"
-        freq += f"; /proc/cpuinfo says {f['cpuinfo_mhz']:.0f} MHz" if f["cpuinfo_mhz"] else ""
-    throttle = ", ".join(f["throttle_flags"]) or "none reported"
-    if f["throttle_count"]:
-        throttle += f"; {f['throttle_count']} thermal throttle events (x86)"
-    temp = "unknown (no thermal sensor)"
-    if t["cpu_temp_c"] is not None:
-        temp = f"{t['cpu_temp_c']:.1f} °C ({t['source'] or 'sensor'})"
-    cg = "none visible"
-    if m["cgroup_version"]:
-        cg = f"v{m['cgroup_version']} {m['cgroup_path']}: "
-        cg += f"limit {_bytes(m['cgroup_limit_bytes'])}" if m["cgroup_limit_bytes"] else "no limit"
-        cg += f", {_bytes(m['cgroup_working_set_bytes'] or m['cgroup_usage_bytes'])} in use"
-        if m["oom_events"] is not None:
-            cg += f", OOM events {m['oom_events']}"
-        if m["oom_kills"] is not None:
-            cg += f", OOM kills {m['oom_kills']}"
-    ort = rt.get("onnxruntime")
-    llama = rt.get("llama_cpp")
-    runtime_rows = [("python", rt.get("python", "")), ("numpy", rt.get("numpy") or "not installed")]
-    for b in rt.get("backends", []):
-        state = b["version"] if b["installed"] else f"not installed: {b['install']}"
-        if b["name"] == "onnxruntime" and ort:
-            state += f" ({', '.join(ort['providers'])})"
-        runtime_rows.append(
-            (
-                b["name"],
-                f"{state}; serves {', '.join(b['files'])}; suits this CPU: {b['suits_cpu']}",
-            )
-        )
-    bufts = (llama or {}).get("extra_buffer_types")
-    if bufts:
-        runtime_rows.append(("GGUF kernels", _kernels_line(bufts)))
-    return [
-        (
-            "CPU",
-            [
-                ("model", c["model"] or "unknown"),
-                ("board", c["board"] or "-"),
-                (
-                    "architecture",
-                    (c["arch"] or "unknown")
-                    + (
-                        " (user-mode emulation: features from HWCAP, /proc/cpuinfo is the host's)"
-                        if c["emulated"]
-                        else ""
-                    ),
-                ),
-                ("cores", _cores_line(c)),
-                ("usable CPUs", _usable_line(c)),
-                ("SIMD", " ".join(c["simd"]) or "unknown"),
-                ("INT8 dot", c["int8_dot"] or "none"),
-            ],
-        ),
-        (
-            "Clock and temperature",
-            [("frequency", freq), ("temperature", temp), ("throttling", throttle)],
-        ),
-        (
-            "Memory",
-            [
-                ("total", _bytes(m["total_bytes"])),
-                ("available", _bytes(m["available_bytes"])),
-                ("cgroup", cg),
-                (
-                    "model budget",
-                    _bytes(m["model_budget_bytes"])
-                    + " (tighter of cgroup limit and available, minus max(10%, 256 MB))",
-                ),
-            ],
-        ),
-        ("Runtimes" + ("" if rt else " (skipped)"), runtime_rows if rt else []),
-        (
-            "Recommendations",
-            [
-                (
-                    "threads",
-                    f"intra_op_threads = {rec['intra_op_threads']}, "
-                    "inter_op_threads = 1 (one model busy at a time)",
-                )
-            ],
-        ),
-    ]
-
-
-def render(report: dict[str, Any]) -> str:
-    lines = [f"edgeinfer doctor — root {report['root']}"]
-    for title, rows in _sections(report):
-        lines += ["", title]
-        lines += [f"  {key:<{_KEY}}{value}" for key, value in rows]
-    rec = report["recommendations"]
-    for label, items in (("quantization", rec["quantization"]), ("notes", rec["notes"])):
-        for i, item in enumerate(items):
-            wrapped = textwrap.wrap(item, 100 - 2 - _KEY - 2, break_on_hyphens=False) or [""]
-            key = label if i == 0 else ""
-            lines.append(f"  {key:<{_KEY}}- {wrapped[0]}")
-            lines += [f"  {'':<{_KEY}}  {more}" for more in wrapped[1:]]
-    return "\n".join(lines)
+    return {
+        "total_bytes": mem.total_bytes,
+        "available_bytes": mem.available_bytes,
+        "cgroup_version": cgroup.version,
+        "cgroup_path": cgroup.path,
+        "cgroup_limit_bytes": cgroup.memory_limit_bytes,
+        "cgroup_usage_bytes": cgroup.memory_usage_bytes,
+        "cgroup_working_set_bytes": cgroup.memory_working_set_bytes,
+        "oom_events": cgroup.oom_events,
+        "oom_kills": cgroup.oom_kills,
+        "used_bytes": used,
+        "limit_bytes": limit,
+        "model_budget_bytes": default_budget_bytes(readings),
+    }
 
 
 # ---- command --------------------------------------------------------------------------------

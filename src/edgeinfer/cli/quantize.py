@@ -13,12 +13,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# What add_argument_group returns; argparse names the class privately.
+_Group = argparse._ArgumentGroup
 _MODEL_HELP = "a .onnx file, or a repository version REPO/MODEL/N (published as a new version)"
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL_OR_REPO_VERSION", help=_MODEL_HELP)
-    g = p.add_argument_group("accuracy gate")
+    _add_gate_args(p.add_argument_group("accuracy gate"))
+    _add_output_args(p.add_argument_group("output and measurement"))
+
+
+def _add_gate_args(g: _Group) -> None:
     g.add_argument(
         "--eval",
         type=Path,
@@ -51,7 +57,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="publish a model that fails the gate anyway, marked rejected in "
         "report.json (the server refuses to load it)",
     )
-    o = p.add_argument_group("output and measurement")
+
+
+def _add_output_args(o: _Group) -> None:
     o.add_argument(
         "--output",
         type=Path,
@@ -97,6 +105,24 @@ def add_quantize(sub: Any) -> None:
         "static: int8 with calibrated activations (CNNs); int4: 4-bit MatMul "
         "weights",
     )
+    _add_calibration_args(q)
+    _add_weight_args(q)
+    q.add_argument(
+        "--auto",
+        action="store_true",
+        help="if the gate fails, keep the most sensitive nodes in FP32 until it "
+        "passes (needs --eval)",
+    )
+    q.add_argument(
+        "--auto-samples",
+        type=int,
+        default=64,
+        help="eval samples used to rank node sensitivity (default: %(default)s)",
+    )
+    p.set_defaults(func=cmd_quantize)
+
+
+def _add_calibration_args(q: _Group) -> None:
     q.add_argument(
         "--calibration",
         type=Path,
@@ -123,6 +149,9 @@ def add_quantize(sub: Any) -> None:
         default="minmax",
         help="calibration method (default: %(default)s)",
     )
+
+
+def _add_weight_args(q: _Group) -> None:
     q.add_argument(
         "--per-channel",
         action=argparse.BooleanOptionalAction,
@@ -139,19 +168,6 @@ def add_quantize(sub: Any) -> None:
     q.add_argument(
         "--block-size", type=int, default=32, help="int4 block size (default: %(default)s)"
     )
-    q.add_argument(
-        "--auto",
-        action="store_true",
-        help="if the gate fails, keep the most sensitive nodes in FP32 until it "
-        "passes (needs --eval)",
-    )
-    q.add_argument(
-        "--auto-samples",
-        type=int,
-        default=64,
-        help="eval samples used to rank node sensitivity (default: %(default)s)",
-    )
-    p.set_defaults(func=cmd_quantize)
 
 
 def add_optimize(sub: Any) -> None:

@@ -20,7 +20,6 @@ def add_serve(sub: Any) -> None:
         description="Serve every model in a repository over KServe v2 HTTP/gRPC "
         "and the OpenAI API. Each flag can also be set as EDGEINFER_<FLAG>.",
     )
-    env = ServerSettings.env_defaults()
     src = p.add_mutually_exclusive_group()
     src.add_argument("--repository", type=Path, help=fields(ServerSettings)[0].metadata["help"])
     src.add_argument(
@@ -28,6 +27,14 @@ def add_serve(sub: Any) -> None:
         action="store_true",
         help="serve the built-in demo repository (built on first use)",
     )
+    _add_setting_flags(p)
+    _add_list_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def _add_setting_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per scalar ServerSettings field, its default read from EDGEINFER_*."""
+    env = ServerSettings.env_defaults()
     for f in fields(ServerSettings):
         if f.name in _TUPLE_SETTINGS:
             continue
@@ -47,6 +54,9 @@ def add_serve(sub: Any) -> None:
         p.add_argument(
             flag, type=kind, default=default, help=f"{f.metadata['help']} (default: %(default)s)"
         )
+
+
+def _add_list_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--load-model",
         action="append",
@@ -75,7 +85,6 @@ def add_serve(sub: Any) -> None:
         "model's adapters/ folder (repeatable; env EDGEINFER_ADAPTER_DIRS, "
         f"'{os.pathsep}'-separated)",
     )
-    p.set_defaults(func=cmd_serve)
 
 
 _TUPLE_SETTINGS = ("repository", "load_models", "overrides", "adapter_dirs")

@@ -15,7 +15,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from edgeinfer.server.connections import guarded_protocol
-from tests.conftest import free_port
+from tests.helpers import free_port, wait_until
 
 
 async def hello(request: object) -> PlainTextResponse:
@@ -33,9 +33,7 @@ def url() -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: server.started, 10, "uvicorn to listen")
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
