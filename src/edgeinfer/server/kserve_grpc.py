@@ -217,7 +217,7 @@ def encode_infer(resp: InferResponse) -> bytes:
     for t in resp.outputs:
         out.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
         out.raw_output_contents.append(_raw(t))
-    return out.SerializeToString()  # type: ignore[no-any-return]
+    return out.SerializeToString()
 
 
 def _tensor_metadata(spec: Any) -> Any:
