@@ -4,8 +4,8 @@
     python bench/health_under_load.py --source DIR     # serve another checkout's src/ (a baseline)
     python bench/health_under_load.py --skip-slow      # leave out requests that take minutes
 
-A server on the demo repository (digits, minilm) gets one request at a time: the refused
-reproductions of the adversarial test (a 16 MB embedding string, 8 x 1 MB strings over KServe,
+A server on the demo repository (digits, minilm, llm-demo) gets one request at a time: the refused
+reproductions of the adversarial test (a 16 MB embedding string, a 30 MB prompt, 8 x 1 MB strings over KServe,
 a 60 MB JSON body, huge shapes, over HTTP and gRPC) and the largest request each route accepts
 (or parses before refusing). Meanwhile a second connection polls `/v2/health/ready`
 back to back. Reported per request: its status and duration, the slowest and median health
@@ -143,6 +143,12 @@ def http_requests(json_limit: int) -> dict[str, HttpBuild]:
     def json_body(model: str, build: Callable[[], bytes]) -> HttpBuild:
         return lambda: (f"/v2/models/{model}/infer", build(), {"Content-Type": "application/json"})
 
+    def llm(route: str, doc: dict[str, Any]) -> HttpBuild:
+        return lambda: (f"/v1/{route}", orjson.dumps({"model": "llm-demo", "max_tokens": 16,
+                                                       **doc}),
+                        {"Content-Type": "application/json"})  # fmt: skip
+
+    words = (word * ((json_limit - 1024) // 5)).decode()  # a body just under --max-json-bytes
     huge = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [2**40, 2**40, 8, 8],
                         "data": []}]}  # fmt: skip
     return {
@@ -158,6 +164,12 @@ def http_requests(json_limit: int) -> dict[str, HttpBuild]:
             "digits", lambda: _json_floats(json_limit - 4096)),
         "http kserve binary: 60 MB FP32 tensor": kserve("digits", lambda: _binary_fp32(245_000)),
         "http kserve: huge shape": json_body("digits", lambda: orjson.dumps(huge)),
+        "http completions: 30 MB prompt": llm("completions", {"prompt": "word " * (6 * MB)}),
+        "http completions: prompt at --max-json-bytes": llm("completions", {"prompt": words}),
+        "http chat: message at --max-json-bytes": llm(
+            "chat/completions", {"messages": [{"role": "user", "content": words}]}),
+        "http completions: a prompt filling the context (accepted)": llm(
+            "completions", {"prompt": "word " * 150}),  # ~450 of the 512 tokens
     }  # fmt: skip
 
 

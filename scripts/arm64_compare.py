@@ -19,6 +19,8 @@ MINILM_TOL = 1e-5  # unit-norm embeddings
 # sentences of the demo set, not all of them.
 MINILM_N = 4
 LLM_TOKENS = 16
+IMAGENET_TOL = 1e-3  # FP32 logits are O(10); INT8 kernels differ more, so there top-5 decides
+PHOTOS = ("flower.jpg", "china.jpg")  # scikit-learn's photos: a daisy, a temple
 
 Ports = tuple[int, int]  # (http, grpc)
 
@@ -110,6 +112,47 @@ def minilm(arm: Ports, x86: Ports) -> dict[str, Any]:
                   n=len(texts))  # fmt: skip
 
 
+def _jpeg(name: str) -> bytes:
+    import io
+
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    buf = io.BytesIO()
+    Image.fromarray(load_sample_image(name)).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def imagenet(arm: Ports, x86: Ports) -> dict[str, Any]:
+    """scikit-learn's two photos as JPEG bytes through KServe gRPC (tritonclient) to
+    efficientnet-lite0 version 1 (FP32) and 2 (INT8): logits, and the classification
+    extension's top 5 (labels decided on each side, by each server)."""
+    import tritonclient.grpc as tg
+
+    photos = np.array([_jpeg(n) for n in PHOTOS], dtype=object)
+    got: dict[str, list[tuple[np.ndarray, list[str]]]] = {"1": [], "2": []}
+    for _, grpc in (arm, x86):
+        c = tg.InferenceServerClient(f"127.0.0.1:{grpc}")
+        for version, answers in got.items():
+            inp = tg.InferInput("image", [len(photos)], "BYTES")
+            inp.set_data_from_numpy(photos)
+            raw = c.infer("efficientnet-lite0", [inp], model_version=version, client_timeout=900)
+            top = c.infer("efficientnet-lite0", [inp], model_version=version, client_timeout=900,
+                          outputs=[tg.InferRequestedOutput("logits", class_count=5)])  # fmt: skip
+            labels = [s.decode().split(":", 2)[2] for s in top.as_numpy("logits").ravel()]
+            answers.append((raw.as_numpy("logits"), labels))
+        c.close()
+    diffs = {v: float(np.abs(a[0][0] - a[1][0]).max()) for v, a in got.items()}
+    same_top5 = {v: a[0][1] == a[1][1] for v, a in got.items()}
+    ok = diffs["1"] <= IMAGENET_TOL and all(same_top5.values())
+    daisy = got["1"][0][1][0]
+    return _check(ok, f"FP32 max |diff| {diffs['1']:.2g} (tolerance {IMAGENET_TOL:g}), INT8 "
+                  f"{diffs['2']:.2g}; top-5 labels equal: FP32 {same_top5['1']}, INT8 "
+                  f"{same_top5['2']}; arm64 sees a {daisy!r}",
+                  max_abs_diff_fp32=diffs["1"], max_abs_diff_int8=diffs["2"],
+                  top5_arm64={v: a[0][1] for v, a in got.items()})  # fmt: skip
+
+
 def llm(arm: Ports, x86: Ports) -> dict[str, Any]:
     """A greedy completion of the LLM demo (random weights, f32 KV) on both."""
     import httpx
@@ -132,6 +175,7 @@ def llm(arm: Ports, x86: Ports) -> dict[str, Any]:
 def all_checks(arm: Ports, x86: Ports, with_llm: bool) -> dict[str, dict[str, Any]]:
     checks = {"server": server(arm, x86), "digits_grpc": digits(arm, x86),
               "minilm_http": minilm(arm, x86)}  # fmt: skip
-    if with_llm:
+    if with_llm:  # the full check: minutes of emulated floating point each
+        checks["imagenet_grpc"] = imagenet(arm, x86)
         checks["llm_demo"] = llm(arm, x86)
     return checks

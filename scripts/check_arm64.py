@@ -9,8 +9,9 @@ Run through `scripts/check-arm64 [--quick]` (as root). Phases, each timed into t
   4. the demo repository (built on the host: ONNX files do not depend on the architecture)
      served by `edgeinfer serve` in the root and, beside it, on the host;
   5. the same calls to both, compared: digits over KServe gRPC, MiniLM over KServe HTTP and the
-     OpenAI embeddings route, the LLM demo's greedy completion (full mode, when llama.cpp was
-     built), `edgeinfer doctor --json` inside.
+     OpenAI embeddings route; in full mode also EfficientNet-Lite0 FP32 and INT8 on two JPEG
+     photos over gRPC (logits and the classification extension's top 5) and the LLM demo's
+     greedy completion; `edgeinfer doctor --json` inside.
 Emulation says nothing about speed: only installability and answers are checked.
 """
 
@@ -134,7 +135,8 @@ def publish_models(root: Path, with_llm: bool) -> Path:
     repo = root / REPO.lstrip("/")
     shutil.rmtree(repo, ignore_errors=True)
     repo.mkdir(parents=True)
-    for name in ("digits", "minilm", *(["llm-demo"] if with_llm else [])):
+    full = ["efficientnet-lite0", "llm-demo"] if with_llm else []
+    for name in ("digits", "minilm", *full):
         shutil.copytree(demo / name, repo / name)
     return repo
 

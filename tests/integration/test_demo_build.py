@@ -54,9 +54,7 @@ def _embed(model: TextModel, texts: list[str]) -> np.ndarray:
 def test_layout_is_complete_with_nothing_left_behind(built: tuple[Path, dict]) -> None:
     root, summary = built
     assert sorted(p.name for p in root.parent.iterdir()) == ["repo"]  # no staging dirs
-    assert sorted(p.name for p in root.iterdir()) == [
-        "demo.json", "digits", "efficientnet-lite0", "llm-demo", "minilm"
-    ]  # fmt: skip
+    assert sorted(p.name for p in root.iterdir()) == ["demo.json", *demo.DEMO_MODELS]
     assert sorted(p.name for p in (root / "digits").iterdir()) == ["1", "config.toml"]
     assert sorted(p.name for p in (root / "digits" / "1").iterdir()) == [
         "manifest.json",
@@ -69,6 +67,16 @@ def test_layout_is_complete_with_nothing_left_behind(built: tuple[Path, dict]) -
     ]
     assert json.loads((root / "demo.json").read_text()) == summary
     assert demo.is_complete(root)
+
+
+def test_a_repository_an_older_release_built_counts_as_unbuilt(built: tuple[Path, dict],
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    old = tmp_path / "demo"
+    old.mkdir()
+    for name in ("digits", "minilm", "llm-demo"):  # before EfficientNet-Lite0 was added
+        shutil.copytree(built[0] / name, old / name)
+    shutil.copy(built[0] / "demo.json", old / "demo.json")
+    assert not demo.is_complete(old)
 
 
 def test_manifests_verify_and_catch_tampering(root: Path, tmp_path: Path) -> None:

@@ -141,3 +141,43 @@ def test_completions_reuse_a_shared_prefix(client: Any) -> None:
     assert ours.choices[0].text == plain.choices[0].text
     assert ours.usage.prompt_tokens_details.cached_tokens > ours.usage.prompt_tokens // 2
     assert plain.usage.prompt_tokens_details.cached_tokens == 0
+
+
+def test_n_choices_prefill_the_prompt_once_and_sample_as_without_the_cache(
+    server: ServerProcess, client: Any
+) -> None:
+    prompt = "Sensor report 4711 from the north field: all quiet. " * 4  # in no slot yet
+
+    def four(model: str) -> Any:
+        return client.completions.create(model=model, prompt=prompt, n=4, max_tokens=8,
+                                         temperature=0.9, seed=11)  # fmt: skip
+
+    before = counters(server, CACHED)
+    ours, plain = four(CACHED), four(PLAIN)
+    queries, hits = (a - b for a, b in zip(counters(server, CACHED), before, strict=True))
+    assert [c.index for c in ours.choices] == [0, 1, 2, 3]
+    assert [c.text for c in ours.choices] == [c.text for c in plain.choices]
+    assert len({c.text for c in ours.choices}) > 1  # seeds 11..14: distinct samples
+    n = ours.usage.prompt_tokens
+    assert queries == 4 * n
+    # Prefilled once: the other three copied all but the last prompt token (its logits).
+    assert hits >= 3 * (n - 1) and queries - hits <= n + 3
+
+
+def test_a_request_takes_the_system_prompt_of_a_running_one(client: Any) -> None:
+    system = "You watch the pumps and valves of a farm, and you answer briefly. " * 4
+
+    def ask(model: str, question: str, n: int, **kw: Any) -> Any:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        return client.chat.completions.create(model=model, messages=messages, max_tokens=n,
+                                              temperature=0, **kw)  # fmt: skip
+
+    running = iter(ask(CACHED, "Report every pump, please.", 400, stream=True))
+    head = [next(running)]
+    while not head[-1].choices or not head[-1].choices[0].delta.content:
+        head.append(next(running))  # it is decoding now
+    late, plain = ask(CACHED, "Is valve 2 open?", 12), ask(PLAIN, "Is valve 2 open?", 12)
+    busy = "".join(c.choices[0].delta.content or "" for c in [*head, *running] if c.choices)
+    assert late.choices[0].message.content == plain.choices[0].message.content
+    assert late.usage.prompt_tokens_details.cached_tokens > late.usage.prompt_tokens // 2
+    assert busy == ask(PLAIN, "Report every pump, please.", 400).choices[0].message.content

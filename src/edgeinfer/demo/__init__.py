@@ -14,7 +14,10 @@ from typing import Any
 
 from edgeinfer.config import edgeinfer_home
 
-DEMO_JSON = "demo.json"  # written last: its presence means the repository is complete
+DEMO_JSON = "demo.json"  # written last: its presence means the build finished
+# What this release's builder publishes: a repository built by an older release lacks some
+# (EfficientNet-Lite0 came later) and is rebuilt rather than served incomplete.
+DEMO_MODELS = ("digits", "efficientnet-lite0", "llm-demo", "minilm")
 CONVERT_HINT = "pip install -e '.[convert]'"
 
 
@@ -24,7 +27,7 @@ def demo_home() -> Path:
 
 
 def is_complete(root: Path) -> bool:
-    return (root / DEMO_JSON).is_file()
+    return (root / DEMO_JSON).is_file() and all((root / m).is_dir() for m in DEMO_MODELS)
 
 
 def build_demo_repository(root: Path) -> dict[str, Any]:
@@ -55,6 +58,7 @@ def ensure_demo_repository(root: Path | None = None) -> Path:
 __all__ = [
     "CONVERT_HINT",
     "DEMO_JSON",
+    "DEMO_MODELS",
     "build_demo_repository",
     "demo_home",
     "ensure_demo_repository",

@@ -10,11 +10,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import numpy as np
-
-from edgeinfer.adapters import AdapterManager, Lease
+from edgeinfer.adapters import AdapterManager
 from edgeinfer.adapters.metrics import AdapterCollector
-from edgeinfer.auth import TENANT_IDENTITY
 from edgeinfer.config import ModelConfig, ServerSettings
 from edgeinfer.errors import (
     EdgeInferError,
@@ -29,19 +26,15 @@ from edgeinfer.hardware import (
 )
 from edgeinfer.lifecycle import samples
 from edgeinfer.lifecycle.budget import device_guards
-from edgeinfer.lifecycle.llm_prompt import prompt_tokens, reply_params
+from edgeinfer.lifecycle.inference import Inference
 from edgeinfer.lifecycle.manager import ModelManager
 from edgeinfer.lifecycle.models import LoadedVersion, State
 from edgeinfer.lifecycle.status import LifecycleStatus, index_rows, status_of
 from edgeinfer.lifecycle.triton_config import triton_model_config
 from edgeinfer.repository import Repository
-from edgeinfer.serving.classification import class_counts, classify
-from edgeinfer.serving.constrain import Constraints
-from edgeinfer.serving.inputs import prepare_feeds
 from edgeinfer.serving.llm_loop import GenerateRequest, GenerationStream
 from edgeinfer.serving.runner import Runner
 from edgeinfer.serving.supervisor import supervise, within
-from edgeinfer.serving.validation import queue_params
 from edgeinfer.telemetry.metrics import (
     LlmCollector,
     LlmSample,
@@ -50,14 +43,12 @@ from edgeinfer.telemetry.metrics import (
     build_registry,
     exposition,
 )
-from edgeinfer.telemetry.stats import failure_reason
 from edgeinfer.telemetry.tracing import RequestTrace, Tracer
 from edgeinfer.types import (
     InferRequest,
     InferResponse,
     ModelMetadata,
     ModelStatus,
-    Tensor,
 )
 
 log = logging.getLogger("edgeinfer.engine")
@@ -71,7 +62,6 @@ class Engine:
         self._user_overrides = copy.deepcopy(repository.overrides)  # --set, before any pin
         self.settings = settings
         self.tracer = tracer  # None: tracing off; handlers start request spans on it
-        self._constraints = Constraints()  # structured outputs: grammars per request
         self.runner = Runner()
         self._models: dict[str, ModelManager] = {}
         self._expected: set[str] = set()  # models that should be loaded for readiness
@@ -100,6 +90,7 @@ class Engine:
         self.adapters = AdapterManager(repository.root, adapter_budget)
         self.adapters.stats.per_request = settings.metrics
         self._metrics.register(AdapterCollector(self.adapters, lambda: samples.loras(models())))
+        self._inference = Inference(settings, self.runner, self.adapters)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -397,67 +388,13 @@ class Engine:
             raise Unavailable("server is shutting down")
         start = time.perf_counter_ns()
         model, adapter = self.split_model(request.model, request.parameters.get("adapter"))
-        tenant = request.metadata.get(TENANT_IDENTITY)
         h = self.handle(model, request.version, request.parameters, request.metadata)
         if h.llm is not None:
             raise InvalidInput(
                 f"model '{request.model}' generates text: use /v1/completions, "
                 f"/v1/chat/completions or /v2/models/{request.model}/generate"
             )
-        assert h.scheduler is not None
-        if trace is not None:
-            trace.set("edgeinfer.model.version", str(h.version))
-        try:
-            counts = class_counts(request.outputs, h.model.outputs)
-            feeds, names = await prepare_feeds(
-                request, h.model, h.config.max_batch_size, self.runner, self.settings.limits
-            )
-            priority, timeout_us = queue_params(request.parameters)
-            self.adapters.record(tenant, model, request=True)
-            lease = (
-                await self.adapters.acquire(model, adapter, tenant, h.model) if adapter else None
-            )
-            try:
-                run_adapter = None
-                if lease is not None and lease.run_adapter is not None:
-                    run_adapter = lease.run_adapter
-                elif lease is not None:
-                    rows = next(iter(feeds.values())).shape[0]
-                    feeds = {**feeds, "adapter_index": np.full(rows, lease.index, np.int64)}
-                results, t = await h.scheduler.submit(
-                    feeds,
-                    priority,
-                    timeout_us,
-                    trace,
-                    adapter=run_adapter,
-                    received_ns=request.received_ns,
-                    outputs=tuple(names) if names else None,
-                )
-            finally:
-                if lease is not None:
-                    lease.release()
-        except asyncio.CancelledError:
-            h.stats.record_failure(time.perf_counter_ns() - start, "CANCELED")
-            raise
-        except EdgeInferError as e:
-            h.stats.record_failure(time.perf_counter_ns() - start, failure_reason(e))
-            raise
-        batched = h.config.max_batch_size > 0
-        outputs = [
-            Tensor(
-                n,
-                classify(results[n], counts[n], h.labels.get(n, []), batched)
-                if n in counts
-                else results[n],
-            )
-            for n in (names or results)
-        ]
-        h.stats.record_success(
-            time.perf_counter_ns() - start, t.queue_ns, t.input_ns, t.infer_ns, t.output_ns
-        )
-        return InferResponse(
-            model=request.model, version=str(h.version), outputs=outputs, id=request.id
-        )
+        return await self._inference.infer(h, request, model, adapter, trace, start)
 
     async def generate(self, request: GenerateRequest) -> GenerationStream:
         """Start a generation on a llama.cpp model. Raises before any work when it cannot be
@@ -466,43 +403,10 @@ class Engine:
         if self._closing:
             raise Unavailable("server is shutting down")
         model_name, adapter = self.split_model(request.model, request.parameters.get("adapter"))
-        tenant = request.metadata.get(TENANT_IDENTITY)
         h = self.handle(model_name, request.version, request.parameters, request.metadata)
         if h.llm is None:
             raise InvalidInput(f"model '{model_name}' is not a text generation model")
-        from edgeinfer.runtime.llm_llamacpp import LlamaCppModel
-
-        model = h.model
-        assert isinstance(model, LlamaCppModel)
-        tokens = await prompt_tokens(model, request, h.config.llm.context_length)
-        constraint = None
-        if request.constraint is not None:
-            constraint = await self._constraints.compile(model, request.constraint)
-        lease: Lease | None = None
-        if adapter:
-            lease = await self.adapters.acquire(model_name, adapter, tenant, model, h.llm)
-        self.adapters.record(tenant, model_name, request=True)
-
-        def done(prompt_tokens: int, completion_tokens: int) -> None:
-            self.adapters.record(tenant, model_name, prompt_tokens, completion_tokens)
-            if lease is not None:
-                lease.release()
-
-        try:
-            stream = h.llm.submit(
-                tokens,
-                reply_params(model, request),
-                lease.loop_adapter if lease else None,
-                done,
-                constraint,
-                cache_prompt=request.cache_prompt,
-            )
-        except BaseException:
-            if lease is not None:
-                lease.release()
-            raise
-        stream.version = str(h.version)
-        return stream
+        return await self._inference.generate(h, request, model_name, adapter)
 
     # ---- adapters --------------------------------------------------------------------------
     def split_model(self, name: str, adapter: Any = None) -> tuple[str, str | None]:

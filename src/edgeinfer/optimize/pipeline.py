@@ -146,6 +146,17 @@ def _prepare(
     return _Prepared(source, inputs, evaluator, gate, target, info)
 
 
+@dataclass
+class _Candidate:
+    """The model that may be published, how it was made, and how it fared against FP32."""
+
+    path: Path
+    settings: dict[str, Any]  # for the report
+    accuracy: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None  # None: not evaluated
+    auto: dict[str, Any] | None = None  # what --auto kept in FP32
+
+
 def run_quantize(
     source_arg: str | Path,
     settings: QuantSettings,
@@ -153,19 +164,9 @@ def run_quantize(
     gate_opts: GateOptions,
     run: RunOptions,
 ) -> Outcome:
-    import onnx
-
     started = time.perf_counter()
     source = resolve_source(source_arg)
-    fp32 = onnx.load(str(source.path), load_external_data=False)
-    advice = _advice(fp32, settings)
-    weighted = weighted_nodes(fp32, settings.mode)
-    del fp32  # the weights are not needed here; ONNX Runtime loads its own copies
-    if not weighted:
-        raise OptimizeError(
-            f"{source.path}: nothing to quantize: --mode {settings.mode} needs "
-            "MatMul/Conv/Gemm/Gather nodes with constant weights"
-        )
+    advice = _check_quantizable(source, settings)
     inputs, _ = model_io(source.path)
     calib = None
     if data.calibration is not None:
@@ -185,31 +186,33 @@ def run_quantize(
                 data.calibration_batch,
                 tmp,
             )
-        candidate = tmp / "candidate.onnx"
-        quantize(src, candidate, settings, cache)
-        _check_changed(src, candidate, settings.mode)
-        accuracy = gate_result = auto = None
+        c = _Candidate(tmp / "candidate.onnx", {**settings.describe(), "advice": advice})
+        quantize(src, c.path, settings, cache)
+        _check_changed(src, c.path, settings.mode)
         if p.evaluator is not None:
-            accuracy, gate_result = p.evaluator.judge(p.evaluator.outputs(candidate))
-            if not gate_result["passed"] and run.auto:
+            c.accuracy, c.gate = p.evaluator.judge(p.evaluator.outputs(c.path))
+            if not c.gate["passed"] and run.auto:
                 from edgeinfer.optimize.auto import repair
 
-                auto, best = repair(src, settings, cache, p.evaluator, run, tmp)
+                c.auto, best = repair(src, settings, cache, p.evaluator, run, tmp)
                 if best is not None:
-                    candidate, accuracy, gate_result = best
-        described = {**settings.describe(), "advice": advice}
-        return _finish(
-            p,
-            candidate,
-            tmp,
-            run,
-            "edgeinfer quantize",
-            described,
-            accuracy,
-            gate_result,
-            auto,
-            started,
+                    c.path, c.accuracy, c.gate = best
+        return _finish(p, c, tmp, run, "edgeinfer quantize", started)
+
+
+def _check_quantizable(source: ModelSource, settings: QuantSettings) -> list[str]:
+    """The advice for these settings; OptimizeError when the mode finds nothing to quantize.
+    Only the graph is read: ONNX Runtime loads its own copies of the weights."""
+    import onnx
+
+    fp32 = onnx.load(str(source.path), load_external_data=False)
+    advice = _advice(fp32, settings)
+    if not weighted_nodes(fp32, settings.mode):
+        raise OptimizeError(
+            f"{source.path}: nothing to quantize: --mode {settings.mode} needs "
+            "MatMul/Conv/Gemm/Gather nodes with constant weights"
         )
+    return advice
 
 
 def run_optimize(
@@ -220,28 +223,16 @@ def run_optimize(
     started = time.perf_counter()
     p = _prepare(resolve_source(source_arg), data, gate_opts, run, f"opt-{level}")
     with staging(p.target) as tmp:
-        candidate = tmp / "candidate.onnx"
-        optimize_graph(p.source.path, candidate, level, p.source.config.onnxruntime)
-        accuracy = gate_result = None
-        if p.evaluator is not None:
-            accuracy, gate_result = p.evaluator.judge(p.evaluator.outputs(candidate))
         settings = {
             "level": level,
             "note": "the saved graph may hold CPU-specific fused ops; "
             "optimize on the machine that serves it",
         }
-        return _finish(
-            p,
-            candidate,
-            tmp,
-            run,
-            "edgeinfer optimize",
-            settings,
-            accuracy,
-            gate_result,
-            None,
-            started,
-        )
+        c = _Candidate(tmp / "candidate.onnx", settings)
+        optimize_graph(p.source.path, c.path, level, p.source.config.onnxruntime)
+        if p.evaluator is not None:
+            c.accuracy, c.gate = p.evaluator.judge(p.evaluator.outputs(c.path))
+        return _finish(p, c, tmp, run, "edgeinfer optimize", started)
 
 
 def _advice(model: Any, settings: QuantSettings) -> list[str]:
@@ -287,24 +278,17 @@ def _check_changed(src: Path, candidate: Path, mode: str) -> None:
 
 
 def _finish(
-    p: _Prepared,
-    candidate: Path,
-    tmp: Path,
-    run: RunOptions,
-    tool: str,
-    settings: dict[str, Any],
-    accuracy: dict[str, Any] | None,
-    gate_result: dict[str, Any] | None,
-    auto: dict[str, Any] | None,
-    started: float,
+    p: _Prepared, c: _Candidate, tmp: Path, run: RunOptions, tool: str, started: float
 ) -> Outcome:
+    """Measure, write the report beside the candidate, and publish if accepted (or kept)."""
     opts = p.source.config.onnxruntime
     data = p.evaluator.data if p.evaluator else None
     feeds_1, kind = measure.sample_feeds(p.inputs, data, 1)
     feeds_n, _ = measure.sample_feeds(p.inputs, data, run.bench_batch)
     speed = measure.benchmark(
-        {"fp32": p.source.path, "optimized": candidate}, opts, feeds_1, feeds_n, run.bench_seconds
+        {"fp32": p.source.path, "optimized": c.path}, opts, feeds_1, feeds_n, run.bench_seconds
     )
+    gate_result = c.gate
     if gate_result is None:
         gate_result = {
             "passed": True,
@@ -312,7 +296,7 @@ def _finish(
             "reason": "not evaluated (no --eval data given)",
         }
     settings = {
-        **settings,
+        **c.settings,
         "onnxruntime": {
             "intra_op_threads": opts.intra_op_threads,
             "graph_optimization_level": opts.graph_optimization_level,
@@ -324,20 +308,26 @@ def _finish(
         target=p.target.describe(),
         settings=settings,
         gate=gate_result,
-        accuracy=accuracy,
+        accuracy=c.accuracy,
         size={
             "fp32_bytes": measure.file_size(p.source.path),
-            "optimized_bytes": measure.file_size(candidate),
+            "optimized_bytes": measure.file_size(c.path),
         },
         speed=speed,
         speed_inputs=kind,
         data=p.data_info,
-        auto=auto,
+        auto=c.auto,
         peak_rss_mb=measure.peak_rss_mb(),
         seconds=time.perf_counter() - started,
     )
     (tmp / REPORT_JSON).write_text(json.dumps(body, indent=2) + "\n")
     (tmp / REPORT_MD).write_text(report.markdown(body))
+    return _publish(p, c.path, tmp, run, body)
+
+
+def _publish(
+    p: _Prepared, candidate: Path, tmp: Path, run: RunOptions, body: dict[str, Any]
+) -> Outcome:
     published = None
     if body["status"] == report.ACCEPTED or run.keep_rejected:
         files = {

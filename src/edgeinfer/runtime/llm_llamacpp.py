@@ -110,16 +110,7 @@ class LlamaCppModel:
         self._grammar_tokenizer: Any = None  # llguidance's view of the vocabulary, on first use
         self._grammar_lock = threading.Lock()
         try:
-            self._vocab = lib.llama_model_get_vocab(model)
-            self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
-            self.n_ctx_train = int(lib.llama_model_n_ctx_train(model))
-            self.n_swa = int(lib.llama_model_n_swa(model))  # 0: no sliding-window layers
-            self.bos = int(lib.llama_vocab_bos(self._vocab))
-            self.eos = int(lib.llama_vocab_eos(self._vocab))
-            self.add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
-            self.eog = frozenset(
-                t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self._vocab, t)
-            )
+            self._read_facts(model)
             self.chat_format = chat_format(
                 options.chat_template, _meta(lib, model, "tokenizer.chat_template")
             )
@@ -145,6 +136,24 @@ class LlamaCppModel:
                 options.context_length,
                 self.n_ctx_train,
             )
+
+    def _read_facts(self, model: Any) -> None:
+        """The model's vocabulary and shape facts the loop and the cache need."""
+        lib = self._lib
+        self._vocab = lib.llama_model_get_vocab(model)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(lib.llama_model_n_ctx_train(model))
+        self.n_swa = int(lib.llama_model_n_swa(model))  # 0: no sliding-window layers
+        # A recurrent state holds the whole sequence: no prefix of it can be copied.
+        self._recurrent = bool(
+            lib.llama_model_is_recurrent(model) or lib.llama_model_is_hybrid(model)
+        )
+        self.bos = int(lib.llama_vocab_bos(self._vocab))
+        self.eos = int(lib.llama_vocab_eos(self._vocab))
+        self.add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
+        self.eog = frozenset(
+            t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self._vocab, t)
+        )
 
     @classmethod
     def load(cls, version_dir: Path, config: ModelConfig) -> LlamaCppModel:
@@ -366,6 +375,20 @@ class LlamaCppModel:
             return 0
         lib.llama_memory_seq_rm(mem, seq, n, -1)
         return n
+
+    def copy(self, src: int, dst: int, p0: int, p1: int) -> bool:
+        """Give `dst` (which holds positions [0, p0)) the KV cells of positions [p0, p1) of
+        `src`: llama_memory_seq_cp, which in the unified cache adds `dst` to the same cells
+        (no data moves, no cell is used). False, copying nothing, when `src` lost cells that
+        position p1 attends to (sliding-window layers, as in `keep`) or the model keeps a
+        recurrent state."""
+        lib, mem = self._lib, self._mem
+        lo, hi = lib.llama_memory_seq_pos_min(mem, src), lib.llama_memory_seq_pos_max(mem, src)
+        floor = max(p0, p1 - self.n_swa) if self.n_swa else p0
+        if self._recurrent or not 0 <= p0 < p1 or lo < 0 or hi < p1 - 1 or lo > floor:
+            return False
+        lib.llama_memory_seq_cp(mem, src, dst, p0, p1)
+        return True
 
     # ---- LoRA adapters: llama.cpp applies them per context; call from the engine thread ----
     def load_adapter(self, path: Path) -> Any:

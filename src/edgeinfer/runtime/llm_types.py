@@ -39,6 +39,11 @@ class LlmBackend(Protocol):
         positions are really kept."""
         ...
 
+    def copy(self, src: int, dst: int, p0: int, p1: int) -> bool:
+        """Give `dst` the KV cells of positions [p0, p1) of `src` (dst holds [0, p0));
+        False, copying nothing, when `src` does not hold them all any more."""
+        ...
+
     def piece(self, token: int) -> bytes: ...
 
     def load_adapter(self, path: Path) -> Any:

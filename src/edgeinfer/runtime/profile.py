@@ -355,47 +355,10 @@ def summarize(
     if not measured:
         raise ValueError(f"profile has {len(runs)} runs; nothing left after {warmup_runs} warm-up")
     n = len(measured)
-    starts = [r["ts"] for r in measured]
-    ends = [r["ts"] + r["dur"] for r in measured]
-    per_run: dict[str, list[float]] = {}  # node -> µs in each measured run
-    calls: dict[str, int] = defaultdict(int)
-    op_of: dict[str, str] = {}
-    provider: dict[str, str] = {}
-    first_seen: dict[str, int] = {}
-    for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith(_KERNEL_SUFFIX):
-            continue
-        run = bisect.bisect_right(starts, e["ts"]) - 1
-        if run < 0 or e["ts"] > ends[run]:
-            continue  # a warm-up run
-        name = e["name"][: -len(_KERNEL_SUFFIX)]
-        args = e.get("args", {})
-        per_run.setdefault(name, [0.0] * n)[run] += float(e["dur"])
-        calls[name] += 1
-        op_of[name] = args.get("op_name", "?")
-        provider[name] = args.get("provider", "")
-        first_seen.setdefault(name, len(first_seen))
-    total = sum(sum(d) for d in per_run.values()) / n
+    times = _node_times(events, measured)
+    total = sum(sum(t.durs) for t in times.values()) / n
     origins = _Origins(nodes or [])
-    rows: list[dict[str, Any]] = []
-    for name, durs in per_run.items():
-        mean = sum(durs) / n
-        from_nodes = origins.of(name, op_of[name])
-        rows.append(
-            {
-                "node": name,
-                "op_type": op_of[name],
-                "layer": " + ".join(o.label for o in from_nodes) or name,
-                "original_nodes": [o.name or o.label for o in from_nodes],
-                "mean_us": round(mean, 2),
-                # The median resists the outliers a busy machine adds to the mean.
-                "p50_us": round(statistics.median(durs), 2),
-                "share": round(mean / total, 4) if total else 0.0,
-                "calls_per_run": round(calls[name] / n, 2),
-                "provider": provider[name],
-                "order": first_seen[name],
-            }
-        )
+    rows = [_node_row(name, t, n, total, origins) for name, t in times.items()]
     rows.sort(key=lambda r: (-r["mean_us"], r["order"]))
     return {
         "runs": n,
@@ -404,6 +367,59 @@ def summarize(
         "kernel_us": round(total, 2),
         "nodes": rows,
         "op_types": _op_types(rows, total),
+    }
+
+
+@dataclass
+class _NodeTimes:
+    durs: list[float]  # µs in each measured run
+    order: int  # when the node first ran, among the others
+    calls: int = 0
+    op: str = "?"
+    provider: str = ""
+
+
+def _node_times(
+    events: list[dict[str, Any]], measured: list[dict[str, Any]]
+) -> dict[str, _NodeTimes]:
+    """Each node's kernel time in every measured run; kernels of warm-up runs are left out."""
+    n = len(measured)
+    starts = [r["ts"] for r in measured]
+    ends = [r["ts"] + r["dur"] for r in measured]
+    out: dict[str, _NodeTimes] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith(_KERNEL_SUFFIX):
+            continue
+        run = bisect.bisect_right(starts, e["ts"]) - 1
+        if run < 0 or e["ts"] > ends[run]:
+            continue  # a warm-up run
+        name = e["name"][: -len(_KERNEL_SUFFIX)]
+        args = e.get("args", {})
+        if name not in out:
+            out[name] = _NodeTimes([0.0] * n, len(out))
+        t = out[name]
+        t.durs[run] += float(e["dur"])
+        t.calls += 1
+        t.op = args.get("op_name", "?")
+        t.provider = args.get("provider", "")
+    return out
+
+
+def _node_row(name: str, t: _NodeTimes, n: int, total: float, origins: _Origins) -> dict[str, Any]:
+    mean = sum(t.durs) / n
+    from_nodes = origins.of(name, t.op)
+    return {
+        "node": name,
+        "op_type": t.op,
+        "layer": " + ".join(o.label for o in from_nodes) or name,
+        "original_nodes": [o.name or o.label for o in from_nodes],
+        "mean_us": round(mean, 2),
+        # The median resists the outliers a busy machine adds to the mean.
+        "p50_us": round(statistics.median(t.durs), 2),
+        "share": round(mean / total, 4) if total else 0.0,
+        "calls_per_run": round(t.calls / n, 2),
+        "provider": t.provider,
+        "order": t.order,
     }
 
 

@@ -10,7 +10,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -36,6 +36,13 @@ from edgeinfer.server.auth_http import AuthMiddleware
 from edgeinfer.server.http_common import ClientDisconnected, json_response
 from edgeinfer.serving.supervisor import within
 from edgeinfer.telemetry.metrics import CountersCollector
+
+if TYPE_CHECKING:
+    import grpc
+    import uvicorn
+
+    from edgeinfer.registry import FleetAgent
+    from edgeinfer.telemetry.tracing import Tracer
 
 log = logging.getLogger("edgeinfer.server")
 
@@ -156,19 +163,9 @@ class _SideServer:
 
 
 async def serve(settings: ServerSettings, repository: Repository) -> None:
-    import uvicorn
-
     from edgeinfer.telemetry.tracing import from_endpoint
 
-    auth = Authenticator(
-        KeyStore.load(Path(settings.api_keys)) if settings.api_keys else None,
-        tenants=settings.tenant_names,
-    )
-    if not auth.enabled:
-        log.warning(
-            "no API keys configured: anyone who can reach %s may use every route (see --api-keys)",
-            settings.host,
-        )
+    auth = _authenticator(settings)
     tracer = from_endpoint(settings.otlp_endpoint)  # None unless --otlp-endpoint is set
     engine = Engine(repository, settings, tracer)
     engine.register_collector(
@@ -206,6 +203,42 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
         grpc_server = await start_grpc(engine, settings, auth)
     if side is not None:
         side.start()
+    lifespan = _lifespan(engine, tracer, side, fleet, grpc_server)
+    server = _http_server(build_app(engine, settings, lifespan, auth), settings, engine)
+    log.info(
+        "edgeinfer serving %s on %s://%s:%d%s%s%s",
+        repository.root,
+        "https" if settings.tls_cert else "http",
+        settings.host,
+        settings.http_port,
+        f" and grpc {settings.host}:{settings.grpc_port}" if grpc_server else "",
+        f", metrics on port {settings.metrics_port}" if side else "",
+        f"; traces to {settings.otlp_endpoint}" if tracer else "",
+    )
+    await server.serve()
+
+
+def _authenticator(settings: ServerSettings) -> Authenticator:
+    auth = Authenticator(
+        KeyStore.load(Path(settings.api_keys)) if settings.api_keys else None,
+        tenants=settings.tenant_names,
+    )
+    if not auth.enabled:
+        log.warning(
+            "no API keys configured: anyone who can reach %s may use every route (see --api-keys)",
+            settings.host,
+        )
+    return auth
+
+
+def _lifespan(
+    engine: Engine,
+    tracer: Tracer | None,
+    side: _SideServer | None,
+    fleet: FleetAgent | None,
+    grpc_server: grpc.aio.Server | None,
+) -> Lifespan:
+    """Stops, in order, what serve() started; uvicorn runs it once HTTP has drained."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -225,8 +258,15 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
             if tracer is not None:  # flushes buffered spans
                 await within(10.0, "flushing traces", asyncio.to_thread(tracer.shutdown))
 
+    return lifespan
+
+
+def _http_server(app: Starlette, settings: ServerSettings, engine: Engine) -> uvicorn.Server:
+    """The main uvicorn server; it owns the signals."""
+    import uvicorn
+
     config = uvicorn.Config(
-        build_app(engine, settings, lifespan, auth),
+        app,
         ssl_certfile=settings.tls_cert or None,
         ssl_keyfile=settings.tls_key or None,
         host=settings.host,
@@ -238,16 +278,6 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
         timeout_graceful_shutdown=10,
         **connection_options(settings),
     )
-    log.info(
-        "edgeinfer serving %s on %s://%s:%d%s%s%s",
-        repository.root,
-        "https" if settings.tls_cert else "http",
-        settings.host,
-        settings.http_port,
-        f" and grpc {settings.host}:{settings.grpc_port}" if grpc_server else "",
-        f", metrics on port {settings.metrics_port}" if side else "",
-        f"; traces to {settings.otlp_endpoint}" if tracer else "",
-    )
     loop = asyncio.get_running_loop()
 
     class Server(uvicorn.Server):
@@ -257,7 +287,7 @@ async def serve(settings: ServerSettings, repository: Repository) -> None:
             loop.call_soon_threadsafe(engine.end_generations)
             super().handle_exit(sig, frame)
 
-    await Server(config).serve()
+    return Server(config)
 
 
 def _freeze_startup_heap() -> None:

@@ -26,6 +26,7 @@ from edgeinfer.auth import TENANT_IDENTITY, Authenticator, Principal, bearer
 from edgeinfer.config import ConfigError, Limits, ServerSettings
 from edgeinfer.errors import InvalidInput
 from edgeinfer.server.errors import status_of
+from edgeinfer.server.grpc_wire import split_infer
 from edgeinfer.server.kserve_codec import (
     DEFAULT_LIMITS,
     check_shape,
@@ -98,7 +99,7 @@ def _shape(inp: Any, limits: Limits) -> tuple[int, ...]:
 
 
 def _from_raw(
-    raw: bytes, datatype: str, shape: tuple[int, ...], name: str, limits: Limits
+    raw: bytes | memoryview, datatype: str, shape: tuple[int, ...], name: str, limits: Limits
 ) -> np.ndarray:
     count = math.prod(shape)
     if datatype == "BYTES":
@@ -138,7 +139,7 @@ def _from_contents(contents: Any, datatype: str, shape: tuple[int, ...], name: s
     return arr.reshape(shape)
 
 
-def _tensor(inp: Any, raw: bytes | None, limits: Limits) -> Tensor:
+def _tensor(inp: Any, raw: bytes | memoryview | None, limits: Limits) -> Tensor:
     shape = _shape(inp, limits)
     if "shared_memory_region" in inp.parameters:
         raise InvalidInput(f"input '{inp.name}': shared memory inputs are not supported")
@@ -165,9 +166,10 @@ def _tensor(inp: Any, raw: bytes | None, limits: Limits) -> Tensor:
 
 
 def _request_bytes(req: Any) -> int:
-    """About how many bytes decoding `req` works through, from its declared shapes: reading
-    `raw_input_contents` copies each (~140 ms for 60 MB) and ByteSize() re-serializes the
-    message (~360 ms), both holding the GIL."""
+    """About how many bytes decoding `req` works through: a received message's length, or a
+    parsed one's from its declared shapes (ByteSize() re-serializes it, holding the GIL)."""
+    if isinstance(req, bytes):
+        return len(req)
     total = 0
     for inp in getattr(req, "inputs", ()):
         dtype = DTYPE_TO_NUMPY.get(inp.datatype)
@@ -176,10 +178,11 @@ def _request_bytes(req: Any) -> int:
     return total
 
 
-def decode_infer(req: Any, limits: Limits = DEFAULT_LIMITS) -> InferRequest:
-    """A ModelInferRequest as the core InferRequest."""
+def decode_infer(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> InferRequest:
+    """A received ModelInferRequest as the core InferRequest; tensors sent in
+    raw_input_contents are views of `raw`, not copies."""
+    req, raws = split_infer(raw)
     check_tensor_count(len(req.inputs), limits)
-    raws = list(req.raw_input_contents)
     if raws and len(raws) != len(req.inputs):
         raise InvalidInput(
             f"request has {len(raws)} raw_input_contents for {len(req.inputs)} inputs; "
@@ -206,15 +209,15 @@ def _raw(t: Tensor) -> bytes:
     return np.ascontiguousarray(t.data).tobytes()
 
 
-def encode_infer(resp: InferResponse) -> Any:
-    """The core InferResponse as a ModelInferResponse carrying raw_output_contents."""
+def encode_infer(resp: InferResponse) -> bytes:
+    """The core InferResponse as a serialized ModelInferResponse carrying raw_output_contents."""
     out = service_pb2.ModelInferResponse(
         model_name=resp.model, model_version=resp.version, id=resp.id or ""
     )
     for t in resp.outputs:
         out.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
         out.raw_output_contents.append(_raw(t))
-    return out
+    return out.SerializeToString()
 
 
 def _tensor_metadata(spec: Any) -> Any:
@@ -313,7 +316,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     @_guarded
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
+    async def ModelInfer(self, request: bytes, context: Any) -> bytes:
         received = time.perf_counter_ns()
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         principal = _principal.get()
@@ -323,11 +326,12 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         tenant = self.auth.tenant(principal, metadata.get("tenant"))
         if tenant is not None:
             metadata[TENANT_IDENTITY] = tenant
-        size = _request_bytes(request)
 
         async def run(trace: RequestTrace | None) -> Any:
-            req = await off_loop(size, decode_infer, request, self.limits)
+            req = await off_loop(len(request), decode_infer, request, self.limits)
             req.metadata, req.received_ns = metadata, received
+            if trace is not None:
+                trace.set("edgeinfer.model", req.model)
             resp = await self.engine.infer(req, trace)
             encode_start = time.perf_counter_ns()
             out = await off_loop(output_bytes(resp), encode_infer, resp)
@@ -339,7 +343,6 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             "rpc.system": "grpc",
             "rpc.service": "inference.GRPCInferenceService",
             "rpc.method": "ModelInfer",
-            "edgeinfer.model": request.model_name,
         }
         return await traced(
             self.engine.tracer, "inference.GRPCInferenceService/ModelInfer", metadata, attrs, run
@@ -425,6 +428,29 @@ for _rpc in vars(service_pb2_grpc.GRPCInferenceServiceServicer):
         setattr(KServeServicer, _rpc, _unimplemented(_rpc))
 
 
+class _RawModelInfer:
+    """The generated registration, with ModelInfer taking and returning bytes: grpc.aio runs a
+    method's (de)serializers on the event loop, and a large tensor's would stall every other
+    client; ModelInfer parses and serializes in a worker thread instead (see grpc_wire)."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Replaced by the handlers add_registered_method_handlers registers."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        infer = handlers["ModelInfer"]
+        handlers = {
+            **handlers,
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(infer.unary_unary),
+        }
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, handlers),)
+        )
+        self._server.add_registered_method_handlers(service, handlers)
+
+
 async def start_grpc(
     engine: Engine, settings: ServerSettings, auth: Authenticator | None = None
 ) -> grpc.aio.Server:
@@ -441,7 +467,7 @@ async def start_grpc(
         ]
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        KServeServicer(engine, auth, settings.limits), server
+        KServeServicer(engine, auth, settings.limits), _RawModelInfer(server)
     )
     address = f"{settings.host}:{settings.grpc_port}"
     try:

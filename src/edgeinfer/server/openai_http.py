@@ -92,45 +92,48 @@ def routes(engine: EngineClient, max_json_bytes: int) -> list[Route]:
                 "POST /v1/embeddings",
                 request.headers,
                 attrs,
-                lambda trace: _embeddings(request, trace),
+                lambda trace: _embeddings(engine, max_json_bytes, request, trace),
                 lambda response: response.status_code,
             )
         finally:
             trim_after(started)
 
-    async def _embeddings(request: Request, trace: RequestTrace | None) -> Response:
-        received = time.perf_counter_ns()
-        try:
-            doc = await read_json(request, max_json_bytes)
-            if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
-                raise InvalidInput("body must be a JSON object with a string 'model'")
-            fmt = doc.get("encoding_format", "float")
-            if fmt not in ("float", "base64"):
-                raise InvalidInput("'encoding_format' must be 'float' or 'base64'")
-            model = doc["model"]
-            md = engine.metadata(model)
-            if len(md.inputs) != 1 or md.inputs[0].datatype != "BYTES":
-                raise InvalidInput(f"model '{model}' is not a text embedding model")
-            texts = _texts(doc.get("input"), md.inputs[0])
-            size = sum(map(len, texts))
-            data = await off_loop(size, _encode, texts)
-            if trace is not None:
-                trace.set("edgeinfer.model", model)
-            req = InferRequest(
-                model,
-                [Tensor(md.inputs[0].name, data)],
-                metadata=request.headers,
-                received_ns=received,
-            )
-            resp = await engine.infer(req, trace)
-            vectors = resp.outputs[0].data
-            tokens = await engine.count_tokens(model, texts)
-            body = await off_loop(vectors.nbytes, _embedding_body, vectors, fmt, model, tokens)
-        except EdgeInferError as e:
-            return openai_error(e, "input" if isinstance(e, InvalidInput) else None)
-        return Response(body, media_type="application/json")
-
     return [
         Route("/v1/models", list_models),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
     ]
+
+
+async def _embeddings(
+    engine: EngineClient, max_json_bytes: int, request: Request, trace: RequestTrace | None
+) -> Response:
+    received = time.perf_counter_ns()
+    try:
+        doc = await read_json(request, max_json_bytes)
+        if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
+            raise InvalidInput("body must be a JSON object with a string 'model'")
+        fmt = doc.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            raise InvalidInput("'encoding_format' must be 'float' or 'base64'")
+        model = doc["model"]
+        md = engine.metadata(model)
+        if len(md.inputs) != 1 or md.inputs[0].datatype != "BYTES":
+            raise InvalidInput(f"model '{model}' is not a text embedding model")
+        texts = _texts(doc.get("input"), md.inputs[0])
+        size = sum(map(len, texts))
+        data = await off_loop(size, _encode, texts)
+        if trace is not None:
+            trace.set("edgeinfer.model", model)
+        req = InferRequest(
+            model,
+            [Tensor(md.inputs[0].name, data)],
+            metadata=request.headers,
+            received_ns=received,
+        )
+        resp = await engine.infer(req, trace)
+        vectors = resp.outputs[0].data
+        tokens = await engine.count_tokens(model, texts)
+        body = await off_loop(vectors.nbytes, _embedding_body, vectors, fmt, model, tokens)
+    except EdgeInferError as e:
+        return openai_error(e, "input" if isinstance(e, InvalidInput) else None)
+    return Response(body, media_type="application/json")

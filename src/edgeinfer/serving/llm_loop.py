@@ -17,15 +17,15 @@ The steps run back to back on one engine thread per model version (serving/engin
 says why). State shared with the event loop is a deque (`waiting`, appended by `submit`),
 per-request flags (`cancelled`) and counters read at scrape time.
 
-LoRA adapters (measurements in docs/lora.md): llama.cpp rebuilds its compute graph whenever the
-context's adapter changes, so running sequences are grouped by adapter (the base model is a
-group too) and the groups time-slice the context: a step decodes one group, never a mix; the
-group whose adapter is set keeps the context for up to `steps_per_switch` (K) steps in a row,
-then the group that has waited longest gets it, so none waits more than (groups - 1) * K steps;
-with one group every running sequence decodes every step. Admission stays in arrival order;
-with `max_loras` a request whose adapter would be one group too many lets later requests of
-running adapters pass, for at most `max_lora_wait` seconds. Adapter loads and frees run on the
-engine thread between steps (`call`).
+LoRA adapters: running sequences are grouped by adapter and the groups time-slice the context
+(serving/llm_admission.py says how and why). Adapter loads and frees run on the engine thread
+between steps (`call`).
+
+Prefix caching (serving/prefix_cache.py): an admitted request starts from the longest prefix of
+its prompt whose KV cells an idle slot or a running request holds; when a running request is
+still prefilling that prefix, the new one is parked (holds its slot, runs nothing) until the
+cells exist, then gets them by sequence copy: the siblings of an `n` > 1 request and concurrent
+requests sharing a system prompt prefill it once.
 
 A cancelled request (client disconnect, `aclose`) is retired at the next step and its slot and
 cells are freed. Requests over the context length are refused before any work (InvalidInput);
@@ -48,20 +48,22 @@ from typing import Any
 
 import numpy as np
 
-from edgeinfer.errors import BackendError, EdgeInferError, InvalidInput, QueueFull, Unavailable
+from edgeinfer.errors import BackendError, EdgeInferError, QueueFull, Unavailable
 from edgeinfer.runtime.llm_types import BatchItem, LlmBackend
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.serving.constrain import TokenConstraint
 from edgeinfer.serving.engine_thread import Delivery, EngineThread
+from edgeinfer.serving.llm_admission import AdapterTurns, admit
 from edgeinfer.serving.llm_request import (
     GenChunk,
     GenerateRequest,
     GenerationStream,
     LoopAdapter,
     LoopLimits,
+    completion_budget,
 )
 from edgeinfer.serving.llm_request import Request as _Request
-from edgeinfer.serving.prefix_cache import SlotCache
+from edgeinfer.serving.prefix_cache import SlotCache, Source
 from edgeinfer.serving.sampling import Sampler, SamplingParams, TextStream
 from edgeinfer.telemetry.metrics import LlmStats
 from edgeinfer.telemetry.stats import VersionStats
@@ -108,9 +110,7 @@ class LlmLoop:
         self._shutdown_error: EdgeInferError | None = None  # set by shutdown(): fail all
         self._avg_e2e = 0.0
         self._current: LoopAdapter | None = None  # the adapter set on the backend
-        self._holder: LoopAdapter | None = None  # the group with the context (its adapter)
-        self._held = 0  # steps in a row the holder has decoded
-        self._since: dict[LoopAdapter | None, int] = {}  # group -> step it began waiting
+        self._turns = AdapterTurns(limits.steps_per_switch)
         self.decodes = 0  # backend decode calls
 
     # ---- requests --------------------------------------------------------------------------
@@ -129,18 +129,9 @@ class LlmLoop:
         prefills the whole prompt even when a slot holds a prefix of it."""
         if not self._accepting:
             raise Unavailable("model version is unloading")
-        limit, n = self.limits.context_length, len(prompt)
-        if n == 0:
-            raise InvalidInput("the prompt is empty")
-        max_tokens = params.max_tokens if params.max_tokens is not None else limit - n
-        if n + max_tokens > limit:
-            raise InvalidInput(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{n + max_tokens} tokens ({n} in the prompt, {max_tokens} for the completion). "
-                "Please reduce the prompt or max_tokens."
-            )
-        if any(not 0 <= t < self.backend.n_vocab for t in prompt):
-            raise InvalidInput(f"prompt token ids must be in [0, {self.backend.n_vocab})")
+        max_tokens = completion_budget(
+            prompt, params, self.limits.context_length, self.backend.n_vocab
+        )
         req = _Request(
             prompt,
             params,
@@ -280,20 +271,23 @@ class LlmLoop:
             gone = [r for r in self.waiting if r.cancelled]
             for req in gone:
                 self.waiting.remove(req)
-            admitted = self._admit()
+            admitted = admit(
+                self.waiting,
+                self.running,
+                self._slots.idle,
+                self._reserved,
+                self.limits,
+                self._clock(),
+            )
         for req in gone:
             self._finish(req, "abort")
         for req in admitted:
-            req.seq, req.cached = self._slots.take(req.prompt, req.adapter, req.cache_prompt)
-            req.prefilled = req.kv = req.cached
-            req.admitted_at = self._clock()
-            self.running.append(req)
-            if self._slots.enabled:
-                self.stats.prefix_cache_queries += len(req.prompt)
-                self.stats.prefix_cache_hits += req.cached
+            self._start(req)
         if admitted:  # idle slots' cached prefixes give way to the new reservations
             self._slots.fit(self.limits.kv_cells - self._reserved)
-        turn = self._turn()
+        for req in [r for r in self.running if r.source and r.source.owner.kv >= r.want]:
+            self._unpark(req)
+        turn = self._turns.turn(self.running, self.steps)
         plan = [
             (r, BatchItem(r.seq, [r.generated[-1]], len(r.prompt) + len(r.generated) - 1, True))
             for r in turn
@@ -304,55 +298,41 @@ class LlmLoop:
             if budget == 0:
                 break
             left = len(req.prompt) - req.prefilled
-            if left:
+            if left and req.source is None:
                 n = min(left, budget)
                 chunk = req.prompt[req.prefilled : req.prefilled + n]
                 plan.append((req, BatchItem(req.seq, chunk, req.prefilled, n == left)))
                 budget -= n
         return plan
 
-    def _turn(self) -> list[_Request]:
-        """The running requests that decode this step: all of them when they share an adapter,
-        else one adapter group's, time-sliced (see the module doc)."""
-        groups: dict[LoopAdapter | None, list[_Request]] = {}
-        for req in self.running:
-            groups.setdefault(req.adapter, []).append(req)
-        self._since = {g: self._since.get(g, self.steps) for g in groups}
-        if not groups:
-            return []  # idle: the holder keeps the context (its adapter stays set)
-        holder = self._holder
-        if holder not in groups or (len(groups) > 1 and self._held >= self.limits.steps_per_switch):
-            if holder in groups:
-                self._since[holder] = self.steps  # it gives up the context: it waits from now
-            # The longest waiting goes next; min() keeps running order among equals.
-            self._holder = min((g for g in groups if g is not holder), key=self._since.__getitem__)
-            self._held = 0
-        self._held += 1
-        return groups.get(self._holder, [])
+    def _start(self, req: _Request) -> None:
+        """An admitted request takes a slot with as much of its prompt as the cache holds."""
+        self._reserved += req.need
+        sources = [
+            Source(r.seq, r.ids, r.adapter, min(r.kv, len(r.prompt)), r)
+            for r in self.running
+            if self._slots.enabled
+        ]
+        req.seq, req.cached, req.source, req.want = self._slots.take(
+            req.prompt, req.adapter, req.cache_prompt, sources
+        )
+        req.prefilled = req.kv = req.cached
+        req.admitted_at = self._clock()
+        self.running.append(req)
+        if self._slots.enabled:
+            self.stats.prefix_cache_queries += len(req.prompt)
+            self.stats.prefix_cache_hits += req.cached
 
-    def _admit(self) -> list[_Request]:
-        """Waiting requests to start now, in arrival order (see the module doc for adapters)."""
-        admitted: list[_Request] = []
-        max_loras = self.limits.max_loras
-        active = {r.adapter_key for r in self.running}
-        now = self._clock()
-        i = 0
-        while (
-            i < len(self.waiting)
-            and len(admitted) < self._slots.idle
-            and self._reserved + self.waiting[i].need <= self.limits.kv_cells
-        ):
-            req = self.waiting[i]
-            if max_loras and req.adapter_key not in active and len(active) >= max_loras:
-                if now - req.arrival > self.limits.max_lora_wait:
-                    break  # it waited long enough: nothing passes it any more
-                i += 1
-                continue
-            del self.waiting[i]
-            active.add(req.adapter_key)
-            admitted.append(req)
-            self._reserved += req.need
-        return admitted
+    def _unpark(self, req: _Request, copy: bool = True) -> None:
+        """A parked request's source has computed the cells it waits for (or is retired,
+        `copy` False after a failed decode): copy what is there; it prefills the rest."""
+        src, req.source = req.source, None
+        assert src is not None
+        owner: _Request = src.owner
+        if copy and owner.kv >= req.want:
+            n = self._slots.copy(src.seq, req.seq, req.cached, req.want)
+            self.stats.prefix_cache_hits += n - req.cached
+            req.cached = req.prefilled = req.kv = n
 
     def adapters(self) -> tuple[list[str], list[str]]:
         """(adapters of running requests, adapters only waiting requests ask for)."""
@@ -402,7 +382,7 @@ class LlmLoop:
         if logprob is not None:
             logprob.piece = self.backend.piece(token)
             logprob.top_pieces = [self.backend.piece(t) for t, _ in logprob.top]
-        reason, text = self._ending(req, token)
+        reason, text = req.ending(token, self.backend.eog, self.backend.piece)
         if reason == "error":
             assert req.constraint is not None
             self._finish(
@@ -411,42 +391,9 @@ class LlmLoop:
                 error=BackendError(f"constrained decoding failed: {req.constraint.error}"),
             )
             return
-        self._outbox.append(
-            (
-                req,
-                GenChunk(
-                    text,
-                    [token],
-                    [logprob] if logprob else None,
-                    reason,
-                    len(req.prompt),
-                    len(req.generated),
-                    req.cached,
-                ),
-            )
-        )
+        self._outbox.append((req, req.chunk(text, token, logprob, reason)))
         if reason is not None:
             self._finish(req, reason)
-
-    def _ending(self, req: _Request, token: int) -> tuple[str | None, str]:
-        """(finish reason or None, the text to send) after `token`. A constrained sequence
-        ends with "stop" as soon as its grammar is complete."""
-        p = req.params
-        if token in p.stop_token_ids or (token in self.backend.eog and not p.ignore_eos):
-            return "stop", req.text.flush()
-        complete = False
-        if req.constraint is not None:
-            complete = req.constraint.accept(token)
-            if req.constraint.error:
-                return "error", ""
-        text, stopped = req.text.push(self.backend.piece(token))
-        if stopped:
-            return "stop", text
-        if complete:
-            return "stop", text + req.text.flush()
-        if len(req.generated) >= req.max_tokens:
-            return "length", text + req.text.flush()
-        return None, text
 
     def _finish(self, req: _Request, reason: str, error: BaseException | None = None) -> None:
         """Retire a request: free its slot and KV cells, count it, fail its stream on error."""
@@ -461,6 +408,8 @@ class LlmLoop:
         if req.seq >= 0:
             self.running.remove(req)
             self._reserved -= req.need
+            for r in [r for r in self.running if r.source and r.source.owner is req]:
+                self._unpark(r, copy=error is None)  # before its cells change hands
             # After a failed decode nobody knows what the cells hold: they are dropped.
             held = None if error is not None else (req.prompt + req.generated)[: req.kv]
             try:

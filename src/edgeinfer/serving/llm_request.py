@@ -9,7 +9,11 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from edgeinfer.errors import InvalidInput
 from edgeinfer.serving.constrain import JsonConstraint, TokenConstraint
+from edgeinfer.serving.prefix_cache import Source
 from edgeinfer.serving.sampling import Sampler, SamplingParams, TextStream, TokenLogprob
 
 if TYPE_CHECKING:
@@ -70,6 +74,24 @@ class GenChunk:
 _ids = itertools.count(1)
 
 
+def completion_budget(prompt: list[int], params: SamplingParams, limit: int, n_vocab: int) -> int:
+    """The request's max_tokens (what is left of the context when unset); InvalidInput when the
+    prompt is empty, holds an unknown token id or leaves no room for the completion."""
+    n = len(prompt)
+    if n == 0:
+        raise InvalidInput("the prompt is empty")
+    max_tokens = params.max_tokens if params.max_tokens is not None else limit - n
+    if n + max_tokens > limit:
+        raise InvalidInput(
+            f"This model's maximum context length is {limit} tokens. However, you requested "
+            f"{n + max_tokens} tokens ({n} in the prompt, {max_tokens} for the completion). "
+            "Please reduce the prompt or max_tokens."
+        )
+    if any(not 0 <= t < n_vocab for t in prompt):
+        raise InvalidInput(f"prompt token ids must be in [0, {n_vocab})")
+    return max_tokens
+
+
 @dataclass(eq=False)
 class Request:
     """The loop's state of one generation (the engine thread owns it once submitted)."""
@@ -96,6 +118,9 @@ class Request:
     cache_prompt: bool = True  # may reuse a cached prefix (llama-server's name)
     cached: int = 0  # prompt tokens found in the slot's KV cells
     kv: int = 0  # positions of (prompt + generated) held in the slot's KV cells
+    source: Source | None = None  # parked: waits for this running request's prompt cells
+    want: int = 0  # ... up to this position, to copy them (prefix_cache.py)
+    _ids: np.ndarray | None = None
     delivered_error: bool = False  # event loop only: nothing follows an error
 
     @property
@@ -109,6 +134,49 @@ class Request:
     @property
     def decoding(self) -> bool:
         return self.prefilled == len(self.prompt) and bool(self.generated)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The prompt as an array, for prefix matching (made on the engine thread, once)."""
+        if self._ids is None:
+            self._ids = np.asarray(self.prompt, np.int32)
+        return self._ids
+
+    def chunk(
+        self, text: str, token: int, logprob: TokenLogprob | None, reason: str | None
+    ) -> GenChunk:
+        """The chunk that streams `token` (its text, after stop-string holding)."""
+        return GenChunk(
+            text,
+            [token],
+            [logprob] if logprob else None,
+            reason,
+            len(self.prompt),
+            len(self.generated),
+            self.cached,
+        )
+
+    def ending(
+        self, token: int, eog: frozenset[int], piece: Callable[[int], bytes]
+    ) -> tuple[str | None, str]:
+        """(finish reason or None, the text to send) after `token`. A constrained sequence
+        ends with "stop" as soon as its grammar is complete."""
+        p = self.params
+        if token in p.stop_token_ids or (token in eog and not p.ignore_eos):
+            return "stop", self.text.flush()
+        complete = False
+        if self.constraint is not None:
+            complete = self.constraint.accept(token)
+            if self.constraint.error:
+                return "error", ""
+        text, stopped = self.text.push(piece(token))
+        if stopped:
+            return "stop", text
+        if complete:
+            return "stop", text + self.text.flush()
+        if len(self.generated) >= self.max_tokens:
+            return "length", text + self.text.flush()
+        return None, text
 
 
 class GenerationStream:

@@ -62,8 +62,14 @@ class SamplingParams:
         object.__setattr__(self, "logit_bias", tuple(self.logit_bias))
         if self.seed == -1:
             object.__setattr__(self, "seed", None)
+        # Every check is evaluated before the first failure is raised.
+        for param, ok, message in (*self._number_checks(), *self._list_checks()):
+            if not ok:
+                raise InvalidParameter(param, message)
+
+    def _number_checks(self) -> tuple[tuple[str, bool, str], ...]:
         # NaN fails every comparison below, so it is refused with the range.
-        checks = (
+        return (
             (
                 "max_tokens",
                 self.max_tokens is None or self.max_tokens >= 1,
@@ -97,6 +103,10 @@ class SamplingParams:
                 self.seed is None or 0 <= self.seed < _SEEDS,
                 "seed must be -1 (random) or an integer in [0, 2^64)",
             ),
+        )
+
+    def _list_checks(self) -> tuple[tuple[str, bool, str], ...]:
+        return (
             (
                 "stop",
                 all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in self.stop),
@@ -119,9 +129,6 @@ class SamplingParams:
                 "logit_bias values must be between -100 and 100",
             ),
         )
-        for param, ok, message in checks:
-            if not ok:
-                raise InvalidParameter(param, message)
 
     @property
     def greedy(self) -> bool:

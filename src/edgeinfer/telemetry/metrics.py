@@ -389,6 +389,49 @@ class LlmSample:
     kv_usage: float  # 0..1
 
 
+_LLM_GAUGES: tuple[tuple[str, str, Callable[[LlmSample], float]], ...] = (
+    ("vllm:num_requests_running", "Requests in the running batch", lambda s: s.running),
+    ("vllm:num_requests_waiting", "Requests waiting for a slot", lambda s: s.waiting),
+    (
+        "vllm:kv_cache_usage_perc",
+        "KV-cache usage; 1 means 100 percent",
+        lambda s: s.kv_usage,
+    ),
+)
+_LLM_COUNTERS: tuple[tuple[str, str, Callable[[LlmSample], float]], ...] = (
+    ("vllm:prompt_tokens", "Prefill tokens processed", lambda s: s.stats.prompt_tokens),
+    (
+        "vllm:generation_tokens",
+        "Generation tokens processed",
+        lambda s: s.stats.generation_tokens,
+    ),
+    (
+        "vllm:prefix_cache_queries",
+        "Prompt tokens looked up in the prefix cache",
+        lambda s: s.stats.prefix_cache_queries,
+    ),
+    (
+        "vllm:prefix_cache_hits",
+        "Prompt tokens found in the prefix cache",
+        lambda s: s.stats.prefix_cache_hits,
+    ),
+    (
+        "edgeinfer_llm_engine_restarts",
+        "Engine threads restarted after they died",
+        lambda s: s.stats.engine_restarts,
+    ),
+)
+_LLM_HISTOGRAMS: tuple[tuple[str, str, Callable[[LlmSample], Histogram]], ...] = (
+    ("vllm:time_to_first_token_seconds", "Time to first token", lambda s: s.stats.ttft),
+    ("vllm:inter_token_latency_seconds", "Time between tokens", lambda s: s.stats.itl),
+    (
+        "vllm:e2e_request_latency_seconds",
+        "End-to-end request latency",
+        lambda s: s.stats.e2e,
+    ),
+)
+
+
 class LlmCollector:
     """vLLM's metric names with a `model_name` label; versions of one model are summed."""
 
@@ -400,44 +443,12 @@ class LlmCollector:
         for s in self._source():
             by_model.setdefault(s.stats.model_name, []).append(s)
         label = ["model_name"]
-        gauges = (
-            ("vllm:num_requests_running", "Requests in the running batch", lambda s: s.running),
-            ("vllm:num_requests_waiting", "Requests waiting for a slot", lambda s: s.waiting),
-            (
-                "vllm:kv_cache_usage_perc",
-                "KV-cache usage; 1 means 100 percent",
-                lambda s: s.kv_usage,
-            ),
-        )
-        for name, doc, get in gauges:
+        for name, doc, get in _LLM_GAUGES:
             g = GaugeMetricFamily(name, doc, labels=label)
             for model, samples in by_model.items():
                 g.add_metric([model], sum(get(s) for s in samples))
             yield g
-        counters = (
-            ("vllm:prompt_tokens", "Prefill tokens processed", lambda s: s.stats.prompt_tokens),
-            (
-                "vllm:generation_tokens",
-                "Generation tokens processed",
-                lambda s: s.stats.generation_tokens,
-            ),
-            (
-                "vllm:prefix_cache_queries",
-                "Prompt tokens looked up in the prefix cache",
-                lambda s: s.stats.prefix_cache_queries,
-            ),
-            (
-                "vllm:prefix_cache_hits",
-                "Prompt tokens found in the prefix cache",
-                lambda s: s.stats.prefix_cache_hits,
-            ),
-            (
-                "edgeinfer_llm_engine_restarts",
-                "Engine threads restarted after they died",
-                lambda s: s.stats.engine_restarts,
-            ),
-        )
-        for name, doc, get in counters:
+        for name, doc, get in _LLM_COUNTERS:
             c = CounterMetricFamily(name, doc, labels=label)  # exposed as name + "_total"
             for model, samples in by_model.items():
                 c.add_metric([model], sum(get(s) for s in samples))
@@ -451,25 +462,21 @@ class LlmCollector:
                     [model, reason], sum(s.stats.finished.get(reason, 0) for s in samples)
                 )
         yield success
-        hists = (
-            ("vllm:time_to_first_token_seconds", "Time to first token", lambda s: s.stats.ttft),
-            ("vllm:inter_token_latency_seconds", "Time between tokens", lambda s: s.stats.itl),
-            (
-                "vllm:e2e_request_latency_seconds",
-                "End-to-end request latency",
-                lambda s: s.stats.e2e,
-            ),
-        )
-        for name, doc, get in hists:
+        for name, doc, get_hist in _LLM_HISTOGRAMS:
             h = HistogramMetricFamily(name, doc, labels=label)
             for model, samples in by_model.items():
-                merged = Histogram(get(samples[0]).bounds)
-                for s in samples:
-                    hist = get(s)
-                    merged.counts = [a + b for a, b in zip(merged.counts, hist.counts, strict=True)]
-                    merged.total += hist.total
+                merged = _merged([get_hist(s) for s in samples])
                 h.add_metric([model], merged.buckets(), merged.total)
             yield h
+
+
+def _merged(hists: list[Histogram]) -> Histogram:
+    """One histogram with the counts and totals of several of the same bounds."""
+    merged = Histogram(hists[0].bounds)
+    for hist in hists:
+        merged.counts = [a + b for a, b in zip(merged.counts, hist.counts, strict=True)]
+        merged.total += hist.total
+    return merged
 
 
 def build_registry(

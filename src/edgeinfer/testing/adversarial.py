@@ -115,9 +115,30 @@ def _sixty_megabytes_of_json() -> bytes:
 def http_cases(t: Target = Target()) -> list[HttpCase]:
     """Every reproduction over HTTP, as the adversarial test ran it."""
     m, tm = f"/v2/models/{t.tensor_model}", f"/v2/models/{t.text_model}"
-    repo = f"/v2/repository/models/{t.tensor_model}"
+    return [
+        *_binary_header_cases(t, m),
+        *_repository_cases(f"/v2/repository/models/{t.tensor_model}"),
+        *_shape_cases(t, m),
+        *_embedding_cases(t),
+        HttpCase(
+            "KServe JSON body of 60 MB",
+            "POST",
+            m + "/infer",
+            (413,),
+            _sixty_megabytes_of_json,
+            big=True,
+        ),
+        *(
+            HttpCase(f"profile batch={d}", "GET", f"{m}/profile?batch={d}", (400,))
+            for d in UNICODE_DIGITS[:2]
+        ),
+        _text_strings_case(t, tm),
+    ]
+
+
+def _binary_header_cases(t: Target, m: str) -> list[HttpCase]:
     valid = orjson.dumps(tensor_doc(t))
-    cases = [
+    return [
         HttpCase(
             "binary header length '²'",
             "POST",
@@ -134,6 +155,11 @@ def http_cases(t: Target = Target()) -> list[HttpCase]:
             lambda: valid,
             {"Inference-Header-Content-Length": "9" * 5000},
         ),
+    ]
+
+
+def _repository_cases(repo: str) -> list[HttpCase]:
+    return [
         HttpCase(
             "rollback version '²'", "POST", repo + "/rollback", (400,), _json({"version": "²"})
         ),
@@ -158,6 +184,11 @@ def http_cases(t: Target = Target()) -> list[HttpCase]:
             (400,),
             _json({"version": 1, "weight": 1e308}),
         ),
+    ]
+
+
+def _shape_cases(t: Target, m: str) -> list[HttpCase]:
+    return [
         HttpCase(
             "huge shape",
             "POST",
@@ -194,6 +225,11 @@ def http_cases(t: Target = Target()) -> list[HttpCase]:
                 }
             ),
         ),
+    ]
+
+
+def _embedding_cases(t: Target) -> list[HttpCase]:
+    return [
         HttpCase(
             "embedding string over max_bytes",
             "POST",
@@ -216,32 +252,20 @@ def http_cases(t: Target = Target()) -> list[HttpCase]:
             lambda: orjson.dumps({"model": t.text_model, "input": "word " * (16 * MB // 5)}),
             big=True,
         ),
-        HttpCase(
-            "KServe JSON body of 60 MB",
-            "POST",
-            m + "/infer",
-            (413,),
-            _sixty_megabytes_of_json,
-            big=True,
-        ),
     ]
-    cases += [
-        HttpCase(f"profile batch={d}", "GET", f"{m}/profile?batch={d}", (400,))
-        for d in UNICODE_DIGITS[:2]
-    ]
+
+
+def _text_strings_case(t: Target, tm: str) -> HttpCase:
     body, headers = binary_strings(t, [b"word " * (MB // 5)] * 8)
-    cases.append(
-        HttpCase(
-            "8 x 1 MB strings to the text model",
-            "POST",
-            tm + "/infer",
-            (400,),
-            lambda: body,
-            headers,
-            big=True,
-        )
+    return HttpCase(
+        "8 x 1 MB strings to the text model",
+        "POST",
+        tm + "/infer",
+        (400,),
+        lambda: body,
+        headers,
+        big=True,
     )
-    return cases
 
 
 def grpc_cases(t: Target = Target()) -> list[GrpcCase]:
