@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from edgeinfer.testing import models
-from tests.helpers import ServerProcess, serve, wait_until
+from tests.helpers import ServerProcess, samples, serve, wait_until
 
 DEADLINE_S = 15.0
 ZERO_BATCH = {"inputs": [{"name": "x", "shape": [0, 16], "datatype": "FP32", "data": []}]}
@@ -134,7 +134,7 @@ def test_a_broken_model_dropped_into_a_polled_repository_leaves_readiness_as_it_
     with (serve(root, log, "--model-control", "poll") as s,
           httpx.Client(base_url=s.url, timeout=DEADLINE_S) as http):  # fmt: skip
         _broken(root, tmp_path)
-        wait_until(lambda: _failed_to_load(http, "broken"), 60,
+        wait_until(lambda: _failed_to_load(s.url, "broken"), 60,
                    "the watcher trying (and failing) the new model", 0.1)  # fmt: skip
         assert http.get("/v2/health/ready").status_code == 200
         assert http.get("/v2/models/broken/ready").status_code != 200
@@ -142,5 +142,6 @@ def test_a_broken_model_dropped_into_a_polled_repository_leaves_readiness_as_it_
         _serving(http, grpc)
 
 
-def _failed_to_load(http: httpx.Client, name: str) -> bool:
-    return f'edgeinfer_model_load_failures_total{{model="{name}"' in http.get("/metrics").text
+def _failed_to_load(url: str, name: str) -> bool:
+    failures = samples(url, "edgeinfer_model_load_failures_total")
+    return any(f.labels.get("model") == name for f in failures)
