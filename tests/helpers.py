@@ -193,9 +193,12 @@ def _wait_for(
 ) -> None:
     try:
         if wait == "exit":
-            server.proc.wait(timeout)
+            try:
+                server.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"server still running after {timeout}s") from None
         elif wait is not None:
             path = f"/v2/health/{wait}"
             wait_until(lambda: server.answers(path, verify), timeout, f"{path} = 200", 0.1)
-    except (AssertionError, subprocess.TimeoutExpired) as e:
-        raise AssertionError(f"{e}\n{server.log()}") from None
+    except AssertionError as e:
+        raise AssertionError(f"{e}; its log:\n{server.log()}") from None

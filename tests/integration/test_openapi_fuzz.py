@@ -52,7 +52,9 @@ def test_schema_lists_every_route_and_nothing_else(tiny_repo: Path) -> None:
     assert ("GET", "/openapi.json") in in_app
     undocumented = sorted(f"{m.upper()} {p}" for p, ops in doc["paths"].items()
                           for m, op in ops.items() if op.get("x-edgeinfer-undocumented"))  # fmt: skip
-    assert not undocumented, f"describe these routes in server/openapi_operations.py: {undocumented}"
+    assert not undocumented, (
+        f"describe these routes in server/openapi_operations.py: {undocumented}"
+    )
     ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
     assert len(ids) == len(set(ids))
     refs = {r.rsplit("/", 1)[1] for r in _refs(doc)}
