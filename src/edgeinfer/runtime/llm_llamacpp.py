@@ -26,6 +26,7 @@ from edgeinfer.errors import BackendError, InvalidInput, LoadError
 from edgeinfer.hardware.contention import ThreadGovernor
 from edgeinfer.runtime.chat_format import chat_format
 from edgeinfer.runtime.chat_template import ChatTemplate, Vocab
+from edgeinfer.runtime.llm_backends import load as load_cpu_backend
 from edgeinfer.runtime.llm_probe import extra_buffer_types
 from edgeinfer.runtime.llm_types import BatchItem
 from edgeinfer.types import TensorSpec
@@ -58,6 +59,7 @@ def _llama() -> Any:
 
         _log_callback = forward
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        load_cpu_backend(llama_cpp)  # a portable build's CPU variants (GGML_BACKEND_DL)
         llama_cpp.llama_backend_init()
         _lib = llama_cpp
     return _lib
