@@ -189,6 +189,7 @@ def _add_metadata(
     tokens: list[str],
     types: list[int],
     merges: list[str],
+    chat_template: str,
 ) -> None:
     """Llama hyperparameters, the GPT-2 style tokenizer and the chat template."""
     writer.add_name(name)
@@ -211,7 +212,7 @@ def _add_metadata(
     writer.add_eos_token_id(tokens.index(BOS))
     writer.add_eot_token_id(tokens.index(IM_END))
     writer.add_add_bos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_chat_template(chat_template)
 
 
 def _add_weights(writer: Any, weights: Any, ggml_type: Any) -> int:
@@ -231,8 +232,15 @@ def _add_weights(writer: Any, weights: Any, ggml_type: Any) -> int:
     return weight_bytes
 
 
-def build_gguf(path: Path, size: str = "tiny", qtype: str = "f32", seed: int = 0) -> dict[str, Any]:
-    """Write a Llama GGUF to `path` and return a summary (shape, parameters, bytes, seconds)."""
+def build_gguf(
+    path: Path,
+    size: str = "tiny",
+    qtype: str = "f32",
+    seed: int = 0,
+    chat_template: str = CHAT_TEMPLATE,
+) -> dict[str, Any]:
+    """Write a Llama GGUF to `path` and return a summary (shape, parameters, bytes, seconds).
+    `chat_template`: the Jinja source stored as `tokenizer.chat_template`."""
     import gguf
 
     if size not in SHAPES or qtype not in TYPES:
@@ -257,7 +265,8 @@ def build_gguf(path: Path, size: str = "tiny", qtype: str = "f32", seed: int = 0
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), "llama", use_temp_file=True)
-    _add_metadata(writer, f"edgeinfer-{size}-random", shape, file_type, tokens, types, merges)
+    name = f"edgeinfer-{size}-random"
+    _add_metadata(writer, name, shape, file_type, tokens, types, merges, chat_template)
     rng = np.random.default_rng(seed)
     weight_bytes = _add_weights(writer, _weights(shape, rng, _silent(tokens, types)), ggml_type)
     writer.write_header_to_file()
