@@ -97,7 +97,7 @@ def corpus() -> list[str]:
     return lines + _CORPUS.splitlines()
 
 
-def train_tokenizer(vocab_size: int) -> Any:
+def train_tokenizer(vocab_size: int, specials: tuple[str, ...] = SPECIAL_TOKENS) -> Any:
     """A byte-level BPE (GPT-2 pre-tokenization, no prefix space) trained on `corpus()`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -106,7 +106,7 @@ def train_tokenizer(vocab_size: int) -> Any:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -114,7 +114,9 @@ def train_tokenizer(vocab_size: int) -> Any:
     return tok
 
 
-def _vocab(tok: Any, size: int) -> tuple[list[str], list[int], list[str]]:
+def _vocab(
+    tok: Any, size: int, specials: tuple[str, ...]
+) -> tuple[list[str], list[int], list[str]]:
     """Tokens (padded to `size` with unused ones), token types and merges of a trained BPE."""
     import gguf
 
@@ -123,9 +125,7 @@ def _vocab(tok: Any, size: int) -> tuple[list[str], list[int], list[str]]:
     tokens = [t for t, _ in by_id]
     if len(tokens) > size:
         raise ValueError(f"trained vocabulary has {len(tokens)} tokens, more than {size}")
-    types = [
-        gguf.TokenType.CONTROL if t in SPECIAL_TOKENS else gguf.TokenType.NORMAL for t in tokens
-    ]
+    types = [gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens]
     for i in range(len(tokens), size):
         tokens.append(f"[PAD{i}]")
         types.append(gguf.TokenType.UNUSED)
@@ -238,17 +238,20 @@ def build_gguf(
     qtype: str = "f32",
     seed: int = 0,
     chat_template: str = CHAT_TEMPLATE,
+    specials: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Write a Llama GGUF to `path` and return a summary (shape, parameters, bytes, seconds).
-    `chat_template`: the Jinja source stored as `tokenizer.chat_template`."""
+    `chat_template`: the Jinja source stored as `tokenizer.chat_template`; `specials`: control
+    tokens beside ChatML's that it writes (another family's turn markers)."""
     import gguf
 
     if size not in SHAPES or qtype not in TYPES:
         raise ValueError(f"size must be one of {sorted(SHAPES)} and type one of {TYPES}")
     started = time.perf_counter()
     shape = SHAPES[size]
-    tok = train_tokenizer(shape.vocab)
-    tokens, types, merges = _vocab(tok, shape.vocab)
+    specials = tuple(dict.fromkeys(SPECIAL_TOKENS + specials))
+    tok = train_tokenizer(shape.vocab, specials)
+    tokens, types, merges = _vocab(tok, shape.vocab, specials)
     ggml_type = {
         "f32": gguf.GGMLQuantizationType.F32,
         "f16": gguf.GGMLQuantizationType.F16,
