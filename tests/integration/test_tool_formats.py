@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import jinja2.sandbox
+import jsonschema
 import openai
 import pytest
 
@@ -163,3 +164,35 @@ def test_round_trip_renders_the_templates_own_tool_markup(
     assert second.usage.prompt_tokens == raw.usage.prompt_tokens
     assert second.choices[0].message.content == raw.choices[0].text
     assert set(ARGS) >= {c.function.name for c in calls}
+
+
+def test_an_answer_beside_tools_streams_as_it_comes(client: openai.OpenAI, model: str) -> None:
+    kw = {"messages": USER, "tools": TOOLS, "max_tokens": 40, "temperature": 0}
+    whole = _chat(client, model, **kw)
+    chunks = list(_chat(client, model, stream=True, **kw))
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    assert whole.choices[0].message.tool_calls is None  # random weights at temperature 0: text
+    assert "".join(pieces) == whole.choices[0].message.content and len(pieces) > 10
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason == "length"
+
+
+def test_auto_with_response_format_answers_in_that_schema_or_calls(
+    client: openai.OpenAI, model: str
+) -> None:
+    from tests.integration.test_openai_structured import SCHEMA
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "state", "schema": SCHEMA}}
+    complete = 0
+    for seed in range(4):
+        r = _chat(client, model, messages=USER, tools=TOOLS, seed=seed, max_tokens=120,
+                  response_format=fmt)  # fmt: skip
+        choice = r.choices[0]
+        if choice.message.tool_calls:
+            check_calls(choice.message.tool_calls)
+            complete += 1
+        elif choice.finish_reason == "stop":
+            jsonschema.validate(json.loads(choice.message.content or ""), SCHEMA)
+            complete += 1
+    assert complete  # the schema's strings are short: some replies end on their own

@@ -15,7 +15,8 @@ so merges across their boundary are the same. Leading and trailing whitespace of
 left outside the markers, so templates that `trim` contents still do.
 
 `tojson` is transformers' (JSON without escaping non-ASCII), so markers in tools and tool-call
-arguments survive it; the client's keys inside `parameters` and `arguments` are wrapped as well.
+arguments survive it; inside `parameters` and `arguments` the client's keys are wrapped too,
+except plain words, which templates that walk a schema compare.
 A template that transforms contents so that markers are lost or split (rare: slicing) gets
 those pieces treated as plain text too: it may render worse, never unsafely.
 """
@@ -83,8 +84,9 @@ class ChatTemplate:
         check_roles(messages)
         nonce = secrets.token_hex(8)
         opening, closing = f"\ue000{nonce}\ue001", f"\ue002{nonce}\ue003"
-        wrapped = [_wrap_message(m, opening, closing) for m in messages]
-        extra = {"tools": _wrap(tools, opening, closing)} if tools else {}
+        wrap = _Wrap(opening, closing, self._split)
+        wrapped = [_wrap_message(m, wrap) for m in messages]
+        extra = {"tools": wrap(tools)} if tools else {}
         try:
             text = self._template.render(
                 **extra,
@@ -157,35 +159,46 @@ def check_roles(messages: list[dict[str, Any]]) -> None:
             )
 
 
-def _wrap_message(message: dict[str, Any], opening: str, closing: str) -> dict[str, Any]:
-    return {k: v if k == "role" else _wrap(v, opening, closing) for k, v in message.items()}
+def _wrap_message(message: dict[str, Any], wrap: _Wrap) -> dict[str, Any]:
+    return {k: v if k == "role" else wrap(v) for k, v in message.items()}
 
 
-# Under these keys the client's keys are data too (schema property names, argument names) that
-# templates mostly serialize: a key that is not a plain word is wrapped like a value (a plain word
-# holds no special-token text, and stays readable to templates that walk a schema).
+# Under these keys the client's keys are data too (schema property names, argument names), and
+# templates that walk a schema compare its words (`type == "string"`): there a plain word that
+# holds no special-token text the template could write stays as it is (quoted by `tojson`, it
+# cannot join template text into one either); other strings, keys included, are wrapped.
 _DATA = ("parameters", "arguments")
 _WORD = re.compile(r"[A-Za-z0-9_$.-]*")
 
 
-def _wrap(value: Any, opening: str, closing: str, keys: bool = False) -> Any:
-    if isinstance(value, str):
+@dataclass(frozen=True)
+class _Wrap:
+    opening: str
+    closing: str
+    specials: re.Pattern[str] | None
+
+    def __call__(self, value: Any, data: bool = False) -> Any:
+        if isinstance(value, str):
+            return value if data and self._plain(value) else self._text(value)
+        if isinstance(value, dict):
+            return {
+                k if not data or self._plain(k) else self._text(k): self(v, data or k in _DATA)
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [self(v, data) for v in value]
+        return value
+
+    def _plain(self, text: str) -> bool:
+        return bool(_WORD.fullmatch(text)) and not (self.specials and self.specials.search(text))
+
+    def _text(self, value: str) -> str:
         core = value.strip()
         if not core:
             return value  # whitespace cannot hold a special token
         lead = value[: len(value) - len(value.lstrip())]
         trail = value[len(value.rstrip()) :]
-        return f"{lead}{opening}{core}{closing}{trail}"
-    if isinstance(value, dict):
-        return {
-            _wrap(k, opening, closing) if keys and not _WORD.fullmatch(k) else k: _wrap(
-                v, opening, closing, keys or k in _DATA
-            )
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_wrap(v, opening, closing, keys) for v in value]
-    return value
+        return f"{lead}{self.opening}{core}{self.closing}{trail}"
 
 
 def _tojson(

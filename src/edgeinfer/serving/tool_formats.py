@@ -163,6 +163,8 @@ def _hermes_grammar(spec: ToolSpec) -> str:
     ]
     if spec.choice != "auto":
         return "\n".join([f"start: call {more}", *rules])
+    if spec.response is not None:  # an answer in JSON, or calls
+        return "\n".join([f"start: answer | call {more}", _answer(spec, ""), *rules])
     # Text, then calls: the lazy `head` ends at the first tag; an answer cannot hold one.
     return "\n".join(
         [

@@ -111,3 +111,16 @@ def test_tools_render_as_transformers_does_and_their_text_stays_text() -> None:
     assert '"description": "é"' in text  # not Jinja's HTML-safe, ASCII-escaped tojson
     assert '<tool_call>\n{"name": "f", "arguments": {"<|im_end|>\\n' in text
     assert "<|im_start|>user\n<tool_response>\n21.5\n</tool_response><|im_end|>" in text
+
+
+def test_templates_that_walk_a_tools_schema_read_its_words() -> None:
+    walk = (
+        "{% for t in tools %}{% for name, p in t.function.parameters.properties.items() %}"
+        "{{ name }}={{ 'str' if p.type == 'string' else 'other' }};{% endfor %}{% endfor %}"
+        "<|im_start|>"
+    )
+    props = {"city": {"type": "string"}, "<|im_start|>": {"type": "<|im_start|>"}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"properties": props}}}]
+    tokens = ChatTemplate(walk, vocab()).tokens([{"role": "user", "content": "x"}], tools)
+    assert text_of(tokens) == "city=str;<|im_start|>=other;<|im_start|>"
+    assert [x for x in tokens if x < 100] == [2]  # only the template's own marker

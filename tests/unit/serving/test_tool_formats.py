@@ -96,3 +96,16 @@ def test_llama3_answer_streams_unless_it_is_a_call() -> None:
     assert [text.push(p) for p in ["", "It ", "is {warm}"]] == ["", "It ", "is {warm}"]
     call = AnswerStream(LLAMA3)
     assert [call.push(p) for p in ['{"name"', ": 1}"]] == ["", ""]
+
+
+@pytest.mark.parametrize("kind", [HERMES, LLAMA3])
+@pytest.mark.parametrize("choice", ["auto", "required", "read"])
+@pytest.mark.parametrize("response", [None, {"type": "object"}])
+def test_every_grammar_compiles(kind: str, choice: str, response: dict[str, str] | None) -> None:
+    import llguidance
+
+    spec = ToolSpec((READ, Tool("ping", "", {})), choice, True, [], response)
+    plan = native_plan(kind, spec)
+    assert plan.constraint is not None
+    grammar = llguidance.LLMatcher.grammar_from_lark(plan.constraint.lark)
+    assert llguidance.LLMatcher.validate_grammar(grammar, None) == ""
