@@ -160,6 +160,9 @@ class Reply:
             message["tool_calls"] = calls
         return message, finish
 
+    def _answer_stream(self) -> AnswerStream | tool_formats.AnswerStream:
+        return AnswerStream() if self.tools == GENERIC else tool_formats.AnswerStream(self.tools)
+
     async def whole(self, pairs: AsyncIterator[tuple[int, GenChunk]]) -> dict[str, Any]:
         """The non-streaming reply, collected from the chunks."""
         choices = [_Choice() for _ in range(self.n)]
@@ -203,10 +206,7 @@ class Reply:
                 yield {**self._head(obj), "choices": [first], **extra}
         offsets = [0] * self.n
         held: list[list[str]] = [[] for _ in range(self.n)]
-        answers = [
-            AnswerStream() if self.tools == GENERIC else tool_formats.AnswerStream(self.tools)
-            for _ in range(self.n)
-        ]
+        answers = [self._answer_stream() for _ in range(self.n)]
         lasts: list[GenChunk | None] = [None] * self.n
         async for i, c in pairs:
             lasts[i] = c
