@@ -267,10 +267,12 @@ class LlamaCppModel:
                 )
             return self._grammar_tokenizer
 
-    def chat_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
-        """Prompt tokens of a chat, from the model's chat template; text the client sent is
-        never parsed for special tokens (runtime/chat_template.py)."""
-        return self._chat_template().tokens(messages)
+    def chat_tokens(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Prompt tokens of a chat (and its tools), from the model's chat template; text the
+        client sent is never parsed for special tokens (runtime/chat_template.py)."""
+        return self._chat_template().tokens(messages, tools)
 
     def _chat_template(self) -> ChatTemplate:
         with self._chat_lock:
