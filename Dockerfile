@@ -20,13 +20,21 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 # GGML_NATIVE=OFF: no -march=native, so the arm64 image runs on any ARMv8 board (Pi 4/5,
-# Jetson, Graviton) and the amd64 one on any x86-64, not just the build host's CPU.
+# Jetson, Graviton) and the amd64 one on any x86-64, not just the build host's CPU. Yet on amd64
+# it uses the device's SIMD: llama.cpp's CPU backend is built once per ISA level (x64, sse42,
+# sandybridge ... haswell, skylakex, icelake, zen4, sapphirerapids), each a libggml-cpu-*.so,
+# and edgeinfer loads the best one the CPU runs (runtime/llm_backends.py). Not yet on arm64:
+# its variants include armv9.2-a+sme, which bookworm's GCC 12 rejects (GCC 14 knows it).
 ARG EXTRAS=llm
-ENV CMAKE_ARGS="-DGGML_NATIVE=OFF" \
+ARG TARGETARCH
+ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON" \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# pip's wheel cache ignores CMAKE_ARGS: a cache holding a llama-cpp-python built with other
+# flags would be reused as is. The mount's id names the flags; change it when they change.
 # hadolint ignore=DL3042
-RUN --mount=type=cache,target=/root/.cache/pip \
-    pip wheel --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
+RUN --mount=type=cache,id=pip-ggml-cpu-variants,target=/root/.cache/pip \
+    if [ "$TARGETARCH" = arm64 ]; then export CMAKE_ARGS="-DGGML_NATIVE=OFF"; fi \
+ && pip wheel --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
 
 FROM ${PYTHON_IMAGE}
 ARG EXTRAS=llm
@@ -40,6 +48,7 @@ RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/edg
 # exactly the versions built there (hence no pins here). Then out go the install tools (pip,
 # setuptools, wheel) and llama-cpp-python's CMake leftovers: site-packages/lib and include are
 # headers and second copies of the libraries it loads from llama_cpp/lib (RUNPATH $ORIGIN).
+# site-packages/bin stays: ggml installs its CPU backend variants there.
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels "edgeinfer${EXTRAS:+[$EXTRAS]}" \

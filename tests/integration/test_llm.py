@@ -57,6 +57,9 @@ def client(server: ServerProcess) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def reference(llm_repo: Path) -> Iterator[object]:
     """llama-cpp-python's own high-level API on the same file and settings."""
+    from edgeinfer.runtime import llm_backends
+
+    llm_backends.load(llama_cpp)  # the image's build (GGML_BACKEND_DL) loads no CPU backend itself
     llm = llama_cpp.Llama(str(llm_repo / MODEL / "1" / "model.gguf"), n_ctx=512, n_threads=1,
                           type_k=0, type_v=0, flash_attn=False, verbose=False)  # fmt: skip
     yield llm

@@ -17,6 +17,7 @@ from typing import Any
 from edgeinfer import __version__
 from edgeinfer.cli.doctor_advice import recommend
 from edgeinfer.cli.doctor_render import render
+from edgeinfer.errors import LoadError
 from edgeinfer.hardware import (
     Cgroup,
     CpuAllowance,
@@ -66,10 +67,17 @@ def runtimes() -> dict[str, Any]:
     try:
         import llama_cpp  # type: ignore[import-not-found,unused-ignore]
 
+        from edgeinfer.runtime import llm_backends
+
+        try:
+            variant = llm_backends.load(llama_cpp)  # a portable build's CPU variants, if any
+        except LoadError as e:
+            variant = str(e)
         info = llama_cpp.llama_print_system_info()
         out["llama_cpp"] = {
             "version": getattr(llama_cpp, "__version__", _version("llama_cpp_python")),
             "system_info": info.decode(errors="replace").strip() if info else "",
+            "cpu_variant": variant or "built in",
             "extra_buffer_types": _extra_buffer_types(),
         }
     except (ImportError, OSError, AttributeError):

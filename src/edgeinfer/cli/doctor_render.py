@@ -166,6 +166,9 @@ def _runtime_rows(rt: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{state}; serves {', '.join(b['files'])}; suits this CPU: {b['suits_cpu']}",
             )
         )
+    variant = (llama or {}).get("cpu_variant")
+    if variant and variant != "built in":  # a portable build: which variant this CPU got
+        rows.append(("llama.cpp CPU", variant))
     bufts = (llama or {}).get("extra_buffer_types")
     if bufts:
         rows.append(("GGUF kernels", _kernels_line(bufts)))

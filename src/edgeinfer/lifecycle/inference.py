@@ -13,7 +13,7 @@ from edgeinfer.adapters import AdapterManager, Lease
 from edgeinfer.auth import TENANT_IDENTITY
 from edgeinfer.config import ServerSettings
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.lifecycle.llm_prompt import prompt_tokens, reply_params
+from edgeinfer.lifecycle.llm_prompt import native_tools, prompt_tokens, reply_params
 from edgeinfer.lifecycle.models import LoadedVersion
 from edgeinfer.serving.classification import class_counts, classify
 from edgeinfer.serving.constrain import Constraints
@@ -104,7 +104,8 @@ class Inference:
         assert h.llm is not None
         model = h.model
         assert isinstance(model, LlamaCppModel)
-        tokens = await prompt_tokens(model, request, h.config.llm.context_length)
+        request, tools = await native_tools(model, request)
+        tokens = await prompt_tokens(model, request, h.config.llm.context_length, tools.tools)
         constraint = None
         if request.constraint is not None:
             constraint = await self._constraints.compile(model, request.constraint)
@@ -132,6 +133,7 @@ class Inference:
                 lease.release()
             raise
         stream.version = str(h.version)
+        stream.tool_format = tools.format
         return stream
 
 

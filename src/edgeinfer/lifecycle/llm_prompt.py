@@ -12,14 +12,33 @@ from typing import Any
 from edgeinfer.errors import InvalidParameter
 from edgeinfer.serving.llm_loop import GenerateRequest
 from edgeinfer.serving.sampling import MAX_STOPS, SamplingParams
+from edgeinfer.serving.tool_formats import NativePlan, detect, native_plan
 
 # Prompts up to this many characters are tokenized on the event loop: a thread handoff costs
 # more than their tokenizing (a few microseconds per kilobyte).
 _INLINE_PROMPT_CHARS = 4096
 
 
-async def prompt_tokens(model: Any, request: GenerateRequest, context_length: int) -> list[int]:
-    """The request's prompt tokens. No token stands for more than `model.max_token_bytes`
+async def native_tools(model: Any, request: GenerateRequest) -> tuple[GenerateRequest, NativePlan]:
+    """The request in the tool format of the model's chat template, when it has one (the
+    generic format the server wrote stays otherwise: an empty plan)."""
+    spec = request.tools
+    kind = detect(model.chat_template) if spec is not None else ""
+    if spec is None or not kind:
+        return request, NativePlan(request.messages or [], None, None, "")
+    plan = await asyncio.to_thread(native_plan, kind, spec)  # linear in the tools' schemas
+    constraint = plan.constraint or request.constraint  # tool_choice "none": response_format
+    return dataclasses.replace(request, messages=plan.messages, constraint=constraint), plan
+
+
+async def prompt_tokens(
+    model: Any,
+    request: GenerateRequest,
+    context_length: int,
+    tools: list[dict[str, Any]] | None = None,
+) -> list[int]:
+    """The request's prompt tokens (`tools` for the chat template, in its own tool format).
+    No token stands for more than `model.max_token_bytes`
     bytes, so text longer than context_length times that cannot fit: it is refused before it
     is rendered or tokenized (counted in characters, each at least one byte, so no encoding
     is needed to tell; the tokenizing that passes is bounded by 4 bytes a character)."""
@@ -37,7 +56,7 @@ async def prompt_tokens(model: Any, request: GenerateRequest, context_length: in
             f"{context_length} tokens, at most {limit} bytes of text",
         )
     if request.messages is not None:
-        work = functools.partial(model.chat_tokens, request.messages)
+        work = functools.partial(model.chat_tokens, request.messages, tools)
     else:
         work = functools.partial(model.tokenize, request.prompt)
     tokens = work() if size <= _INLINE_PROMPT_CHARS else await asyncio.to_thread(work)

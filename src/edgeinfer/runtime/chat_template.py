@@ -14,12 +14,17 @@ messages hold no special-token text: adjacent template and client text is tokeni
 so merges across their boundary are the same. Leading and trailing whitespace of a string is
 left outside the markers, so templates that `trim` contents still do.
 
-A template that transforms contents so that markers are lost or split (rare: `tojson`,
-slicing) gets those pieces treated as plain text too: it may render worse, never unsafely.
+`tojson` is transformers' (JSON without escaping non-ASCII), so markers in tools and tool-call
+arguments survive it; inside `parameters` and `arguments` the client's keys are wrapped too,
+except plain words, which templates that walk a schema compare.
+A template that transforms contents so that markers are lost or split (rare: slicing) gets
+those pieces treated as plain text too: it may render worse, never unsafely.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import re
 import secrets
 from collections.abc import Callable, Iterable
@@ -55,6 +60,8 @@ class ChatTemplate:
         # As transformers renders templates: sandboxed, trim_blocks, lstrip_blocks.
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = raise_exception
+        env.globals["strftime_now"] = _strftime_now
+        env.filters["tojson"] = _tojson
         self._template = env.from_string(source)
         self.vocab = vocab
         # Only control tokens the template can write: its literals, BOS and EOS.
@@ -67,16 +74,22 @@ class ChatTemplate:
         self._specials = used
         self._split = re.compile("|".join(map(re.escape, alternatives))) if used else None
 
-    def render(self, messages: list[dict[str, Any]]) -> list[tuple[str, bool]]:
-        """The rendered prompt as (text, written by the template) pieces."""
+    def render(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[tuple[str, bool]]:
+        """The rendered prompt as (text, written by the template) pieces. `tools` as
+        transformers passes them: `[{"type": "function", "function": {...}}]`."""
         from jinja2 import TemplateError
 
         check_roles(messages)
         nonce = secrets.token_hex(8)
         opening, closing = f"\ue000{nonce}\ue001", f"\ue002{nonce}\ue003"
-        wrapped = [_wrap_message(m, opening, closing) for m in messages]
+        wrap = _Wrap(opening, closing, self._split)
+        wrapped = [_wrap_message(m, wrap) for m in messages]
+        extra = {"tools": wrap(tools)} if tools else {}
         try:
             text = self._template.render(
+                **extra,
                 messages=wrapped,
                 add_generation_prompt=True,
                 bos_token=self.vocab.bos_text,
@@ -94,8 +107,11 @@ class ChatTemplate:
                 pieces.append((part, True))
         return pieces
 
-    def tokens(self, messages: list[dict[str, Any]]) -> list[int]:
-        """Prompt tokens for `messages`, with exactly one BOS when the model wants one."""
+    def tokens(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Prompt tokens for `messages` (and `tools`), with exactly one BOS when the model
+        wants one."""
         out: list[int] = []
         text: list[str] = []  # plain text since the last special token
 
@@ -104,7 +120,7 @@ class ChatTemplate:
                 out.extend(self.vocab.tokenize("".join(text), False))
                 text.clear()
 
-        for piece, trusted in self.render(messages):
+        for piece, trusted in self.render(messages, tools):
             for fragment, special in self._partition(piece) if trusted else [(piece, None)]:
                 if special is None:
                     text.append(fragment)
@@ -143,20 +159,62 @@ def check_roles(messages: list[dict[str, Any]]) -> None:
             )
 
 
-def _wrap_message(message: dict[str, Any], opening: str, closing: str) -> dict[str, Any]:
-    return {k: v if k == "role" else _wrap(v, opening, closing) for k, v in message.items()}
+def _wrap_message(message: dict[str, Any], wrap: _Wrap) -> dict[str, Any]:
+    return {k: v if k == "role" else wrap(v) for k, v in message.items()}
 
 
-def _wrap(value: Any, opening: str, closing: str) -> Any:
-    if isinstance(value, str):
+# Under these keys the client's keys are data too (schema property names, argument names), and
+# templates that walk a schema compare its words (`type == "string"`): there a plain word that
+# holds no special-token text the template could write stays as it is (quoted by `tojson`, it
+# cannot join template text into one either); other strings, keys included, are wrapped.
+_DATA = ("parameters", "arguments")
+_WORD = re.compile(r"[A-Za-z0-9_$.-]*")
+
+
+@dataclass(frozen=True)
+class _Wrap:
+    opening: str
+    closing: str
+    specials: re.Pattern[str] | None
+
+    def __call__(self, value: Any, data: bool = False) -> Any:
+        if isinstance(value, str):
+            return value if data and self._plain(value) else self._text(value)
+        if isinstance(value, dict):
+            return {
+                k if not data or self._plain(k) else self._text(k): self(v, data or k in _DATA)
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [self(v, data) for v in value]
+        return value
+
+    def _plain(self, text: str) -> bool:
+        return bool(_WORD.fullmatch(text)) and not (self.specials and self.specials.search(text))
+
+    def _text(self, value: str) -> str:
         core = value.strip()
         if not core:
             return value  # whitespace cannot hold a special token
         lead = value[: len(value) - len(value.lstrip())]
         trail = value[len(value.rstrip()) :]
-        return f"{lead}{opening}{core}{closing}{trail}"
-    if isinstance(value, dict):
-        return {k: _wrap(v, opening, closing) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_wrap(v, opening, closing) for v in value]
-    return value
+        return f"{lead}{self.opening}{core}{self.closing}{trail}"
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    """transformers' `tojson`: plain JSON, not Jinja's HTML-escaped one (templates render
+    tools and arguments with it, and the model saw them written this way)."""
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _strftime_now(fmt: str) -> str:
+    """transformers' `strftime_now` (Llama 3 templates write today's date with it)."""
+    return datetime.datetime.now().strftime(fmt)

@@ -97,7 +97,7 @@ def corpus() -> list[str]:
     return lines + _CORPUS.splitlines()
 
 
-def train_tokenizer(vocab_size: int) -> Any:
+def train_tokenizer(vocab_size: int, specials: tuple[str, ...] = SPECIAL_TOKENS) -> Any:
     """A byte-level BPE (GPT-2 pre-tokenization, no prefix space) trained on `corpus()`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -106,7 +106,7 @@ def train_tokenizer(vocab_size: int) -> Any:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -114,7 +114,9 @@ def train_tokenizer(vocab_size: int) -> Any:
     return tok
 
 
-def _vocab(tok: Any, size: int) -> tuple[list[str], list[int], list[str]]:
+def _vocab(
+    tok: Any, size: int, specials: tuple[str, ...]
+) -> tuple[list[str], list[int], list[str]]:
     """Tokens (padded to `size` with unused ones), token types and merges of a trained BPE."""
     import gguf
 
@@ -123,9 +125,7 @@ def _vocab(tok: Any, size: int) -> tuple[list[str], list[int], list[str]]:
     tokens = [t for t, _ in by_id]
     if len(tokens) > size:
         raise ValueError(f"trained vocabulary has {len(tokens)} tokens, more than {size}")
-    types = [
-        gguf.TokenType.CONTROL if t in SPECIAL_TOKENS else gguf.TokenType.NORMAL for t in tokens
-    ]
+    types = [gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens]
     for i in range(len(tokens), size):
         tokens.append(f"[PAD{i}]")
         types.append(gguf.TokenType.UNUSED)
@@ -189,6 +189,7 @@ def _add_metadata(
     tokens: list[str],
     types: list[int],
     merges: list[str],
+    chat_template: str,
 ) -> None:
     """Llama hyperparameters, the GPT-2 style tokenizer and the chat template."""
     writer.add_name(name)
@@ -211,7 +212,7 @@ def _add_metadata(
     writer.add_eos_token_id(tokens.index(BOS))
     writer.add_eot_token_id(tokens.index(IM_END))
     writer.add_add_bos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_chat_template(chat_template)
 
 
 def _add_weights(writer: Any, weights: Any, ggml_type: Any) -> int:
@@ -231,16 +232,26 @@ def _add_weights(writer: Any, weights: Any, ggml_type: Any) -> int:
     return weight_bytes
 
 
-def build_gguf(path: Path, size: str = "tiny", qtype: str = "f32", seed: int = 0) -> dict[str, Any]:
-    """Write a Llama GGUF to `path` and return a summary (shape, parameters, bytes, seconds)."""
+def build_gguf(
+    path: Path,
+    size: str = "tiny",
+    qtype: str = "f32",
+    seed: int = 0,
+    chat_template: str = CHAT_TEMPLATE,
+    specials: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Write a Llama GGUF to `path` and return a summary (shape, parameters, bytes, seconds).
+    `chat_template`: the Jinja source stored as `tokenizer.chat_template`; `specials`: control
+    tokens beside ChatML's that it writes (another family's turn markers)."""
     import gguf
 
     if size not in SHAPES or qtype not in TYPES:
         raise ValueError(f"size must be one of {sorted(SHAPES)} and type one of {TYPES}")
     started = time.perf_counter()
     shape = SHAPES[size]
-    tok = train_tokenizer(shape.vocab)
-    tokens, types, merges = _vocab(tok, shape.vocab)
+    specials = tuple(dict.fromkeys(SPECIAL_TOKENS + specials))
+    tok = train_tokenizer(shape.vocab, specials)
+    tokens, types, merges = _vocab(tok, shape.vocab, specials)
     ggml_type = {
         "f32": gguf.GGMLQuantizationType.F32,
         "f16": gguf.GGMLQuantizationType.F16,
@@ -257,7 +268,8 @@ def build_gguf(path: Path, size: str = "tiny", qtype: str = "f32", seed: int = 0
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), "llama", use_temp_file=True)
-    _add_metadata(writer, f"edgeinfer-{size}-random", shape, file_type, tokens, types, merges)
+    name = f"edgeinfer-{size}-random"
+    _add_metadata(writer, name, shape, file_type, tokens, types, merges, chat_template)
     rng = np.random.default_rng(seed)
     weight_bytes = _add_weights(writer, _weights(shape, rng, _silent(tokens, types)), ggml_type)
     writer.write_header_to_file()

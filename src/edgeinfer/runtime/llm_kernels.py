@@ -18,6 +18,8 @@ import ctypes
 from collections.abc import Iterable
 from typing import Any
 
+from edgeinfer.runtime import llm_backends
+
 _CPU = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
 _ggml: Any = None
 
@@ -27,8 +29,9 @@ def _lib() -> Any:
     global _ggml
     if _ggml is None:
         import llama_cpp
-        from llama_cpp._ggml import libggml as g  # the library llama_cpp itself loaded
 
+        g = llm_backends.libggml()  # the libggml libllama uses (llama_cpp._ggml is a copy)
+        llm_backends.load(llama_cpp)  # else a GGML_BACKEND_DL build has no CPU device yet
         llama_cpp.llama_backend_init()
         vp = ctypes.c_void_p
         for name, res, args in (

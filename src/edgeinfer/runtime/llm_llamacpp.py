@@ -26,6 +26,7 @@ from edgeinfer.errors import BackendError, InvalidInput, LoadError
 from edgeinfer.hardware.contention import ThreadGovernor
 from edgeinfer.runtime.chat_format import chat_format
 from edgeinfer.runtime.chat_template import ChatTemplate, Vocab
+from edgeinfer.runtime.llm_backends import load as load_cpu_backend
 from edgeinfer.runtime.llm_probe import extra_buffer_types
 from edgeinfer.runtime.llm_types import BatchItem
 from edgeinfer.types import TensorSpec
@@ -58,6 +59,7 @@ def _llama() -> Any:
 
         _log_callback = forward
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        load_cpu_backend(llama_cpp)  # a portable build's CPU variants (GGML_BACKEND_DL)
         llama_cpp.llama_backend_init()
         _lib = llama_cpp
     return _lib
@@ -265,10 +267,12 @@ class LlamaCppModel:
                 )
             return self._grammar_tokenizer
 
-    def chat_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
-        """Prompt tokens of a chat, from the model's chat template; text the client sent is
-        never parsed for special tokens (runtime/chat_template.py)."""
-        return self._chat_template().tokens(messages)
+    def chat_tokens(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Prompt tokens of a chat (and its tools), from the model's chat template; text the
+        client sent is never parsed for special tokens (runtime/chat_template.py)."""
+        return self._chat_template().tokens(messages, tools)
 
     def _chat_template(self) -> ChatTemplate:
         with self._chat_lock:

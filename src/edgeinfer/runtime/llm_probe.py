@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edgeinfer.runtime.llm_backends import loaded_variant
+
 log = logging.getLogger("edgeinfer.llm")
 
 TIMEOUT_S = 60.0
@@ -67,6 +69,10 @@ def this_machine() -> str:
         version = importlib.metadata.version("llama_cpp_python")
     except importlib.metadata.PackageNotFoundError:
         version = "not installed"
+    # A build with run-time CPU variants: the one loaded has its own kernels (AMX or not).
+    variant = loaded_variant()
+    if variant:
+        version = f"{version} {variant}"
     cpu = read_cpuinfo("/")
     return probe_key(version, cpu.model, sorted(cpu.flags))
 

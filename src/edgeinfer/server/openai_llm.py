@@ -34,6 +34,7 @@ from edgeinfer.server.openai_tools import plan, response_format
 from edgeinfer.server.parse import parse_int
 from edgeinfer.serving.llm_loop import GenChunk, GenerateRequest, GenerationStream
 from edgeinfer.serving.sampling import SamplingParams, TokenLogprob
+from edgeinfer.serving.tool_formats import GENERIC
 from edgeinfer.telemetry.tracing import traced
 
 SSE = "text/event-stream; charset=utf-8"
@@ -246,7 +247,7 @@ def _openai_request(
         doc["model"],
         bool(doc.get("stream") and options.get("include_usage")),
         choices(doc),
-        tools is not None and tools.envelope,
+        GENERIC if tools is not None and tools.envelope else "",
         logprobs is not None,
     )
     req = GenerateRequest(
@@ -257,6 +258,7 @@ def _openai_request(
         metadata=headers,
         constraint=fmt,
         cache_prompt=_cache_prompt(doc),
+        tools=tools.spec if tools is not None else None,
     )
     return req, reply
 
@@ -269,6 +271,8 @@ def routes(engine: EngineClient, max_request_bytes: int) -> list[Route]:
             size = int(length) if length.isdigit() else 0
             req, reply = await off_loop(size, _openai_request, doc, chat, dict(request.headers))
             streams = await _start(engine, req, reply.n)
+            if streams[0].tool_format:  # the model's own tool format, not the generic one
+                reply.tools = streams[0].tool_format
         except orjson.JSONDecodeError as e:
             return _error(InvalidInput(f"body is not valid JSON: {e}"))
         except EdgeInferError as e:

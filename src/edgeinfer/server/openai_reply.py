@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeinfer.server.openai_tools import AnswerStream, parse_reply
+from edgeinfer.serving import tool_formats
 from edgeinfer.serving.llm_loop import GenChunk, GenerationStream
 from edgeinfer.serving.sampling import TokenLogprob
+from edgeinfer.serving.tool_formats import GENERIC
 
 
 def _text(piece: bytes) -> str:
@@ -109,8 +111,9 @@ class _Choice:
 
 
 class Reply:
-    """One request's reply: `n` choices of a completion or chat completion. With `tools` the
-    chat reply is the generic tool-call JSON, turned into `tool_calls` or `content`."""
+    """One request's reply: `n` choices of a completion or chat completion. With `tools` (the
+    format: GENERIC or a model's own, serving/tool_formats.py) the chat reply is read into
+    `tool_calls` or `content`."""
 
     def __init__(
         self,
@@ -118,7 +121,7 @@ class Reply:
         model: str,
         include_usage: bool,
         n: int = 1,
-        tools: bool = False,
+        tools: str = "",
         logprobs: bool = False,
     ) -> None:
         self.chat = chat
@@ -148,11 +151,17 @@ class Reply:
     def _message(self, text: str, finish: str | None) -> tuple[dict[str, Any], str | None]:
         if not self.tools:
             return {"role": "assistant", "content": text}, finish
-        content, calls, finish = parse_reply(text, finish)
+        if self.tools == GENERIC:
+            content, calls, finish = parse_reply(text, finish)
+        else:
+            content, calls, finish = tool_formats.parse(self.tools, text, finish)
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = calls
         return message, finish
+
+    def _answer_stream(self) -> AnswerStream | tool_formats.AnswerStream:
+        return AnswerStream() if self.tools == GENERIC else tool_formats.AnswerStream(self.tools)
 
     async def whole(self, pairs: AsyncIterator[tuple[int, GenChunk]]) -> dict[str, Any]:
         """The non-streaming reply, collected from the chunks."""
@@ -197,7 +206,7 @@ class Reply:
                 yield {**self._head(obj), "choices": [first], **extra}
         offsets = [0] * self.n
         held: list[list[str]] = [[] for _ in range(self.n)]
-        answers = [AnswerStream() for _ in range(self.n)]
+        answers = [self._answer_stream() for _ in range(self.n)]
         lasts: list[GenChunk | None] = [None] * self.n
         async for i, c in pairs:
             lasts[i] = c

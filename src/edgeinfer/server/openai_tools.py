@@ -3,8 +3,9 @@
 `response_format` (`json_object`, `json_schema`) becomes a JsonConstraint: decoding is masked so
 the reply is JSON that validates against the schema (serving/constrain.py).
 
-Tools use one generic format for every model: the tool list and the reply format go into the
-system prompt, and the reply is constrained to one JSON object,
+A model whose chat template has its own tool format (Qwen's `<tool_call>`, Llama 3's JSON) gets
+that one (serving/tool_formats.py). Every other model gets a generic format: the tool list and the
+reply format go into the system prompt, and the reply is constrained to one JSON object,
 `{"tool_calls": [{"name": ..., "arguments": {...}}, ...]}` to call tools or (with
 `tool_choice: "auto"`) `{"response": "..."}` to answer, so `required` and a named function
 always yield a valid call whose arguments match the function's schema, whatever the model. Earlier
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +26,9 @@ import orjson
 
 from edgeinfer.errors import InvalidParameter
 from edgeinfer.serving.constrain import JsonConstraint
+from edgeinfer.serving.tool_formats import MAX_PARALLEL_CALLS, Tool, ToolSpec, new_call, past_call
 
 MAX_TOOLS = 64
-MAX_PARALLEL_CALLS = 8
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NO_ARGUMENTS = {"type": "object", "properties": {}}
 
@@ -64,19 +64,15 @@ def response_format(doc: dict[str, Any]) -> JsonConstraint | None:
 
 
 @dataclass(frozen=True)
-class Tool:
-    name: str
-    description: str
-    parameters: dict[str, Any]
-
-
-@dataclass(frozen=True)
 class ToolPlan:
-    """What a request's tools change: the messages the model sees and the reply's constraint."""
+    """What a request's tools change: the messages the model sees and the reply's constraint
+    in the generic format, and the tools for a model that has its own format (the engine
+    picks it from the chat template of the model version that serves the request)."""
 
     messages: list[dict[str, Any]]
     constraint: JsonConstraint | None
     envelope: bool  # the reply is the generic JSON object (parse it with `parse_reply`)
+    spec: ToolSpec | None = None
 
 
 def _tools(raw: Any) -> list[Tool]:
@@ -206,15 +202,8 @@ def _history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _past_call(call: Any) -> dict[str, Any]:
-    fn = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        raise InvalidParameter("messages", "an assistant 'tool_calls' entry needs 'function.name'")
-    args = fn.get("arguments") or "{}"
-    try:
-        parsed = orjson.loads(args) if isinstance(args, str) else args
-    except orjson.JSONDecodeError as e:
-        raise InvalidParameter("messages", f"tool call arguments are not JSON: {e}") from e
-    return {"name": fn["name"], "arguments": parsed}
+    name, arguments = past_call(call)
+    return {"name": name, "arguments": arguments}
 
 
 def plan(
@@ -229,10 +218,14 @@ def plan(
     parallel = doc.get("parallel_tool_calls", True)
     if not isinstance(parallel, bool):
         raise InvalidParameter("parallel_tool_calls", "'parallel_tool_calls' must be a boolean")
-    if any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
+    spec = None
+    history = any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
+    if tools or history:
+        spec = ToolSpec(tuple(tools), choice, parallel, messages, fmt.schema if fmt else None)
+    if history:
         messages = _history(messages)
     if choice == "none":
-        return ToolPlan(messages, fmt, False)
+        return ToolPlan(messages, fmt, False, spec)
     text = _instructions(tools, choice)
     if messages[0]["role"] == "system":
         messages = [
@@ -242,7 +235,7 @@ def plan(
     else:
         messages = [{"role": "system", "content": text}, *messages]
     schema = _schema(tools, choice, parallel, fmt.schema if fmt else None)
-    return ToolPlan(messages, JsonConstraint(schema, "tools"), True)
+    return ToolPlan(messages, JsonConstraint(schema, "tools"), True, spec)
 
 
 def parse_reply(
@@ -272,11 +265,7 @@ def parse_reply(
 
 
 def _call(c: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": "call_" + uuid.uuid4().hex[:24],
-        "type": "function",
-        "function": {"name": c["name"], "arguments": orjson.dumps(c["arguments"]).decode()},
-    }
+    return new_call(c["name"], c["arguments"])
 
 
 _CALLS_HEAD = '{"tool_calls": ['

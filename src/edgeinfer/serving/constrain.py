@@ -39,6 +39,19 @@ class JsonConstraint:
     name: str = "response_format"
 
 
+@dataclass(frozen=True)
+class LarkConstraint:
+    """Output must match `lark`, a grammar in llguidance's Lark syntax (which embeds JSON
+    schemas as `%json {...}`): a model's own tool-call format (serving/tool_formats.py)."""
+
+    lark: str
+    name: str = "tools"
+
+
+Constraint = JsonConstraint | LarkConstraint
+JSON_OPTIONS = _JSON_OPTIONS  # for schemas embedded in Lark grammars (as their "x-guidance")
+
+
 def _llguidance() -> Any:
     try:
         import llguidance
@@ -83,19 +96,26 @@ def closed(schema: Any) -> Any:
     return out
 
 
-def grammar_of(spec: JsonConstraint) -> str:
+def grammar_of(spec: Constraint) -> str:
     """llguidance's grammar for `spec`; InvalidInput when it is not a schema it supports."""
     import orjson
 
-    if len(orjson.dumps(spec.schema)) > MAX_SCHEMA_BYTES:
-        raise InvalidInput(f"{spec.name}: the schema is larger than {MAX_SCHEMA_BYTES} bytes")
     llg = _llguidance()
-    try:
-        grammar: str = llg.LLMatcher.grammar_from_json_schema(
-            closed(spec.schema), defaults=_JSON_OPTIONS
-        )
-    except ValueError as e:
-        raise InvalidInput(f"{spec.name}: not a valid JSON schema: {e}") from e
+    if isinstance(spec, LarkConstraint):
+        if len(spec.lark) > 2 * MAX_SCHEMA_BYTES:  # the tools' schemas and a few rules
+            raise InvalidInput(
+                f"{spec.name}: the grammar is larger than {2 * MAX_SCHEMA_BYTES} bytes"
+            )
+        grammar: str = llg.LLMatcher.grammar_from_lark(spec.lark)
+    else:
+        if len(orjson.dumps(spec.schema)) > MAX_SCHEMA_BYTES:
+            raise InvalidInput(f"{spec.name}: the schema is larger than {MAX_SCHEMA_BYTES} bytes")
+        try:
+            grammar = llg.LLMatcher.grammar_from_json_schema(
+                closed(spec.schema), defaults=_JSON_OPTIONS
+            )
+        except ValueError as e:
+            raise InvalidInput(f"{spec.name}: not a valid JSON schema: {e}") from e
     error = llg.LLMatcher.validate_grammar(grammar, None)
     if error:
         raise InvalidInput(f"{spec.name}: unsupported JSON schema: {_first_line(error)}")
@@ -137,7 +157,7 @@ class TokenConstraint:
         return bool(self._matcher.is_stopped())
 
 
-def constraint_for(tokenizer: Any, spec: JsonConstraint, n_vocab: int) -> TokenConstraint:
+def constraint_for(tokenizer: Any, spec: Constraint, n_vocab: int) -> TokenConstraint:
     """Compile `spec` for one sequence (milliseconds for a typical schema: call it off the event
     loop). InvalidInput names what in the schema is not supported."""
     return TokenConstraint(tokenizer, grammar_of(spec), n_vocab, spec.name)
@@ -153,7 +173,7 @@ class Constraints:
             weakref.WeakKeyDictionary()
         )
 
-    async def compile(self, model: Any, spec: JsonConstraint) -> TokenConstraint:
+    async def compile(self, model: Any, spec: Constraint) -> TokenConstraint:
         """`model` has `grammar_tokenizer()` and `n_vocab` (runtime/llm_llamacpp.py)."""
         build = self._builds.get(model)
         if build is None:

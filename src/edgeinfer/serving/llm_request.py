@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeinfer.errors import InvalidInput
-from edgeinfer.serving.constrain import JsonConstraint, TokenConstraint
+from edgeinfer.serving.constrain import Constraint, TokenConstraint
 from edgeinfer.serving.prefix_cache import Source
 from edgeinfer.serving.sampling import Sampler, SamplingParams, TextStream, TokenLogprob
+from edgeinfer.serving.tool_formats import ToolSpec
 
 if TYPE_CHECKING:
     from edgeinfer.serving.llm_loop import LlmLoop
@@ -54,7 +55,8 @@ class GenerateRequest:
     version: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)  # routing keys
     metadata: Mapping[str, str] = field(default_factory=dict)
-    constraint: JsonConstraint | None = None  # structured output (serving/constrain.py)
+    constraint: Constraint | None = None  # structured output (serving/constrain.py)
+    tools: ToolSpec | None = None  # tool calling: the model's own format if it has one
     cache_prompt: bool = True  # False: prefill the whole prompt even if a slot holds a prefix
 
 
@@ -189,6 +191,7 @@ class GenerationStream:
         self.prompt_tokens = len(request.prompt)
         self.max_tokens = request.max_tokens
         self.version = ""  # set by the engine: the model version serving this stream
+        self.tool_format = ""  # set by the engine: the model's own tool-call format, if used
 
     def __aiter__(self) -> AsyncIterator[GenChunk]:
         return self._chunks()

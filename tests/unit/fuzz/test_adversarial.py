@@ -58,7 +58,7 @@ def test_grpc_requests_decode_or_are_refused_with_a_4xx(case: GrpcCase) -> None:
         return
     message = case.request()
     try:
-        req = decode_infer(message)
+        req = decode_infer(message.SerializeToString())
         _validate(req.model, req)
     except EdgeInferError as e:
         _refused_with_4xx(e)
