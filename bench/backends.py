@@ -5,6 +5,10 @@ against the same backend run in-process, all in one run on the same models and t
     python bench/backends.py --quick      # smoke run -> bench/results/backends-quick.json
     python bench/backends.py --table bench/results/backends.json   # README markdown table
 
+Models: a tiny MLP, ResNet-18- and MobileNetV2-shaped CNNs (random weights, 224x224; INT8 is
+static QDQ) and the demo's MiniLM (INT8 dynamic; served with text tokenized in the server,
+in-process on the token ids of the same sentence). LiteRT runs the MLP and the ResNet only.
+
 Per (model, precision, backend): the in-process floor (the backend class the server runs, its
 `run()` in a loop at batch 1 and batch 8, one thread, after timing its load: OpenVINO's twice,
 compiling and then from its cache); then a server with only that model (one
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _backend_models
 import numpy as np
 from _load import machine_busy_s, self_cpu_s
 from _proc import Patience, Request
@@ -35,6 +40,10 @@ CASES = (  # (model, precision, backend)
     ("resnet18", "fp32", "onnxruntime"), ("resnet18", "fp32", "openvino"),
     ("resnet18", "fp32", "litert"),
     ("resnet18", "int8", "onnxruntime"), ("resnet18", "int8", "openvino"),
+    ("mobilenetv2", "fp32", "onnxruntime"), ("mobilenetv2", "fp32", "openvino"),
+    ("mobilenetv2", "int8", "onnxruntime"), ("mobilenetv2", "int8", "openvino"),
+    ("minilm", "fp32", "onnxruntime"), ("minilm", "fp32", "openvino"),
+    ("minilm", "int8", "onnxruntime"),
 )  # fmt: skip
 CONFIG = """backend = "{backend}"
 max_batch_size = 8
@@ -51,6 +60,7 @@ intra_op_threads = 1
 SHAPES = {  # model -> backend layout -> (input name, shape of one row)
     "mlp": {"onnx": ("x", (16,)), "tflite": ("x", (16,))},
     "resnet18": {"onnx": ("input", (3, 224, 224)), "tflite": ("input", (224, 224, 3))},
+    "mobilenetv2": {"onnx": ("input", (3, 224, 224))},
 }
 
 
@@ -62,11 +72,13 @@ def build(tmp: Path) -> dict[tuple[str, str, str], dict[str, Path]]:
     onnx = {"mlp": models.mlp(b / "mlp.onnx"), "resnet18": models.resnet18_like(b / "r18.onnx")}
     rng = np.random.default_rng(1)
     calib = [{"input": rng.random((1, 3, 224, 224), dtype=np.float32)} for _ in range(8)]
-    int8 = models.qdq_int8(onnx["resnet18"], b / "r18_int8.onnx", calib)
+    int8 = {"resnet18": models.qdq_int8(onnx["resnet18"], b / "r18_int8.onnx", calib)}
+    onnx["mobilenetv2"], int8["mobilenetv2"] = _backend_models.mobilenetv2(b, calib)
+    onnx["minilm"], int8["minilm"], tokenizer = _backend_models.minilm(b)
     lite = {"mlp": tflite.mlp(b / "mlp.tflite"), "resnet18": tflite.resnet18_like(b / "r18.tflite")}
     files: dict[tuple[str, str, str], dict[str, Path]] = {}
     for model, precision, backend in CASES:
-        src = int8 if precision == "int8" else onnx[model]
+        src = int8[model] if precision == "int8" else onnx[model]
         if backend == "litert":
             files[model, precision, backend] = {"model.tflite": lite[model]}
         elif backend == "openvino":
@@ -74,6 +86,8 @@ def build(tmp: Path) -> dict[tuple[str, str, str], dict[str, Path]]:
             files[model, precision, backend] = models.openvino_ir(src, xml)
         else:
             files[model, precision, backend] = {"model.onnx": src}
+        if model == "minilm":
+            files[model, precision, backend]["tokenizer.json"] = tokenizer
     return files
 
 
@@ -83,6 +97,8 @@ def feeds(model: str, backend: str, rows: int) -> dict[str, np.ndarray]:
 
 
 def request(model: str, backend: str) -> Request:
+    if model == "minilm":
+        return _backend_models.text_request(model)
     ((name, x),) = feeds(model, backend, 1).items()
     blob = x.tobytes()
     head = json.dumps({"inputs": [{"name": name, "datatype": "FP32", "shape": list(x.shape),
@@ -111,7 +127,8 @@ def in_process(version_dir: Path, config_text: str, model: str, backend: str,
             instance.close()
     try:
         for rows in (1, 8):
-            x = feeds(model, backend, rows)
+            x = (_backend_models.text_feeds(version_dir / "tokenizer.json", rows)
+                 if model == "minilm" else feeds(model, backend, rows))  # fmt: skip
             instance.run(x)
             out[f"b{rows}"] = quietly(lambda x=x, rows=rows: _loop(instance, x, rows, opts), None,
                                       opts)  # fmt: skip
@@ -163,8 +180,9 @@ def case(files: dict[str, Path], key: tuple[str, str, str], opts: argparse.Names
     name = f"{model}_{precision}_{backend}"
     repo = tmp / f"repo_{name}"
     (repo / model).mkdir(parents=True)
-    config = CONFIG.format(backend=backend)
-    (repo / model / "config.toml").write_text(config)
+    config = CONFIG.format(backend=backend)  # in-process: MiniLM runs on token ids, no [text]
+    text = _backend_models.TEXT_CONFIG if model == "minilm" else ""
+    (repo / model / "config.toml").write_text(config + text)
     version = add_version(repo / model, files)
     log(f"{name}: in-process")
     os.environ["EDGEINFER_HOME"] = str(tmp / f"home_in_process_{name}")  # a cache of its own
@@ -183,7 +201,8 @@ def case(files: dict[str, Path], key: tuple[str, str, str], opts: argparse.Names
 def run(opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     log("building models")
     files = build(tmp)
-    results = [case(files[key], key, opts, tmp) for key in CASES]
+    only = opts.models.split(",") if opts.models else [k[0] for k in CASES]
+    results = [case(files[key], key, opts, tmp) for key in CASES if key[0] in only]
     base = {
         r["model"]: r for r in results if (r["precision"], r["backend"]) == ("fp32", "onnxruntime")
     }
@@ -239,6 +258,7 @@ def main() -> int:
     p.add_argument("--warmup", type=float, help="warm-up seconds per point (default 2, quick 1)")
     p.add_argument("--patience", type=float, default=60.0,
                    help="total extra seconds spent waiting for a quiet machine (default 60)")  # fmt: skip
+    p.add_argument("--models", help="comma-separated subset of mlp,resnet18,mobilenetv2,minilm")
     add_output_args(p, "backends")
     opts = p.parse_args()
     opts.duration = opts.duration or (2.0 if opts.quick else 6.0)

@@ -200,6 +200,8 @@ def grpc_requests() -> dict[str, Callable[[], Any]]:
         "grpc kserve text: 64 strings of 16 KB (largest accepted)":
             strings([b"word " * (64 * 256 // 5)] * 64),
         "grpc kserve binary: 60 MB FP32 tensor": fp32(245_000),
+        "grpc kserve binary: a tensor just under --max-grpc-message-bytes (16 MiB)":
+            fp32((16 * MB - 4096) // 256),
     }  # fmt: skip
 
 

@@ -353,6 +353,22 @@ def test_unload_and_load(own_server: ServerProcess) -> None:
         client.close()
 
 
+def test_a_message_above_the_grpc_limit_is_refused_before_it_is_received(
+    tiny_server: ServerProcess,
+) -> None:
+    # 17 MB, under --max-request-bytes (64 MiB) but over --max-grpc-message-bytes (16 MiB): grpcio
+    # refuses it from its length prefix, before turning it into a bytes object on the event loop
+    client = tgrpc.InferenceServerClient(tiny_server.grpc_addr)
+    try:
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("mlp", [_input("x", np.zeros((17 * 2**14, 16), np.float32), "FP32")])
+        assert _status(info.value) == "RESOURCE_EXHAUSTED"
+        assert "16777216" in str(info.value)
+        assert client.infer("mlp", [_input("x", _x(1), "FP32")]).as_numpy("y").shape == (1, 4)
+    finally:
+        client.close()
+
+
 def test_message_above_limit_is_resource_exhausted(own_server: ServerProcess) -> None:
     client = tgrpc.InferenceServerClient(own_server.grpc_addr)
     try:

@@ -457,7 +457,10 @@ async def start_grpc(
     """Start the gRPC server on the running event loop; the caller stops it."""
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", settings.max_request_bytes),
+            (
+                "grpc.max_receive_message_length",
+                min(settings.max_request_bytes, settings.max_grpc_message_bytes),
+            ),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),
             # A connection that never completes the HTTP/2 preface is closed like a slow HTTP
             # head (grpc's own default waits 120 s). Idle ones close (GOAWAY) after a minute,
