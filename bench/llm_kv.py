@@ -4,8 +4,8 @@
 
 For each setting (flash attention off/on x KV cache f16/q8_0; q8_0 only with flash on, which
 llama.cpp needs to quantize the V cache), on the bench Llama (~336M, Q4_0, bench/llm.py builds
-it) and Gemma 3 270M (Q4_K_M), at a short (128-token) and a long (1,536-token) prompt, with 1
-and 8 streams:
+it) and Gemma 3 270M (Q4_K_M): 128-token prompts alone and 8 at once, a 1,536-token prompt
+alone and 8 of 768 tokens (CASES):
 - in-process: a fresh process per setting drives llama_decode through edgeinfer's thin
   LlamaCppModel wrapper (the same context the server builds: 8 slots, unified KV cache, 2,048
   tokens per slot), prompts in 512-token batches, then greedy decode steps;
