@@ -88,7 +88,7 @@ import numpy as np
 from pathlib import Path
 from edgeinfer.config import LlmOptions
 from edgeinfer.runtime.llm_llamacpp import BatchItem, LlamaCppModel
-spec = json.loads(sys.argv[1])
+spec = json.loads(sys.stdin.read())
 m = LlamaCppModel(Path(spec["path"]), LlmOptions(
     context_length=spec["context"], slots=spec["slots"], n_batch=512, prefill_chunk=256,
     kv_cache_type=spec["kv"], flash_attn=spec["flash"] == "on",
@@ -124,8 +124,9 @@ print(json.dumps(out))
 
 def inproc(spec: dict[str, Any]) -> dict[str, Any]:
     """One setting's in-process numbers, in a fresh process (one context, one KV allocation)."""
-    out = subprocess.run([PY, "-c", _CHILD, json.dumps(spec)], capture_output=True, text=True,
-                         timeout=1800, cwd=ROOT)  # fmt: skip
+    # on stdin: the prompts' token ids exceed what one command-line argument may hold
+    out = subprocess.run([PY, "-c", _CHILD], input=json.dumps(spec), capture_output=True,
+                         text=True, timeout=1800, cwd=ROOT)  # fmt: skip
     if out.returncode:
         raise RuntimeError(f"in-process run exited {out.returncode}: {out.stderr[-2000:]}")
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeinfer.config import ConfigError, ModelConfig, ServerSettings, VersionPolicy
+from edgeinfer.config import ConfigError, LlmOptions, ModelConfig, ServerSettings, VersionPolicy
 
 
 def test_defaults_from_empty_config(tmp_path: Path) -> None:
@@ -84,6 +84,21 @@ def test_llm_lora_scheduling_options_are_read_and_checked() -> None:
     for bad in ({"max_loras": -1}, {"max_lora_wait": -1.0}, {"lora_steps_per_switch": 0}):
         with pytest.raises(ConfigError, match="llm\\."):
             ModelConfig.from_dict({"backend": "llama.cpp", "llm": bad}, "m")
+
+
+def test_flash_attention_is_on_by_default_except_with_an_exact_f32_cache() -> None:
+    def llm(**kw: object) -> LlmOptions:
+        return ModelConfig.from_dict({"backend": "llama.cpp", "llm": kw}, "m").llm
+
+    assert llm().flash
+    assert llm(kv_cache_type="q8_0").flash
+    assert not llm(kv_cache_type="f32").flash
+    assert llm(kv_cache_type="f32", flash_attn=True).flash
+    assert not llm(flash_attn=False).flash
+    with pytest.raises(ConfigError, match='flash_attn to "auto" or true'):
+        llm(kv_cache_type="q8_0", flash_attn=False)
+    with pytest.raises(ConfigError, match='must be "auto", true or false'):
+        llm(flash_attn="yes")
 
 
 @pytest.mark.parametrize(

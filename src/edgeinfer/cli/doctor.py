@@ -79,6 +79,7 @@ def runtimes() -> dict[str, Any]:
             "system_info": info.decode(errors="replace").strip() if info else "",
             "cpu_variant": variant or "built in",
             "extra_buffer_types": _extra_buffer_types(),
+            "attention": _attention(),
         }
     except (ImportError, OSError, AttributeError):
         pass
@@ -117,6 +118,14 @@ def backends(machine: str) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _attention() -> dict[str, Any]:
+    """What a GGUF model's `[llm]` defaults run: flash attention and the KV cache type."""
+    from edgeinfer.config import LlmOptions
+
+    o = LlmOptions()
+    return {"flash_attn": o.flash_attn, "kv_cache_type": o.kv_cache_type, "flash": o.flash}
 
 
 def _extra_buffer_types() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from typing import Any
 
@@ -172,6 +173,16 @@ def _runtime_rows(rt: dict[str, Any]) -> list[tuple[str, str]]:
     bufts = (llama or {}).get("extra_buffer_types")
     if bufts:
         rows.append(("GGUF kernels", _kernels_line(bufts)))
+    att = (llama or {}).get("attention")
+    if att:
+        flash = "on" if att["flash"] else "off"
+        rows.append(
+            (
+                "GGUF attention",
+                f"flash attention {flash}, {att['kv_cache_type']} KV "
+                f"cache (flash_attn = {json.dumps(att['flash_attn'])}: off with an exact f32 cache)",
+            )
+        )
     return rows
 
 

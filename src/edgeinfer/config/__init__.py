@@ -64,7 +64,8 @@ A model's `config.toml`:
     n_threads = 0                  # 0: the usable physical (big) cores
     n_threads_batch = 0            # threads for prompt batches; 0: as n_threads
     adaptive_threads = true        # 1 thread while other processes keep the CPUs busy (PSI)
-    kv_cache_type = "f16"          # f32 | f16 | q8_0
+    kv_cache_type = "f16"          # f32 (exact) | f16 | q8_0 (half the memory, slower decode)
+    flash_attn = "auto"            # "auto": on unless kv_cache_type = "f32" | true | false
     extra_buffer_types = "auto"    # AMX/repacked weights: "auto" (probed once per CPU) | true | false
     lora_steps_per_switch = 8      # steps one LoRA adapter's streams decode before the next's turn
     max_loras = 0                  # adapters whose sequences run at once (0: any)

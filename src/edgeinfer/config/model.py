@@ -260,8 +260,13 @@ class LlmOptions:
     adaptive_threads: bool = True
     n_batch: int = 512  # most tokens in one llama_decode call
     prefill_chunk: int = 256  # prompt tokens per step, so long prompts do not stall streams
-    kv_cache_type: str = "f16"  # f32 | f16 | q8_0 (q8_0 needs flash_attn)
-    flash_attn: bool = False
+    kv_cache_type: str = "f16"  # f32 | f16 | q8_0 (q8_0 needs flash attention)
+    # "auto": on, except with an f32 KV cache (the exact setting: llm-demo's greedy tokens are
+    # the same alone, batched and from the prefix cache). Measured (bench/llm_kv.py, docs/llm.md):
+    # flash attention with an f16 cache is faster for prefill and decode, most at long prompts
+    # and many streams, where plain attention spans every used cell of the shared KV cache.
+    # q8_0 halves the cache's memory but decodes slower than f16 here: opt in, not the default.
+    flash_attn: str | bool = "auto"
     # "": the GGUF's tokenizer.chat_template (none: "plain"); "plain": a User:/Assistant:
     # transcript for base models (runtime/chat_format.py); else Jinja source
     chat_template: str = ""
@@ -311,8 +316,15 @@ class LlmOptions:
             )
         if self.kv_cache_type not in _KV_TYPES:
             raise ConfigError(f"llm.kv_cache_type must be one of {_KV_TYPES}")
-        if self.kv_cache_type == "q8_0" and not self.flash_attn:
-            raise ConfigError("llm.kv_cache_type = 'q8_0' needs llm.flash_attn = true")
+        if not isinstance(self.flash_attn, bool) and self.flash_attn != "auto":
+            raise ConfigError(
+                f'llm.flash_attn must be "auto", true or false; got {self.flash_attn!r}'
+            )
+        if self.kv_cache_type == "q8_0" and self.flash_attn is False:
+            raise ConfigError(
+                "llm.kv_cache_type = 'q8_0' needs flash attention: set llm.flash_attn "
+                'to "auto" or true'
+            )
         if not isinstance(self.extra_buffer_types, bool) and self.extra_buffer_types != "auto":
             raise ConfigError(
                 'llm.extra_buffer_types must be "auto" (probe this CPU once), '
@@ -325,6 +337,13 @@ class LlmOptions:
                 "llm.lora_steps_per_switch must be >= 1 (1: switch adapters every "
                 "step; more: fewer switches, longer waits for other adapters)"
             )
+
+    @property
+    def flash(self) -> bool:
+        """Whether llama.cpp runs flash attention (what `flash_attn` decides)."""
+        if isinstance(self.flash_attn, bool):
+            return self.flash_attn
+        return self.kv_cache_type != "f32"
 
     @property
     def kv_cells(self) -> int:

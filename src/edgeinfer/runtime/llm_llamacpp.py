@@ -179,7 +179,11 @@ class LlamaCppModel:
         p.n_seq_max = o.slots
         p.n_threads, p.n_threads_batch = self._n_threads
         p.type_k = p.type_v = _KV_TYPES[o.kv_cache_type]
-        p.flash_attn_type = 1 if o.flash_attn else 0
+        # Our decision, not LLAMA_FLASH_ATTN_TYPE_AUTO: on the CPU that one always enables it,
+        # f32 caches included (see LlmOptions.flash_attn).
+        p.flash_attn_type = (
+            lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if o.flash else (lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        )
         p.kv_unified = True  # one pool of cells: any mix of prefill and decode in one ubatch
         p.no_perf = True
         ctx = lib.llama_init_from_model(self._model, p)
