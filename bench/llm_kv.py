@@ -133,10 +133,12 @@ def inproc(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- through the server ----------------------------------------------------------------------
-def server(path: Path, name: str, spec: dict[str, Any], work: Path) -> Server:
+def server(path: Path, name: str, spec: dict[str, Any], work: Path, tag: str = "") -> Server:
+    """`edgeinfer serve` of one model with spec's settings; servers running at once need their
+    own `tag` (a repository and log each: the server reloads a model whose config changes)."""
     from edgeinfer.repository import add_version
 
-    repo = work / f"repo-kv-{name}"
+    repo = work / f"repo-kv-{name}{tag}"
     model = repo / name
     if not model.exists():
         model.mkdir(parents=True)
@@ -151,7 +153,7 @@ def server(path: Path, name: str, spec: dict[str, Any], work: Path) -> Server:
     port = free_port()
     return Server([PY, "-m", "edgeinfer.cli", "serve", "--repository", str(repo), "--http-port",
                    str(port), "--grpc-port", "0", "--log-level", "warning"], port,
-                  work / "edgeinfer-kv.log", "/v2/health/ready")  # fmt: skip
+                  work / f"edgeinfer-kv{tag}.log", "/v2/health/ready")  # fmt: skip
 
 
 def completion(url: str, name: str, tokens: list[int], n: int, out: list[Any]) -> None:
