@@ -262,10 +262,11 @@ class LlmOptions:
     prefill_chunk: int = 256  # prompt tokens per step, so long prompts do not stall streams
     kv_cache_type: str = "f16"  # f32 | f16 | q8_0 (q8_0 needs flash attention)
     # "auto": on, except with an f32 KV cache (the exact setting: llm-demo's greedy tokens are
-    # the same alone, batched and from the prefix cache). Measured (bench/llm_kv.py, docs/llm.md):
-    # flash attention with an f16 cache is faster for prefill and decode, most at long prompts
-    # and many streams, where plain attention spans every used cell of the shared KV cache.
-    # q8_0 halves the cache's memory but decodes slower than f16 here: opt in, not the default.
+    # the same alone, batched and from the prefix cache). Measured (bench/llm_kv_paired.py,
+    # docs/llm.md): through the server flash attention with an f16 cache was 1.1-2.3x faster
+    # in all but one case (0.99x), because plain attention spans every used cell of the shared
+    # KV cache, other slots' and cached prefixes' too. q8_0 halves the cache's memory but
+    # prefills long prompts at 0.5-0.8x of f16 here: opt in, not the default.
     flash_attn: str | bool = "auto"
     # "": the GGUF's tokenizer.chat_template (none: "plain"); "plain": a User:/Assistant:
     # transcript for base models (runtime/chat_format.py); else Jinja source
