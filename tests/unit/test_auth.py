@@ -28,8 +28,12 @@ class Clock:
 
 
 def authenticator(clock: Clock, tenants: frozenset[str] = frozenset()) -> Authenticator:
-    store = KeyStore([(hash_key(ADMIN), Principal("ops", "admin")),
-                      (hash_key(INFER), Principal("acme", "infer", "acme"))])  # fmt: skip
+    store = KeyStore(
+        [
+            (hash_key(ADMIN), Principal("ops", "admin")),
+            (hash_key(INFER), Principal("acme", "infer", "acme")),
+        ]
+    )
     return Authenticator(store, FailureLimiter(limit=10, window_s=60, clock=clock), tenants)
 
 

@@ -243,10 +243,13 @@ def test_arm64_cluster_ids_without_sibling_lists(tmp_path: Path) -> None:
 
 
 def test_board_from_the_device_tree_before_the_soc_name(tmp_path: Path) -> None:
-    root = trees.write(tmp_path, {
-        "proc/cpuinfo": trees.PI3_ARMV7_CPUINFO,
-        "proc/device-tree/model": "Raspberry Pi 3 Model B Rev 1.2\x00",
-    })  # fmt: skip
+    root = trees.write(
+        tmp_path,
+        {
+            "proc/cpuinfo": trees.PI3_ARMV7_CPUINFO,
+            "proc/device-tree/model": "Raspberry Pi 3 Model B Rev 1.2\x00",
+        },
+    )
     cpu = read_cpuinfo(root)
     assert (cpu.board, cpu.model, cpu.arch) == (
         "Raspberry Pi 3 Model B Rev 1.2",
@@ -267,11 +270,14 @@ def test_raspberry_pi_on_a_distribution_kernel(tmp_path: Path) -> None:
 
 def test_arm64_process_under_emulation_reads_hwcap(tmp_path: Path) -> None:
     # qemu-aarch64 on an x86 host: /proc/cpuinfo is the host's, the auxiliary vector is ours.
-    root = trees.write(tmp_path, {
-        "proc/cpuinfo": trees.XEON_CPUINFO,
-        "proc/self/auxv": trees.auxv(*trees.QEMU_MAX_HWCAP),
-        "sys/class/dmi/id/product_name": "Google Compute Engine\n",
-    })  # fmt: skip
+    root = trees.write(
+        tmp_path,
+        {
+            "proc/cpuinfo": trees.XEON_CPUINFO,
+            "proc/self/auxv": trees.auxv(*trees.QEMU_MAX_HWCAP),
+            "sys/class/dmi/id/product_name": "Google Compute Engine\n",
+        },
+    )
     cpu = read_cpuinfo(root, machine="aarch64")
     assert (cpu.arch, cpu.emulated) == ("arm", True)
     assert {"neon", "fp16", "dotprod", "i8mm", "sve", "sve2", "bf16"} <= set(cpu.simd)

@@ -97,14 +97,17 @@ def test_the_mask_only_leaves_tokens_the_grammar_allows(tokenizer: Any) -> None:
     assert {bytes([t]) for t in np.flatnonzero(np.isfinite(scores))} == {b'"'}
 
 
-@pytest.mark.parametrize(("schema", "named"), [
-    ({"not": {"type": "string"}}, '"not"'),
-    ({"$ref": "#/definitions/missing"}, "missing"),
-    ({"type": "object", "properties": {"a": {"type": "strin"}}}, "strin"),
-])  # fmt: skip
-def test_unsupported_schemas_are_refused_naming_the_feature(tokenizer: Any,
-                                                           schema: dict[str, Any],
-                                                           named: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("schema", "named"),
+    [
+        ({"not": {"type": "string"}}, '"not"'),
+        ({"$ref": "#/definitions/missing"}, "missing"),
+        ({"type": "object", "properties": {"a": {"type": "strin"}}}, "strin"),
+    ],
+)
+def test_unsupported_schemas_are_refused_naming_the_feature(
+    tokenizer: Any, schema: dict[str, Any], named: str
+) -> None:
     with pytest.raises(InvalidInput, match="response_format") as e:
         constraint_for(tokenizer, JsonConstraint(schema), VOCAB)
     assert named in str(e.value)
@@ -151,13 +154,20 @@ class RandomBackend:
 def test_constrained_and_free_sequences_share_decode_steps(tokenizer: Any) -> None:
     async def main() -> tuple[list[list[GenChunk]], RandomBackend]:
         backend = RandomBackend()
-        loop = LlmLoop(backend, LoopLimits(slots=4, context_length=512, kv_cells=2048,
-                                           prefill_chunk=16), LlmStats("m"))  # fmt: skip
+        loop = LlmLoop(
+            backend,
+            LoopLimits(slots=4, context_length=512, kv_cells=2048, prefill_chunk=16),
+            LlmStats("m"),
+        )
         params = SamplingParams(max_tokens=200, temperature=0.0)
-        streams = [loop.submit([1, 2, 3], params,
-                               constraint=constraint_for(tokenizer, JsonConstraint(SCHEMA), VOCAB)),
-                   loop.submit([4, 5, 6], SamplingParams(max_tokens=40, temperature=0.0,
-                                                         ignore_eos=True))]  # fmt: skip
+        streams = [
+            loop.submit(
+                [1, 2, 3],
+                params,
+                constraint=constraint_for(tokenizer, JsonConstraint(SCHEMA), VOCAB),
+            ),
+            loop.submit([4, 5, 6], SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)),
+        ]
 
         async def chunks(stream: Any) -> list[GenChunk]:
             return [c async for c in stream]
@@ -174,7 +184,7 @@ def test_constrained_and_free_sequences_share_decode_steps(tokenizer: Any) -> No
     # machine for several steps); from the first step that holds both, every step holds both
     # until one of them ends: one decode step for both, never one each.
     shared = [len(call) == 2 for call in backend.calls]
-    assert True in shared, "the two sequences never shared a decode step"
+    assert any(shared), "the two sequences never shared a decode step"
     first, last = shared.index(True), len(shared) - shared[::-1].index(True)
     assert all(shared[first:last]), shared
     alone_before = first  # steps of the free sequence before the constrained one joined
@@ -184,9 +194,15 @@ def test_constrained_and_free_sequences_share_decode_steps(tokenizer: Any) -> No
 def test_objects_without_additional_properties_take_no_other_keys(tokenizer: Any) -> None:
     from edgeinfer.serving.constrain import closed
 
-    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {
-        "b": {"type": "integer"}}}, "properties": {"type": "string"}},
-        "$defs": {"x": {"properties": {}}}, "anyOf": [{"properties": {}}]}  # fmt: skip
+    schema = {
+        "type": "object",
+        "properties": {
+            "a": {"type": "object", "properties": {"b": {"type": "integer"}}},
+            "properties": {"type": "string"},
+        },
+        "$defs": {"x": {"properties": {}}},
+        "anyOf": [{"properties": {}}],
+    }
     out = closed(schema)
     assert out["additionalProperties"] is False
     assert out["properties"]["a"]["additionalProperties"] is False
@@ -194,8 +210,11 @@ def test_objects_without_additional_properties_take_no_other_keys(tokenizer: Any
     assert out["$defs"]["x"]["additionalProperties"] is False
     assert out["anyOf"][0]["additionalProperties"] is False
     assert closed({"properties": {}, "additionalProperties": True})["additionalProperties"] is True
-    c = constraint_for(tokenizer, JsonConstraint({"type": "object", "properties": {
-        "on": {"type": "boolean"}}}), VOCAB)  # fmt: skip
+    c = constraint_for(
+        tokenizer,
+        JsonConstraint({"type": "object", "properties": {"on": {"type": "boolean"}}}),
+        VOCAB,
+    )
     for token in b'{"on": true':
         c.accept(token)
     scores = np.zeros(VOCAB, np.float32)
