@@ -180,19 +180,28 @@ def _parse_document(head: bytes) -> dict[str, Any]:
     return doc
 
 
-def _binary_array(
-    chunk: memoryview, datatype: str, shape: tuple[int, ...], count: int, name: str, limits: Limits
+def array_from_bytes(
+    buf: bytes | memoryview,
+    datatype: str,
+    shape: tuple[int, ...],
+    name: str,
+    limits: Limits,
+    source: str,
 ) -> np.ndarray:
-    """One input's array from its slice of the binary tensor data."""
+    """One input's array from its bytes (the binary tensor extension's slice, gRPC's raw
+    contents): a view, not a copy. `source` names where the bytes came from in the error."""
+    count = math.prod(shape)
     if datatype == "BYTES":
-        return decode_bytes_elements(chunk, count, name, limits.max_element_bytes).reshape(shape)
+        return decode_bytes_elements(
+            memoryview(buf), count, name, limits.max_element_bytes
+        ).reshape(shape)
     dtype = DTYPE_TO_NUMPY[datatype]
-    if len(chunk) != count * dtype.itemsize:
+    if len(buf) != count * dtype.itemsize:
         raise InvalidInput(
-            f"input '{name}': binary_data_size {len(chunk)} does not match shape {list(shape)} "
-            f"of {datatype} ({count * dtype.itemsize} bytes)"
+            f"input '{name}': {source} has {len(buf)} bytes; shape {list(shape)} of {datatype} "
+            f"needs {count * dtype.itemsize}"
         )
-    return np.frombuffer(chunk, dtype=dtype).reshape(shape)
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
 def _decode_input(raw: Any, binary: memoryview, offset: int, limits: Limits) -> tuple[Tensor, int]:
@@ -206,7 +215,7 @@ def _decode_input(raw: Any, binary: memoryview, offset: int, limits: Limits) -> 
             f"input '{name}': unknown datatype {datatype!r}; expected one of {sorted(DTYPE_TO_NUMPY)}"
         )
     shape = _shape(raw.get("shape"), name)
-    count = check_shape(name, shape, limits)
+    check_shape(name, shape, limits)
     iparams = raw.get("parameters") or {}
     if not isinstance(iparams, dict):
         raise InvalidInput(f"input '{name}': 'parameters' must be an object")
@@ -223,7 +232,8 @@ def _decode_input(raw: Any, binary: memoryview, offset: int, limits: Limits) -> 
             f"body has {len(binary) - offset}"
         )
     chunk = binary[offset : offset + size]
-    return Tensor(name, _binary_array(chunk, datatype, shape, count, name, limits)), offset + size
+    array = array_from_bytes(chunk, datatype, shape, name, limits, "binary_data_size")
+    return Tensor(name, array), offset + size
 
 
 def _requested_outputs(raw_outputs: Any) -> list[RequestedOutput] | None:

@@ -29,9 +29,9 @@ from edgeinfer.server.errors import status_of
 from edgeinfer.server.grpc_wire import split_infer
 from edgeinfer.server.kserve_codec import (
     DEFAULT_LIMITS,
+    array_from_bytes,
     check_shape,
     check_tensor_count,
-    decode_bytes_elements,
     encode_bytes_elements,
     output_bytes,
 )
@@ -98,23 +98,6 @@ def _shape(inp: Any, limits: Limits) -> tuple[int, ...]:
     return shape
 
 
-def _from_raw(
-    raw: bytes | memoryview, datatype: str, shape: tuple[int, ...], name: str, limits: Limits
-) -> np.ndarray:
-    count = math.prod(shape)
-    if datatype == "BYTES":
-        return decode_bytes_elements(
-            memoryview(raw), count, name, limits.max_element_bytes
-        ).reshape(shape)
-    dtype = DTYPE_TO_NUMPY[datatype]
-    if len(raw) != count * dtype.itemsize:
-        raise InvalidInput(
-            f"input '{name}': raw content has {len(raw)} bytes; shape {list(shape)} of {datatype} "
-            f"needs {count * dtype.itemsize}"
-        )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
-
-
 def _from_contents(contents: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
     if datatype not in _CONTENTS:
         raise InvalidInput(f"input '{name}': {datatype} data must be sent in raw_input_contents")
@@ -162,7 +145,9 @@ def _tensor(inp: Any, raw: bytes | memoryview | None, limits: Limits) -> Tensor:
         return Tensor(inp.name, _from_contents(inp.contents, inp.datatype, shape, inp.name))
     if inp.HasField("contents"):
         raise InvalidInput(f"input '{inp.name}' has both contents and raw_input_contents")
-    return Tensor(inp.name, _from_raw(raw, inp.datatype, shape, inp.name, limits))
+    return Tensor(
+        inp.name, array_from_bytes(raw, inp.datatype, shape, inp.name, limits, "raw content")
+    )
 
 
 def _request_bytes(req: Any) -> int:
