@@ -207,24 +207,49 @@ class Server:
             self.proc.wait()
 
 
-def edgeinfer_server(path: Path, threads: int, bufts: bool, work: Path,
-                     name: str = "bench-llm") -> Server:  # fmt: skip
+def serve_gguf(path: Path, name: str, llm_settings: str, work: Path, tag: str = "") -> Server:
+    """`edgeinfer serve` of the GGUF at `path` as `name`, with these `[llm]` TOML lines; servers
+    running at once need their own `tag` (a repository and a log each)."""
     from edgeinfer.repository import add_version
 
-    repo = work / f"repo-{name}"
+    repo = work / f"repo{tag}-{name}"
     model = repo / name
     if not model.exists():
         model.mkdir(parents=True)
         add_version(model, {"model.gguf": path})  # a copy: the manifest pins its checksum
-    (model / "config.toml").write_text(
-        f'backend = "llama.cpp"\n[llm]\ncontext_length = 1024\nslots = 8\n'
-        f"n_threads = {threads}\nprefill_chunk = 256\n"
-        f"extra_buffer_types = {'true' if bufts else 'false'}\n"
-    )
+    (model / "config.toml").write_text(f'backend = "llama.cpp"\n[llm]\n{llm_settings}')
     port = free_port()
-    return Server([PY, "-m", "edgeinfer.cli", "serve", "--repository", str(repo), "--http-port",
-                   str(port), "--grpc-port", "0", "--log-level", "warning"], port,
-                  work / "edgeinfer.log", "/v2/health/ready")  # fmt: skip
+    return Server(
+        [
+            PY,
+            "-m",
+            "edgeinfer.cli",
+            "serve",
+            "--repository",
+            str(repo),
+            "--http-port",
+            str(port),
+            "--grpc-port",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        port,
+        work / f"edgeinfer{tag}.log",
+        "/v2/health/ready",
+    )
+
+
+def edgeinfer_server(path: Path, threads: int, bufts: bool, work: Path,
+                     name: str = "bench-llm") -> Server:  # fmt: skip
+    return serve_gguf(
+        path,
+        name,
+        f"context_length = 1024\nslots = 8\nn_threads = {threads}\n"
+        f"prefill_chunk = 256\n"
+        f"extra_buffer_types = {'true' if bufts else 'false'}\n",
+        work,
+    )
 
 
 def llama_cpp_server(path: Path, threads: int, bufts: bool, work: Path) -> Server:

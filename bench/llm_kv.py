@@ -43,9 +43,9 @@ from llm import (  # bench/llm.py: the models, the server wrapper
     bench_model,
     cache_dir,
     extra_buffer_types,
-    free_port,
     gemma_model,
     load,
+    serve_gguf,
 )
 
 SLOTS, CONTEXT = 8, 2048
@@ -136,24 +136,17 @@ def inproc(spec: dict[str, Any]) -> dict[str, Any]:
 def server(path: Path, name: str, spec: dict[str, Any], work: Path, tag: str = "") -> Server:
     """`edgeinfer serve` of one model with spec's settings; servers running at once need their
     own `tag` (a repository and log each: the server reloads a model whose config changes)."""
-    from edgeinfer.repository import add_version
-
-    repo = work / f"repo-kv-{name}{tag}"
-    model = repo / name
-    if not model.exists():
-        model.mkdir(parents=True)
-        add_version(model, {"model.gguf": path})  # a copy: the manifest pins its checksum
-    (model / "config.toml").write_text(
-        f'backend = "llama.cpp"\n[llm]\ncontext_length = {spec["context"]}\n'
-        f"slots = {spec['slots']}\nn_threads = {spec['threads']}\nadaptive_threads = false\n"
+    return serve_gguf(
+        path,
+        name,
+        f"context_length = {spec['context']}\nslots = {spec['slots']}\n"
+        f"n_threads = {spec['threads']}\nadaptive_threads = false\n"
         f"flash_attn = {'true' if spec['flash'] == 'on' else 'false'}\n"
         f'kv_cache_type = "{spec["kv"]}"\n'
-        f"extra_buffer_types = {'true' if spec['bufts'] else 'false'}\n"
+        f"extra_buffer_types = {'true' if spec['bufts'] else 'false'}\n",
+        work,
+        f"-kv{tag}",
     )
-    port = free_port()
-    return Server([PY, "-m", "edgeinfer.cli", "serve", "--repository", str(repo), "--http-port",
-                   str(port), "--grpc-port", "0", "--log-level", "warning"], port,
-                  work / f"edgeinfer-kv{tag}.log", "/v2/health/ready")  # fmt: skip
 
 
 def completion(url: str, name: str, tokens: list[int], n: int, out: list[Any]) -> None:
