@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from edgeinfer.testing import models
 from tests.helpers import serve
@@ -121,3 +122,37 @@ def test_server_commands_send_the_api_key(tiny_repo: Path, tmp_path: Path) -> No
             timeout=120,
         )
         assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [
+        ("--max-grpc-message-bytes", "٣٣٣٣", "in ASCII digits"),  # int() would take it as 3333
+        ("--max-grpc-message-bytes", "99999999999999999999999", "in ASCII digits"),
+        ("--max-grpc-message-bytes", "3000000000", "1024..2147483647"),  # past grpcio's C int
+        ("--max-grpc-message-bytes", "0", "1024..2147483647"),
+        ("--max-grpc-message-bytes", "-5", "non-negative integer"),
+        ("--max-request-bytes", "1_000_000", "in ASCII digits"),
+        ("--max-request-bytes", "", "in ASCII digits"),
+        ("--header-timeout-s", "inf", "finite"),
+        ("--header-timeout-s", "1e12", "at most 86400 seconds"),  # grpcio's ms as a C int
+    ],
+)
+def test_serve_refuses_bad_numbers_with_one_line(
+    tmp_path: Path, flag: str, value: str, needle: str
+) -> None:
+    proc = run("serve", "--repository", str(tmp_path), "--grpc-port", "0", flag, value, ok=False)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and flag in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_bad_number_in_the_environment_is_refused_like_a_flag(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*EDGEINFER, "serve", "--repository", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "EDGEINFER_MAX_REQUEST_BYTES": "٦٤"},
+    )
+    assert proc.returncode == 2 and "--max-request-bytes" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from edgeinfer.cli.client import CliError
 from edgeinfer.config import ServerSettings, parse_overrides
+from edgeinfer.errors import InvalidInput
+from edgeinfer.server.parse import parse_float, parse_int
 
 
 def add_serve(sub: Any) -> None:
@@ -47,13 +50,33 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
                 help=f"{f.metadata['help']} (default: %(default)s)",
             )
             continue
-        kind = {"int": int, "float": float}.get(str(f.type), str)
-        default: object = kind(env[f.name])
+        # A string default goes through `type` too, so EDGEINFER_* values are checked alike.
+        default: object = env[f.name]
         if f.name == "model_control" and "EDGEINFER_MODEL_CONTROL" not in os.environ:
             default = None  # resolved later: poll with --demo, else explicit
         p.add_argument(
-            flag, type=kind, default=default, help=f"{f.metadata['help']} (default: %(default)s)"
+            flag,
+            type=_number(str(f.type), flag),
+            default=default,
+            help=f"{f.metadata['help']} (default: %(default)s)",
         )
+
+
+def _number(kind: str, flag: str) -> Callable[[str], Any]:
+    """The flag's parser: ints as ASCII decimal and floats finite, as on the wire (`int()` takes
+    '٣' and '1_000', `float()` takes 'inf', which no timeout or bound can use)."""
+    if kind not in ("int", "float"):
+        return str
+
+    def parse(text: str) -> Any:
+        try:
+            if kind == "int":
+                return parse_int(text, flag)
+            return parse_float(text, flag)
+        except InvalidInput as e:
+            raise argparse.ArgumentTypeError(e.message) from e
+
+    return parse
 
 
 def _add_list_flags(p: argparse.ArgumentParser) -> None:

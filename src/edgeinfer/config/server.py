@@ -11,6 +11,8 @@ from pathlib import Path
 from edgeinfer.config.model import ConfigError
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1  # grpcio takes message limits as a C int
+MAX_TIMEOUT_S = 86400.0
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,11 @@ def _env(name: str, default: str) -> str:
 
 
 def _check_connection_limits(s: ServerSettings) -> None:
-    if not s.header_timeout_s > 0 or not s.keep_alive_s > 0:
-        raise ConfigError("--header-timeout-s and --keep-alive-s must be > 0 seconds")
+    # grpcio takes them in milliseconds as a C int: a day is far beyond any useful timeout
+    if not 0 < s.header_timeout_s <= MAX_TIMEOUT_S or not 0 < s.keep_alive_s <= MAX_TIMEOUT_S:
+        raise ConfigError(
+            f"--header-timeout-s and --keep-alive-s must be > 0 and at most {MAX_TIMEOUT_S:g} seconds"
+        )
     if s.max_connections < 1:
         raise ConfigError("--max-connections must be at least 1")
     if s.max_header_bytes < 1024:
@@ -231,11 +236,10 @@ class ServerSettings:
             raise ConfigError("--metrics-port must differ from --http-port and --grpc-port")
         if self.model_control not in ("none", "explicit", "poll"):
             raise ConfigError("--model-control must be 'none', 'explicit' or 'poll'")
-        if min(self.max_request_bytes, self.max_json_bytes, self.max_grpc_message_bytes) < 1024:
-            raise ConfigError(
-                "--max-request-bytes, --max-json-bytes and --max-grpc-message-bytes must be "
-                "at least 1024"
-            )
+        if not 1024 <= self.max_grpc_message_bytes <= GRPC_MAX_MESSAGE_BYTES:
+            raise ConfigError(f"--max-grpc-message-bytes must be in 1024..{GRPC_MAX_MESSAGE_BYTES}")
+        if min(self.max_request_bytes, self.max_json_bytes) < 1024:
+            raise ConfigError("--max-request-bytes and --max-json-bytes must be at least 1024")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         if not self.api_keys and not self.insecure and self.host not in _LOOPBACK:
