@@ -151,16 +151,9 @@ def _tensor(inp: Any, raw: bytes | memoryview | None, limits: Limits) -> Tensor:
 
 
 def _request_bytes(req: Any) -> int:
-    """About how many bytes decoding `req` works through: a received message's length, or a
-    parsed one's from its declared shapes (ByteSize() re-serializes it, holding the GIL)."""
-    if isinstance(req, bytes):
-        return len(req)
-    total = 0
-    for inp in getattr(req, "inputs", ()):
-        dtype = DTYPE_TO_NUMPY.get(inp.datatype)
-        width = 64 if dtype is None or dtype.kind == "O" else dtype.itemsize
-        total += width * math.prod(max(0, d) for d in inp.shape[:64])
-    return total
+    """The bytes a request brought: ModelInfer's as received; every other method's message is
+    small (names, versions)."""
+    return len(req) if isinstance(req, bytes) else 0
 
 
 def decode_infer(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> InferRequest:
