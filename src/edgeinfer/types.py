@@ -60,7 +60,7 @@ class Tensor:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.data.shape)
+        return self.data.shape  # numpy's shape is already a tuple of Python ints
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from edgeinfer import __version__
 from edgeinfer.config import Limits
-from edgeinfer.errors import EdgeInferError, InvalidInput
+from edgeinfer.errors import EdgeInferError
 from edgeinfer.lifecycle.interfaces import EngineClient
 from edgeinfer.server.http_common import (
     ClientDisconnected,
@@ -115,19 +115,18 @@ class _Handlers:
 
     async def infer(self, request: Request) -> Response:
         model = request.path_params["model"]
-        route = "/v2/models/{model}" + ("/versions/{version}" if self._version(request) else "")
-        attrs = {
-            "http.request.method": "POST",
-            "url.path": request.url.path,
-            "edgeinfer.model": model,
-        }
+        version = "/versions/{version}" if "version" in request.path_params else ""
         started = time.perf_counter_ns()
         try:
             return await traced(
                 self.engine.tracer,
-                f"POST {route}/infer",
+                f"POST /v2/models/{{model}}{version}/infer",
                 request.headers,
-                attrs,
+                lambda: {
+                    "http.request.method": "POST",
+                    "url.path": request.scope["path"],
+                    "edgeinfer.model": model,
+                },
                 lambda trace: self._infer(request, model, trace),
                 _status,
             )
@@ -135,10 +134,10 @@ class _Handlers:
             trim_after(started, self._declared_size(request))
 
     def _declared_size(self, request: Request) -> int:
-        try:
-            return parse_int(request.headers.get("content-length") or 0, "Content-Length")
-        except InvalidInput:
-            return 0
+        """Content-Length for trim_after's heuristic (0 when absent or not a number; the body's
+        reader refuses such a request)."""
+        value = request.headers.get("content-length", "")
+        return int(value) if value.isascii() and value.isdigit() else 0
 
     async def _read_infer_body(self, request: Request) -> tuple[bytes, int | None]:
         """The body and its JSON header's length (None: all JSON). A body that is all JSON is

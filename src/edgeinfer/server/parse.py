@@ -47,7 +47,8 @@ def parse_int(value: Any, field: str, lo: int = 0, hi: int = INT64_MAX) -> int:
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     if isinstance(value, str):
-        if len(value) > _MAX_TEXT or not _INT.fullmatch(value):
+        plain = len(value) <= 19 and value.isascii() and value.isdigit()  # the common case
+        if not plain and (len(value) > _MAX_TEXT or not _INT.fullmatch(value)):
             raise InvalidInput(
                 f"{field} must be {_integer(lo, hi)} in ASCII digits, got {_show(value)}"
             )

@@ -205,16 +205,18 @@ async def traced(
     tracer: Tracer | None,
     name: str,
     carrier: Mapping[str, str] | None,
-    attributes: Mapping[str, Any],
+    attributes: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
     run: Callable[[RequestTrace | None], Awaitable[T]],
     status: Callable[[T], int | None] = lambda _: None,
 ) -> T:
     """Run one request's handler `run` inside a server span (none when tracing is off): the one
-    wrapper every HTTP route and gRPC method uses. `status` reads the HTTP status of the
-    result; an exception (cancellation included) ends the span as failed and propagates."""
+    wrapper every HTTP route and gRPC method uses. `attributes` may be a function, called only
+    when there is a span (a hot route then builds nothing). `status` reads the HTTP status of
+    the result; an exception (cancellation included) ends the span as failed and propagates."""
     if tracer is None:
         return await run(None)
-    trace = tracer.start_request(name, carrier, attributes)
+    attrs = attributes() if callable(attributes) else attributes
+    trace = tracer.start_request(name, carrier, attrs)
     try:
         result = await run(trace)
     except BaseException as e:
