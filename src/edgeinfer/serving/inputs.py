@@ -54,5 +54,6 @@ async def prepare_feeds(
         )
         inputs = [*inputs[:pos], Tensor(tensor.name, np.stack(samples)), *inputs[pos + 1 :]]
     specs = model.tensor_inputs if decoder is not None else model.inputs
-    checked = InferRequest(request.model, inputs, outputs=request.outputs)
-    return validate_request(checked, specs, model.outputs, max_batch_size)
+    if inputs is not request.inputs:  # an image decoded into its tensor
+        request = InferRequest(request.model, inputs, outputs=request.outputs)
+    return validate_request(request, specs, model.outputs, max_batch_size)

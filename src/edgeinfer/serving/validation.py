@@ -119,6 +119,8 @@ def validate_request(
 
 def queue_params(params: dict[str, Any]) -> tuple[int, int]:
     """The request's priority and timeout (µs) from KServe/Triton request parameters."""
+    if not params:
+        return 0, 0
     out = []
     for key in ("priority", "timeout"):
         value = params.get(key, 0)
