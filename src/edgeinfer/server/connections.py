@@ -117,19 +117,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     @classmethod
     def _sweep_heads(cls, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
         """408 for every connection of this server whose head is past its deadline; runs while
-        the server has connections."""
-        now, open_connections = loop.time(), 0
-        for conn in list(connections):
-            if not isinstance(conn, cls):
-                continue
-            open_connections += 1
-            since = conn._head_since
-            if since is not None and now - since >= cls.header_timeout_s:
-                conn._head_timeout()
-        if open_connections:
-            loop.call_later(cls._period(), cls._sweep_heads, loop, connections)
-        else:
-            cls._sweeping = None
+        the server has connections. A connection whose refusal fails is logged and skipped: the
+        sweep always goes on, or no deadline of this server would be enforced again."""
+        now = loop.time()
+        try:
+            for conn in list(connections):
+                since = getattr(conn, "_head_since", None)
+                if since is None or now - since < cls.header_timeout_s:
+                    continue
+                try:
+                    conn._head_timeout()
+                except Exception:
+                    conn._head_since = None  # refused once; not again every sweep
+                    log.exception("closing a connection past its header deadline failed")
+        finally:
+            if connections:
+                loop.call_later(cls._period(), cls._sweep_heads, loop, connections)
+            else:
+                cls._sweeping = None
 
     def _head_timeout(self) -> None:
         self._refuse(408, f"request headers not received within {self.header_timeout_s:g} s")
