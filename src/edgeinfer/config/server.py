@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 
 from edgeinfer.config.model import ConfigError
@@ -295,8 +296,9 @@ class ServerSettings:
                 ) from None
         return out
 
-    @property
+    @cached_property
     def limits(self) -> Limits:
+        """The request limits, built once (every tensor request reads them)."""
         return Limits(
             self.max_tensors,
             self.max_rank,

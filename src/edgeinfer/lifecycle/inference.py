@@ -39,7 +39,6 @@ class Inference:
         adapters: AdapterManager,
     ) -> None:
         self._settings = settings
-        self._limits = settings.limits  # a property that builds the Limits each time
         self._runner = runner
         self._adapters = adapters
         self._constraints = Constraints()  # structured outputs: grammars per request
@@ -62,7 +61,7 @@ class Inference:
         try:
             counts = class_counts(request.outputs, h.model.outputs)
             feeds, names = await prepare_feeds(
-                request, h.model, h.config.max_batch_size, self._runner, self._limits
+                request, h.model, h.config.max_batch_size, self._runner, self._settings.limits
             )
             priority, timeout_us = queue_params(request.parameters)
             self._adapters.record(tenant, model, request=True)

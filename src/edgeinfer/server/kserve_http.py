@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from edgeinfer import __version__
 from edgeinfer.config import Limits
-from edgeinfer.errors import EdgeInferError
+from edgeinfer.errors import EdgeInferError, InvalidInput
 from edgeinfer.lifecycle.interfaces import EngineClient
 from edgeinfer.server.http_common import (
     ClientDisconnected,
@@ -136,8 +136,10 @@ class _Handlers:
     def _declared_size(self, request: Request) -> int:
         """Content-Length for trim_after's heuristic (0 when absent or not a number; the body's
         reader refuses such a request)."""
-        value = request.headers.get("content-length", "")
-        return int(value) if value.isascii() and value.isdigit() else 0
+        try:
+            return parse_int(request.headers.get("content-length") or 0, "Content-Length")
+        except InvalidInput:
+            return 0
 
     async def _read_infer_body(self, request: Request) -> tuple[bytes, int | None]:
         """The body and its JSON header's length (None: all JSON). A body that is all JSON is
