@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from edgeinfer.cli.doctor import add_doctor, cmd_doctor
+from edgeinfer.hardware import default_threads, usable_cpus
 from tests.unit.hardware import trees
 
 DOCTOR = [sys.executable, "-m", "edgeinfer.cli", "doctor"]
@@ -35,7 +36,9 @@ def test_this_machine_json() -> None:
     assert backends["litert"]["files"] == ["model.tflite"]
     assert backends["openvino"]["install"] == "pip install 'edgeinfer[openvino]'"
     rec = report["recommendations"]
-    assert 1 <= rec["intra_op_threads"] <= cpu["usable_cpus"]
+    # what a model with no config runs with on this machine
+    assert rec["intra_op_threads"] == default_threads()
+    assert cpu["usable_cpus"] == usable_cpus()
     assert rec["quantization"] and any("MatMulNBits" in q for q in rec["quantization"])
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -378,9 +380,25 @@ def test_mode_000_file(tmp_path: Path) -> None:
         temp.chmod(0o644)
 
 
+_PINNED = """
+import os
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+from edgeinfer.hardware import default_threads, usable_cpus
+print(usable_cpus(), default_threads())
+"""
+
+
 def test_real_machine_does_not_raise() -> None:
     r = read_readings("/")
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert r.memory_limit_bytes is not None and 0 < r.memory_limit_bytes <= physical
-    assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
-    assert 1 <= default_threads() <= usable_cpus()
+    assert usable_cpus() <= len(os.sched_getaffinity(0))
+    assert default_threads() <= usable_cpus()
+    # Pinned to one CPU, a process may keep only that one busy, and says so.
+    pinned = subprocess.run(
+        [sys.executable, "-c", _PINNED],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert pinned.stdout.split() == ["1", "1"]
