@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from _load import PATH as LOAD_PATH
 from _load import machine_busy_s, proc_cpu_s
 
 HOST = "127.0.0.1"
@@ -165,11 +166,11 @@ class Patience:
 
 def run_load(server: Server, req: Request, concurrency: int, duration: float, warmup: float,
              workdir: Path) -> dict[str, object]:  # fmt: skip
-    """Run bench/_load.py against `server` in its own process and return its JSON."""
+    """Run the load generator against `server` in its own process and return its JSON."""
     body_file = workdir / f"{req.model}.body"
     if not body_file.exists():
         body_file.write_bytes(req.body)
-    cmd = [sys.executable, str(BENCH / "_load.py"), "--port", str(server.port),
+    cmd = [sys.executable, str(LOAD_PATH), "--port", str(server.port),
            "--path", req.path, "--body", str(body_file), "--concurrency", str(concurrency),
            "--duration", str(duration), "--warmup", str(warmup), "--server-pid", str(server.pid)]  # fmt: skip
     for k, v in req.headers.items():

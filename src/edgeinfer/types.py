@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,20 @@ def datatype_of(array: np.ndarray) -> str:
     if array.dtype.kind in ("S", "U", "O"):
         return "BYTES"
     return NUMPY_TO_DTYPE[array.dtype]
+
+
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """A tensor's data as KServe's binary tensor extension and gRPC raw contents carry it: the
+    raw values in row-major order; for BYTES, each element's length (4 bytes, little-endian)
+    and then its bytes."""
+    if array.dtype.kind not in ("S", "U", "O"):
+        return np.ascontiguousarray(array).tobytes()
+    parts = []
+    for item in array.reshape(-1):
+        b = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(b)))
+        parts.append(b)
+    return b"".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

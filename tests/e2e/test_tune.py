@@ -70,6 +70,14 @@ def test_tune_reports_applies_and_the_server_serves_the_winner(repo: Path, tmp_p
         assert (folder / "frontier.svg").read_text().startswith("<svg")
         assert "default" in (folder / "report.md").read_text()
         assert "[1/" in got.stderr  # progress lines
+        # The default and the best were measured again through a real server over HTTP.
+        served = {t["key"]: t for t in body["trials"] if t["served"]}
+        assert "default" in served and len(served) >= 2, got.stderr
+        for t in served.values():
+            assert t["status"] == "ok" and t["in_process"], t
+            assert all(lv["requests"] > 0 for lv in t["levels"])
+        assert "[confirm over HTTP] default:" in got.stderr
+        assert "| HTTP |" in (folder / "report.md").read_text()
         if not result["decision"]["changed"]:
             assert "noise" in result["summary"]
             return
@@ -144,8 +152,8 @@ def test_a_killed_run_resumes_where_it_stopped(repo: Path) -> None:
     after = {t["key"]: t for t in json.loads(checkpoint.read_text())["trials"]}
     for key, trial in saved.items():
         # Reused, not measured again: its first measurement is the one saved before the kill
-        # (the confirmation round adds runs to the default and the two best).
-        first = after[key]["runs"][0] if after[key]["runs"] else after[key]["levels"]
+        # (the confirmation measures the default and the two best again, over HTTP).
+        first = after[key]["in_process"] or after[key]["levels"]
         assert first == trial["levels"]
     assert len(after) > len(saved)
 

@@ -46,10 +46,10 @@ A model's `config.toml`:
     hint = "latency"               # latency | throughput
     num_streams = 0                # 0: from the hint
     inference_precision = ""       # "": the CPU's default (bf16 where it has it) | f32 | bf16 | f16
-    intra_op_threads = 1           # 0: usable cores
+    intra_op_threads = 0           # per stream; 0: usable cores / streams
     cache_dir = ""                 # compiled-model cache; "": $EDGEINFER_HOME/openvino; "off"
     [litert]                       # backend = "litert": model.tflite
-    intra_op_threads = 1           # 0: usable cores (LiteRT's own default is 1 whatever it says)
+    intra_op_threads = 0           # per instance; 0: usable cores / instances (LiteRT's own: 1)
     dequantize_outputs = false     # int8/uint8 outputs as FP32 (scale, zero point applied)
     signature = ""                 # which signature to serve ("": the first)
     [image]                        # optional: the image input also takes encoded images (BYTES)

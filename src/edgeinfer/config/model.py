@@ -217,7 +217,7 @@ class OpenVinoOptions:
     hint: str = "latency"
     num_streams: int = 0  # 0: what the hint chooses
     inference_precision: str = ""  # "": the device's default (bf16 on CPUs that have it)
-    intra_op_threads: int = 1  # 0: the usable cores (cgroup quota, big cores)
+    intra_op_threads: int = 0  # per stream; 0: the usable cores shared among the streams
     cache_dir: str = ""  # "": $EDGEINFER_HOME/openvino; "off": compile at every load
 
     def __post_init__(self) -> None:
@@ -233,7 +233,7 @@ class OpenVinoOptions:
 class LiteRtOptions:
     """`[litert]`: a .tflite model, one Interpreter per instance."""
 
-    intra_op_threads: int = 1  # 0: the usable cores; LiteRT itself defaults to 1
+    intra_op_threads: int = 0  # per instance; 0: the usable cores shared among instances
     dequantize_outputs: bool = False  # int8/uint8 outputs returned as FP32
     signature: str = ""  # the signature to serve; "": the model's first
 

@@ -20,6 +20,7 @@ from edgeinfer.hardware.device import (
     cpu_allowance,
     default_threads,
     read_readings,
+    threads_per_instance,
     usable_cpus,
 )
 from edgeinfer.hardware.governor import (
@@ -68,5 +69,6 @@ __all__ = [
     "read_topology",
     "scaled_batch",
     "scaled_concurrency",
+    "threads_per_instance",
     "usable_cpus",
 ]

@@ -141,3 +141,9 @@ def default_threads(root: Root = "/") -> int:
     big cores on big.LITTLE and to physical cores with SMT. Divide among concurrently busy
     models (instances) rather than oversubscribing."""
     return cpu_allowance(root).threads
+
+
+def threads_per_instance(instances: int, root: Root = "/") -> int:
+    """What `intra_op_threads = 0` means for every tensor backend: the default threads shared
+    among the model's instances, which run at once (at least one each)."""
+    return max(1, default_threads(root) // max(1, instances))

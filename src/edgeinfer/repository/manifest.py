@@ -35,6 +35,11 @@ def _files_of(version_dir: Path) -> list[Path]:
     return sorted(p for p in version_dir.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
 
 
+def version_files(version_dir: Path) -> dict[str, Path]:
+    """A version's files (its manifest aside) as `add_version` takes them: name -> path."""
+    return {str(p.relative_to(version_dir)): p for p in _files_of(version_dir)}
+
+
 def write_manifest(version_dir: Path) -> dict[str, str]:
     """Hash every file in `version_dir` and write the manifest atomically (temp file + rename)."""
     files = {p.relative_to(version_dir).as_posix(): sha256_file(p) for p in _files_of(version_dir)}

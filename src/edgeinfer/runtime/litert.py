@@ -27,7 +27,7 @@ import numpy as np
 
 from edgeinfer.config import ModelConfig
 from edgeinfer.errors import BackendError, LoadError
-from edgeinfer.hardware import default_threads
+from edgeinfer.hardware import threads_per_instance
 from edgeinfer.runtime import Model, example_feeds, repeat, warm_up
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.types import NUMPY_TO_DTYPE, TensorSpec
@@ -101,7 +101,9 @@ class LiteRtModel:
     def __init__(self, path: Path, config: ModelConfig) -> None:
         self.path = path
         self._config = config
-        self._threads = config.litert.intra_op_threads or default_threads()
+        self._threads = config.litert.intra_op_threads or threads_per_instance(
+            config.instance_count
+        )
         self._interp = self._open()
         self._batch = config.max_batch_size > 0 and self._resizable()
         if config.max_batch_size > 0 and not self._batch:

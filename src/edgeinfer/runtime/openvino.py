@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeinfer.config import ModelConfig, OpenVinoOptions, edgeinfer_home
 from edgeinfer.errors import BackendError, LoadError
-from edgeinfer.hardware import default_threads
+from edgeinfer.hardware import threads_per_instance
 from edgeinfer.runtime import example_feeds, warm_up
 from edgeinfer.runtime.memory import release_free_memory
 from edgeinfer.types import TensorSpec
@@ -76,9 +76,10 @@ def cache_dir(opts: OpenVinoOptions) -> Path | None:
 
 def compile_properties(opts: OpenVinoOptions, instances: int) -> dict[str, str]:
     """Properties for compile_model. Under the latency hint each instance gets a stream of its
-    own (else two infer requests would take turns on one); threads count per stream."""
+    own (else two infer requests would take turns on one); threads count per stream, 0: the
+    usable cores shared among the streams."""
     streams = opts.num_streams or (instances if opts.hint == "latency" else 0)
-    threads = opts.intra_op_threads or default_threads()
+    threads = opts.intra_op_threads or threads_per_instance(streams)
     props = {"PERFORMANCE_HINT": opts.hint.upper()}
     if streams:
         props["NUM_STREAMS"] = str(streams)

@@ -22,6 +22,7 @@ from edgeinfer.types import (
     InferResponse,
     RequestedOutput,
     Tensor,
+    tensor_bytes,
 )
 
 DEFAULT_LIMITS = Limits()
@@ -88,15 +89,6 @@ def decode_bytes_elements(
             f"input '{name}': {end - pos} bytes left over after {count} BYTES elements"
         )
     return out
-
-
-def encode_bytes_elements(arr: np.ndarray) -> bytes:
-    parts = []
-    for item in arr.reshape(-1):
-        b = item if isinstance(item, bytes) else str(item).encode()
-        parts.append(struct.pack("<I", len(b)))
-        parts.append(b)
-    return b"".join(parts)
 
 
 def _json_array(
@@ -318,11 +310,7 @@ def encode_response(request: InferRequest, response: InferResponse) -> tuple[byt
     for t in response.outputs:
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
         if _wants_binary(request, t.name, default_binary):
-            blob = (
-                encode_bytes_elements(t.data)
-                if t.datatype == "BYTES"
-                else np.ascontiguousarray(t.data).tobytes()
-            )
+            blob = tensor_bytes(t.data)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

@@ -32,13 +32,19 @@ from edgeinfer.server.kserve_codec import (
     array_from_bytes,
     check_shape,
     check_tensor_count,
-    encode_bytes_elements,
     output_bytes,
 )
 from edgeinfer.server.offload import off_loop, trim_after
 from edgeinfer.server.parse import optional_int, parse_float
 from edgeinfer.telemetry.tracing import RequestTrace, traced
-from edgeinfer.types import DTYPE_TO_NUMPY, InferRequest, InferResponse, RequestedOutput, Tensor
+from edgeinfer.types import (
+    DTYPE_TO_NUMPY,
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+    Tensor,
+    tensor_bytes,
+)
 
 if TYPE_CHECKING:
     from edgeinfer.lifecycle import Engine
@@ -181,12 +187,6 @@ def decode_infer(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> InferRequest:
 # ---- encoding ---------------------------------------------------------------------------------
 
 
-def _raw(t: Tensor) -> bytes:
-    if t.datatype == "BYTES":
-        return encode_bytes_elements(t.data)
-    return np.ascontiguousarray(t.data).tobytes()
-
-
 def encode_infer(resp: InferResponse) -> bytes:
     """The core InferResponse as a serialized ModelInferResponse carrying raw_output_contents."""
     out = service_pb2.ModelInferResponse(
@@ -194,7 +194,7 @@ def encode_infer(resp: InferResponse) -> bytes:
     )
     for t in resp.outputs:
         out.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
-        out.raw_output_contents.append(_raw(t))
+        out.raw_output_contents.append(tensor_bytes(t.data))
     return out.SerializeToString()
 
 

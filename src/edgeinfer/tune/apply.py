@@ -10,7 +10,7 @@ from typing import Any
 
 import tomlkit
 
-from edgeinfer.repository.manifest import MANIFEST_NAME, add_version
+from edgeinfer.repository.manifest import add_version, version_files
 
 
 def _set(table: Any, overrides: dict[str, Any]) -> None:
@@ -45,9 +45,4 @@ def apply(model_dir: Path, overrides: dict[str, Any], variant: Path | None) -> P
     os.replace(tmp, path)
     if variant is None:
         return None
-    files = {
-        str(f.relative_to(variant)): f
-        for f in sorted(variant.rglob("*"))
-        if f.is_file() and f.name != MANIFEST_NAME
-    }
-    return add_version(model_dir, files)
+    return add_version(model_dir, version_files(variant))

@@ -1,6 +1,7 @@
 """Measuring candidates: each trial runs in a child process (`edgeinfer.tune.trial`) through the
-server's loading and scheduling code; INT8 variants are made once with `edgeinfer quantize` and
-its accuracy gate; every trial's outputs are compared with the default configuration's."""
+server's loading and scheduling code; the best are measured again through a real server over
+HTTP (`edgeinfer.tune.served`); INT8 variants are made once with `edgeinfer quantize` and its
+accuracy gate; every trial's outputs are compared with the default configuration's."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ import numpy as np
 
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.repository.manifest import write_manifest
+from edgeinfer.tune.apply import config_text
 from edgeinfer.tune.llm import LlmCandidate
 from edgeinfer.tune.search import DEFAULT_KEY, Trial
+from edgeinfer.tune.served import ServedError, ServePlan, publish, read_requests, serve_levels
 from edgeinfer.tune.space import Candidate
 from edgeinfer.tune.trial import PARENT_ENV, TrialSpec
 
@@ -51,7 +54,56 @@ class Measurer:
     variants: dict[str, Path | str] = field(default_factory=dict)  # precision -> dir or error
 
     def __call__(self, candidate: Candidate | LlmCandidate | None) -> Trial:
+        """Measure `candidate` in a trial process (None: the model's current configuration)."""
         started = time.monotonic()
+        setup = self._setup(candidate)
+        trial = self._run(*setup) if isinstance(setup, tuple) else setup
+        trial.seconds = time.monotonic() - started
+        return trial
+
+    def served(self, candidate: Candidate | None) -> Trial:
+        """Measure `candidate` through `edgeinfer serve` over HTTP, the client in a process of
+        its own (edgeinfer.tune.served), with the requests the trials used."""
+        started = time.monotonic()
+        setup = self._setup(candidate)
+        if not isinstance(setup, tuple):
+            return setup
+        key, as_dict, version_dir, overrides = setup
+        folder = self.plan.work / "requests"
+        if read_requests(folder) is None:  # a resumed run whose work folder went: make them
+            self._run(key, as_dict, version_dir, overrides, concurrency=[])
+        requests = read_requests(folder)
+        if requests is None:
+            return Trial(key, as_dict, "error", error="could not make the HTTP requests")
+        p = self.plan
+        config = config_text(p.config_path.read_text(), overrides)
+        try:
+            repo = publish(p.work / "served", self.serve_plan, version_dir, config)
+            levels, rss = serve_levels(self.serve_plan, repo, requests)
+        except (ServedError, OSError, EdgeInferError) as e:
+            return Trial(key, as_dict, "error", error=f"over HTTP: {e}")
+        trial = Trial(key, as_dict, "ok", levels, rss, seconds=time.monotonic() - started)
+        trial.served = True
+        return trial
+
+    @property
+    def serve_plan(self) -> ServePlan:
+        p = self.plan
+        return ServePlan(
+            p.model,
+            p.version,
+            p.concurrency,
+            p.seconds,
+            p.repetitions,
+            p.warmup_s,
+            p.trial_timeout_s,
+        )
+
+    def _setup(
+        self, candidate: Candidate | LlmCandidate | None
+    ) -> tuple[str, dict[str, Any] | None, Path, dict[str, Any]] | Trial:
+        """(key, candidate as a dict, the model folder, config overrides), or the Trial of a
+        candidate that cannot run (its INT8 model was refused)."""
         key = DEFAULT_KEY if candidate is None else candidate.key
         as_dict = None if candidate is None else candidate.as_dict()
         version_dir = self.plan.version_dir
@@ -61,9 +113,7 @@ class Measurer:
                 return Trial(key, as_dict, "rejected", error=variant)
             version_dir = variant
         overrides = {} if candidate is None else candidate.overrides(self.plan.base_max_batch)
-        trial = self._run(key, as_dict, version_dir, overrides)
-        trial.seconds = time.monotonic() - started
-        return trial
+        return key, as_dict, version_dir, overrides
 
     def _outputs_path(self, key: str) -> Path:
         safe = "".join(ch if ch.isalnum() else "_" for ch in key)
@@ -75,6 +125,7 @@ class Measurer:
         candidate: dict[str, Any] | None,
         version_dir: Path,
         overrides: dict[str, Any],
+        concurrency: list[int] | None = None,
     ) -> Trial:
         p = self.plan
         out_path = self._outputs_path(key)
@@ -89,10 +140,11 @@ class Measurer:
             str(p.eval_path) if p.eval_path else None,
             p.samples,
             str(out_path),
-            list(p.concurrency),
+            list(p.concurrency) if concurrency is None else concurrency,
             p.seconds,
             p.repetitions,
             p.warmup_s,
+            str(p.work / "requests"),
         )
         try:
             proc = subprocess.run(

@@ -14,8 +14,9 @@ MIN_GAIN = 0.05  # a winner must beat the default by this much, or by the measur
 
 
 def point(t: Trial, concurrency: int) -> tuple[float, float] | None:
-    """(p99 ms, throughput) of a trial at one concurrency."""
-    lv = t.level(concurrency)
+    """(p99 ms, throughput) of a trial at one concurrency, as the search measured it
+    (in-process for every trial, so the frontier compares like with like)."""
+    lv = next((x for x in t.in_process or t.levels if x["concurrency"] == concurrency), None)
     return None if lv is None or t.status != "ok" else (lv["p99_ms"], lv["throughput"])
 
 
@@ -62,6 +63,7 @@ def decide(trials: dict[str, Trial], objective: Objective) -> dict[str, Any]:
         "winner": best.key,
         "candidate": best.candidate,
         "accuracy": best.accuracy,
+        "served": best.served,
     }
 
 
@@ -80,7 +82,11 @@ def summary_line(decision: dict[str, Any], objective: Objective) -> str:
         if acc is None
         else f"{acc['metric']} agreement {acc['value']:.4f}"
     )
-    return f"{decision['winner']}: {decision['gain']:.2f}x the default's {what}{budget}, {accuracy}"
+    how = ", both served over HTTP" if decision.get("served") else ""
+    return (
+        f"{decision['winner']}: {decision['gain']:.2f}x the default's {what}{budget}{how}, "
+        f"{accuracy}"
+    )
 
 
 def write(
@@ -119,8 +125,8 @@ def markdown(body: dict[str, Any], trials: dict[str, Trial], objective: Objectiv
         "",
         "| trial | status | "
         + " | ".join(f"c={c} {unit}, p50/p99 ms" for c in objective.concurrency)
-        + " | RSS MB | accuracy |",
-        "|---|---|" + "---|" * len(objective.concurrency) + "---|---|",
+        + " | RSS MB | accuracy | measured |",
+        "|---|---|" + "---|" * len(objective.concurrency) + "---|---|---|",
     ]
     for t in trials.values():
         cells = []
@@ -136,8 +142,15 @@ def markdown(body: dict[str, Any], trials: dict[str, Trial], objective: Objectiv
         lines.append(
             f"| {t.key} | {status} | "
             + " | ".join(cells)
-            + f" | {t.rss_peak_bytes / 2**20:.0f} | {acc} |"
+            + f" | {t.rss_peak_bytes / 2**20:.0f} | {acc} | {'HTTP' if t.served else 'in-process'} |"
         )
+    if any(t.served for t in trials.values()):
+        lines += [
+            "",
+            "HTTP: measured again through `edgeinfer serve` with the client in a process of its "
+            "own (RSS: the server's); the winner is picked on these. Their in-process figures "
+            "are in report.json (`in_process`); the plot shows every trial in-process.",
+        ]
     if body["pruned"]:
         lines += ["", "## Not tried", ""]
         lines += [f"- {p['candidate']}: {p['reason']}" for p in body["pruned"]]

@@ -20,7 +20,8 @@ from edgeinfer.tune import report
 from edgeinfer.tune.apply import apply, config_text
 from edgeinfer.tune.llm import LlmCandidate, llm_stages
 from edgeinfer.tune.measure import Measurer, Plan
-from edgeinfer.tune.search import Checkpoint, Objective, Search, Stage, Trial
+from edgeinfer.tune.search import DEFAULT_KEY, Checkpoint, Objective, Search, Stage, Trial
+from edgeinfer.tune.served import budget_s
 from edgeinfer.tune.space import (
     PRECISIONS,
     Candidate,
@@ -137,6 +138,25 @@ def _progress(
     lead = best.key if best else "-"
     sys.stderr.write(f"[{done}/{total}] {key}: {got} | best: {lead} | {left / 60:.1f} min left\n")
     sys.stderr.flush()
+
+
+def _confirming(served: Callable[[Candidate | None], Trial]) -> Callable[[Candidate | None], Trial]:
+    """`served` with a line on stderr per confirmation."""
+
+    def measure(candidate: Candidate | None) -> Trial:
+        key = DEFAULT_KEY if candidate is None else candidate.key
+        trial = served(candidate)
+        top = trial.levels[-1] if trial.levels else None
+        got = (
+            f"{top['throughput']:.1f}/s p99 {top['p99_ms']:.1f} ms at c={top['concurrency']}"
+            if top
+            else f"{trial.status}: {trial.error}"
+        )
+        sys.stderr.write(f"[confirm over HTTP] {key}: {got}\n")
+        sys.stderr.flush()
+        return trial
+
+    return measure
 
 
 def stages(
@@ -302,14 +322,20 @@ def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
     folder = entry.path / "tune"
     measurer = Measurer(_plan(args, entry, chosen))
     started = time.monotonic()
+    # Tensor models: the best are confirmed through a real server over HTTP. LLM trials already
+    # measure the serving loop, whose decode dwarfs what HTTP adds.
+    serve = None if space.generates else _confirming(measurer.served)
+    budget = args.budget_minutes * 60
     search = Search(
         measurer,
         objective,
         _checkpoint(args, folder, chosen, space, objective, device),
-        args.budget_minutes * 60,
+        budget,
         space.stages,
         _progress,
         revive=space.revive,
+        serve=serve,
+        reserve_s=0.0 if serve is None else min(budget / 2, budget_s(measurer.serve_plan, 3, 2)),
     )
     trials = search.run()
     decision = report.decide(trials, objective)

@@ -31,6 +31,8 @@ class Trial:
     seconds: float = 0.0
     runs: list[list[dict[str, Any]]] = field(default_factory=list)  # levels of every run
     confirmed: bool = False
+    served: bool = False  # `levels` measured through a real server over HTTP
+    in_process: list[dict[str, Any]] = field(default_factory=list)  # the search's, once served
 
     def add_run(self, levels: list[dict[str, Any]]) -> None:
         """Fold another measurement of the same configuration into `levels`: the median
@@ -123,7 +125,7 @@ class Checkpoint:
 def _trial_of(saved: dict[str, Any]) -> Trial:
     """A checkpointed trial, its fields checked as far as the search and the report read them."""
     trial = Trial(**saved)
-    for levels in [trial.levels, *trial.runs]:
+    for levels in [trial.levels, trial.in_process, *trial.runs]:
         for lv in levels:
             for name in ("concurrency", "throughput", "spread", "p50_ms", "p99_ms", "requests"):
                 if not isinstance(lv[name], int | float):
@@ -143,7 +145,8 @@ Stage = Callable[[dict[str, Trial]], list[Candidate]]
 class Search:
     """Runs `stages` in order, each given the trials so far; the last stage repeats while it
     proposes candidates not yet measured (hill climbing). The default configuration is measured
-    first. Stops starting trials once `budget_s` is spent."""
+    first. Stops starting trials once `budget_s` less `reserve_s` (what confirming the best
+    takes) is spent. With `serve`, the confirmation measures through a real server."""
 
     measure: Measurer
     objective: Objective
@@ -154,6 +157,8 @@ class Search:
     clock: Callable[[], float] = time.monotonic
     skipped: list[str] = field(default_factory=list)  # keys left out when the budget ran out
     revive: Callable[[dict[str, Any]], Any] = field(default=lambda d: Candidate(**d))
+    serve: Measurer | None = None
+    reserve_s: float = 0.0
 
     def run(self) -> dict[str, Trial]:
         start = self.clock()
@@ -163,14 +168,14 @@ class Search:
             c = plan.pop(0)
             key = DEFAULT_KEY if c is None else c.key
             if key not in self.checkpoint.trials:
-                if self.clock() - start > self.budget_s:
+                if self.clock() - start > self.budget_s - self.reserve_s:
                     self.skipped += [key] + [DEFAULT_KEY if p is None else p.key for p in plan]
                     break
                 self.checkpoint.add(self.measure(c))
             done += 1
             trial = self.checkpoint.trials[key]
             if self.progress is not None:
-                left = max(0.0, self.budget_s - (self.clock() - start))
+                left = max(0.0, self.budget_s - self.reserve_s - (self.clock() - start))
                 self.progress(done, done + len(plan), key, trial, self.best(), left)
             while not plan and stage < len(self.stages):
                 fresh = self.stages[stage](self.checkpoint.trials)
@@ -183,7 +188,9 @@ class Search:
     def confirm(self, top: int = 2, rounds: int = 2) -> None:
         """Measure the default and the `top` best again, interleaved, `rounds` times each, and
         keep the medians: one lucky or unlucky trial on a busy device does not pick the winner.
-        Runs after the search's budget."""
+        With `serve` these measurements go through a real server and replace the in-process
+        ones (kept in `in_process`): the winner is picked, and its figure reported, as served.
+        Runs in the time the search left for it (`reserve_s`)."""
         scored = sorted(
             (
                 (s, t.key)
@@ -196,12 +203,18 @@ class Search:
         chosen = [self.checkpoint.trials[k] for k in keys if k in self.checkpoint.trials]
         if len(chosen) < 2 or all(t.confirmed for t in chosen):
             return
+        measure = self.serve or self.measure
         for _ in range(rounds):
             for t in chosen:
-                if t.confirmed:
+                if t.confirmed or t.status != "ok":
                     continue
-                again = self.measure(None if t.candidate is None else self.revive(t.candidate))
-                if again.status == "ok":
+                again = measure(None if t.candidate is None else self.revive(t.candidate))
+                if self.serve is not None and not t.served:
+                    t.in_process, t.runs, t.served = t.levels, [], True
+                    t.levels, t.rss_peak_bytes = again.levels, again.rss_peak_bytes
+                    if again.status != "ok":  # what cannot be served cannot win
+                        t.status, t.error = again.status, again.error
+                elif again.status == "ok":
                     t.add_run(again.levels)
         for t in chosen:
             t.confirmed = True

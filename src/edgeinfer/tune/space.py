@@ -46,7 +46,7 @@ class Candidate:
         out: dict[str, Any] = {
             "backend": self.backend,
             "instance_count": self.instances,
-            "onnxruntime": {"intra_op_threads": self.threads},
+            self.backend: {"intra_op_threads": self.threads},  # [onnxruntime], [openvino]...
         }
         if self.max_batch_size:
             out["max_batch_size"] = self.max_batch_size

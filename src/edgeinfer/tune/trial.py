@@ -9,12 +9,9 @@ Output (stdout, one JSON line): {"levels": [...], "rss_peak_bytes": N, "load_s":
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import json
 import os
 import pickle
-import signal
 import sys
 import time
 import tomllib
@@ -30,6 +27,7 @@ from edgeinfer.optimize.data import open_dataset
 from edgeinfer.optimize.source import resolve_source
 from edgeinfer.repository import VersionEntry
 from edgeinfer.serving.runner import Runner
+from edgeinfer.tune.served import kill_with_parent, read_requests, write_requests
 from edgeinfer.tune.space import apply_overrides
 from edgeinfer.types import DTYPE_TO_NUMPY, TensorSpec
 
@@ -49,6 +47,7 @@ class TrialSpec:
     seconds: float
     repetitions: int
     warmup_s: float
+    requests_dir: str | None = None  # the samples as HTTP requests go here, once per run
 
 
 async def _drive(
@@ -190,6 +189,8 @@ def run(spec: TrialSpec) -> dict[str, Any]:
         levels, outputs = asyncio.run(_measure_llm(spec, lv))
     else:
         samples = make_samples(spec, lv.model.inputs)
+        if spec.requests_dir and read_requests(Path(spec.requests_dir)) is None:
+            write_requests(Path(spec.requests_dir), samples)
         outputs = [lv.model.run(s) for s in samples]
         levels = asyncio.run(_measure(spec, lv, samples))
     with open(spec.outputs_path, "wb") as f:
@@ -202,11 +203,8 @@ PARENT_ENV = "EDGEINFER_TUNE_PARENT"  # the pid of the `edgeinfer tune` that sta
 
 def _die_with_parent() -> None:
     """A trial never outlives `edgeinfer tune`: killed (even with SIGKILL) or interrupted, its
-    trial goes too (Linux's PR_SET_PDEATHSIG; elsewhere the parent's timeout still applies)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    trial goes too."""
+    kill_with_parent()
     parent = os.environ.get(PARENT_ENV, "")
     if parent.isdigit() and os.getppid() != int(parent):  # it died before prctl took effect
         os._exit(1)

@@ -23,9 +23,9 @@ from tritonclient.grpc import service_pb2
 
 from edgeinfer.config import Limits
 from edgeinfer.errors import InvalidInput
-from edgeinfer.server.kserve_codec import decode_request, encode_bytes_elements
+from edgeinfer.server.kserve_codec import decode_request
 from edgeinfer.server.kserve_grpc import decode_infer
-from edgeinfer.types import DTYPE_TO_NUMPY, InferRequest
+from edgeinfer.types import DTYPE_TO_NUMPY, InferRequest, tensor_bytes
 from tests.unit.fuzz.budget import fuzz
 
 DTYPES = sorted(DTYPE_TO_NUMPY)
@@ -134,7 +134,7 @@ def test_http_json_round_trip(items: list[tuple[str, np.ndarray]]) -> None:
 
 
 def _binary_body(items: list[tuple[str, np.ndarray]]) -> tuple[bytes, int]:
-    blobs = [encode_bytes_elements(a) if dt == "BYTES" else a.tobytes() for dt, a in items]
+    blobs = [tensor_bytes(a) for dt, a in items]
     head = orjson.dumps({"inputs": [
         {"name": f"t{i}", "datatype": dt, "shape": list(a.shape),
          "parameters": {"binary_data_size": len(b)}}
@@ -258,9 +258,7 @@ def test_grpc_round_trip(items: list[tuple[str, np.ndarray]], raw: bool) -> None
     for i, (dt, a) in enumerate(items):
         inp = req.inputs.add(name=f"t{i}", datatype=dt, shape=a.shape)
         if raw:
-            req.raw_input_contents.append(
-                encode_bytes_elements(a) if dt == "BYTES" else a.tobytes()
-            )
+            req.raw_input_contents.append(tensor_bytes(a))
         else:
             getattr(inp.contents, _FIELD[dt]).extend(a.reshape(-1).tolist())
     decoded = decode_infer(req.SerializeToString())

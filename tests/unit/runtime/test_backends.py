@@ -138,3 +138,22 @@ def test_litert_resizes_a_batch_axis_the_file_declares_as_one(
     (model,) = runtime.load_instances(tmp_path, _config(max_batch_size=0))
     assert model.inputs[0].shape == (1, 16)  # no batch axis: the file's shape
     model.close()
+
+
+@pytest.mark.parametrize("instances", [1, 2, 3])
+def test_every_tensor_backend_shares_the_usable_cores_among_instances_by_default(
+    instances: int,
+) -> None:
+    """No threads in the config: ONNX Runtime, OpenVINO (a stream per instance) and LiteRT all
+    give each instance the default threads divided by the instances, at least one."""
+    from edgeinfer.hardware import default_threads
+    from edgeinfer.runtime.onnx import placement
+    from edgeinfer.runtime.openvino import compile_properties
+
+    config = _config(instance_count=instances)
+    each = max(1, default_threads() // instances)
+    props = compile_properties(config.openvino, instances)
+    assert props["NUM_STREAMS"] == str(instances)
+    assert props["INFERENCE_NUM_THREADS"] == str(each * instances)
+    assert config.litert.intra_op_threads == 0 and config.onnxruntime.intra_op_threads == 0
+    assert placement(config.onnxruntime)[0] == default_threads()  # shared at load, see onnx.py

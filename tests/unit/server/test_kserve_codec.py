@@ -11,10 +11,9 @@ from edgeinfer.errors import InvalidInput
 from edgeinfer.server.kserve_codec import (
     decode_bytes_elements,
     decode_request,
-    encode_bytes_elements,
     encode_response,
 )
-from edgeinfer.types import InferResponse, RequestedOutput, Tensor
+from edgeinfer.types import InferResponse, RequestedOutput, Tensor, tensor_bytes
 
 
 def test_json_and_binary_inputs_decode_to_the_same_arrays() -> None:
@@ -49,7 +48,7 @@ def test_binary_output_when_asked() -> None:
 @given(st.lists(st.binary(max_size=40), max_size=20))
 def test_bytes_elements_round_trip(items: list[bytes]) -> None:
     arr = np.array([*items, b""], dtype=object)[: len(items)] if items else np.empty(0, object)
-    buf = encode_bytes_elements(arr)
+    buf = tensor_bytes(arr)
     assert list(decode_bytes_elements(memoryview(buf), len(items), "s")) == items
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from edgeinfer.config import ModelConfig
 from edgeinfer.repository import Repository
 from edgeinfer.testing import models
@@ -50,3 +52,11 @@ def test_a_new_model_is_published_as_the_next_version(tmp_path: Path) -> None:
     assert published == repo / "m" / "2" and [v.version for v in entry.versions] == [1, 2]
     assert entry.config.onnxruntime.intra_op_threads == 2
     assert not list((repo / "m").glob(".config.toml.*"))  # no temp file left behind
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "litert"])
+def test_the_threads_go_to_the_backend_that_runs_the_model(backend: str) -> None:
+    c = Candidate(backend=backend, threads=2, instances=1)
+    config = ModelConfig.from_dict(tomllib.loads(config_text(CONFIG, c.overrides(16))), "m")
+    assert config.backend == backend
+    assert getattr(config, backend.replace(".", "")).intra_op_threads == 2

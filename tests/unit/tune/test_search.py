@@ -304,3 +304,74 @@ def test_refinement_stays_within_bounds() -> None:
         for c in refine(best, DEVICE, FACTS)
     )
     assert refine(Candidate(), DEVICE, FACTS) == []
+
+
+class FakeServer(FakeMeasurer):
+    """Serving over HTTP costs 1 ms per request on top of the in-process time; the `slow`
+    candidate costs 20 ms more (its threads leave no core for the HTTP work, say), and the
+    `broken` one cannot be served."""
+
+    def __init__(self, clock: list[float], slow: str = "", broken: str = "") -> None:
+        super().__init__(clock)
+        self.slow, self.broken = slow, broken
+
+    def __call__(self, c: Candidate | None) -> Trial:
+        trial = super().__call__(c)
+        if trial.key == self.broken:
+            return Trial(trial.key, trial.candidate, "error", error="over HTTP: exited (1)")
+        cost = 1e-3 + (20e-3 if trial.key == self.slow else 0.0)
+        for lv in trial.levels:
+            lv["throughput"] = 1.0 / (1.0 / lv["throughput"] + cost)
+        trial.served = True
+        return trial
+
+
+def best_in_process(tmp: Path) -> str:
+    clock = [0.0]
+    trials = search(tmp, FakeMeasurer(clock), clock).run()
+    return str(report.decide(trials, Objective("throughput", None, (1, 8)))["winner"])
+
+
+def served_search(tmp: Path, server: FakeServer) -> Search:
+    s = search(tmp, FakeMeasurer(server.clock), server.clock)
+    s.serve = server
+    return s
+
+
+def test_the_best_are_confirmed_over_http_and_the_winner_is_picked_as_served(
+    tmp_path: Path,
+) -> None:
+    fastest = best_in_process(tmp_path / "a")
+    server = FakeServer([0.0], slow=fastest)
+    trials = served_search(tmp_path / "b", server).run()
+    served = {k: t for k, t in trials.items() if t.served}
+    # The default and the two best, each served twice (two interleaved rounds).
+    assert Counter(server.measured) == Counter({k: 2 for k in served})
+    assert DEFAULT_KEY in served and fastest in served and len(served) == 3
+    for t in served.values():
+        assert t.confirmed and t.in_process and t.in_process != t.levels
+    decision = report.decide(trials, Objective("throughput", None, (1, 8)))
+    # Picked on the served figures: the fastest in-process is the slowest served.
+    assert decision["winner"] != fastest and trials[decision["winner"]].served
+    assert "served over HTTP" in report.summary_line(decision, Objective())
+    md = report.markdown(
+        {"summary": "", "pruned": []}, trials, Objective("throughput", None, (1, 8))
+    )
+    assert "| HTTP |" in md and "| in-process |" in md
+
+
+def test_a_candidate_that_cannot_be_served_cannot_win(tmp_path: Path) -> None:
+    fastest = best_in_process(tmp_path / "a")
+    trials = served_search(tmp_path / "b", FakeServer([0.0], broken=fastest)).run()
+    assert trials[fastest].status == "error" and "over HTTP" in trials[fastest].error
+    decision = report.decide(trials, Objective("throughput", None, (1, 8)))
+    assert decision["changed"] and decision["winner"] not in (fastest, DEFAULT_KEY)
+
+
+def test_the_search_leaves_the_confirmation_its_time(tmp_path: Path) -> None:
+    clock = [0.0]
+    measurer = FakeMeasurer(clock, per_trial_s=10.0)
+    s = search(tmp_path, measurer, clock, budget_s=55.0)
+    s.reserve_s = 30.0
+    s.run()
+    assert len(set(measurer.measured)) == 3  # started at 0, 10 and 20 s; not at 30 s
