@@ -1,6 +1,7 @@
 """The closed-loop HTTP load generator (src/edgeinfer/tune/load.py), taken from this checkout's
 src/ whatever PYTHONPATH says: a paired run against another checkout (bench/source_ab.py) serves
-that checkout's code but keeps this client. Stdlib only, so loading it by path is safe."""
+that checkout's code but keeps this client. Stdlib only, so loading it by path is safe.
+`import _load` gives that module itself (with PATH, its file, for running it as a process)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,9 @@ import sys
 from pathlib import Path
 
 PATH = Path(__file__).resolve().parents[1] / "src" / "edgeinfer" / "tune" / "load.py"
-_spec = importlib.util.spec_from_file_location("_edgeinfer_load", PATH)
+_spec = importlib.util.spec_from_file_location("_load", PATH)
 assert _spec is not None and _spec.loader is not None
-_load = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = _load  # dataclasses look their module up here
-_spec.loader.exec_module(_load)
-
-machine_busy_s = _load.machine_busy_s
-proc_cpu_s = _load.proc_cpu_s
-self_cpu_s = _load.self_cpu_s
+_module = importlib.util.module_from_spec(_spec)
+sys.modules["_load"] = _module  # dataclasses look their module up here; importers get it
+_spec.loader.exec_module(_module)
+_module.PATH = PATH  # type: ignore[attr-defined]
