@@ -157,7 +157,7 @@ class Search:
     clock: Callable[[], float] = time.monotonic
     skipped: list[str] = field(default_factory=list)  # keys left out when the budget ran out
     revive: Callable[[dict[str, Any]], Any] = field(default=lambda d: Candidate(**d))
-    serve: Measurer | None = None
+    serve: Callable[[Candidate | None], Trial] | None = None
     reserve_s: float = 0.0
 
     def run(self) -> dict[str, Trial]:
