@@ -19,22 +19,23 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
+COPY scripts/llama-wheel ./scripts/
 # GGML_NATIVE=OFF: no -march=native, so the arm64 image runs on any ARMv8 board (Pi 4/5,
-# Jetson, Graviton) and the amd64 one on any x86-64, not just the build host's CPU. Yet on amd64
-# it uses the device's SIMD: llama.cpp's CPU backend is built once per ISA level (x64, sse42,
-# sandybridge ... haswell, skylakex, icelake, zen4, sapphirerapids), each a libggml-cpu-*.so,
-# and edgeinfer loads the best one the CPU runs (runtime/llm_backends.py). Not yet on arm64:
-# its variants include armv9.2-a+sme, which bookworm's GCC 12 rejects (GCC 14 knows it).
+# Jetson, Graviton) and the amd64 one on any x86-64, not just the build host's CPU. Yet it uses
+# the device's SIMD: llama.cpp's CPU backend is built once per ISA level, each a
+# libggml-cpu-*.so (amd64: x64, sse42, sandybridge ... haswell, skylakex, icelake, zen4,
+# sapphirerapids; arm64: armv8.0, armv8.2 + dotprod/fp16/SVE, armv8.6 + i8mm/SVE2), and edgeinfer
+# loads the best one the CPU runs (runtime/llm_backends.py). scripts/llama-wheel builds it; on
+# arm64 it leaves out the armv9.2 (SME) variants, which bookworm's GCC 12 rejects.
 ARG EXTRAS=llm
-ARG TARGETARCH
 ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON" \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# pip's wheel cache ignores CMAKE_ARGS: a cache holding a llama-cpp-python built with other
-# flags would be reused as is. The mount's id names the flags; change it when they change.
+# llama-cpp-python is built first, from its source, never from pip's wheel cache (whose key
+# ignores CMAKE_ARGS); the project's wheels then find it in /wheels (a wheel wins over the sdist).
 # hadolint ignore=DL3042
-RUN --mount=type=cache,id=pip-ggml-cpu-variants,target=/root/.cache/pip \
-    if [ "$TARGETARCH" = arm64 ]; then export CMAKE_ARGS="-DGGML_NATIVE=OFF"; fi \
- && pip wheel --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
+RUN --mount=type=cache,id=pip-wheels,target=/root/.cache/pip \
+    case ",$EXTRAS," in *,llm,*) scripts/llama-wheel /wheels ;; esac \
+ && pip wheel --wheel-dir /wheels --find-links /wheels ".${EXTRAS:+[$EXTRAS]}"
 
 FROM ${PYTHON_IMAGE}
 ARG EXTRAS=llm
