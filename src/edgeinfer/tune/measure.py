@@ -82,9 +82,9 @@ class Measurer:
             levels, rss = serve_levels(self.serve_plan, repo, requests)
         except (ServedError, OSError, EdgeInferError) as e:
             return Trial(key, as_dict, "error", error=f"over HTTP: {e}")
-        trial = Trial(key, as_dict, "ok", levels, rss, seconds=time.monotonic() - started)
-        trial.served = True
-        return trial
+        return Trial(
+            key, as_dict, "ok", levels, rss, seconds=time.monotonic() - started, served=True
+        )
 
     @property
     def serve_plan(self) -> ServePlan:

@@ -20,7 +20,16 @@ from edgeinfer.tune import report
 from edgeinfer.tune.apply import apply, config_text
 from edgeinfer.tune.llm import LlmCandidate, llm_stages
 from edgeinfer.tune.measure import Measurer, Plan
-from edgeinfer.tune.search import DEFAULT_KEY, Checkpoint, Objective, Search, Stage, Trial
+from edgeinfer.tune.search import (
+    CONFIRM_ROUNDS,
+    CONFIRM_TOP,
+    DEFAULT_KEY,
+    Checkpoint,
+    Objective,
+    Search,
+    Stage,
+    Trial,
+)
 from edgeinfer.tune.served import budget_s
 from edgeinfer.tune.space import (
     PRECISIONS,
@@ -335,7 +344,9 @@ def run(args: TuneArgs, device: Device | None = None) -> dict[str, Any]:
         _progress,
         revive=space.revive,
         serve=serve,
-        reserve_s=0.0 if serve is None else min(budget / 2, budget_s(measurer.serve_plan, 3, 2)),
+        reserve_s=0.0
+        if serve is None
+        else min(budget / 2, budget_s(measurer.serve_plan, 1 + CONFIRM_TOP, CONFIRM_ROUNDS)),
     )
     trials = search.run()
     decision = report.decide(trials, objective)

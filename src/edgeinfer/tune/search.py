@@ -16,6 +16,7 @@ import numpy as np
 from edgeinfer.tune.space import Candidate
 
 DEFAULT_KEY = "default"  # the model's current configuration, measured in the same run
+CONFIRM_TOP, CONFIRM_ROUNDS = 2, 2  # the confirmation: the default and the 2 best, twice each
 
 
 @dataclass
@@ -185,7 +186,7 @@ class Search:
         self.confirm()
         return self.checkpoint.trials
 
-    def confirm(self, top: int = 2, rounds: int = 2) -> None:
+    def confirm(self, top: int = CONFIRM_TOP, rounds: int = CONFIRM_ROUNDS) -> None:
         """Measure the default and the `top` best again, interleaved, `rounds` times each, and
         keep the medians: one lucky or unlucky trial on a busy device does not pick the winner.
         With `serve` these measurements go through a real server and replace the in-process

@@ -174,12 +174,13 @@ def _drive(
             cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=kill_with_parent
         )
         result: dict[str, Any] = json.loads(done.stdout)
+        failed = bool(result["errors"]) or not result["requests"]
     except subprocess.TimeoutExpired as e:
         raise ServedError(f"the load generator did not finish within {timeout:.0f} s") from e
-    except ValueError as e:
+    except (ValueError, KeyError, TypeError) as e:  # no result, or not the generator's JSON
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise ServedError(f"the load generator failed: {tail}") from e
-    if result["errors"] or not result["requests"]:
+    if failed:
         raise ServedError(f"requests failed over HTTP: {result['first_error'] or 'none done'}")
     return result
 
