@@ -115,19 +115,26 @@ def _worker(
     go: threading.Event,
     stop: threading.Event,
 ) -> None:
-    conn = make_conn()
+    """One closed-loop client. A failed connect or request counts as an error and the client
+    connects again; it never ends before `stop`."""
+    try:
+        conn: _RawConn | _StdlibConn | None = make_conn()  # before the start: not timed
+    except OSError:
+        conn = None
     go.wait()
     clock = time.perf_counter_ns
     while not stop.is_set():
         t = clock()
         try:
+            conn = conn or make_conn()
             status, body = conn.roundtrip()
         except (OSError, ProtocolError, ValueError) as e:
             slot.error_ends.append(clock())
             slot.first_error = slot.first_error or f"{type(e).__name__}: {e}"
-            conn.close()
+            if conn is not None:
+                conn.close()
+            conn = None
             time.sleep(0.01)
-            conn = make_conn()
             continue
         end = clock()
         if status == 200:
@@ -136,7 +143,8 @@ def _worker(
         else:
             slot.error_ends.append(end)
             slot.first_error = slot.first_error or f"HTTP {status}: {body[:200]!r}"
-    conn.close()
+    if conn is not None:
+        conn.close()
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -254,6 +262,10 @@ def main() -> int:
     args = p.parse_args()
     if args.host != "127.0.0.1":
         p.error("the load generator only targets 127.0.0.1")
+    if args.concurrency < 1 or not args.duration > 0 or not args.warmup >= 0:
+        p.error("--concurrency must be >= 1, --duration > 0 and --warmup >= 0")
+    if missing := [b for b in args.body if not Path(b).is_file()]:
+        p.error(f"--body: no such file: {missing[0]}")
     json.dump(run(args), sys.stdout)
     print()
     return 0
